@@ -1,1 +1,7 @@
-//! pikube
+//! pikube: a Kubernetes distribution in one small binary.
+//!
+//! The library holds every component of the `pikube` binary (API server, controllers,
+//! scheduler, agent, DNS, PKI) so that tests can drive them; the binary only parses the
+//! command line and starts them.
+
+pub mod config;

@@ -1,1 +1,8 @@
-//! placeholder
+//! An etcd-v3-like key-value store for pikube: MVCC revisions, transactions, watch,
+//! compaction and TTL leases, kept in sled and replicated with openraft.
+//!
+//! Knows nothing of Kubernetes: keys and values are bytes.
+
+pub mod types;
+
+pub use types::*;
