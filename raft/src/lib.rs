@@ -3,6 +3,8 @@
 //!
 //! Knows nothing of Kubernetes: keys and values are bytes.
 
+pub mod error;
 pub mod types;
 
+pub use error::{Error, Result};
 pub use types::*;

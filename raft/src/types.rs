@@ -267,3 +267,46 @@ pub struct Lease {
     /// Its time to live in seconds.
     pub ttl_seconds: i64,
 }
+
+/// The answer to a single put.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The revision of the write.
+    pub revision: Revision,
+    /// The key before the write, if it existed.
+    pub prev: Option<KeyValue>,
+}
+
+/// The answer to a single delete or delete-range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// The store revision after the delete (unchanged when nothing was deleted).
+    pub revision: Revision,
+    /// The keys as they were before deletion.
+    pub deleted: Vec<KeyValue>,
+}
+
+/// A request to watch a key or a key range.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// First key (inclusive).
+    pub key: Vec<u8>,
+    /// End of the range (exclusive); `None` watches the single key `key`.
+    pub range_end: Option<Vec<u8>>,
+    /// First revision to deliver; must be above the compacted revision. 0 means "only
+    /// changes after the current revision".
+    pub start_revision: Revision,
+}
+
+impl WatchRequest {
+    /// A watch of every key that starts with `prefix`, from `start_revision`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>, start_revision: Revision) -> Self {
+        let key = prefix.into();
+        let range_end = Some(prefix_end(&key));
+        WatchRequest {
+            key,
+            range_end,
+            start_revision,
+        }
+    }
+}
