@@ -4,4 +4,7 @@
 //! scheduler, agent, DNS, PKI) so that tests can drive them; the binary only parses the
 //! command line and starts them.
 
+pub mod api;
 pub mod config;
+pub mod pki;
+pub mod server;

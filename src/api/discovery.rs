@@ -1,0 +1,1 @@
+//! Discovery documents (/api, /apis, aggregated discovery) built from the resource registry.

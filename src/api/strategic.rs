@@ -1,0 +1,1 @@
+//! Strategic merge patch, with the list merge keys of the built-in types.

@@ -1,0 +1,1 @@
+//! Certificates and credentials: cluster CA, serving and client certificates, kubeconfig, join tokens.

@@ -1,0 +1,1 @@
+//! Starting a pikube server: store, API server, and the components it runs.
