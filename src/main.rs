@@ -11,6 +11,9 @@ fn main() {
     // Only `--version` and `--help` exist so far; the server and agent commands arrive
     // with the API server and the node agent.
     let _ = Cli::parse();
-    eprintln!("pikube {}: no command yet; see `pikube --help`", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "pikube {}: no command yet; see `pikube --help`",
+        env!("CARGO_PKG_VERSION")
+    );
     std::process::exit(2);
 }

@@ -13,7 +13,9 @@ const CHILD_ENV: &str = "PIKUBE_STORE_CRASH_DIR";
 #[tokio::test]
 #[ignore = "child process of sigkill_during_writes_loses_no_acknowledged_write"]
 async fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let store = Store::open(Config::single_node(dir)).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     for w in 0..16 {
@@ -53,7 +55,13 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
     let exe = std::env::current_exe().unwrap();
     let mut child = KillOnDrop(
         Command::new(exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -74,13 +82,21 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         }
     }
     child.0.wait().unwrap();
-    assert_eq!(acked.len(), 1000, "the child acknowledged 1000 writes before it was killed");
+    assert_eq!(
+        acked.len(),
+        1000,
+        "the child acknowledged 1000 writes before it was killed"
+    );
 
     let store = Store::open(Config::single_node(&path)).await.unwrap();
     let max_acked = acked.iter().map(|(_, r)| *r).max().unwrap();
     assert!(store.current_revision() >= max_acked);
     for (key, rev) in &acked {
-        let kv = store.get(key.as_bytes()).await.unwrap().unwrap_or_else(|| panic!("acknowledged {key} lost"));
+        let kv = store
+            .get(key.as_bytes())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged {key} lost"));
         assert_eq!(kv.value, key.as_bytes());
         assert_eq!(kv.mod_revision, *rev);
     }

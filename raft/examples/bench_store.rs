@@ -1,0 +1,316 @@
+//! `make bench-store`: pikube's store against etcd 3.4 (Debian's etcd-server) with the
+//! same load in one run, printing the figures of both and their ratio.
+//!
+//! Load: W concurrent writers, V-byte values, N puts in all; fsync on both sides (etcd
+//! always fsyncs its WAL; pikube fsyncs its log once per group). pikube is called
+//! in-process, as the API server calls it; etcd over its HTTP/JSON gateway on loopback.
+//! Also measured: RSS while holding 100k 1 KiB keys, and disk use after 100k overwrites
+//! of 1,000 keys followed by compaction.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pikube_raft::{Config, Store};
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
+
+struct Figures {
+    writes_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> Figures {
+    lat.sort();
+    let pick = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    Figures {
+        writes_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+async fn pikube_load(
+    store: &Store,
+    writers: usize,
+    puts: usize,
+    value: Arc<Vec<u8>>,
+    prefix: &str,
+) -> Figures {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let value = value.clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(puts / writers + 1);
+            for i in (w..puts).step_by(writers) {
+                let key = format!("{prefix}/{i:08}");
+                let t = Instant::now();
+                store
+                    .put(key.as_bytes(), &value, 0)
+                    .await
+                    .expect("pikube put");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("writer task"));
+    }
+    summarize(lat, start.elapsed())
+}
+
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn start_etcd(client: &HttpClient) -> Etcd {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cp, pp) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{cp}");
+    let peer = format!("http://127.0.0.1:{pp}");
+    let child = Command::new("etcd")
+        .args(["--name", "bench", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("bench={peer}"),
+            "--log-level",
+            "error",
+        ])
+        .args(["--quota-backend-bytes", &(4u64 << 30).to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd from Debian's etcd-server package (make deps)");
+    let etcd = Etcd {
+        child,
+        url,
+        _dir: dir,
+    };
+    for _ in 0..100 {
+        let req = hyper::Request::get(format!("{}/health", etcd.url))
+            .body(Full::default())
+            .expect("request");
+        if let Ok(resp) = client.request(req).await {
+            if resp.status().is_success() {
+                return etcd;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd did not become healthy");
+}
+
+async fn etcd_put(client: &HttpClient, url: &str, key: &[u8], value: &[u8]) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        b64.encode(key),
+        b64.encode(value)
+    );
+    let req = hyper::Request::post(format!("{url}/v3/kv/put"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let resp = client.request(req).await.expect("etcd put");
+    assert!(resp.status().is_success(), "etcd put: {}", resp.status());
+    let _ = resp.into_body().collect().await;
+}
+
+async fn etcd_load(
+    client: &HttpClient,
+    url: &str,
+    writers: usize,
+    puts: usize,
+    value: Arc<Vec<u8>>,
+) -> Figures {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = client.clone();
+        let url = url.to_string();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(puts / writers + 1);
+            for i in (w..puts).step_by(writers) {
+                let key = format!("/bench/{i:08}");
+                let t = Instant::now();
+                etcd_put(&client, &url, key.as_bytes(), &value).await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("writer task"));
+    }
+    summarize(lat, start.elapsed())
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let writers = arg("--writers", 16);
+    let puts = arg("--puts", 50_000);
+    let value_size = arg("--value-size", 256);
+    let value = Arc::new(vec![b'x'; value_size]);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(writers)
+        .build_http();
+    println!("load: {writers} writers, {value_size}-byte values, {puts} puts, fsync on both");
+
+    // Memory first, while this process holds nothing else: 100k 1 KiB keys.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let before = rss_kib(std::process::id());
+    let store = Store::open(Config::single_node(dir.path().join("rss")))
+        .await
+        .expect("open");
+    let kib = Arc::new(vec![b'k'; 1024]);
+    pikube_load(&store, writers, 100_000, kib.clone(), "/rss").await;
+    let pikube_rss = rss_kib(std::process::id());
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+
+    // Throughput and latency, single node.
+    let store = Store::open(Config::single_node(dir.path().join("tput")))
+        .await
+        .expect("open");
+    let p = pikube_load(&store, writers, puts, value.clone(), "/bench").await;
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+    let etcd = start_etcd(&client).await;
+    let e = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
+    drop(etcd);
+
+    println!();
+    println!(
+        "{:<28} {:>12} {:>10} {:>10}",
+        "single node", "writes/s", "p50 ms", "p99 ms"
+    );
+    for (name, f) in [
+        ("pikube store (in-process)", &p),
+        ("etcd 3.4 (HTTP gateway)", &e),
+    ] {
+        println!(
+            "{:<28} {:>12.0} {:>10.2} {:>10.2}",
+            name,
+            f.writes_per_s,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "ratio pikube/etcd: writes/s {:.2}x, p99 {:.2}x (lower is better)",
+        p.writes_per_s / e.writes_per_s,
+        p.p99.as_secs_f64() / e.p99.as_secs_f64()
+    );
+    println!("3 nodes: not measured (replication is not built yet)");
+
+    // etcd's RSS with the same 100k 1 KiB keys.
+    let etcd = start_etcd(&client).await;
+    let _ = etcd_load(&client, &etcd.url, writers, 100_000, kib.clone()).await;
+    let etcd_rss = rss_kib(etcd.child.id());
+    drop(etcd);
+    println!();
+    println!(
+        "RSS holding 100k 1 KiB keys: pikube {:.1} MB (process growth {:.1} MB), etcd {:.1} MB",
+        pikube_rss as f64 / 1024.0,
+        pikube_rss.saturating_sub(before) as f64 / 1024.0,
+        etcd_rss as f64 / 1024.0
+    );
+
+    // Disk after 100k overwrites of 1,000 1 KiB keys, then compaction.
+    let path = dir.path().join("disk");
+    let store = Store::open(Config::single_node(&path)).await.expect("open");
+    for round in 0..100 {
+        let _ = round;
+        pikube_load(&store, writers, 1000, kib.clone(), "/disk").await;
+    }
+    store
+        .compact(store.current_revision())
+        .await
+        .expect("compact");
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+    let live = 1000 * (1024 + 14);
+    let on_disk = dir_size(&path);
+    println!(
+        "disk after 100k overwrites + compaction: {:.1} MB for {:.1} MB live ({:.1}x)",
+        on_disk as f64 / 1e6,
+        live as f64 / 1e6,
+        on_disk as f64 / live as f64
+    );
+}
