@@ -1,19 +1,134 @@
 //! The `pikube` command.
 
-use clap::Parser;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use pikube::config::{self, ServerConfig};
 
 /// pikube: a Kubernetes distribution in one small binary, for Raspberry Pi class machines.
 #[derive(Parser, Debug)]
 #[command(name = "pikube", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a server: the API server and the store (the control plane).
+    Server(ServerArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Directory for all state (store, certificates).
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Address other nodes and clients use for this server.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = config::DEFAULT_HTTPS_PORT)]
+    https_listen_port: u16,
+    /// Name of this node (defaults to the hostname).
+    #[arg(long, default_value = "")]
+    node_name: String,
+    /// IP address of this node (repeatable; also put into the serving certificate).
+    #[arg(long)]
+    node_ip: Vec<IpAddr>,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, default_value = config::DEFAULT_KUBECONFIG)]
+    write_kubeconfig: PathBuf,
+    /// File mode of the written kubeconfig, in octal.
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    write_kubeconfig_mode: u32,
+    /// Service CIDR of the cluster.
+    #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR)]
+    service_cidr: String,
+    /// Cluster domain.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
+    /// Run no node agent on this server.
+    #[arg(long)]
+    disable_agent: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0600"))
+}
+
+fn server_config(a: ServerArgs) -> ServerConfig {
+    ServerConfig {
+        data_dir: a.data_dir,
+        bind_address: a.bind_address,
+        advertise_address: a.advertise_address,
+        https_listen_port: a.https_listen_port,
+        peer_port: config::DEFAULT_PEER_PORT,
+        node_name: a.node_name,
+        node_ips: a.node_ip,
+        write_kubeconfig: a.write_kubeconfig,
+        write_kubeconfig_mode: a.write_kubeconfig_mode,
+        token: None,
+        server: None,
+        cluster_init: false,
+        cluster_cidr: config::DEFAULT_CLUSTER_CIDR.into(),
+        service_cidr: a.service_cidr,
+        cluster_dns: IpAddr::from([10, 43, 0, 10]),
+        cluster_domain: a.cluster_domain,
+        container_runtime_endpoint: None,
+        disable_agent: a.disable_agent,
+        disable: Vec::new(),
+        node_labels: Vec::new(),
+        node_taints: Vec::new(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
 
 fn main() {
-    // Only `--version` and `--help` exist so far; the server and agent commands arrive
-    // with the API server and the node agent.
-    let _ = Cli::parse();
-    eprintln!(
-        "pikube {}: no command yet; see `pikube --help`",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pikube: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => {
+                pikube::server::run(server_config(args), shutdown_signal()).await
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("pikube: error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,1 +1,178 @@
-//! Starting a pikube server: store, API server, and the components it runs.
+//! Starting a pikube server: PKI, store, the objects every cluster has, and the API
+//! server on its HTTPS port.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::api::{self, rest, ApiServer};
+use crate::config::ServerConfig;
+use crate::pki;
+
+/// Namespaces every cluster starts with.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// The first address of the service CIDR: the `kubernetes` Service's ClusterIP.
+pub fn kubernetes_service_ip(service_cidr: &str) -> Result<Ipv4Addr> {
+    let (addr, bits) = service_cidr
+        .split_once('/')
+        .with_context(|| format!("service CIDR {service_cidr:?} is not of the form a.b.c.d/n"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .with_context(|| format!("service CIDR {service_cidr:?} has a bad address"))?;
+    let bits: u32 = bits
+        .parse()
+        .ok()
+        .filter(|b| *b <= 30)
+        .with_context(|| format!("service CIDR {service_cidr:?} has a bad prefix length"))?;
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    Ok(Ipv4Addr::from((u32::from(addr) & mask) + 1))
+}
+
+/// Creates what every cluster has from the start, if it is missing.
+pub async fn bootstrap(api: &ApiServer, kubernetes_ip: Ipv4Addr, https_port: u16) -> Result<()> {
+    let store = api.store();
+    let ns_def =
+        api::resources::lookup("", "v1", "namespaces").context("namespaces are not served")?;
+    for ns in SYSTEM_NAMESPACES {
+        let target = rest::Target {
+            def: ns_def,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+        match rest::create(store, &target, obj, false).await {
+            Ok(_) => tracing::info!(namespace = ns, "created"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => anyhow::bail!("cannot create namespace {ns}: {}", e.message),
+        }
+    }
+    let svc_def =
+        api::resources::lookup("", "v1", "services").context("services are not served")?;
+    let target = rest::Target {
+        def: svc_def,
+        namespace: Some("default".into()),
+        name: None,
+        subresource: None,
+    };
+    let svc = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": kubernetes_ip.to_string(),
+            "clusterIPs": [kubernetes_ip.to_string()],
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": https_port}],
+            "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+        },
+    });
+    match rest::create(store, &target, svc, false).await {
+        Ok(_) => tracing::info!("created service default/kubernetes"),
+        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) => anyhow::bail!("cannot create the kubernetes service: {}", e.message),
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs a pikube server until `shutdown` completes.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let kubernetes_ip = kubernetes_service_ip(&config.service_cidr)?;
+    let mut ips: Vec<IpAddr> = config.node_ips.clone();
+    if !config.bind_address.is_unspecified() {
+        ips.push(config.bind_address);
+    }
+    ips.extend(config.advertise_address);
+    let sans = pki::serving_sans(
+        &hostname(),
+        &ips,
+        &config.cluster_domain,
+        IpAddr::V4(kubernetes_ip),
+    );
+    let tls_dir = config.data_dir.join("server").join("tls");
+    let pki = pki::Pki::load_or_create(&tls_dir, &sans)?;
+
+    let store_config = pikube_raft::Config::single_node(config.data_dir.join("server").join("db"));
+    let store = pikube_raft::Store::open(store_config)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the store in {}",
+                config.data_dir.join("server/db").display()
+            )
+        })?;
+
+    let client_host = if config.bind_address.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        config.bind_address
+    };
+    let server_address = SocketAddr::new(
+        config.advertise_address.unwrap_or(client_host),
+        config.https_listen_port,
+    );
+    let api = ApiServer::new(store.clone(), server_address.to_string());
+    bootstrap(&api, kubernetes_ip, config.https_listen_port).await?;
+
+    let listen = SocketAddr::new(config.bind_address, config.https_listen_port);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let url = format!(
+        "https://{}",
+        SocketAddr::new(client_host, config.https_listen_port)
+    );
+    let kubeconfig = pki::kubeconfig(&url, &pki.ca.cert_pem, &pki.admin);
+    pki::write_kubeconfig(
+        &config.write_kubeconfig,
+        config.write_kubeconfig_mode,
+        &kubeconfig,
+    )?;
+    tracing::info!(%listen, kubeconfig = %config.write_kubeconfig.display(), "API server ready");
+    if !config.disable_agent {
+        tracing::warn!(
+            "the node agent is not part of this build yet: running the control plane only"
+        );
+    }
+
+    let tls = api::http::tls_config(&pki)?;
+    api::http::serve(listener, tls, api.router(), shutdown).await?;
+    store.shutdown().await.context("store shutdown")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_ip_is_the_first_service_address() {
+        assert_eq!(
+            kubernetes_service_ip("10.43.0.0/16").unwrap(),
+            Ipv4Addr::new(10, 43, 0, 1)
+        );
+        assert_eq!(
+            kubernetes_service_ip("10.96.5.7/12").unwrap(),
+            Ipv4Addr::new(10, 96, 0, 1)
+        );
+        assert!(kubernetes_service_ip("10.43.0.0").is_err());
+        assert!(kubernetes_service_ip("10.43.0.0/33").is_err());
+    }
+}

@@ -1,9 +1,14 @@
-//! The Kubernetes API server: discovery, OpenAPI, generic REST over a resource registry,
-//! watch, patch, Table output, validation, CRDs, authentication.
+//! The Kubernetes API server: discovery, generic REST over the resource catalogue,
+//! watch, patch, authentication by client certificate.
 
 pub mod discovery;
-pub mod openapi;
-pub mod protobuf;
+pub mod http;
+pub mod objects;
 pub mod resources;
-pub mod strategic;
-pub mod table;
+pub mod rest;
+pub mod router;
+pub mod selectors;
+pub mod status;
+pub mod watch;
+
+pub use router::{ApiServer, Identity};

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 /// PEM material of one certificate and its key.
@@ -33,7 +33,12 @@ pub struct Pki {
 }
 
 /// Names and addresses the serving certificate is valid for.
-pub fn serving_sans(hostname: &str, ips: &[IpAddr], cluster_domain: &str, kubernetes_ip: IpAddr) -> Vec<String> {
+pub fn serving_sans(
+    hostname: &str,
+    ips: &[IpAddr],
+    cluster_domain: &str,
+    kubernetes_ip: IpAddr,
+) -> Vec<String> {
     let mut sans = vec![
         "localhost".to_string(),
         "kubernetes".to_string(),
@@ -63,21 +68,31 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 fn read_pair(dir: &Path, name: &str) -> Result<Option<CertKey>> {
-    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     match (c.exists(), k.exists()) {
         (false, false) => Ok(None),
         (true, true) => Ok(Some(CertKey {
-            cert_pem: std::fs::read_to_string(&c).with_context(|| format!("cannot read {}", c.display()))?,
-            key_pem: std::fs::read_to_string(&k).with_context(|| format!("cannot read {}", k.display()))?,
+            cert_pem: std::fs::read_to_string(&c)
+                .with_context(|| format!("cannot read {}", c.display()))?,
+            key_pem: std::fs::read_to_string(&k)
+                .with_context(|| format!("cannot read {}", k.display()))?,
         })),
-        _ => anyhow::bail!("{} holds only half of the {name} certificate pair: refusing to replace it", dir.display()),
+        _ => anyhow::bail!(
+            "{} holds only half of the {name} certificate pair: refusing to replace it",
+            dir.display()
+        ),
     }
 }
 
@@ -89,19 +104,38 @@ fn write_pair(dir: &Path, name: &str, ck: &CertKey) -> Result<()> {
 fn new_ca() -> Result<CertKey> {
     let key = KeyPair::generate().context("cannot generate the CA key")?;
     let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    params.distinguished_name.push(DnType::CommonName, "pikube-ca");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "pikube-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_after = rcgen::date_time_ymd(2126, 1, 1);
-    let cert = params.self_signed(&key).context("cannot sign the CA certificate")?;
-    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    let cert = params
+        .self_signed(&key)
+        .context("cannot sign the CA certificate")?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
-fn issue(ca: &CertKey, common_name: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertKey> {
+fn issue(
+    ca: &CertKey,
+    common_name: &str,
+    orgs: &[&str],
+    sans: &[String],
+    server: bool,
+) -> Result<CertKey> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).context("the CA key is unreadable")?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).context("the CA certificate is unreadable")?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .context("the CA certificate is unreadable")?;
     let key = KeyPair::generate().context("cannot generate a key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).context("certificate parameters")?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).context("certificate parameters")?;
     params.subject_alt_names = sans
         .iter()
         .map(|s| match s.parse::<IpAddr>() {
@@ -110,16 +144,29 @@ fn issue(ca: &CertKey, common_name: &str, orgs: &[&str], sans: &[String], server
         })
         .collect::<Result<_, _>>()
         .context("invalid name for a certificate")?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     for o in orgs {
         params.distinguished_name.push(DnType::OrganizationName, *o);
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages =
-        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
     params.not_after = rcgen::date_time_ymd(2126, 1, 1);
-    let cert = params.signed_by(&key, &issuer).context("cannot sign a certificate")?;
-    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("cannot sign a certificate")?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 impl Pki {
@@ -137,7 +184,10 @@ impl Pki {
         };
         let sans_file = dir.join("serving.sans");
         let wanted = sans.join(",");
-        let serving = match (read_pair(dir, "serving")?, std::fs::read_to_string(&sans_file).ok()) {
+        let serving = match (
+            read_pair(dir, "serving")?,
+            std::fs::read_to_string(&sans_file).ok(),
+        ) {
             (Some(s), Some(old)) if old == wanted => s,
             _ => {
                 let s = issue(&ca, "pikube-apiserver", &[], sans, true)?;
@@ -179,7 +229,8 @@ pub fn kubeconfig(server_url: &str, ca_pem: &str, client: &CertKey) -> String {
 pub fn write_kubeconfig(path: &Path, mode: u32, contents: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     write_private(path, contents)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -194,7 +245,12 @@ mod tests {
     #[test]
     fn certificates_are_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let sans = serving_sans("pi1", &["192.0.2.7".parse().unwrap()], "cluster.local", "10.43.0.1".parse().unwrap());
+        let sans = serving_sans(
+            "pi1",
+            &["192.0.2.7".parse().unwrap()],
+            "cluster.local",
+            "10.43.0.1".parse().unwrap(),
+        );
         assert!(sans.contains(&"kubernetes.default.svc.cluster.local".to_string()));
         let a = Pki::load_or_create(dir.path(), &sans).unwrap();
         let b = Pki::load_or_create(dir.path(), &sans).unwrap();
@@ -208,7 +264,10 @@ mod tests {
         assert_eq!(a.ca.cert_pem, c.ca.cert_pem);
         assert_ne!(a.serving.cert_pem, c.serving.cert_pem);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -216,8 +275,13 @@ mod tests {
     fn half_a_pair_is_refused_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.crt"), "x").unwrap();
-        let err = Pki::load_or_create(dir.path(), &[]).unwrap_err().to_string();
+        let err = Pki::load_or_create(dir.path(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("half"), "{err}");
-        assert_eq!(std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(),
+            "x"
+        );
     }
 }

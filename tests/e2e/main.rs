@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests: real `pikube` processes driven by the real kubectl.
+//!
+//! One test binary with modules, so the dependency tree is linked once.
+
+mod api;
+mod harness;

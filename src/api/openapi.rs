@@ -1,1 +1,0 @@
-//! OpenAPI v2 and v3 documents built from k8s-openapi's schemas plus Kubernetes extensions.

@@ -1,0 +1,641 @@
+//! The verbs over stored objects: create, get, list, update, patch, delete,
+//! deletecollection. Optimistic concurrency through the store's mod_revision compares.
+
+use pikube_raft::{Compare, Op, RangeRequest, Store, TxnRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
+use super::resources::{self, ResourceDef};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+
+/// Namespaces that can never be deleted.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Page size used when a list has no limit.
+const SCAN_PAGE: usize = 500;
+
+/// What a request addresses: a collection or one object of a resource.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The resource.
+    pub def: &'static ResourceDef,
+    /// The namespace from the URL, for namespaced resources.
+    pub namespace: Option<String>,
+    /// The object name, for object requests.
+    pub name: Option<String>,
+    /// The subresource (`status`, …).
+    pub subresource: Option<String>,
+}
+
+impl Target {
+    fn key(&self, name: &str) -> String {
+        self.def.storage_key(self.namespace.as_deref(), name)
+    }
+
+    fn collection_prefix(&self) -> String {
+        match (&self.namespace, self.def.namespaced) {
+            (Some(ns), true) => format!("{}{ns}/", self.def.storage_prefix()),
+            _ => self.def.storage_prefix(),
+        }
+    }
+
+    fn not_found(&self, name: &str) -> ApiError {
+        ApiError::not_found(self.def.plural, self.def.group, name)
+    }
+}
+
+/// Options of a list or watch.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// labelSelector.
+    pub labels: LabelSelector,
+    /// fieldSelector.
+    pub fields: FieldSelector,
+    /// limit (0 = none).
+    pub limit: usize,
+    /// continue token.
+    pub continue_token: Option<String>,
+}
+
+impl ListOptions {
+    /// Whether an object passes both selectors.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+fn encode_continue(rv: i64, start: &str) -> String {
+    use base64::Engine;
+    let raw = serde_json::to_vec(&ContinueToken {
+        rv,
+        start: start.to_string(),
+    })
+    .unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+    serde_json::from_slice(&raw).map_err(|_| ApiError::bad_request("invalid continue token"))
+}
+
+/// Refuses writes into a namespace that does not exist or is being deleted.
+async fn check_namespace(store: &Store, target: &Target) -> Result<(), ApiError> {
+    let (Some(ns), true) = (&target.namespace, target.def.namespaced) else {
+        return Ok(());
+    };
+    let Some(nsdef) = resources::lookup("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    match store.get(nsdef.storage_key(None, ns).as_bytes()).await? {
+        None => Err(ApiError::not_found("namespaces", "", ns)),
+        Some(kv) => {
+            let obj = from_stored(&kv.value, kv.mod_revision)?;
+            if obj.pointer("/metadata/deletionTimestamp").is_some()
+                || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+            {
+                return Err(ApiError::forbidden(format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    target.def.plural,
+                    meta_str(&obj, "name").unwrap_or("")
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fills in server-set metadata of a new object and checks it.
+fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
+    objects::check_type(target.def, obj)?;
+    let def = target.def;
+    let m = meta(obj);
+    let name = match m
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        Some(n) => n.to_string(),
+        None => match m
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            Some(prefix) => objects::generate_name(prefix),
+            None => {
+                return Err(ApiError::invalid(
+                    def.kind,
+                    def.group,
+                    "",
+                    vec![(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ))
+            }
+        },
+    };
+    objects::validate_name(def, &name)?;
+    if def.namespaced {
+        let url_ns = target
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        match m.get("namespace").and_then(Value::as_str) {
+            Some(ns) if !ns.is_empty() && ns != url_ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => {}
+        }
+        m.insert("namespace".into(), json!(url_ns));
+    } else {
+        m.remove("namespace");
+    }
+    m.insert("name".into(), json!(name));
+    m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    m.insert("creationTimestamp".into(), json!(objects::now_rfc3339()));
+    m.remove("resourceVersion");
+    m.remove("deletionTimestamp");
+    m.remove("deletionGracePeriodSeconds");
+    if obj.get("spec").is_some() {
+        meta(obj).insert("generation".into(), json!(1));
+    }
+    if def.kind == "Namespace" {
+        obj["status"] = json!({"phase": "Active"});
+    }
+    Ok(name)
+}
+
+/// Creates an object; `dry_run` validates without storing.
+pub async fn create(
+    store: &Store,
+    target: &Target,
+    mut obj: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let name = prepare_new(target, &mut obj)?;
+    let ns_target = Target {
+        namespace: meta_str(&obj, "namespace").map(String::from),
+        ..target.clone()
+    };
+    check_namespace(store, &ns_target).await?;
+    let key = ns_target.key(&name);
+    if dry_run {
+        if store.get(key.as_bytes()).await?.is_some() {
+            return Err(ApiError::already_exists(
+                target.def.plural,
+                target.def.group,
+                &name,
+            ));
+        }
+        return Ok(obj);
+    }
+    let r = store
+        .txn(TxnRequest {
+            compare: vec![Compare::absent(key.clone())],
+            success: vec![Op::Put {
+                key: key.into_bytes(),
+                value: to_stored(&obj)?,
+                lease: 0,
+            }],
+            failure: vec![],
+        })
+        .await?;
+    if !r.succeeded {
+        return Err(ApiError::already_exists(
+            target.def.plural,
+            target.def.group,
+            &name,
+        ));
+    }
+    meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
+    Ok(obj)
+}
+
+/// Reads one object.
+pub async fn get(store: &Store, target: &Target, name: &str) -> Result<Value, ApiError> {
+    match store.get(target.key(name).as_bytes()).await? {
+        Some(kv) => from_stored(&kv.value, kv.mod_revision),
+        None => Err(target.not_found(name)),
+    }
+}
+
+/// Lists objects (one page when `opts.limit` is set); returns the list object.
+pub async fn list(store: &Store, target: &Target, opts: &ListOptions) -> Result<Value, ApiError> {
+    let prefix = target.collection_prefix();
+    let (mut rv, mut start) = match &opts.continue_token {
+        Some(t) => {
+            let t = decode_continue(t)?;
+            if !t.start.starts_with(&prefix) {
+                return Err(ApiError::bad_request(
+                    "the continue token does not belong to this list",
+                ));
+            }
+            (t.rv, t.start)
+        }
+        None => (0, prefix.clone()),
+    };
+    let end = pikube_raft::prefix_end(prefix.as_bytes());
+    let mut items = Vec::new();
+    let mut next_token = None;
+    loop {
+        let page = if opts.limit > 0 {
+            (opts.limit - items.len()).max(1)
+        } else {
+            SCAN_PAGE
+        };
+        let req = RangeRequest {
+            key: start.clone().into_bytes(),
+            range_end: Some(end.clone()),
+            limit: page,
+            revision: rv,
+            ..Default::default()
+        };
+        let resp = match store.range(req).await {
+            Err(pikube_raft::Error::Compacted { .. }) if opts.continue_token.is_some() => {
+                return Err(ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ))
+            }
+            other => other?,
+        };
+        if rv == 0 {
+            rv = resp.revision;
+        }
+        let last_key = resp.kvs.last().map(|kv| kv.key.clone());
+        for kv in resp.kvs {
+            let obj = from_stored(&kv.value, kv.mod_revision)?;
+            if opts.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        let Some(last) = last_key.filter(|_| resp.more) else {
+            break;
+        };
+        start = format!("{}\0", String::from_utf8_lossy(&last));
+        if opts.limit > 0 && items.len() >= opts.limit {
+            next_token = Some(encode_continue(rv, &start));
+            break;
+        }
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(t) = next_token {
+        metadata["continue"] = json!(t);
+    }
+    Ok(json!({
+        "kind": target.def.list_kind(),
+        "apiVersion": target.def.api_version(),
+        "metadata": metadata,
+        "items": items,
+    }))
+}
+
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            m.remove("status");
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+/// Applies an already-merged new version of an object over `current` (read at
+/// `current_rev`), keeping what clients cannot change. Removes the object when the last
+/// finalizer of an object being deleted goes.
+async fn write_update(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    current: &Value,
+    current_rev: i64,
+    mut obj: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let def = target.def;
+    objects::check_type(def, &mut obj)?;
+    if meta_str(&obj, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta_str(&obj, "name").unwrap_or("")
+        )));
+    }
+    if let Some(rv) = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()) {
+        if objects::parse_rv(rv)? != current_rev {
+            return Err(ApiError::conflict(def.plural, def.group, name));
+        }
+    }
+    let status_only = target.subresource.as_deref() == Some("status");
+    if status_only {
+        let mut merged = current.clone();
+        merged["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+        obj = merged;
+    } else if has_status(def) {
+        match current.get("status") {
+            Some(s) => obj["status"] = s.clone(),
+            None => {
+                if let Some(m) = obj.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    // Server-owned metadata is kept from the stored object.
+    let keep = [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "generation",
+    ];
+    let cur_meta = current.get("metadata").cloned().unwrap_or(json!({}));
+    {
+        let m = meta(&mut obj);
+        m.insert("name".into(), json!(name));
+        for k in keep {
+            match cur_meta.get(k) {
+                Some(v) => m.insert(k.into(), v.clone()),
+                None => m.remove(k),
+            };
+        }
+    }
+    if !status_only && spec_changed(current, &obj) && obj.get("spec").is_some() {
+        let g = cur_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
+        meta(&mut obj).insert("generation".into(), json!(g));
+    }
+    let key = target.key(name);
+    let finalizing = obj.pointer("/metadata/deletionTimestamp").is_some()
+        && obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|f| f.is_empty())
+            .unwrap_or(true);
+    if dry_run {
+        return Ok(obj);
+    }
+    let op = if finalizing {
+        Op::Delete {
+            key: key.clone().into_bytes(),
+        }
+    } else {
+        Op::Put {
+            key: key.clone().into_bytes(),
+            value: to_stored(&obj)?,
+            lease: 0,
+        }
+    };
+    let r = store
+        .txn(TxnRequest {
+            compare: vec![Compare::mod_revision_is(key, current_rev)],
+            success: vec![op],
+            failure: vec![],
+        })
+        .await?;
+    if !r.succeeded {
+        return Err(ApiError::conflict(def.plural, def.group, name));
+    }
+    meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
+    Ok(obj)
+}
+
+/// Replaces an object (PUT), or its status with the `status` subresource.
+pub async fn update(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    obj: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let kv = store
+        .get(target.key(name).as_bytes())
+        .await?
+        .ok_or_else(|| target.not_found(name))?;
+    let current = from_stored(&kv.value, kv.mod_revision)?;
+    write_update(store, target, name, &current, kv.mod_revision, obj, dry_run).await
+}
+
+/// The patch formats pikube applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    /// RFC 6902 JSON patch.
+    Json,
+    /// RFC 7386 JSON merge patch.
+    Merge,
+}
+
+/// Patches an object, retrying when a concurrent write got in between.
+pub async fn patch(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    kind: PatchKind,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
+    for _ in 0..5 {
+        let kv = store
+            .get(target.key(name).as_bytes())
+            .await?
+            .ok_or_else(|| target.not_found(name))?;
+        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let mut doc = current.clone();
+        match kind {
+            PatchKind::Merge => json_patch::merge(&mut doc, &patch),
+            PatchKind::Json => {
+                let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                json_patch::patch(&mut doc, &ops).map_err(|e| {
+                    ApiError::invalid(
+                        target.def.kind,
+                        target.def.group,
+                        name,
+                        vec![("patch".into(), e.to_string())],
+                    )
+                })?;
+            }
+        }
+        // A patch that names no resourceVersion is applied to whatever is current.
+        let explicit_rv = match kind {
+            PatchKind::Merge => patch.pointer("/metadata/resourceVersion").is_some(),
+            PatchKind::Json => patch
+                .as_array()
+                .map(|ops| {
+                    ops.iter().any(|op| {
+                        op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+                    })
+                })
+                .unwrap_or(false),
+        };
+        if !explicit_rv {
+            meta(&mut doc).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        }
+        match write_update(store, target, name, &current, kv.mod_revision, doc, dry_run).await {
+            Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(
+        target.def.plural,
+        target.def.group,
+        name,
+    ))
+}
+
+/// Deletes an object: at once, or by marking it when finalizers must run first.
+/// A namespace takes its contents with it.
+pub async fn delete(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    opts: &Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let def = target.def;
+    if def.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
+    for _ in 0..5 {
+        let key = target.key(name);
+        let kv = store
+            .get(key.as_bytes())
+            .await?
+            .ok_or_else(|| target.not_found(name))?;
+        let mut current = from_stored(&kv.value, kv.mod_revision)?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+            if meta_str(&current, "uid") != Some(uid) {
+                return Err(ApiError::conflict(def.plural, def.group, name));
+            }
+        }
+        if let Some(rv) = opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            if objects::parse_rv(rv)? != kv.mod_revision {
+                return Err(ApiError::conflict(def.plural, def.group, name));
+            }
+        }
+        if dry_run {
+            return Ok(current);
+        }
+        let finalizers = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|f| !f.is_empty());
+        if finalizers == Some(true) {
+            if current.pointer("/metadata/deletionTimestamp").is_none() {
+                meta(&mut current)
+                    .insert("deletionTimestamp".into(), json!(objects::now_rfc3339()));
+                meta(&mut current).insert("deletionGracePeriodSeconds".into(), json!(0));
+                let r = store
+                    .txn(TxnRequest {
+                        compare: vec![Compare::mod_revision_is(key.clone(), kv.mod_revision)],
+                        success: vec![Op::Put {
+                            key: key.into_bytes(),
+                            value: to_stored(&current)?,
+                            lease: 0,
+                        }],
+                        failure: vec![],
+                    })
+                    .await?;
+                if !r.succeeded {
+                    continue;
+                }
+                meta(&mut current).insert("resourceVersion".into(), json!(r.revision.to_string()));
+            }
+            return Ok(current);
+        }
+        if def.kind == "Namespace" {
+            delete_namespace_contents(store, name).await?;
+        }
+        let r = store
+            .txn(TxnRequest {
+                compare: vec![Compare::mod_revision_is(key.clone(), kv.mod_revision)],
+                success: vec![Op::Delete {
+                    key: key.into_bytes(),
+                }],
+                failure: vec![],
+            })
+            .await?;
+        if r.succeeded {
+            meta(&mut current).insert("resourceVersion".into(), json!(r.revision.to_string()));
+            return Ok(current);
+        }
+    }
+    Err(ApiError::conflict(def.plural, def.group, name))
+}
+
+/// Removes every namespaced object in namespace `ns`.
+async fn delete_namespace_contents(store: &Store, ns: &str) -> Result<(), ApiError> {
+    for def in resources::BUILTIN.iter().filter(|d| d.namespaced) {
+        let prefix = format!("{}{ns}/", def.storage_prefix());
+        let end = pikube_raft::prefix_end(prefix.as_bytes());
+        store
+            .txn(TxnRequest {
+                success: vec![Op::DeleteRange {
+                    key: prefix.into_bytes(),
+                    range_end: end,
+                }],
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes every object of a collection that matches the selectors.
+pub async fn delete_collection(
+    store: &Store,
+    target: &Target,
+    opts: &ListOptions,
+    body: &Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let listed = list(store, target, opts).await?;
+    let mut deleted = Vec::new();
+    for item in listed["items"].as_array().cloned().unwrap_or_default() {
+        let Some(name) = meta_str(&item, "name") else {
+            continue;
+        };
+        let t = Target {
+            namespace: meta_str(&item, "namespace").map(String::from),
+            ..target.clone()
+        };
+        match delete(store, &t, name, body, dry_run).await {
+            Ok(obj) => deleted.push(obj),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({
+        "kind": target.def.list_kind(),
+        "apiVersion": target.def.api_version(),
+        "metadata": {"resourceVersion": store.current_revision().to_string()},
+        "items": deleted,
+    }))
+}

@@ -1,0 +1,353 @@
+//! The API server's HTTP surface: health and version endpoints, discovery, and the
+//! resource paths (`/api/v1/...`, `/apis/G/V/...`) dispatched to the REST verbs.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pikube_raft::Store;
+use serde_json::{json, Value};
+
+use super::rest::{self, ListOptions, PatchKind, Target};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+use super::watch::{self, WatchParams};
+use super::{discovery, objects, resources};
+
+/// Who is making a request: set by the TLS layer from the client certificate, or by the
+/// in-process client for components of the server itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// User name (certificate CN).
+    pub user: String,
+    /// Groups (certificate O values).
+    pub groups: Vec<String>,
+}
+
+/// The API server: the store plus what the HTTP surface needs.
+#[derive(Clone)]
+pub struct ApiServer {
+    store: Store,
+    server_address: String,
+}
+
+impl ApiServer {
+    /// An API server over `store`, reachable by clients at `server_address` (host:port).
+    pub fn new(store: Store, server_address: String) -> Self {
+        ApiServer {
+            store,
+            server_address,
+        }
+    }
+
+    /// The store this API server writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The axum router serving the whole API; requests must carry an [`Identity`].
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/version", get(version))
+            .route("/healthz", get(healthy))
+            .route("/livez", get(healthy))
+            .route("/readyz", get(healthy))
+            .fallback(dispatch)
+            .with_state(self.clone())
+    }
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": format!("v1.33.0+pikube-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", std::env::consts::ARCH),
+    }))
+}
+
+async fn healthy() -> &'static str {
+    "ok"
+}
+
+/// What a path addresses.
+enum Route {
+    ApiVersions,
+    GroupList,
+    Group(String),
+    ResourceList(String, String),
+    Resource(Target),
+}
+
+fn parse_path(path: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api"] => return Ok(Route::ApiVersions),
+        ["apis"] => return Ok(Route::GroupList),
+        ["apis", g] => return Ok(Route::Group(g.to_string())),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route(path)),
+    };
+    if rest.is_empty() {
+        return Ok(Route::ResourceList(group.to_string(), version.to_string()));
+    }
+    let namespace_status =
+        group.is_empty() && rest.len() == 3 && matches!(rest[2], "status" | "finalize");
+    let (namespace, rest) = if rest[0] == "namespaces" && rest.len() >= 3 && !namespace_status {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    if rest.len() > 3 {
+        return Err(ApiError::no_route(path));
+    }
+    let def = resources::lookup(group, version, rest[0]).ok_or_else(|| ApiError::no_route(path))?;
+    let name = rest.get(1).map(|s| s.to_string());
+    let subresource = rest.get(2).map(|s| s.to_string());
+    if namespace.is_some() && !def.namespaced {
+        return Err(ApiError::no_route(path));
+    }
+    if def.namespaced && namespace.is_none() && name.is_some() {
+        return Err(ApiError::no_route(path));
+    }
+    if let Some(sub) = &subresource {
+        if sub != "status" || !objects::has_status(def) {
+            return Err(ApiError::no_route(path));
+        }
+    }
+    Ok(Route::Resource(Target {
+        def,
+        namespace,
+        name,
+        subresource,
+    }))
+}
+
+fn query_map(req: &Request) -> Result<HashMap<String, String>, ApiError> {
+    match req.uri().query() {
+        None => Ok(HashMap::new()),
+        Some(q) => serde_urlencoded::from_str(q)
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}"))),
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn dispatch(State(api): State<ApiServer>, req: Request) -> Response {
+    match handle(api, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+    Ok(ListOptions {
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        limit: match q.get("limit") {
+            Some(l) => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
+                .max(0) as usize,
+            None => 0,
+        },
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+    })
+}
+
+async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
+    if req.extensions().get::<Identity>().is_none() {
+        return Err(ApiError::unauthorized());
+    }
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let q = query_map(&req)?;
+    let route = parse_path(&path)?;
+    let target = match route {
+        Route::ApiVersions => {
+            return Ok(Json(discovery::api_versions(&api.server_address)).into_response())
+        }
+        Route::GroupList => return Ok(Json(discovery::api_group_list()).into_response()),
+        Route::Group(g) => {
+            return discovery::api_group(&g)
+                .map(|v| Json(v).into_response())
+                .ok_or_else(|| ApiError::no_route(&path))
+        }
+        Route::ResourceList(g, v) => {
+            return discovery::api_resource_list(&g, &v)
+                .map(|v| Json(v).into_response())
+                .ok_or_else(|| ApiError::no_route(&path))
+        }
+        Route::Resource(t) => t,
+    };
+    let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), objects::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::too_large(format!(
+                "request body exceeds the limit of {} bytes",
+                objects::MAX_BODY_BYTES
+            ))
+        })?;
+    let store = api.store.clone();
+    let what = format!("{method} {path}");
+    match (&method, target.name.clone()) {
+        (&Method::GET, Some(name)) => {
+            Ok(Json(rest::get(&store, &target, &name).await?).into_response())
+        }
+        (&Method::GET, None) => {
+            let opts = list_options(&q)?;
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                let timeout = match q.get("timeoutSeconds") {
+                    Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}"))
+                    })?)),
+                    None => None,
+                };
+                let params = WatchParams {
+                    resource_version: q.get("resourceVersion").cloned().unwrap_or_default(),
+                    timeout,
+                    bookmarks: q.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
+                    opts,
+                };
+                let stream = watch::watch(store, target, params).await?;
+                return Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from_stream(stream))
+                    .unwrap_or_else(|_| {
+                        ApiError::internal("cannot build the watch response").into_response()
+                    }));
+            }
+            Ok(Json(rest::list(&store, &target, &opts).await?).into_response())
+        }
+        (&Method::POST, None) => {
+            let obj = objects::decode_body(&headers, &body)?;
+            let created = rest::create(&store, &target, obj, dry_run).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (&Method::PUT, Some(name)) => {
+            let obj = objects::decode_body(&headers, &body)?;
+            Ok(Json(rest::update(&store, &target, &name, obj, dry_run).await?).into_response())
+        }
+        (&Method::PATCH, Some(name)) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = match ct.split(';').next().unwrap_or("").trim() {
+                "application/json-patch+json" => PatchKind::Json,
+                "application/merge-patch+json" => PatchKind::Merge,
+                other => return Err(ApiError::unsupported_media_type(other)),
+            };
+            Ok(
+                Json(rest::patch(&store, &target, &name, kind, &body, dry_run).await?)
+                    .into_response(),
+            )
+        }
+        (&Method::DELETE, name) => {
+            let opts: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+            };
+            let dry = dry_run
+                || opts
+                    .get("dryRun")
+                    .and_then(Value::as_array)
+                    .is_some_and(|d| d.iter().any(|x| x == "All"));
+            match name {
+                Some(name) => Ok(
+                    Json(rest::delete(&store, &target, &name, &opts, dry).await?).into_response(),
+                ),
+                None => {
+                    let lo = list_options(&q)?;
+                    Ok(
+                        Json(rest::delete_collection(&store, &target, &lo, &opts, dry).await?)
+                            .into_response(),
+                    )
+                }
+            }
+        }
+        _ => Err(ApiError::method_not_allowed(&what)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_like_kube_apiserver() {
+        let t = |p: &str| match parse_path(p) {
+            Ok(Route::Resource(t)) => (t.def.plural, t.namespace, t.name, t.subresource),
+            _ => panic!("{p} did not resolve to a resource"),
+        };
+        assert_eq!(t("/api/v1/namespaces"), ("namespaces", None, None, None));
+        assert_eq!(
+            t("/api/v1/namespaces/default"),
+            ("namespaces", None, Some("default".into()), None)
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/x/status"),
+            ("namespaces", None, Some("x".into()), Some("status".into()))
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/d/configmaps"),
+            ("configmaps", Some("d".into()), None, None)
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/d/pods/p/status"),
+            (
+                "pods",
+                Some("d".into()),
+                Some("p".into()),
+                Some("status".into())
+            )
+        );
+        assert_eq!(t("/api/v1/pods"), ("pods", None, None, None));
+        assert_eq!(
+            t("/apis/apps/v1/namespaces/d/deployments/x"),
+            ("deployments", Some("d".into()), Some("x".into()), None)
+        );
+        assert_eq!(
+            t("/api/v1/nodes/n1"),
+            ("nodes", None, Some("n1".into()), None)
+        );
+        for bad in [
+            "/api/v1/pods/p",
+            "/api/v1/namespaces/d/nodes",
+            "/api/v1/bogus",
+            "/apis/apps/v9/deployments",
+            "/nope",
+            "/api/v1/namespaces/d/configmaps/c/status",
+            "/api/v1/namespaces/d/pods/p/status/x",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! Strategic merge patch, with the list merge keys of the built-in types.

@@ -1,0 +1,432 @@
+//! The API server as kubectl sees it.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{s, Server, KUBECTLS};
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn configmap(name: &str, app: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels:\n    app: {app}\ndata:\n  k: v\n")
+}
+
+#[test]
+fn object_lifecycle_with_each_kubectl_version() {
+    let server = Server::start();
+    for v in KUBECTLS {
+        let name = format!("cm-{}", v.replace('.', "-"));
+        let app = format!("app{}", v.replace('.', ""));
+        let file = server.file(&format!("{name}.yaml"), &configmap(&name, &app));
+        assert!(server
+            .ok(v, &["create", "-f", s(&file), "--validate=false"])
+            .contains(&format!("configmap/{name} created")));
+        let got = json(&server.ok(v, &["get", "configmap", &name, "-o", "json"]));
+        assert_eq!(got["data"]["k"], "v");
+        assert_eq!(got["metadata"]["namespace"], "default");
+        assert!(got["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() == 36));
+        let rv1: i64 = got["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+
+        server.ok(v, &["label", "configmap", &name, "tier=front"]);
+        server.ok(v, &["annotate", "configmap", &name, "note=hello"]);
+        assert_eq!(
+            server
+                .ok(
+                    v,
+                    &[
+                        "get",
+                        "cm",
+                        "-l",
+                        &format!("app={app},tier=front"),
+                        "-o",
+                        "name"
+                    ]
+                )
+                .trim(),
+            format!("configmap/{name}")
+        );
+        assert_eq!(
+            server
+                .ok(
+                    v,
+                    &[
+                        "get",
+                        "cm",
+                        "-l",
+                        &format!("app={app},tier!=front"),
+                        "-o",
+                        "name"
+                    ]
+                )
+                .trim(),
+            ""
+        );
+        server.ok(
+            v,
+            &[
+                "patch",
+                "configmap",
+                &name,
+                "--type=json",
+                "-p",
+                r#"[{"op":"add","path":"/data/j","value":"1"}]"#,
+            ],
+        );
+        server.ok(
+            v,
+            &[
+                "patch",
+                "configmap",
+                &name,
+                "--type=merge",
+                "-p",
+                r#"{"data":{"m":"2","k":null}}"#,
+            ],
+        );
+        let got = json(&server.ok(v, &["get", "configmap", &name, "-o", "json"]));
+        assert_eq!(got["data"], serde_json::json!({"j": "1", "m": "2"}));
+        assert_eq!(got["metadata"]["annotations"]["note"], "hello");
+        let rv2: i64 = got["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rv2 > rv1, "every write advances resourceVersion");
+        assert_eq!(
+            server.ok(v, &["get", "configmap", &name, "-o", "jsonpath={.data.m}"]),
+            "2"
+        );
+
+        assert!(server
+            .ok(v, &["delete", "configmap", &name])
+            .contains("deleted"));
+        let err = server.fails(v, &["get", "configmap", &name]);
+        assert!(
+            err.contains(&format!(
+                "Error from server (NotFound): configmaps \"{name}\" not found"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn typed_creates_namespaces_and_their_contents() {
+    let server = Server::start();
+    // kubectl 1.27 sends JSON bodies for its typed create commands.
+    let v = "1.27";
+    let out = server.ok("1.33", &["get", "namespaces", "-o", "name"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(out.contains(&format!("namespace/{ns}")), "{out}");
+    }
+    let svc = json(&server.ok(v, &["get", "service", "kubernetes", "-o", "json"]));
+    assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
+
+    server.ok(v, &["create", "namespace", "demo"]);
+    server.ok(
+        v,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=a=b",
+        ],
+    );
+    server.ok(
+        v,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=password=s3cret",
+        ],
+    );
+    server.ok(
+        v,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "deployment",
+            "web",
+            "--image=localhost/busybox:latest",
+            "--replicas=2",
+        ],
+    );
+    let deploy = json(&server.ok(v, &["-n", "demo", "get", "deployment", "web", "-o", "json"]));
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    server.ok(
+        v,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ],
+    );
+    let deploy = json(&server.ok(v, &["-n", "demo", "get", "deployment", "web", "-o", "json"]));
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        deploy["metadata"]["generation"], 2,
+        "a spec change bumps generation"
+    );
+    server.ok(v, &["-n", "demo", "label", "deployment", "web", "x=y"]);
+    let deploy = json(&server.ok(v, &["-n", "demo", "get", "deployment", "web", "-o", "json"]));
+    assert_eq!(
+        deploy["metadata"]["generation"], 2,
+        "a metadata change does not"
+    );
+    let secret = json(&server.ok(v, &["-n", "demo", "get", "secret", "creds", "-o", "json"]));
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+
+    // Deleting the namespace takes its contents with it.
+    server.ok(v, &["delete", "namespace", "demo"]);
+    server.fails(v, &["get", "namespace", "demo"]);
+    assert_eq!(
+        server
+            .ok(
+                v,
+                &["get", "configmaps,secrets,deployments", "-A", "-o", "name"]
+            )
+            .trim(),
+        ""
+    );
+    let err = server.fails(
+        v,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "configmap",
+            "late",
+            "--from-literal=a=b",
+        ],
+    );
+    assert!(err.contains("namespaces \"demo\" not found"), "{err}");
+    let err = server.fails(v, &["delete", "namespace", "kube-system"]);
+    assert!(err.contains("Forbidden"), "{err}");
+}
+
+#[test]
+fn stale_writes_conflict_and_state_survives_a_restart() {
+    let mut server = Server::start();
+    let v = "1.33";
+    let file = server.file("c.yaml", &configmap("c", "x"));
+    server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
+    let current = server.ok(v, &["get", "configmap", "c", "-o", "json"]);
+    let copy = server.file("c.json", &current);
+    server.ok(v, &["replace", "-f", s(&copy), "--validate=false"]);
+    let err = server.fails(v, &["replace", "-f", s(&copy), "--validate=false"]);
+    assert!(
+        err.contains("Conflict") && err.contains("the object has been modified"),
+        "{err}"
+    );
+    let err = server.fails(v, &["create", "-f", s(&file), "--validate=false"]);
+    assert!(err.contains("AlreadyExists"), "{err}");
+
+    let before = json(&server.ok(v, &["get", "configmap", "c", "-o", "json"]));
+    server.restart();
+    let after = json(&server.ok(v, &["get", "configmap", "c", "-o", "json"]));
+    assert_eq!(
+        before, after,
+        "the object and its resourceVersion survive a restart"
+    );
+    // The certificates are reused: the old kubeconfig still works (checked by ok above),
+    // and the bootstrap objects were not duplicated.
+    assert_eq!(
+        server
+            .ok(v, &["get", "namespaces", "-o", "name"])
+            .lines()
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn watch_streams_every_change_in_order() {
+    let server = Server::start();
+    let v = "1.33";
+    // (kubectl get -o json rebuilds lists without their resourceVersion: ask raw.)
+    let start = json(&server.ok(
+        v,
+        &["get", "--raw", "/api/v1/namespaces/default/configmaps"],
+    ));
+    let rv = start["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A live `kubectl get -w` sees a change made after it started.
+    let mut live = server
+        .kubectl_cmd(v)
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "name",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = live.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let file = server.file("w.yaml", &configmap("w", "x"));
+    server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
+    let seen = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("kubectl get -w printed the new object");
+    assert!(seen.contains("configmap/w"), "{seen}");
+    let _ = live.kill();
+    let _ = live.wait();
+
+    server.ok(v, &["label", "configmap", "w", "a=b"]);
+    server.ok(v, &["delete", "configmap", "w"]);
+    // Replaying from the listed resourceVersion gives every change, in order, then the
+    // server ends the stream at the timeout.
+    let url = format!(
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=2"
+    );
+    let out = server.ok(v, &["get", "--raw", &url]);
+    let events: Vec<Value> = out.lines().map(json).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "MODIFIED", "DELETED"]);
+    let rvs: Vec<i64> = events
+        .iter()
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
+    // A label-filtered watch sees the object leave its selection as a deletion.
+    let url = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=2&labelSelector=a%3Db");
+    let out = server.ok(v, &["get", "--raw", &url]);
+    let types: Vec<String> = out
+        .lines()
+        .map(|l| json(l)["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["ADDED", "DELETED"]);
+}
+
+#[test]
+fn client_mistakes_get_kubernetes_status_errors() {
+    let server = Server::start();
+    let v = "1.33";
+    let bad = server.file("bad.json", "{not json");
+    let err = server.fails(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps",
+            "-f",
+            s(&bad),
+        ],
+    );
+    assert!(err.contains("BadRequest"), "{err}");
+    let wrong_kind = server.file(
+        "wk.json",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
+    );
+    let err = server.fails(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps",
+            "-f",
+            s(&wrong_kind),
+        ],
+    );
+    assert!(
+        err.contains("BadRequest") && err.contains("does not match the expected kind"),
+        "{err}"
+    );
+    let bad_name = server.file(
+        "bn.json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Not_Valid"}}"#,
+    );
+    let err = server.fails(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps",
+            "-f",
+            s(&bad_name),
+        ],
+    );
+    assert!(
+        err.contains("Invalid") || err.contains("is invalid"),
+        "{err}"
+    );
+    let err = server.fails(
+        v,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20b",
+        ],
+    );
+    assert!(err.contains("BadRequest"), "{err}");
+    let err = server.fails(
+        v,
+        &["get", "--raw", "/api/v1/pods?fieldSelector=spec.bogus%3D1"],
+    );
+    assert!(err.contains("field label not supported"), "{err}");
+    let err = server.fails(v, &["get", "nosuchthings"]);
+    assert!(err.contains("doesn't have a resource type"), "{err}");
+
+    // Without a client certificate: 401 with a Status body, not a crash or a 500.
+    let ca = server.data_dir().join("server/tls/ca.crt");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--cacert", s(&ca)])
+        .arg(format!(
+            "https://127.0.0.1:{}/api/v1/namespaces",
+            server.port
+        ))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "401");
+    assert_eq!(json(body)["reason"], "Unauthorized");
+    // The server is still serving.
+    server.ok(v, &["get", "--raw", "/healthz"]);
+}
