@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::rest::{self, ListOptions, PatchKind, Target};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
+use super::table::{self, IncludeObject};
 use super::watch::{self, WatchParams};
 use super::{discovery, objects, resources};
 
@@ -214,9 +215,31 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         })?;
     let store = api.store.clone();
     let what = format!("{method} {path}");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let as_table = table::wants_table(accept)
+        .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
     match (&method, target.name.clone()) {
         (&Method::GET, Some(name)) => {
-            Ok(Json(rest::get(&store, &target, &name).await?).into_response())
+            let obj = rest::get(&store, &target, &name).await?;
+            match as_table {
+                Some(include) => {
+                    let rv = obj
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    Ok(Json(table::to_table(
+                        target.def,
+                        &[obj],
+                        include,
+                        json!({"resourceVersion": rv}),
+                    ))
+                    .into_response())
+                }
+                None => Ok(Json(obj).into_response()),
+            }
         }
         (&Method::GET, None) => {
             let opts = list_options(&q)?;
@@ -232,6 +255,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                     timeout,
                     bookmarks: q.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
                     opts,
+                    table: as_table,
                 };
                 let stream = watch::watch(store, target, params).await?;
                 return Ok(Response::builder()
@@ -242,7 +266,15 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                         ApiError::internal("cannot build the watch response").into_response()
                     }));
             }
-            Ok(Json(rest::list(&store, &target, &opts).await?).into_response())
+            let list = rest::list(&store, &target, &opts).await?;
+            match as_table {
+                Some(include) => {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    let meta = list.get("metadata").cloned().unwrap_or(json!({}));
+                    Ok(Json(table::to_table(target.def, &items, include, meta)).into_response())
+                }
+                None => Ok(Json(list).into_response()),
+            }
         }
         (&Method::POST, None) => {
             let obj = objects::decode_body(&headers, &body)?;

@@ -12,14 +12,44 @@ use pikube_raft::{EventKind, Store, WatchRequest};
 use serde_json::{json, Value};
 
 use super::objects::from_stored;
+use super::resources::ResourceDef;
 use super::rest::{self, ListOptions, Target};
 use super::status::ApiError;
+use super::table::{self, IncludeObject};
 
 /// Longest watch when the client names no timeout (kube-apiserver picks 30-60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Interval of BOOKMARK events for clients that allow them.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// How objects are written into events.
+#[derive(Clone, Copy)]
+struct Encoding {
+    def: &'static ResourceDef,
+    table: Option<IncludeObject>,
+}
+
+impl Encoding {
+    fn event(&self, kind: &str, object: &Value) -> Bytes {
+        match self.table {
+            Some(include) => {
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let t = table::to_table(
+                    self.def,
+                    std::slice::from_ref(object),
+                    include,
+                    json!({"resourceVersion": rv}),
+                );
+                line(kind, &t)
+            }
+            None => line(kind, object),
+        }
+    }
+}
 
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut s = json!({"type": kind, "object": object}).to_string();
@@ -37,6 +67,8 @@ pub struct WatchParams {
     pub bookmarks: bool,
     /// Selectors.
     pub opts: ListOptions,
+    /// Send each object as a one-row Table (kubectl's human output).
+    pub table: Option<IncludeObject>,
 }
 
 /// Starts a watch and returns the stream of encoded events.
@@ -45,6 +77,10 @@ pub async fn watch(
     target: Target,
     params: WatchParams,
 ) -> Result<impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send, ApiError> {
+    let enc = Encoding {
+        def: target.def,
+        table: params.table,
+    };
     let mut initial: Vec<Bytes> = Vec::new();
     let from = match params.resource_version.as_str() {
         "" | "0" => {
@@ -59,7 +95,7 @@ pub async fn watch(
             )
             .await?;
             for item in listed["items"].as_array().cloned().unwrap_or_default() {
-                initial.push(line("ADDED", &item));
+                initial.push(enc.event("ADDED", &item));
             }
             let rv = listed
                 .pointer("/metadata/resourceVersion")
@@ -106,7 +142,7 @@ pub async fn watch(
                         {
                             None
                         } else {
-                            translate(&ev, &opts)
+                            translate(&ev, &opts, enc)
                         }
                     }
                 };
@@ -139,7 +175,7 @@ pub async fn watch(
 
 /// Turns a store event into a watch event for a client with selectors: an object that
 /// stops matching is DELETED for it, one that starts matching is ADDED.
-fn translate(ev: &pikube_raft::Event, opts: &ListOptions) -> Option<Bytes> {
+fn translate(ev: &pikube_raft::Event, opts: &ListOptions, enc: Encoding) -> Option<Bytes> {
     let prev = ev
         .prev_kv
         .as_ref()
@@ -151,16 +187,16 @@ fn translate(ev: &pikube_raft::Event, opts: &ListOptions) -> Option<Bytes> {
                 "resourceVersion".into(),
                 json!(ev.kv.mod_revision.to_string()),
             );
-            opts.matches(&obj).then(|| line("DELETED", &obj))
+            opts.matches(&obj).then(|| enc.event("DELETED", &obj))
         }
         EventKind::Put => {
             let obj = from_stored(&ev.kv.value, ev.kv.mod_revision).ok()?;
             let now = opts.matches(&obj);
             let before = prev.as_ref().map(|p| opts.matches(p)).unwrap_or(false);
             match (before, now) {
-                (false, true) => Some(line("ADDED", &obj)),
-                (true, true) => Some(line("MODIFIED", &obj)),
-                (true, false) => Some(line("DELETED", &obj)),
+                (false, true) => Some(enc.event("ADDED", &obj)),
+                (true, true) => Some(enc.event("MODIFIED", &obj)),
+                (true, false) => Some(enc.event("DELETED", &obj)),
                 (false, false) => None,
             }
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{s, Server, KUBECTLS};
+use crate::harness::{s, ChildGuard, Server, KUBECTLS};
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
@@ -279,21 +279,23 @@ fn watch_streams_every_change_in_order() {
         .to_string();
 
     // A live `kubectl get -w` sees a change made after it started.
-    let mut live = server
-        .kubectl_cmd(v)
-        .args([
-            "get",
-            "configmaps",
-            "-w",
-            "--output-watch-events",
-            "-o",
-            "name",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = live.stdout.take().unwrap();
+    let mut live = ChildGuard(
+        server
+            .kubectl_cmd(v)
+            .args([
+                "get",
+                "configmaps",
+                "-w",
+                "--output-watch-events",
+                "-o",
+                "name",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = live.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -309,8 +311,7 @@ fn watch_streams_every_change_in_order() {
         .recv_timeout(Duration::from_secs(15))
         .expect("kubectl get -w printed the new object");
     assert!(seen.contains("configmap/w"), "{seen}");
-    let _ = live.kill();
-    let _ = live.wait();
+    drop(live);
 
     server.ok(v, &["label", "configmap", "w", "a=b"]);
     server.ok(v, &["delete", "configmap", "w"]);
@@ -429,4 +430,84 @@ fn client_mistakes_get_kubernetes_status_errors() {
     assert_eq!(json(body)["reason"], "Unauthorized");
     // The server is still serving.
     server.ok(v, &["get", "--raw", "/healthz"]);
+}
+
+#[test]
+fn human_output_uses_server_side_tables() {
+    let server = Server::start();
+    let ns = server.ok("1.33", &["get", "namespaces"]);
+    let header: Vec<&str> = ns.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "AGE"]);
+    assert!(
+        ns.lines()
+            .any(|l| l.starts_with("kube-system") && l.contains("Active")),
+        "{ns}"
+    );
+    let svc = server.ok("1.31", &["get", "service", "kubernetes", "-o", "wide"]);
+    let header: Vec<&str> = svc.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ]
+    );
+    assert!(
+        svc.contains("10.43.0.1") && svc.contains("443/TCP"),
+        "{svc}"
+    );
+    server.ok(
+        "1.27",
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=localhost/busybox:latest",
+            "--replicas=2",
+        ],
+    );
+    let deploy = server.ok("1.33", &["get", "deployments"]);
+    let row: Vec<&str> = deploy.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["web", "0/2", "0", "0"]);
+    let all = server.ok("1.33", &["get", "all"]);
+    assert!(
+        all.contains("service/kubernetes") && all.contains("deployment.apps/web"),
+        "{all}"
+    );
+    // Watch events carry one-row tables too: `kubectl get -w` prints their cells.
+    let mut live = ChildGuard(
+        server
+            .kubectl_cmd("1.33")
+            .args(["get", "namespaces", "-w"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = live.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Header and the four namespaces of the list come first.
+    for _ in 0..5 {
+        rx.recv_timeout(Duration::from_secs(15))
+            .expect("listed namespaces");
+    }
+    server.ok("1.27", &["create", "namespace", "watched"]);
+    let line = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the new namespace arrives as a watch event");
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cells[..2], ["watched", "Active"], "{line}");
+    drop(live);
 }
