@@ -9,6 +9,7 @@ pub mod rest;
 pub mod router;
 pub mod selectors;
 pub mod status;
+pub mod strategic;
 pub mod table;
 pub mod watch;
 

@@ -443,6 +443,8 @@ pub enum PatchKind {
     Json,
     /// RFC 7386 JSON merge patch.
     Merge,
+    /// Kubernetes strategic merge patch (built-in kinds).
+    Strategic,
 }
 
 /// Patches an object, retrying when a concurrent write got in between.
@@ -465,6 +467,10 @@ pub async fn patch(
         let mut doc = current.clone();
         match kind {
             PatchKind::Merge => json_patch::merge(&mut doc, &patch),
+            PatchKind::Strategic => {
+                doc = super::strategic::strategic_merge(target.def.kind, &doc, &patch)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
             PatchKind::Json => {
                 let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
@@ -480,7 +486,9 @@ pub async fn patch(
         }
         // A patch that names no resourceVersion is applied to whatever is current.
         let explicit_rv = match kind {
-            PatchKind::Merge => patch.pointer("/metadata/resourceVersion").is_some(),
+            PatchKind::Merge | PatchKind::Strategic => {
+                patch.pointer("/metadata/resourceVersion").is_some()
+            }
             PatchKind::Json => patch
                 .as_array()
                 .map(|ops| {

@@ -293,6 +293,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             let kind = match ct.split(';').next().unwrap_or("").trim() {
                 "application/json-patch+json" => PatchKind::Json,
                 "application/merge-patch+json" => PatchKind::Merge,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
             Ok(

@@ -511,3 +511,54 @@ fn human_output_uses_server_side_tables() {
     assert_eq!(&cells[..2], ["watched", "Active"], "{line}");
     drop(live);
 }
+
+#[test]
+fn client_side_apply_creates_updates_and_prunes_fields() {
+    let server = Server::start();
+    for v in ["1.27", "1.33"] {
+        let name = format!("web{}", v.replace('.', ""));
+        let manifest = |image: &str, extra_env: bool| {
+            let env = if extra_env {
+                "\n        env:\n        - name: DEBUG\n          value: \"1\""
+            } else {
+                ""
+            };
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  labels:\n    app: {name}\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: main\n        image: {image}{env}\n"
+            )
+        };
+        let file = server.file(
+            &format!("{name}.yaml"),
+            &manifest("localhost/busybox:v1", true),
+        );
+        assert!(server
+            .ok(v, &["apply", "-f", s(&file), "--validate=false"])
+            .contains("created"));
+        std::fs::write(&file, manifest("localhost/busybox:v2", false)).unwrap();
+        assert!(server
+            .ok(v, &["apply", "-f", s(&file), "--validate=false"])
+            .contains("configured"));
+        let d = json(&server.ok(v, &["get", "deployment", &name, "-o", "json"]));
+        let c = &d["spec"]["template"]["spec"]["containers"];
+        assert_eq!(c.as_array().unwrap().len(), 1);
+        assert_eq!(c[0]["image"], "localhost/busybox:v2");
+        assert!(
+            c[0].get("env").is_none(),
+            "a field removed from the manifest is removed from the object: {c}"
+        );
+        assert_eq!(d["metadata"]["generation"], 2);
+        assert!(server
+            .ok(v, &["apply", "-f", s(&file), "--validate=false"])
+            .contains("unchanged"));
+        // kubectl patch with the default (strategic) type merges containers by name.
+        server.ok(v, &["patch", "deployment", &name, "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"localhost/busybox:v1"}]}}}}"#]);
+        let d = json(&server.ok(v, &["get", "deployment", &name, "-o", "json"]));
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}
