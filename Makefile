@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates
 
-.PHONY: all build test lint unit e2e bench bench-store release deps clean
+.PHONY: all build test lint unit e2e bench bench-store release deps run clean
 
 all: build
 
@@ -21,6 +21,13 @@ deps:
 	if [ -n "$$missing" ]; then \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
+
+## run: a single-node server in the foreground, state in ./.pikube (installs what it needs)
+RUN_DIR ?= $(CURDIR)/.pikube
+run: deps
+	$(CARGO) build --bin pikube
+	@echo "kubeconfig: $(RUN_DIR)/kubeconfig  (export KUBECONFIG=$(RUN_DIR)/kubeconfig)"
+	$(CARGO) run --bin pikube -- server --disable-agent --data-dir $(RUN_DIR)/data --write-kubeconfig $(RUN_DIR)/kubeconfig
 
 ## test: formatting, lints and every test of the workspace
 test: lint unit
