@@ -68,7 +68,18 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    let list: Vec<Value> = defs.into_iter().map(resource_entry).collect();
+    let mut list: Vec<Value> = Vec::new();
+    for d in defs {
+        list.push(resource_entry(d));
+        if super::objects::has_status(d) {
+            list.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "kind": d.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if super::rest::has_scale(d) {
+            list.push(json!({"name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
+    }
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": list}),
     )
@@ -90,7 +101,15 @@ mod tests {
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert_eq!(pods["namespaced"], json!(true));
         assert_eq!(pods["categories"], json!(["all"]));
-        assert!(api_resource_list("apps", "v1").is_some());
+        let apps = api_resource_list("apps", "v1").unwrap();
+        let scale = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
+        assert_eq!(scale["kind"], "Scale");
+        assert_eq!(scale["group"], "autoscaling");
         assert!(api_resource_list("nope", "v1").is_none());
         let groups = api_group_list();
         assert!(groups["groups"]

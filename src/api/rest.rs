@@ -647,3 +647,136 @@ pub async fn delete_collection(
         "items": deleted,
     }))
 }
+
+/// Kinds served with a `scale` subresource.
+pub fn has_scale(def: &ResourceDef) -> bool {
+    matches!(def.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+}
+
+/// The autoscaling/v1 Scale view of a scalable object.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let m = obj.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m.get("name"),
+            "namespace": m.get("namespace"),
+            "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"),
+            "creationTimestamp": m.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
+/// Reads the `scale` subresource.
+pub async fn get_scale(store: &Store, target: &Target, name: &str) -> Result<Value, ApiError> {
+    Ok(scale_of(&get(store, target, name).await?))
+}
+
+/// Writes the `scale` subresource (PUT, or a patch of the Scale object): only
+/// `spec.replicas` of the object changes.
+pub async fn update_scale(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    patch: Option<(PatchKind, &[u8])>,
+    body: Option<Value>,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let main = Target {
+        subresource: None,
+        ..target.clone()
+    };
+    for _ in 0..5 {
+        let kv = store
+            .get(main.key(name).as_bytes())
+            .await?
+            .ok_or_else(|| main.not_found(name))?;
+        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let mut scale = scale_of(&current);
+        let explicit_rv = match (&patch, &body) {
+            (Some((kind, raw)), _) => {
+                let p: Value = serde_json::from_slice(raw)
+                    .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
+                match kind {
+                    PatchKind::Merge | PatchKind::Strategic => json_patch::merge(&mut scale, &p),
+                    PatchKind::Json => {
+                        let ops: json_patch::Patch = serde_json::from_value(p).map_err(|e| {
+                            ApiError::bad_request(format!("invalid JSON patch: {e}"))
+                        })?;
+                        json_patch::patch(&mut scale, &ops).map_err(|e| {
+                            ApiError::invalid(
+                                "Scale",
+                                "autoscaling",
+                                name,
+                                vec![("patch".into(), e.to_string())],
+                            )
+                        })?;
+                    }
+                }
+                false
+            }
+            (None, Some(b)) => {
+                scale = b.clone();
+                meta_str(b, "resourceVersion").is_some_and(|rv| !rv.is_empty())
+            }
+            (None, None) => return Err(ApiError::bad_request("a Scale body is required")),
+        };
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Scale",
+                    "autoscaling",
+                    name,
+                    vec![("spec.replicas".into(), "Required value".into())],
+                )
+            })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                vec![(
+                    "spec.replicas".into(),
+                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                )],
+            ));
+        }
+        let mut obj = current.clone();
+        obj["spec"]["replicas"] = json!(replicas);
+        if explicit_rv {
+            meta(&mut obj).insert(
+                "resourceVersion".into(),
+                json!(meta_str(&scale, "resourceVersion").unwrap_or("")),
+            );
+        }
+        match write_update(store, &main, name, &current, kv.mod_revision, obj, dry_run).await {
+            Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
+            Err(e) => return Err(e),
+            Ok(updated) => return Ok(scale_of(&updated)),
+        }
+    }
+    Err(ApiError::conflict(
+        target.def.plural,
+        target.def.group,
+        name,
+    ))
+}

@@ -127,7 +127,12 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
         return Err(ApiError::no_route(path));
     }
     if let Some(sub) = &subresource {
-        if sub != "status" || !objects::has_status(def) {
+        let served = match sub.as_str() {
+            "status" => objects::has_status(def),
+            "scale" => rest::has_scale(def),
+            _ => false,
+        };
+        if !served {
             return Err(ApiError::no_route(path));
         }
     }
@@ -178,6 +183,19 @@ fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
     })
 }
 
+fn patch_kind(headers: &axum::http::HeaderMap) -> Result<PatchKind, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match ct.split(';').next().unwrap_or("").trim() {
+        "application/json-patch+json" => Ok(PatchKind::Json),
+        "application/merge-patch+json" => Ok(PatchKind::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
 async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
     if req.extensions().get::<Identity>().is_none() {
         return Err(ApiError::unauthorized());
@@ -221,6 +239,28 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("");
     let as_table = table::wants_table(accept)
         .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
+    if target.subresource.as_deref() == Some("scale") {
+        let name = target.name.clone().unwrap_or_default();
+        return match method {
+            Method::GET => Ok(Json(rest::get_scale(&store, &target, &name).await?).into_response()),
+            Method::PUT => {
+                let obj = objects::decode_body(&headers, &body)?;
+                Ok(Json(
+                    rest::update_scale(&store, &target, &name, None, Some(obj), dry_run).await?,
+                )
+                .into_response())
+            }
+            Method::PATCH => {
+                let kind = patch_kind(&headers)?;
+                Ok(Json(
+                    rest::update_scale(&store, &target, &name, Some((kind, &body)), None, dry_run)
+                        .await?,
+                )
+                .into_response())
+            }
+            _ => Err(ApiError::method_not_allowed(&what)),
+        };
+    }
     match (&method, target.name.clone()) {
         (&Method::GET, Some(name)) => {
             let obj = rest::get(&store, &target, &name).await?;
@@ -286,16 +326,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             Ok(Json(rest::update(&store, &target, &name, obj, dry_run).await?).into_response())
         }
         (&Method::PATCH, Some(name)) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let kind = match ct.split(';').next().unwrap_or("").trim() {
-                "application/json-patch+json" => PatchKind::Json,
-                "application/merge-patch+json" => PatchKind::Merge,
-                "application/strategic-merge-patch+json" => PatchKind::Strategic,
-                other => return Err(ApiError::unsupported_media_type(other)),
-            };
+            let kind = patch_kind(&headers)?;
             Ok(
                 Json(rest::patch(&store, &target, &name, kind, &body, dry_run).await?)
                     .into_response(),
@@ -370,6 +401,15 @@ mod tests {
         assert_eq!(
             t("/api/v1/nodes/n1"),
             ("nodes", None, Some("n1".into()), None)
+        );
+        assert_eq!(
+            t("/apis/apps/v1/namespaces/d/deployments/x/scale"),
+            (
+                "deployments",
+                Some("d".into()),
+                Some("x".into()),
+                Some("scale".into())
+            )
         );
         for bad in [
             "/api/v1/pods/p",

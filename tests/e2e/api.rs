@@ -175,16 +175,7 @@ fn typed_creates_namespaces_and_their_contents() {
     assert_eq!(deploy["metadata"]["generation"], 1);
     server.ok(
         v,
-        &[
-            "-n",
-            "demo",
-            "patch",
-            "deployment",
-            "web",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"replicas":3}}"#,
-        ],
+        &["-n", "demo", "scale", "deployment", "web", "--replicas=3"],
     );
     let deploy = json(&server.ok(v, &["-n", "demo", "get", "deployment", "web", "-o", "json"]));
     assert_eq!(deploy["spec"]["replicas"], 3);
@@ -198,6 +189,43 @@ fn typed_creates_namespaces_and_their_contents() {
         deploy["metadata"]["generation"], 2,
         "a metadata change does not"
     );
+    // --current-replicas reads the Scale and writes it back with its resourceVersion.
+    let err = server.fails(
+        "1.33",
+        &[
+            "-n",
+            "demo",
+            "scale",
+            "deployment",
+            "web",
+            "--current-replicas=2",
+            "--replicas=4",
+        ],
+    );
+    assert!(err.contains("Expected replicas to be 2, was 3"), "{err}");
+    server.ok(
+        "1.33",
+        &[
+            "-n",
+            "demo",
+            "scale",
+            "deployment",
+            "web",
+            "--current-replicas=3",
+            "--replicas=4",
+        ],
+    );
+    let scale = json(&server.ok(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/apis/apps/v1/namespaces/demo/deployments/web/scale",
+        ],
+    ));
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 4);
+    assert_eq!(scale["status"]["selector"], "app=web");
     let secret = json(&server.ok(v, &["-n", "demo", "get", "secret", "creds", "-o", "json"]));
     assert_eq!(secret["data"]["password"], "czNjcmV0");
 
