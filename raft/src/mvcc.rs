@@ -227,6 +227,40 @@ pub fn range_at(
     Ok(out)
 }
 
+/// Rebuilds the event of `key` at `rev` from its history: the version written at `rev`
+/// (a tombstone means a deletion) and the version before it.
+fn event_from_history(tree: &sled::Tree, key: Vec<u8>, rev: Revision) -> Result<Event> {
+    let at = tree
+        .get(codec::history_key(&key, rev))
+        .map_err(storage)?
+        .ok_or(Error::Compacted {
+            requested: rev,
+            compacted: rev,
+        })?;
+    let sv: StoredValue = codec::decode(&at)?;
+    let kind = if sv.version == 0 {
+        EventKind::Delete
+    } else {
+        EventKind::Put
+    };
+    let prev = match tree
+        .range(codec::history_key(&key, 0)..codec::history_key(&key, rev))
+        .next_back()
+    {
+        Some(item) => {
+            let (_, v) = item.map_err(storage)?;
+            let p: StoredValue = codec::decode(&v)?;
+            (p.version > 0).then(|| p.into_kv(key.clone()))
+        }
+        None => None,
+    };
+    Ok(Event {
+        kind,
+        kv: sv.into_kv(key),
+        prev_kv: prev,
+    })
+}
+
 /// Reads the events of revisions `[from, to)` in order: about `max` of them, always whole
 /// revisions. The second value tells whether it stopped early (more remain).
 pub fn events_between(
@@ -237,12 +271,16 @@ pub fn events_between(
 ) -> Result<(Vec<Event>, bool)> {
     let mut out: Vec<Event> = Vec::new();
     for item in tree.range(codec::event_rev_start(from)..codec::event_rev_start(to)) {
-        let (_, v) = item.map_err(storage)?;
-        let ev: Event = codec::decode(&v)?;
-        if out.len() >= max && out.last().map(|l| l.kv.mod_revision) != Some(ev.kv.mod_revision) {
+        let (k, key) = item.map_err(storage)?;
+        let rev = k
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(Revision::from_be_bytes)
+            .ok_or_else(|| Error::Corrupt("bad event key".into()))?;
+        if out.len() >= max && out.last().map(|l| l.kv.mod_revision) != Some(rev) {
             return Ok((out, true));
         }
-        out.push(ev);
+        out.push(event_from_history(tree, key.to_vec(), rev)?);
     }
     Ok((out, false))
 }
@@ -321,7 +359,20 @@ impl TxnWriter<'_> {
         })
     }
 
+    /// A key may be written once per transaction (as in etcd): its history keeps one
+    /// version per revision.
+    fn check_once(&self, key: &[u8]) -> Result<()> {
+        if self.overlay.contains_key(key) {
+            return Err(Error::InvalidArgument(format!(
+                "duplicate key given in txn request: {}",
+                String::from_utf8_lossy(key)
+            )));
+        }
+        Ok(())
+    }
+
     fn put(&mut self, key: &[u8], value: &[u8], lease: LeaseId) -> Result<Option<KeyValue>> {
+        self.check_once(key)?;
         if lease != 0
             && self
                 .tree
@@ -365,6 +416,7 @@ impl TxnWriter<'_> {
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<Option<KeyValue>> {
+        self.check_once(key)?;
         let Some(prev) = self.current(key)? else {
             return Ok(None);
         };
@@ -487,7 +539,7 @@ pub fn apply(
             let wrote = !w.events.is_empty();
             if wrote {
                 for (seq, ev) in w.events.iter().enumerate() {
-                    batch.insert(codec::event_key(next, seq as u32), codec::encode(ev)?);
+                    batch.insert(codec::event_key(next, seq as u32), ev.kv.key.as_slice());
                 }
                 batch.insert(codec::meta_key("revision"), &next.to_be_bytes()[..]);
                 revs.current = next;
@@ -554,7 +606,7 @@ pub fn apply(
             let mut batch = w.batch;
             if !w.events.is_empty() {
                 for (seq, ev) in w.events.iter().enumerate() {
-                    batch.insert(codec::event_key(next, seq as u32), codec::encode(ev)?);
+                    batch.insert(codec::event_key(next, seq as u32), ev.kv.key.as_slice());
                 }
                 batch.insert(codec::meta_key("revision"), &next.to_be_bytes()[..]);
                 revs.current = next;

@@ -202,30 +202,57 @@ async fn transactions_compare_and_act_atomically() {
                     lease: 0,
                 },
                 Op::Range(RangeRequest::prefix("/m/")),
+            ],
+            failure: vec![],
+        })
+        .await
+        .unwrap();
+    match &multi.responses[2] {
+        OpResponse::Range(before) => assert_eq!(before.count, 2),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(multi.revision, s.current_revision());
+    assert_eq!(
+        s.get(b"/m/1").await.unwrap().unwrap().mod_revision,
+        multi.revision
+    );
+    // A key is written at most once per transaction, as in etcd; nothing is applied.
+    let twice = TxnRequest {
+        success: vec![
+            Op::Put {
+                key: b"/m/3".to_vec(),
+                value: b"x".to_vec(),
+                lease: 0,
+            },
+            Op::DeleteRange {
+                key: b"/m/".to_vec(),
+                range_end: prefix_end(b"/m/"),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(matches!(s.txn(twice).await, Err(Error::InvalidArgument(_))));
+    assert!(s.get(b"/m/3").await.unwrap().is_none());
+    let deleted = s
+        .txn(TxnRequest {
+            success: vec![
                 Op::DeleteRange {
                     key: b"/m/".to_vec(),
                     range_end: prefix_end(b"/m/"),
                 },
                 Op::Range(RangeRequest::prefix("/m/")),
             ],
-            failure: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();
-    match (
-        &multi.responses[2],
-        &multi.responses[3],
-        &multi.responses[4],
-    ) {
-        (OpResponse::Range(before), OpResponse::Delete { deleted }, OpResponse::Range(after)) => {
-            assert_eq!(before.count, 2);
+    match (&deleted.responses[0], &deleted.responses[1]) {
+        (OpResponse::Delete { deleted }, OpResponse::Range(after)) => {
             assert_eq!(deleted.len(), 2);
             assert_eq!(after.count, 0);
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(multi.revision, s.current_revision());
-    assert_eq!(s.range(RangeRequest::prefix("/m/")).await.unwrap().count, 0);
     // Value comparison.
     let by_value = s
         .txn(TxnRequest {
