@@ -3,8 +3,8 @@
 //!
 //! - `l` + key                → latest value of a live key ([`KeyValue`] without the key)
 //! - `h` + esc(key) + rev     → the key as written at `rev` (or a tombstone), for past reads
-//! - `e` + rev + seq          → the key changed by event `seq` of revision `rev`, for watch
-//!                              replay (the values come from the history)
+//! - `e` + rev + seq          → the key changed by event `seq` of revision `rev`, for
+//!   watch replay (the values come from the history)
 //! - `w` + index              → a durable but not yet applied write (the write-ahead log)
 //! - `L` + lease id           → a granted lease (its TTL)
 //! - `m` + name               → metadata (revision, compaction point, identity)
