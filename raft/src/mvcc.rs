@@ -482,6 +482,34 @@ fn compare_holds(cur: Option<&KeyValue>, c: &Compare) -> bool {
     }
 }
 
+/// The answer to a write refused at apply time: nothing is written.
+fn rejected(e: Error) -> Result<(Applied, sled::Batch)> {
+    Ok((
+        Applied {
+            response: Err(e),
+            events: Vec::new(),
+        },
+        sled::Batch::default(),
+    ))
+}
+
+/// Finishes a write: records its events (the changed keys, by revision) and the new
+/// revision when it changed anything.
+fn seal(w: TxnWriter<'_>, revs: &mut Revisions) -> (sled::Batch, Vec<Event>) {
+    let mut batch = w.batch;
+    if !w.events.is_empty() {
+        for (seq, ev) in w.events.iter().enumerate() {
+            batch.insert(
+                codec::event_key(w.revision, seq as u32),
+                ev.kv.key.as_slice(),
+            );
+        }
+        batch.insert(codec::meta_key("revision"), &w.revision.to_be_bytes()[..]);
+        revs.current = w.revision;
+    }
+    (batch, w.events)
+}
+
 /// Applies one write at `revs.current + 1`; the returned batch (when `Some`) must be
 /// applied to the tree together with whatever bookkeeping the caller adds to it.
 pub fn apply(
@@ -525,25 +553,12 @@ pub fn apply(
                 match r {
                     Ok(r) => responses.push(r),
                     Err(e) => {
-                        return Ok((
-                            Applied {
-                                response: Err(e),
-                                events: Vec::new(),
-                            },
-                            sled::Batch::default(),
-                        ));
+                        return rejected(e);
                     }
                 }
             }
-            let mut batch = w.batch;
-            let wrote = !w.events.is_empty();
-            if wrote {
-                for (seq, ev) in w.events.iter().enumerate() {
-                    batch.insert(codec::event_key(next, seq as u32), ev.kv.key.as_slice());
-                }
-                batch.insert(codec::meta_key("revision"), &next.to_be_bytes()[..]);
-                revs.current = next;
-            } else {
+            let (batch, events) = seal(w, revs);
+            if events.is_empty() {
                 // Reads inside a read-only transaction report the unchanged revision.
                 for r in responses.iter_mut() {
                     if let OpResponse::Range(rr) = r {
@@ -559,7 +574,7 @@ pub fn apply(
             Ok((
                 Applied {
                     response: Ok(WriteResponse::Txn(response)),
-                    events: w.events,
+                    events,
                 },
                 batch,
             ))
@@ -580,11 +595,7 @@ pub fn apply(
         }
         WriteRequest::LeaseRevoke { id } => {
             if tree.get(codec::lease_key(*id)).map_err(storage)?.is_none() {
-                let applied = Applied {
-                    response: Err(Error::LeaseNotFound(*id)),
-                    events: Vec::new(),
-                };
-                return Ok((applied, sled::Batch::default()));
+                return rejected(Error::LeaseNotFound(*id));
             }
             let prefix = lease_key_index(*id, &[]);
             let mut keys = Vec::new();
@@ -603,18 +614,11 @@ pub fn apply(
             for k in keys {
                 w.delete(&k)?;
             }
-            let mut batch = w.batch;
-            if !w.events.is_empty() {
-                for (seq, ev) in w.events.iter().enumerate() {
-                    batch.insert(codec::event_key(next, seq as u32), ev.kv.key.as_slice());
-                }
-                batch.insert(codec::meta_key("revision"), &next.to_be_bytes()[..]);
-                revs.current = next;
-            }
+            let (batch, events) = seal(w, revs);
             Ok((
                 Applied {
                     response: Ok(WriteResponse::Done),
-                    events: w.events,
+                    events,
                 },
                 batch,
             ))
@@ -625,26 +629,14 @@ pub fn apply(
                     requested: *revision,
                     compacted: revs.compacted,
                 };
-                return Ok((
-                    Applied {
-                        response: Err(e),
-                        events: Vec::new(),
-                    },
-                    sled::Batch::default(),
-                ));
+                return rejected(e);
             }
             if *revision > revs.current {
                 let e = Error::FutureRevision {
                     requested: *revision,
                     current: revs.current,
                 };
-                return Ok((
-                    Applied {
-                        response: Err(e),
-                        events: Vec::new(),
-                    },
-                    sled::Batch::default(),
-                ));
+                return rejected(e);
             }
             compact_into(tree, *revision, &mut batch)?;
             batch.insert(codec::meta_key("compacted"), &revision.to_be_bytes()[..]);

@@ -18,6 +18,15 @@ pub struct ApiError {
     pub details: Option<Value>,
 }
 
+/// `resource.group`, or `resource` for the core group, as kube-apiserver names things.
+fn qualified(resource: &str, group: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -40,11 +49,7 @@ impl ApiError {
 
     /// 404 NotFound for an object.
     pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
-        let qualified = if group.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}.{group}")
-        };
+        let qualified = qualified(resource, group);
         let mut e = Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found"));
         e.details = Some(json!({"name": name, "group": group, "kind": resource}));
         e
@@ -70,11 +75,7 @@ impl ApiError {
 
     /// 409 AlreadyExists.
     pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
-        let qualified = if group.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}.{group}")
-        };
+        let qualified = qualified(resource, group);
         let mut e = Self::new(
             409,
             "AlreadyExists",
@@ -86,11 +87,7 @@ impl ApiError {
 
     /// 409 Conflict on a stale resourceVersion.
     pub fn conflict(resource: &str, group: &str, name: &str) -> Self {
-        let qualified = if group.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}.{group}")
-        };
+        let qualified = qualified(resource, group);
         let mut e = Self::new(
             409,
             "Conflict",
@@ -120,11 +117,7 @@ impl ApiError {
     /// 422 Invalid with field causes `(field, message)`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<(String, String)>) -> Self {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        let qualified = if group.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{kind}.{group}")
-        };
+        let qualified = qualified(kind, group);
         let mut e = Self::new(
             422,
             "Invalid",

@@ -1,13 +1,10 @@
 //! The API server as kubectl sees it.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{s, ChildGuard, Server, KUBECTLS};
+use crate::harness::{s, spawn_lines, Server, KUBECTLS};
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
@@ -307,31 +304,16 @@ fn watch_streams_every_change_in_order() {
         .to_string();
 
     // A live `kubectl get -w` sees a change made after it started.
-    let mut live = ChildGuard(
-        server
-            .kubectl_cmd(v)
-            .args([
-                "get",
-                "configmaps",
-                "-w",
-                "--output-watch-events",
-                "-o",
-                "name",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = live.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let mut cmd = server.kubectl_cmd(v);
+    cmd.args([
+        "get",
+        "configmaps",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "name",
+    ]);
+    let (live, rx) = spawn_lines(cmd);
     std::thread::sleep(Duration::from_millis(500));
     let file = server.file("w.yaml", &configmap("w", "x"));
     server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
@@ -508,24 +490,9 @@ fn human_output_uses_server_side_tables() {
         "{all}"
     );
     // Watch events carry one-row tables too: `kubectl get -w` prints their cells.
-    let mut live = ChildGuard(
-        server
-            .kubectl_cmd("1.33")
-            .args(["get", "namespaces", "-w"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = live.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let mut cmd = server.kubectl_cmd("1.33");
+    cmd.args(["get", "namespaces", "-w"]);
+    let (live, rx) = spawn_lines(cmd);
     // Header and the four namespaces of the list come first.
     for _ in 0..5 {
         rx.recv_timeout(Duration::from_secs(15))

@@ -1,8 +1,10 @@
 //! Starts a `pikube server` in a temp dir on a free port and runs kubectl against it.
 //! The process and its files are removed when the handle is dropped, pass or fail.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The kubectl versions the tests cover (older, middle, newest installed).
@@ -184,4 +186,24 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `cmd` (e.g. `kubectl get -w`) and returns it with a channel of its stdout lines.
+pub fn spawn_lines(mut cmd: Command) -> (ChildGuard, mpsc::Receiver<String>) {
+    let mut child = ChildGuard(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
 }
