@@ -2,6 +2,8 @@
 //! watch, patch, authentication by client certificate.
 
 pub mod discovery;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod http;
 pub mod objects;
 pub mod resources;

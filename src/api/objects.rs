@@ -104,15 +104,31 @@ pub fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The map under `field` of an object, created (or replacing a non-map value) when
+/// needed. Callers pass objects, checked by [`check_type`] or read from the store; a
+/// non-object is turned into an empty one rather than panicking.
+pub fn child_map<'a>(obj: &'a mut Value, field: &str) -> &'a mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = Value::Object(Map::new());
+    }
+    let Value::Object(map) = obj else {
+        unreachable!("made an object above")
+    };
+    let entry = map
+        .entry(field.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !entry.is_object() {
+        *entry = Value::Object(Map::new());
+    }
+    let Value::Object(child) = entry else {
+        unreachable!("made an object above")
+    };
+    child
+}
+
 /// The object's `metadata` map (present after [`check_type`]).
 pub fn meta(obj: &mut Value) -> &mut Map<String, Value> {
-    if !obj.get("metadata").map(Value::is_object).unwrap_or(false) {
-        obj["metadata"] = json!({});
-    }
-    match obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        Some(m) => m,
-        None => unreachable!("metadata was just made an object"),
-    }
+    child_map(obj, "metadata")
 }
 
 /// A string field of `metadata`.

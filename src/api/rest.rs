@@ -484,6 +484,17 @@ pub async fn patch(
                 })?;
             }
         }
+        if !doc.is_object() {
+            return Err(ApiError::invalid(
+                target.def.kind,
+                target.def.group,
+                name,
+                vec![(
+                    "patch".into(),
+                    "the patched object must be a JSON object".into(),
+                )],
+            ));
+        }
         // A patch that names no resourceVersion is applied to whatever is current.
         let explicit_rv = match kind {
             PatchKind::Merge | PatchKind::Strategic => {
@@ -761,7 +772,7 @@ pub async fn update_scale(
             ));
         }
         let mut obj = current.clone();
-        obj["spec"]["replicas"] = json!(replicas);
+        objects::child_map(&mut obj, "spec").insert("replicas".into(), json!(replicas));
         if explicit_rv {
             meta(&mut obj).insert(
                 "resourceVersion".into(),
