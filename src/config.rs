@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub node_labels: Vec<String>,
     /// Taints for this node (`key=value:Effect`).
     pub node_taints: Vec<String>,
+    /// How often the store's history is compacted.
+    pub compaction_interval: std::time::Duration,
 }
 
 impl ServerConfig {

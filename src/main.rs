@@ -55,6 +55,10 @@ struct ServerArgs {
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
+    /// How often the store's history is compacted, in seconds (as kube-apiserver's
+    /// --etcd-compaction-interval).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    etcd_compaction_interval: u64,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -87,6 +91,7 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         disable: Vec::new(),
         node_labels: Vec::new(),
         node_taints: Vec::new(),
+        compaction_interval: std::time::Duration::from_secs(a.etcd_compaction_interval),
     }
 }
 

@@ -152,8 +152,14 @@ pub async fn run(
         );
     }
 
+    let compaction = tokio::spawn(crate::compactor::run(
+        store.clone(),
+        config.compaction_interval,
+    ));
     let tls = api::http::tls_config(&pki)?;
-    api::http::serve(listener, tls, api.router(), shutdown).await?;
+    let served = api::http::serve(listener, tls, api.router(), shutdown).await;
+    compaction.abort();
+    served?;
     store.shutdown().await.context("store shutdown")?;
     Ok(())
 }

@@ -557,3 +557,42 @@ fn client_side_apply_creates_updates_and_prunes_fields() {
         );
     }
 }
+
+#[test]
+fn compacted_resource_versions_are_gone_and_watchers_relist() {
+    let server = Server::start_with(&["--etcd-compaction-interval", "1"]);
+    let v = "1.33";
+    let listed = json(&server.ok(
+        v,
+        &["get", "--raw", "/api/v1/namespaces/default/configmaps"],
+    ));
+    let old_rv: i64 = listed["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let file = server.file("g.yaml", &configmap("g", "x"));
+    server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
+    server.ok(v, &["label", "configmap", "g", "n=1"]);
+    // After two compaction intervals the history before the label is gone.
+    std::thread::sleep(Duration::from_millis(2500));
+    server.ok(v, &["label", "configmap", "g", "n=2", "--overwrite"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let url = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={old_rv}&timeoutSeconds=2");
+    let out = server.ok(v, &["get", "--raw", &url]);
+    let events: Vec<Value> = out.lines().map(json).collect();
+    assert_eq!(events.len(), 1, "{out}");
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
+    // kubectl's reflector-based wait still works after the compaction.
+    server.ok(
+        v,
+        &[
+            "wait",
+            "--for=jsonpath={.metadata.labels.n}=2",
+            "configmap/g",
+            "--timeout=20s",
+        ],
+    );
+}

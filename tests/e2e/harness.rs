@@ -26,6 +26,7 @@ pub struct Server {
     dir: tempfile::TempDir,
     /// The API server's port.
     pub port: u16,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -38,10 +39,21 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts `pikube server --disable-agent` and waits until it serves.
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Self::spawn(dir.path(), port);
-        let server = Server { child, dir, port };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir.path(), port, &extra);
+        let server = Server {
+            child,
+            dir,
+            port,
+            extra,
+        };
         server.wait_ready();
         server
     }
@@ -49,11 +61,11 @@ impl Server {
     /// Stops the server and starts it again on the same data dir and port.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.dir.path(), self.port);
+        self.child = Self::spawn(self.dir.path(), self.port, &self.extra);
         self.wait_ready();
     }
 
-    fn spawn(dir: &Path, port: u16) -> Child {
+    fn spawn(dir: &Path, port: u16, extra: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,6 +79,7 @@ impl Server {
             .arg(dir.join("data"))
             .arg("--write-kubeconfig")
             .arg(dir.join("kubeconfig"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
