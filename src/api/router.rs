@@ -205,10 +205,28 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
     let q = query_map(&req)?;
     let route = parse_path(&path)?;
     let target = match route {
-        Route::ApiVersions => {
-            return Ok(Json(discovery::api_versions(&api.server_address)).into_response())
+        Route::ApiVersions | Route::GroupList => {
+            let core = matches!(route, Route::ApiVersions);
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if let Some(format) = discovery::negotiate_aggregated(accept) {
+                let doc = discovery::aggregated(core, format);
+                return Ok((
+                    [(header::CONTENT_TYPE, format.content_type())],
+                    doc.to_string(),
+                )
+                    .into_response());
+            }
+            let doc = if core {
+                discovery::api_versions(&api.server_address)
+            } else {
+                discovery::api_group_list()
+            };
+            return Ok(Json(doc).into_response());
         }
-        Route::GroupList => return Ok(Json(discovery::api_group_list()).into_response()),
         Route::Group(g) => {
             return discovery::api_group(&g)
                 .map(|v| Json(v).into_response())

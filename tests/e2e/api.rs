@@ -445,6 +445,18 @@ fn client_mistakes_get_kubernetes_status_errors() {
 #[test]
 fn human_output_uses_server_side_tables() {
     let server = Server::start();
+    // Aggregated discovery: a cold kubectl needs /api and /apis, not one request per group.
+    let fresh = server.file("fresh-cache", "");
+    std::fs::remove_file(&fresh).unwrap();
+    let out = server
+        .kubectl_cmd("1.27")
+        .args(["get", "namespaces", "-v=6", "--cache-dir", s(&fresh)])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let gets: Vec<&str> = log.lines().filter(|l| l.contains("GET https://")).collect();
+    assert_eq!(gets.len(), 3, "{gets:#?}");
+    assert!(!log.contains("/apis/apps/v1"), "{log}");
     let ns = server.ok("1.33", &["get", "namespaces"]);
     let header: Vec<&str> = ns.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "STATUS", "AGE"]);
