@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub node_labels: Vec<String>,
     /// Taints for this node (`key=value:Effect`).
     pub node_taints: Vec<String>,
+    /// Static bearer tokens (kube-apiserver's `--token-auth-file` format).
+    pub token_auth_file: Option<PathBuf>,
     /// How often the store's history is compacted.
     pub compaction_interval: std::time::Duration,
 }

@@ -55,6 +55,9 @@ struct ServerArgs {
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
+    /// File of static bearer tokens, one `token,user,uid[,"group1,group2"]` per line.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// How often the store's history is compacted, in seconds (as kube-apiserver's
     /// --etcd-compaction-interval).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -92,6 +95,7 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         node_labels: Vec::new(),
         node_taints: Vec::new(),
         compaction_interval: std::time::Duration::from_secs(a.etcd_compaction_interval),
+        token_auth_file: a.token_auth_file,
     }
 }
 

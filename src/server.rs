@@ -95,6 +95,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let kubernetes_ip = kubernetes_service_ip(&config.service_cidr)?;
+    let tokens = match &config.token_auth_file {
+        Some(path) => api::authn::Tokens::load(path)?,
+        None => api::authn::Tokens::default(),
+    };
     let mut ips: Vec<IpAddr> = config.node_ips.clone();
     if !config.bind_address.is_unspecified() {
         ips.push(config.bind_address);
@@ -157,7 +161,14 @@ pub async fn run(
         config.compaction_interval,
     ));
     let tls = api::http::tls_config(&pki)?;
-    let served = api::http::serve(listener, tls, api.router(), shutdown).await;
+    let served = api::http::serve(
+        listener,
+        tls,
+        api.router(),
+        std::sync::Arc::new(tokens),
+        shutdown,
+    )
+    .await;
     compaction.abort();
     served?;
     store.shutdown().await.context("store shutdown")?;

@@ -1,5 +1,6 @@
 //! HTTPS serving of the API: rustls with the cluster's serving certificate, HTTP/2 and
-//! HTTP/1.1 on one port, and client-certificate authentication (CN = user, O = groups).
+//! HTTP/1.1 on one port, and authentication by client certificate (CN = user, O = groups)
+//! or bearer token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use super::authn::Tokens;
 use super::router::Identity;
 use crate::pki::Pki;
 
@@ -74,6 +76,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    tokens: Arc<Tokens>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -91,6 +94,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let tokens = tokens.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -107,8 +111,15 @@ pub async fn serve(
                 .and_then(|c| identity_from_cert(c.as_ref()));
             let svc =
                 router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    if let Some(id) = &identity {
-                        req.extensions_mut().insert(id.clone());
+                    // A verified client certificate wins; otherwise a known bearer token.
+                    let id = identity.clone().or_else(|| {
+                        req.headers()
+                            .get(axum::http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| tokens.authenticate(v))
+                    });
+                    if let Some(id) = id {
+                        req.extensions_mut().insert(id);
                     }
                     req
                 });

@@ -1,6 +1,7 @@
 //! The Kubernetes API server: discovery, generic REST over the resource catalogue,
 //! watch, patch, authentication by client certificate.
 
+pub mod authn;
 pub mod discovery;
 #[cfg(test)]
 mod fuzz_tests;

@@ -608,3 +608,78 @@ fn compacted_resource_versions_are_gone_and_watchers_relist() {
         ],
     );
 }
+
+#[test]
+fn bearer_tokens_from_a_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "s3cr3t-token,alice,1001,\"system:masters\"\n").unwrap();
+    let server = Server::start_with(&["--token-auth-file", s(&tokens)]);
+    let ca = server.data_dir().join("server/tls/ca.crt");
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let with_token = |token: &str| {
+        let out = std::process::Command::new(crate::harness::kubectl_path("1.33"))
+            .args([
+                "--kubeconfig",
+                "/dev/null",
+                "--server",
+                &url,
+                "--certificate-authority",
+                s(&ca),
+                "--token",
+                token,
+            ])
+            .args(["get", "namespaces", "-o", "name"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = with_token("s3cr3t-token");
+    assert!(ok, "{err}");
+    assert!(out.contains("namespace/default"), "{out}");
+    let (ok, _, err) = with_token("wrong-token");
+    assert!(!ok);
+    assert!(
+        err.contains("Unauthorized") || err.contains("must be logged in"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_malformed_token_file_stops_the_server_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "no-commas-here\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pikube"))
+        .args([
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kc"))
+        .arg("--token-auth-file")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("pikube: error:") && last.contains("line 1"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the configuration is checked"
+    );
+}
