@@ -61,28 +61,22 @@ fn dir_size(path: &std::path::Path) -> u64 {
     total
 }
 
-async fn pikube_load(
-    store: &Store,
-    writers: usize,
-    puts: usize,
-    value: Arc<Vec<u8>>,
-    prefix: &str,
-) -> Figures {
+/// Runs `puts` writes from `writers` concurrent tasks, each write being `put(i)`, and
+/// measures every write's latency.
+async fn drive<F, Fut>(writers: usize, puts: usize, put: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let store = store.clone();
-        let value = value.clone();
-        let prefix = prefix.to_string();
+        let put = put.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(puts / writers + 1);
             for i in (w..puts).step_by(writers) {
-                let key = format!("{prefix}/{i:08}");
                 let t = Instant::now();
-                store
-                    .put(key.as_bytes(), &value, 0)
-                    .await
-                    .expect("pikube put");
+                put(i).await;
                 lat.push(t.elapsed());
             }
             lat
@@ -93,6 +87,26 @@ async fn pikube_load(
         lat.extend(t.await.expect("writer task"));
     }
     summarize(lat, start.elapsed())
+}
+
+async fn pikube_load(
+    store: &Store,
+    writers: usize,
+    puts: usize,
+    value: Arc<Vec<u8>>,
+    prefix: &str,
+) -> Figures {
+    let (store, prefix) = (store.clone(), prefix.to_string());
+    drive(writers, puts, move |i| {
+        let (store, value, key) = (store.clone(), value.clone(), format!("{prefix}/{i:08}"));
+        async move {
+            store
+                .put(key.as_bytes(), &value, 0)
+                .await
+                .expect("pikube put");
+        }
+    })
+    .await
 }
 
 struct Etcd {
@@ -188,28 +202,17 @@ async fn etcd_load(
     puts: usize,
     value: Arc<Vec<u8>>,
 ) -> Figures {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let client = client.clone();
-        let url = url.to_string();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(puts / writers + 1);
-            for i in (w..puts).step_by(writers) {
-                let key = format!("/bench/{i:08}");
-                let t = Instant::now();
-                etcd_put(&client, &url, key.as_bytes(), &value).await;
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.expect("writer task"));
-    }
-    summarize(lat, start.elapsed())
+    let (client, url) = (client.clone(), url.to_string());
+    drive(writers, puts, move |i| {
+        let (client, url, value, key) = (
+            client.clone(),
+            url.clone(),
+            value.clone(),
+            format!("/bench/{i:08}"),
+        );
+        async move { etcd_put(&client, &url, key.as_bytes(), &value).await }
+    })
+    .await
 }
 
 fn arg(name: &str, default: usize) -> usize {

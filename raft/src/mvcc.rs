@@ -294,7 +294,17 @@ struct TxnWriter<'a> {
     events: Vec<Event>,
 }
 
-impl TxnWriter<'_> {
+impl<'a> TxnWriter<'a> {
+    fn new(tree: &'a sled::Tree, revision: Revision, batch: sled::Batch) -> Self {
+        TxnWriter {
+            tree,
+            revision,
+            overlay: BTreeMap::new(),
+            batch,
+            events: Vec::new(),
+        }
+    }
+
     fn current(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         match self.overlay.get(key) {
             Some(v) => Ok(v.clone()),
@@ -529,13 +539,7 @@ pub fn apply(
                 }
             }
             let ops = if ok { &txn.success } else { &txn.failure };
-            let mut w = TxnWriter {
-                tree,
-                revision: next,
-                overlay: BTreeMap::new(),
-                batch,
-                events: Vec::new(),
-            };
+            let mut w = TxnWriter::new(tree, next, batch);
             let mut responses = Vec::with_capacity(ops.len());
             for op in ops {
                 let r = match op {
@@ -604,13 +608,7 @@ pub fn apply(
                 keys.push(k[prefix.len()..].to_vec());
             }
             batch.remove(codec::lease_key(*id));
-            let mut w = TxnWriter {
-                tree,
-                revision: next,
-                overlay: BTreeMap::new(),
-                batch,
-                events: Vec::new(),
-            };
+            let mut w = TxnWriter::new(tree, next, batch);
             for k in keys {
                 w.delete(&k)?;
             }

@@ -10,6 +10,20 @@ fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// POSTs a file as it is to the configmaps of `default` and returns kubectl's error.
+fn post_configmap(server: &Server, file: &std::path::Path) -> String {
+    server.fails(
+        "1.33",
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps",
+            "-f",
+            s(file),
+        ],
+    )
+}
+
 fn configmap(name: &str, app: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels:\n    app: {app}\ndata:\n  k: v\n")
 }
@@ -360,31 +374,13 @@ fn client_mistakes_get_kubernetes_status_errors() {
     let server = Server::start();
     let v = "1.33";
     let bad = server.file("bad.json", "{not json");
-    let err = server.fails(
-        v,
-        &[
-            "create",
-            "--raw",
-            "/api/v1/namespaces/default/configmaps",
-            "-f",
-            s(&bad),
-        ],
-    );
+    let err = post_configmap(&server, &bad);
     assert!(err.contains("BadRequest"), "{err}");
     let wrong_kind = server.file(
         "wk.json",
         r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
     );
-    let err = server.fails(
-        v,
-        &[
-            "create",
-            "--raw",
-            "/api/v1/namespaces/default/configmaps",
-            "-f",
-            s(&wrong_kind),
-        ],
-    );
+    let err = post_configmap(&server, &wrong_kind);
     assert!(
         err.contains("BadRequest") && err.contains("does not match the expected kind"),
         "{err}"
@@ -393,16 +389,7 @@ fn client_mistakes_get_kubernetes_status_errors() {
         "bn.json",
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Not_Valid"}}"#,
     );
-    let err = server.fails(
-        v,
-        &[
-            "create",
-            "--raw",
-            "/api/v1/namespaces/default/configmaps",
-            "-f",
-            s(&bad_name),
-        ],
-    );
+    let err = post_configmap(&server, &bad_name);
     assert!(
         err.contains("Invalid") || err.contains("is invalid"),
         "{err}"
