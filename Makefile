@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc nftables \
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
-	jq curl ca-certificates
+	jq curl ca-certificates python3 python3-pip
 
 .PHONY: all build test lint unit e2e bench bench-store release deps run clean
 
@@ -21,6 +21,8 @@ deps:
 	if [ -n "$$missing" ]; then \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
+	@python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install --quiet kubernetes \
+		|| python3 -m pip install --quiet --break-system-packages kubernetes
 
 ## run: a single-node server in the foreground, state in ./.pikube (installs what it needs)
 RUN_DIR ?= $(CURDIR)/.pikube

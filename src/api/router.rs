@@ -363,9 +363,27 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                     .and_then(Value::as_array)
                     .is_some_and(|d| d.iter().any(|x| x == "All"));
             match name {
-                Some(name) => Ok(
-                    Json(rest::delete(&store, &target, &name, &opts, dry).await?).into_response(),
-                ),
+                Some(name) => {
+                    let obj = rest::delete(&store, &target, &name, &opts, dry).await?;
+                    // Still there (finalizers pending): the object; removed: a Success
+                    // Status, as kube-apiserver answers for immediate deletions.
+                    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                        return Ok(Json(obj).into_response());
+                    }
+                    Ok(Json(json!({
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": {
+                            "name": name,
+                            "group": target.def.group,
+                            "kind": target.def.plural,
+                            "uid": obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                        },
+                    }))
+                    .into_response())
+                }
                 None => {
                     let lo = list_options(&q)?;
                     Ok(

@@ -5,3 +5,4 @@
 mod api;
 mod harness;
 mod kube_client;
+mod python_client;
