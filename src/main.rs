@@ -18,6 +18,30 @@ struct Cli {
 enum Command {
     /// Run a server: the API server and the store (the control plane).
     Server(ServerArgs),
+    /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments passed to kubectl as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Replaces this process with kubectl, pointed at pikube's kubeconfig.
+fn exec_kubectl(args: Vec<std::ffi::OsString>) -> ! {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.args(args);
+    if std::env::var_os("KUBECONFIG").is_none() {
+        cmd.env("KUBECONFIG", config::DEFAULT_KUBECONFIG);
+    }
+    let err = cmd.exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        eprintln!("pikube: error: kubectl is not installed or not on PATH (install it, e.g. `apt-get install kubectl`)");
+    } else {
+        eprintln!("pikube: error: cannot run kubectl: {err}");
+    }
+    std::process::exit(127);
 }
 
 #[derive(Args, Debug)]
@@ -111,7 +135,10 @@ async fn shutdown_signal() {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let server = match Cli::parse().command {
+        Command::Kubectl { args } => exec_kubectl(args),
+        Command::Server(args) => args,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -129,13 +156,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Server(args) => {
-                pikube::server::run(server_config(args), shutdown_signal()).await
-            }
-        }
-    });
+    let result = runtime.block_on(pikube::server::run(
+        server_config(server),
+        shutdown_signal(),
+    ));
     if let Err(e) = result {
         eprintln!("pikube: error: {e:#}");
         std::process::exit(1);

@@ -3,6 +3,7 @@
 //! One test binary with modules, so the dependency tree is linked once.
 
 mod api;
+mod cli;
 mod harness;
 mod kube_client;
 mod python_client;
