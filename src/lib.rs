@@ -5,6 +5,7 @@
 //! command line and starts them.
 
 pub mod api;
+pub mod check;
 pub mod compactor;
 pub mod config;
 pub mod pki;

@@ -18,6 +18,15 @@ struct Cli {
 enum Command {
     /// Run a server: the API server and the store (the control plane).
     Server(ServerArgs),
+    /// Check that this machine has what a pikube node needs (pass/fail list; exit 1 on a failure).
+    CheckConfig {
+        /// Data directory that must be writable.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Address the ports are checked on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_address: IpAddr,
+    },
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -134,10 +143,32 @@ async fn shutdown_signal() {
     }
 }
 
+fn check_config(data_dir: PathBuf, bind_address: IpAddr) -> ! {
+    let env = pikube::check::Environment {
+        cgroup_root: "/sys/fs/cgroup".into(),
+        proc_root: "/proc".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        data_dir,
+        bind_address,
+        ports: vec![
+            config::DEFAULT_HTTPS_PORT,
+            config::DEFAULT_PEER_PORT,
+            config::DEFAULT_AGENT_PORT,
+        ],
+    };
+    let (text, ok) = pikube::check::report(&pikube::check::run(&env));
+    print!("{text}");
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
 fn main() {
     let server = match Cli::parse().command {
         Command::Kubectl { args } => exec_kubectl(args),
         Command::Server(args) => args,
+        Command::CheckConfig {
+            data_dir,
+            bind_address,
+        } => check_config(data_dir, bind_address),
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -66,3 +66,43 @@ fn bad_flags_get_a_clear_message() {
     let out = run(&["--version"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pikube "));
 }
+
+#[test]
+fn check_config_prints_one_line_per_check_and_fails_on_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
+        .args(["check-config", "--bind-address", "127.0.0.1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 12, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("[pass]") || l.starts_with("[warn]") || l.starts_with("[FAIL]")),
+        "{text}"
+    );
+    for name in [
+        "kernel",
+        "memory cgroup",
+        "containerd",
+        "runc",
+        "nft",
+        "CNI plugins",
+        "data dir",
+        "port",
+    ] {
+        assert!(
+            lines.iter().any(|l| l[7..].starts_with(name)),
+            "{name} missing:\n{text}"
+        );
+    }
+    let failed = lines.iter().any(|l| l.starts_with("[FAIL]"));
+    assert_eq!(
+        out.status.code(),
+        Some(if failed { 1 } else { 0 }),
+        "{text}"
+    );
+}
