@@ -8,5 +8,6 @@ pub mod api;
 pub mod check;
 pub mod compactor;
 pub mod config;
+pub mod config_file;
 pub mod pki;
 pub mod server;

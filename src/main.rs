@@ -8,7 +8,7 @@ use pikube::config::{self, ServerConfig};
 
 /// pikube: a Kubernetes distribution in one small binary, for Raspberry Pi class machines.
 #[derive(Parser, Debug)]
-#[command(name = "pikube", version, about, long_about = None)]
+#[command(name = "pikube", version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a server: the API server and the store (the control plane).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Check that this machine has what a pikube node needs (pass/fail list; exit 1 on a failure).
     CheckConfig {
         /// Data directory that must be writable.
@@ -55,6 +55,9 @@ fn exec_kubectl(args: Vec<std::ffi::OsString>) -> ! {
 
 #[derive(Args, Debug)]
 struct ServerArgs {
+    /// Config file whose keys are these flags' names (flags given here win).
+    #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+    config: PathBuf,
     /// Directory for all state (store, certificates).
     #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
@@ -161,10 +164,65 @@ fn check_config(data_dir: PathBuf, bind_address: IpAddr) -> ! {
     std::process::exit(if ok { 0 } else { 1 });
 }
 
+/// The command line with the server's config file spliced in after `server`, so that
+/// flags given by hand override the file.
+fn args_with_config_file() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|a| a.to_str()) != Some("server") {
+        return Ok(args);
+    }
+    let explicit = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .or_else(|| {
+            args.iter().find_map(|a| {
+                a.to_str()
+                    .and_then(|s| s.strip_prefix("--config="))
+                    .map(PathBuf::from)
+            })
+        });
+    let path = explicit
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_FILE));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+            return Ok(args)
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let cmd = Cli::command();
+    let known: Vec<String> = cmd
+        .find_subcommand("server")
+        .map(|s| {
+            s.get_arguments()
+                .filter_map(|a| a.get_long().map(String::from))
+                .filter(|l| l != "config")
+                .collect()
+        })
+        .unwrap_or_default();
+    let from_file = pikube::config_file::to_args(&path, &text, &known)?;
+    let mut out = args[..2].to_vec();
+    out.extend(from_file);
+    out.extend_from_slice(&args[2..]);
+    Ok(out)
+}
+
 fn main() {
-    let server = match Cli::parse().command {
+    let args = match args_with_config_file() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pikube: error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let server = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
-        Command::Server(args) => args,
+        Command::Server(args) => *args,
         Command::CheckConfig {
             data_dir,
             bind_address,

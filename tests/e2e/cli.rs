@@ -106,3 +106,67 @@ fn check_config_prints_one_line_per_check_and_fails_on_a_failure() {
         "{text}"
     );
 }
+
+#[test]
+fn server_flags_come_from_the_config_file_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (file_port, cli_port) = (free(), free());
+    let kubeconfig = dir.path().join("kc");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir: {}\nbind-address: 127.0.0.1\nhttps-listen-port: {file_port}\nwrite-kubeconfig: {}\ndisable-agent: true\n",
+            dir.path().join("data").display(),
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pikube"))
+        .args([
+            "server",
+            "--config",
+            s(&config),
+            "--https-listen-port",
+            &cli_port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = crate::harness::ChildGuard(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !kubeconfig.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server from the config file did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let kc = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(
+        kc.contains(&format!("https://127.0.0.1:{cli_port}")),
+        "the command line's port wins: {kc}"
+    );
+    assert!(
+        dir.path().join("data/server/db").exists(),
+        "data-dir came from the file"
+    );
+
+    std::fs::write(&config, "data_dir: /nowhere\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
+        .args(["server", "--config", s(&config)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown key \"data_dir\""), "{err}");
+}
