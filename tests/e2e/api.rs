@@ -644,6 +644,8 @@ fn a_malformed_token_file_stops_the_server_with_one_line() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pikube"))
         .args([
             "server",
+            "--config",
+            "/dev/null",
             "--disable-agent",
             "--bind-address",
             "127.0.0.1",

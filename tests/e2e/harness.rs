@@ -72,7 +72,15 @@ impl Server {
             .open(dir.join("server.log"))
             .expect("log file");
         Command::new(env!("CARGO_BIN_EXE_pikube"))
-            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+            // An installed /etc/pikube/config.yaml must not leak into tests.
+            .args([
+                "server",
+                "--config",
+                "/dev/null",
+                "--disable-agent",
+                "--bind-address",
+                "127.0.0.1",
+            ])
             .arg("--https-listen-port")
             .arg(port.to_string())
             .arg("--data-dir")
