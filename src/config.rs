@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub cluster_cidr: String,
     /// Service CIDR of the cluster.
     pub service_cidr: String,
+    /// Port range for NodePort Services.
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
     /// Cluster DNS address.
     pub cluster_dns: IpAddr,
     /// Cluster domain.

@@ -85,12 +85,18 @@ struct ServerArgs {
     /// Service CIDR of the cluster.
     #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR)]
     service_cidr: String,
+    /// Port range for NodePort Services (`low-high`).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
     /// Cluster domain.
     #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
+    /// Components not to run (repeatable): controllers, scheduler.
+    #[arg(long, value_parser = ["controllers", "scheduler"])]
+    disable: Vec<String>,
     /// File of static bearer tokens, one `token,user,uid[,"group1,group2"]` per line.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
@@ -105,6 +111,17 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0600"))
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{s:?} is not a port range such as 30000-32767");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
 }
 
 fn server_config(a: ServerArgs) -> ServerConfig {
@@ -123,11 +140,12 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         cluster_init: false,
         cluster_cidr: config::DEFAULT_CLUSTER_CIDR.into(),
         service_cidr: a.service_cidr,
+        service_node_port_range: a.service_node_port_range,
         cluster_dns: IpAddr::from([10, 43, 0, 10]),
         cluster_domain: a.cluster_domain,
         container_runtime_endpoint: None,
         disable_agent: a.disable_agent,
-        disable: Vec::new(),
+        disable: a.disable,
         node_labels: Vec::new(),
         node_taints: Vec::new(),
         compaction_interval: std::time::Duration::from_secs(a.etcd_compaction_interval),

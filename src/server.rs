@@ -36,7 +36,6 @@ pub fn kubernetes_service_ip(service_cidr: &str) -> Result<Ipv4Addr> {
 
 /// Creates what every cluster has from the start, if it is missing.
 pub async fn bootstrap(api: &ApiServer, kubernetes_ip: Ipv4Addr, https_port: u16) -> Result<()> {
-    let store = api.store();
     let ns_def =
         api::resources::lookup("", "v1", "namespaces").context("namespaces are not served")?;
     for ns in SYSTEM_NAMESPACES {
@@ -47,7 +46,7 @@ pub async fn bootstrap(api: &ApiServer, kubernetes_ip: Ipv4Addr, https_port: u16
             subresource: None,
         };
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
-        match rest::create(store, &target, obj, false).await {
+        match rest::create(api.registry(), &target, obj, false).await {
             Ok(_) => tracing::info!(namespace = ns, "created"),
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => anyhow::bail!("cannot create namespace {ns}: {}", e.message),
@@ -75,7 +74,7 @@ pub async fn bootstrap(api: &ApiServer, kubernetes_ip: Ipv4Addr, https_port: u16
             "ipFamilyPolicy": "SingleStack",
         },
     });
-    match rest::create(store, &target, svc, false).await {
+    match rest::create(api.registry(), &target, svc, false).await {
         Ok(_) => tracing::info!("created service default/kubernetes"),
         Err(e) if e.reason == "AlreadyExists" => {}
         Err(e) => anyhow::bail!("cannot create the kubernetes service: {}", e.message),
@@ -132,7 +131,16 @@ pub async fn run(
         config.advertise_address.unwrap_or(client_host),
         config.https_listen_port,
     );
-    let api = ApiServer::new(store.clone(), server_address.to_string());
+    let ranges = api::services::ServiceRanges::new(
+        &config.service_cidr,
+        config.service_node_port_range.clone(),
+    )?;
+    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges);
+    match api::services::repair(&store).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),
+        Err(e) => tracing::warn!(error = %e.message, "cannot check service reservations"),
+    }
     bootstrap(&api, kubernetes_ip, config.https_listen_port).await?;
 
     let listen = SocketAddr::new(config.bind_address, config.https_listen_port);

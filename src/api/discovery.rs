@@ -76,6 +76,12 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             list.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
                 "kind": d.kind, "verbs": ["get", "patch", "update"]}));
         }
+        if d.kind == "Pod" {
+            list.push(
+                json!({"name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"]}),
+            );
+        }
         if super::rest::has_scale(d) {
             list.push(json!({"name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
                 "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
@@ -143,6 +149,10 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
     if super::objects::has_status(d) {
         subresources.push(json!({"subresource": "status",
             "responseKind": {"group": d.group, "version": d.version, "kind": d.kind}, "verbs": ["get", "patch", "update"]}));
+    }
+    if d.kind == "Pod" {
+        subresources.push(json!({"subresource": "binding",
+            "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
     }
     if super::rest::has_scale(d) {
         subresources.push(json!({"subresource": "scale",

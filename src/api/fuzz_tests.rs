@@ -103,7 +103,12 @@ async fn random_requests_never_get_a_server_error() {
     let store = pikube_raft::Store::open(pikube_raft::Config::single_node(dir.path().join("db")))
         .await
         .unwrap();
-    let api = ApiServer::new(store.clone(), "127.0.0.1:6443".into());
+    let api = ApiServer::new(
+        store.clone(),
+        "127.0.0.1:6443".into(),
+        crate::api::services::ServiceRanges::new("10.43.0.0/16", 30000..=32767)
+            .expect("valid ranges"),
+    );
     crate::server::bootstrap(&api, std::net::Ipv4Addr::new(10, 43, 0, 1), 6443)
         .await
         .unwrap();

@@ -11,6 +11,7 @@ pub mod resources;
 pub mod rest;
 pub mod router;
 pub mod selectors;
+pub mod services;
 pub mod status;
 pub mod strategic;
 pub mod table;

@@ -1,6 +1,8 @@
 //! The verbs over stored objects: create, get, list, update, patch, delete,
 //! deletecollection. Optimistic concurrency through the store's mod_revision compares.
 
+use std::sync::Arc;
+
 use pikube_raft::{Compare, Op, RangeRequest, Store, TxnRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -8,6 +10,7 @@ use serde_json::{json, Value};
 use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
 use super::resources::{self, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
+use super::services::{self, ServiceRanges};
 use super::status::ApiError;
 
 /// Namespaces that can never be deleted.
@@ -43,6 +46,40 @@ impl Target {
 
     fn not_found(&self, name: &str) -> ApiError {
         ApiError::not_found(self.def.plural, self.def.group, name)
+    }
+}
+
+/// What the write verbs need: the store, and the ranges Services get their addresses
+/// from.
+#[derive(Clone)]
+pub struct Registry {
+    /// The store objects live in.
+    pub store: Store,
+    /// ClusterIP and node port ranges.
+    pub services: Arc<ServiceRanges>,
+}
+
+impl Registry {
+    /// Kind-specific defaults, checks and reservations of an object about to be
+    /// stored over `old`.
+    async fn prepare(
+        &self,
+        def: &ResourceDef,
+        old: Option<&Value>,
+        obj: &mut Value,
+    ) -> Result<services::Reservations, ApiError> {
+        if def.kind == "Service" && def.group.is_empty() {
+            return services::prepare(&self.store, &self.services, old, obj).await;
+        }
+        Ok(services::Reservations::default())
+    }
+
+    /// Frees what a removed object held.
+    async fn removed(&self, def: &ResourceDef, obj: &Value) {
+        if def.kind == "Service" && def.group.is_empty() {
+            let uid = meta_str(obj, "uid").unwrap_or("");
+            services::release(&self.store, uid, &services::reservation_keys(obj)).await;
+        }
     }
 }
 
@@ -181,11 +218,12 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
 
 /// Creates an object; `dry_run` validates without storing.
 pub async fn create(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     mut obj: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let name = prepare_new(target, &mut obj)?;
     let ns_target = Target {
         namespace: meta_str(&obj, "namespace").map(String::from),
@@ -193,36 +231,46 @@ pub async fn create(
     };
     check_namespace(store, &ns_target).await?;
     let key = ns_target.key(&name);
-    if dry_run {
-        if store.get(key.as_bytes()).await?.is_some() {
-            return Err(ApiError::already_exists(
-                target.def.plural,
-                target.def.group,
-                &name,
-            ));
+    let exists = || ApiError::already_exists(target.def.plural, target.def.group, &name);
+    let original = obj.clone();
+    // A reservation taken by a concurrent create is retried with fresh values.
+    for _ in 0..5 {
+        let mut obj = original.clone();
+        let extra = reg.prepare(target.def, None, &mut obj).await?;
+        if dry_run {
+            if store.get(key.as_bytes()).await?.is_some() {
+                return Err(exists());
+            }
+            return Ok(obj);
         }
-        return Ok(obj);
+        let mut success = vec![Op::Put {
+            key: key.clone().into_bytes(),
+            value: to_stored(&obj)?,
+            lease: 0,
+        }];
+        success.extend(extra.ops);
+        let mut compare = vec![Compare::absent(key.clone())];
+        compare.extend(extra.compare);
+        let r = store
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if r.succeeded {
+            meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
+            return Ok(obj);
+        }
+        if store.get(key.as_bytes()).await?.is_some() {
+            return Err(exists());
+        }
     }
-    let r = store
-        .txn(TxnRequest {
-            compare: vec![Compare::absent(key.clone())],
-            success: vec![Op::Put {
-                key: key.into_bytes(),
-                value: to_stored(&obj)?,
-                lease: 0,
-            }],
-            failure: vec![],
-        })
-        .await?;
-    if !r.succeeded {
-        return Err(ApiError::already_exists(
-            target.def.plural,
-            target.def.group,
-            &name,
-        ));
-    }
-    meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
-    Ok(obj)
+    Err(ApiError::conflict(
+        target.def.plural,
+        target.def.group,
+        &name,
+    ))
 }
 
 /// Reads one object.
@@ -321,7 +369,7 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
 /// `current_rev`), keeping what clients cannot change. Removes the object when the last
 /// finalizer of an object being deleted goes.
 async fn write_update(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     name: &str,
     current: &Value,
@@ -329,6 +377,7 @@ async fn write_update(
     mut obj: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let def = target.def;
     objects::check_type(def, &mut obj)?;
     if meta_str(&obj, "name").is_some_and(|n| n != name) {
@@ -385,6 +434,11 @@ async fn write_update(
             + 1;
         meta(&mut obj).insert("generation".into(), json!(g));
     }
+    let extra = if status_only {
+        services::Reservations::default()
+    } else {
+        reg.prepare(def, Some(current), &mut obj).await?
+    };
     let key = target.key(name);
     let finalizing = obj.pointer("/metadata/deletionTimestamp").is_some()
         && obj
@@ -406,15 +460,26 @@ async fn write_update(
             lease: 0,
         }
     };
+    let mut compare = vec![Compare::mod_revision_is(key, current_rev)];
+    let mut success = vec![op];
+    if !finalizing {
+        compare.extend(extra.compare);
+        success.extend(extra.ops);
+    }
     let r = store
         .txn(TxnRequest {
-            compare: vec![Compare::mod_revision_is(key, current_rev)],
-            success: vec![op],
+            compare,
+            success,
             failure: vec![],
         })
         .await?;
     if !r.succeeded {
         return Err(ApiError::conflict(def.plural, def.group, name));
+    }
+    if finalizing {
+        reg.removed(def, current).await;
+    } else if !extra.release.is_empty() {
+        services::release(store, meta_str(&obj, "uid").unwrap_or(""), &extra.release).await;
     }
     meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
     Ok(obj)
@@ -422,18 +487,19 @@ async fn write_update(
 
 /// Replaces an object (PUT), or its status with the `status` subresource.
 pub async fn update(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     name: &str,
     obj: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let kv = store
         .get(target.key(name).as_bytes())
         .await?
         .ok_or_else(|| target.not_found(name))?;
     let current = from_stored(&kv.value, kv.mod_revision)?;
-    write_update(store, target, name, &current, kv.mod_revision, obj, dry_run).await
+    write_update(reg, target, name, &current, kv.mod_revision, obj, dry_run).await
 }
 
 /// The patch formats pikube applies.
@@ -449,13 +515,14 @@ pub enum PatchKind {
 
 /// Patches an object, retrying when a concurrent write got in between.
 pub async fn patch(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     name: &str,
     kind: PatchKind,
     body: &[u8],
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
     for _ in 0..5 {
@@ -512,7 +579,7 @@ pub async fn patch(
         if !explicit_rv {
             meta(&mut doc).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         }
-        match write_update(store, target, name, &current, kv.mod_revision, doc, dry_run).await {
+        match write_update(reg, target, name, &current, kv.mod_revision, doc, dry_run).await {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             other => return other,
         }
@@ -527,12 +594,13 @@ pub async fn patch(
 /// Deletes an object: at once, or by marking it when finalizers must run first.
 /// A namespace takes its contents with it.
 pub async fn delete(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     name: &str,
     opts: &Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let def = target.def;
     if def.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(format!(
@@ -591,6 +659,7 @@ pub async fn delete(
         }
         if def.kind == "Namespace" {
             delete_namespace_contents(store, name).await?;
+            services::repair(store).await?;
         }
         let r = store
             .txn(TxnRequest {
@@ -602,6 +671,7 @@ pub async fn delete(
             })
             .await?;
         if r.succeeded {
+            reg.removed(def, &current).await;
             meta(&mut current).insert("resourceVersion".into(), json!(r.revision.to_string()));
             return Ok(current);
         }
@@ -629,12 +699,13 @@ async fn delete_namespace_contents(store: &Store, ns: &str) -> Result<(), ApiErr
 
 /// Deletes every object of a collection that matches the selectors.
 pub async fn delete_collection(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     opts: &ListOptions,
     body: &Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let listed = list(store, target, opts).await?;
     let mut deleted = Vec::new();
     for item in listed["items"].as_array().cloned().unwrap_or_default() {
@@ -645,7 +716,7 @@ pub async fn delete_collection(
             namespace: meta_str(&item, "namespace").map(String::from),
             ..target.clone()
         };
-        match delete(store, &t, name, body, dry_run).await {
+        match delete(reg, &t, name, body, dry_run).await {
             Ok(obj) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
@@ -657,6 +728,117 @@ pub async fn delete_collection(
         "metadata": {"resourceVersion": store.current_revision().to_string()},
         "items": deleted,
     }))
+}
+
+/// Binds a pod to a node (the `pods/binding` subresource the scheduler writes): sets
+/// `spec.nodeName` once, and the PodScheduled condition.
+pub async fn bind(
+    reg: &Registry,
+    target: &Target,
+    name: &str,
+    binding: &Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let store = &reg.store;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Binding",
+                "",
+                name,
+                vec![("target.name".into(), "Required value".into())],
+            )
+        })?;
+    if let Some(kind) = binding.pointer("/target/kind").and_then(Value::as_str) {
+        if !kind.is_empty() && kind != "Node" {
+            return Err(ApiError::invalid(
+                "Binding",
+                "",
+                name,
+                vec![(
+                    "target.kind".into(),
+                    format!("Unsupported value: \"{kind}\": supported values: \"Node\""),
+                )],
+            ));
+        }
+    }
+    if meta_str(binding, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the Binding ({}) does not match the pod on the URL ({name})",
+            meta_str(binding, "name").unwrap_or("")
+        )));
+    }
+    let main = Target {
+        subresource: None,
+        ..target.clone()
+    };
+    for _ in 0..5 {
+        let key = main.key(name);
+        let kv = store
+            .get(key.as_bytes())
+            .await?
+            .ok_or_else(|| main.not_found(name))?;
+        let mut pod = from_stored(&kv.value, kv.mod_revision)?;
+        if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
+            if meta_str(&pod, "uid") != Some(uid) {
+                return Err(ApiError::conflict("pods", "", name));
+            }
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::conflict("pods", "", name).with_message(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        if let Some(existing) = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict("pods", "", name).with_message(format!(
+                "pod {name} is already assigned to node \"{existing}\""
+            )));
+        }
+        objects::child_map(&mut pod, "spec").insert("nodeName".into(), json!(node));
+        let status = objects::child_map(&mut pod, "status");
+        let conds = status.entry("conditions").or_insert_with(|| json!([]));
+        if let Some(list) = conds.as_array_mut() {
+            list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            list.push(json!({
+                "type": "PodScheduled",
+                "status": "True",
+                "lastProbeTime": null,
+                "lastTransitionTime": objects::now_rfc3339(),
+            }));
+        }
+        if dry_run {
+            break;
+        }
+        let r = store
+            .txn(TxnRequest {
+                compare: vec![Compare::mod_revision_is(key.clone(), kv.mod_revision)],
+                success: vec![Op::Put {
+                    key: key.into_bytes(),
+                    value: to_stored(&pod)?,
+                    lease: 0,
+                }],
+                failure: vec![],
+            })
+            .await?;
+        if r.succeeded {
+            return Ok(
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            );
+        }
+    }
+    if dry_run {
+        return Ok(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        );
+    }
+    Err(ApiError::conflict("pods", "", name))
 }
 
 /// Kinds served with a `scale` subresource.
@@ -703,13 +885,14 @@ pub async fn get_scale(store: &Store, target: &Target, name: &str) -> Result<Val
 /// Writes the `scale` subresource (PUT, or a patch of the Scale object): only
 /// `spec.replicas` of the object changes.
 pub async fn update_scale(
-    store: &Store,
+    reg: &Registry,
     target: &Target,
     name: &str,
     patch: Option<(PatchKind, &[u8])>,
     body: Option<Value>,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let store = &reg.store;
     let main = Target {
         subresource: None,
         ..target.clone()
@@ -779,7 +962,7 @@ pub async fn update_scale(
                 json!(meta_str(&scale, "resourceVersion").unwrap_or("")),
             );
         }
-        match write_update(store, &main, name, &current, kv.mod_revision, obj, dry_run).await {
+        match write_update(reg, &main, name, &current, kv.mod_revision, obj, dry_run).await {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             Err(e) => return Err(e),
             Ok(updated) => return Ok(scale_of(&updated)),

@@ -2,6 +2,7 @@
 //! resource paths (`/api/v1/...`, `/apis/G/V/...`) dispatched to the REST verbs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,8 +14,9 @@ use axum::{Json, Router};
 use pikube_raft::Store;
 use serde_json::{json, Value};
 
-use super::rest::{self, ListOptions, PatchKind, Target};
+use super::rest::{self, ListOptions, PatchKind, Registry, Target};
 use super::selectors::{FieldSelector, LabelSelector};
+use super::services::ServiceRanges;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::watch::{self, WatchParams};
@@ -33,22 +35,31 @@ pub struct Identity {
 /// The API server: the store plus what the HTTP surface needs.
 #[derive(Clone)]
 pub struct ApiServer {
-    store: Store,
+    registry: Registry,
     server_address: String,
 }
 
 impl ApiServer {
-    /// An API server over `store`, reachable by clients at `server_address` (host:port).
-    pub fn new(store: Store, server_address: String) -> Self {
+    /// An API server over `store`, reachable by clients at `server_address` (host:port),
+    /// giving Services addresses from `services`.
+    pub fn new(store: Store, server_address: String, services: ServiceRanges) -> Self {
         ApiServer {
-            store,
+            registry: Registry {
+                store,
+                services: Arc::new(services),
+            },
             server_address,
         }
     }
 
     /// The store this API server writes to.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.registry.store
+    }
+
+    /// The write path shared by every verb.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The axum router serving the whole API; requests must carry an [`Identity`].
@@ -130,6 +141,7 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
         let served = match sub.as_str() {
             "status" => objects::has_status(def),
             "scale" => rest::has_scale(def),
+            "binding" => def.kind == "Pod",
             _ => false,
         };
         if !served {
@@ -249,7 +261,8 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                 objects::MAX_BODY_BYTES
             ))
         })?;
-    let store = api.store.clone();
+    let store = api.store().clone();
+    let reg = api.registry.clone();
     let what = format!("{method} {path}");
     let accept = headers
         .get(header::ACCEPT)
@@ -257,21 +270,30 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("");
     let as_table = table::wants_table(accept)
         .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
+    if target.subresource.as_deref() == Some("binding") {
+        if method != Method::POST {
+            return Err(ApiError::method_not_allowed(&what));
+        }
+        let obj = objects::decode_body(&headers, &body)?;
+        let name = target.name.clone().unwrap_or_default();
+        let status = rest::bind(&reg, &target, &name, &obj, dry_run).await?;
+        return Ok(json_response(StatusCode::CREATED, &status));
+    }
     if target.subresource.as_deref() == Some("scale") {
         let name = target.name.clone().unwrap_or_default();
         return match method {
             Method::GET => Ok(Json(rest::get_scale(&store, &target, &name).await?).into_response()),
             Method::PUT => {
                 let obj = objects::decode_body(&headers, &body)?;
-                Ok(Json(
-                    rest::update_scale(&store, &target, &name, None, Some(obj), dry_run).await?,
+                Ok(
+                    Json(rest::update_scale(&reg, &target, &name, None, Some(obj), dry_run).await?)
+                        .into_response(),
                 )
-                .into_response())
             }
             Method::PATCH => {
                 let kind = patch_kind(&headers)?;
                 Ok(Json(
-                    rest::update_scale(&store, &target, &name, Some((kind, &body)), None, dry_run)
+                    rest::update_scale(&reg, &target, &name, Some((kind, &body)), None, dry_run)
                         .await?,
                 )
                 .into_response())
@@ -336,17 +358,17 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         }
         (&Method::POST, None) => {
             let obj = objects::decode_body(&headers, &body)?;
-            let created = rest::create(&store, &target, obj, dry_run).await?;
+            let created = rest::create(&reg, &target, obj, dry_run).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (&Method::PUT, Some(name)) => {
             let obj = objects::decode_body(&headers, &body)?;
-            Ok(Json(rest::update(&store, &target, &name, obj, dry_run).await?).into_response())
+            Ok(Json(rest::update(&reg, &target, &name, obj, dry_run).await?).into_response())
         }
         (&Method::PATCH, Some(name)) => {
             let kind = patch_kind(&headers)?;
             Ok(
-                Json(rest::patch(&store, &target, &name, kind, &body, dry_run).await?)
+                Json(rest::patch(&reg, &target, &name, kind, &body, dry_run).await?)
                     .into_response(),
             )
         }
@@ -364,7 +386,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                     .is_some_and(|d| d.iter().any(|x| x == "All"));
             match name {
                 Some(name) => {
-                    let obj = rest::delete(&store, &target, &name, &opts, dry).await?;
+                    let obj = rest::delete(&reg, &target, &name, &opts, dry).await?;
                     // Still there (finalizers pending): the object; removed: a Success
                     // Status, as kube-apiserver answers for immediate deletions.
                     if obj.pointer("/metadata/deletionTimestamp").is_some() {
@@ -387,7 +409,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                 None => {
                     let lo = list_options(&q)?;
                     Ok(
-                        Json(rest::delete_collection(&store, &target, &lo, &opts, dry).await?)
+                        Json(rest::delete_collection(&reg, &target, &lo, &opts, dry).await?)
                             .into_response(),
                     )
                 }

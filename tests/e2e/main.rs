@@ -7,3 +7,4 @@ mod cli;
 mod harness;
 mod kube_client;
 mod python_client;
+mod services;
