@@ -9,5 +9,7 @@ pub mod check;
 pub mod compactor;
 pub mod config;
 pub mod config_file;
+pub mod controllers;
 pub mod pki;
+pub mod scheduler;
 pub mod server;

@@ -168,6 +168,28 @@ pub async fn run(
         store.clone(),
         config.compaction_interval,
     ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut components = tokio::task::JoinSet::new();
+    if !config.is_disabled("controllers") {
+        let client = crate::controllers::client::in_process(
+            &api,
+            "system:kube-controller-manager",
+            &["system:masters"],
+        );
+        let mut set = crate::controllers::start(client, stop_rx.clone());
+        components.spawn(async move { while set.join_next().await.is_some() {} });
+    }
+    if !config.is_disabled("scheduler") {
+        let client = crate::controllers::client::in_process(
+            &api,
+            "system:kube-scheduler",
+            &["system:masters"],
+        );
+        let mut rx = stop_rx.clone();
+        components.spawn(crate::scheduler::run(client, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
     let tls = api::http::tls_config(&pki)?;
     let served = api::http::serve(
         listener,
@@ -178,6 +200,15 @@ pub async fn run(
     )
     .await;
     compaction.abort();
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while components.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        components.abort_all();
+    }
     served?;
     store.shutdown().await.context("store shutdown")?;
     Ok(())

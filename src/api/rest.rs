@@ -60,6 +60,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Whether objects of `def` hold values reserved under other keys.
+    fn reserves(&self, def: &ResourceDef) -> bool {
+        def.kind == "Service" && def.group.is_empty()
+    }
+
     /// Kind-specific defaults, checks and reservations of an object about to be
     /// stored over `old`.
     async fn prepare(
@@ -68,7 +73,7 @@ impl Registry {
         old: Option<&Value>,
         obj: &mut Value,
     ) -> Result<services::Reservations, ApiError> {
-        if def.kind == "Service" && def.group.is_empty() {
+        if self.reserves(def) {
             return services::prepare(&self.store, &self.services, old, obj).await;
         }
         Ok(services::Reservations::default())
@@ -76,7 +81,7 @@ impl Registry {
 
     /// Frees what a removed object held.
     async fn removed(&self, def: &ResourceDef, obj: &Value) {
-        if def.kind == "Service" && def.group.is_empty() {
+        if self.reserves(def) {
             let uid = meta_str(obj, "uid").unwrap_or("");
             services::release(&self.store, uid, &services::reservation_keys(obj)).await;
         }
@@ -236,6 +241,10 @@ pub async fn create(
     // A reservation taken by a concurrent create is retried with fresh values.
     for _ in 0..5 {
         let mut obj = original.clone();
+        // An existing object is reported as such, before its values are checked.
+        if reg.reserves(target.def) && store.get(key.as_bytes()).await?.is_some() {
+            return Err(exists());
+        }
         let extra = reg.prepare(target.def, None, &mut obj).await?;
         if dry_run {
             if store.get(key.as_bytes()).await?.is_some() {

@@ -8,3 +8,5 @@ mod harness;
 mod kube_client;
 mod python_client;
 mod services;
+mod sim;
+mod workloads;

@@ -1,0 +1,109 @@
+//! The controller manager: the control loops that make the cluster converge on what its
+//! objects ask for. Each controller is a kube-runtime `Controller` over an in-process
+//! client of the API server, with the shared scaffolding here: error type, error policy,
+//! start-up and shutdown.
+
+pub mod client;
+pub mod deployment;
+pub mod endpoints;
+pub mod ownership;
+pub mod pods;
+pub mod replicaset;
+pub mod serviceaccount;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+/// Why a reconcile failed; the object is retried after a short delay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// An object could not be handled (bad spec, missing fields).
+    #[error("{0}")]
+    Object(String),
+}
+
+/// What every reconcile returns.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The state reconcilers share: the API client.
+pub struct Context {
+    /// In-process client of the API server.
+    pub client: Client,
+}
+
+/// How long a failed object waits before it is reconciled again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Default watcher configuration of every controller.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// Runs `controller` with `reconcile` until `shutdown` completes; failures are logged
+/// and the object retried.
+pub async fn run<K, F, Fut>(
+    name: &'static str,
+    controller: Controller<K>,
+    reconcile: F,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile,
+            move |obj: Arc<K>, err: &Error, _| {
+                tracing::debug!(
+                    controller = name,
+                    object = %kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref()),
+                    error = %err,
+                    "reconcile failed; retrying"
+                );
+                Action::requeue(RETRY)
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+    tracing::info!(controller = name, "stopped");
+}
+
+/// Starts every controller that is not disabled; they stop when `shutdown` fires.
+pub fn start(
+    client: Client,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let ctx = Arc::new(Context { client });
+    let stop = move || {
+        let mut rx = shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(serviceaccount::run(ctx.clone(), stop()));
+    set.spawn(replicaset::run(ctx.clone(), stop()));
+    set.spawn(deployment::run(ctx.clone(), stop()));
+    set.spawn(endpoints::run(ctx.clone(), stop()));
+    set
+}

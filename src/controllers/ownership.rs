@@ -1,0 +1,76 @@
+//! Ownership between controllers and what they control: claiming (adopting matching
+//! orphans, releasing children whose labels no longer match), as kube-controller-manager's
+//! ControllerRefManager does.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{pods, Result};
+
+/// The children `owner` controls after adoption and release, listed fresh from the API.
+/// Orphans are adopted only when `adoptable` says so (e.g. active pods).
+pub async fn claim<K, C>(
+    api: &Api<C>,
+    owner: &K,
+    selector: &LabelSelector,
+    adoptable: fn(&C) -> bool,
+) -> Result<Vec<C>>
+where
+    K: Resource<DynamicType = ()>,
+    C: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    let lp = ListParams::default().labels(&pods::match_labels_query(selector));
+    let mut owned = Vec::new();
+    for child in api.list(&lp).await?.items {
+        let matches = pods::selector_matches(selector, child.meta().labels.as_ref());
+        match pods::controller_of(child.meta()).map(|r| r.uid.clone()) {
+            Some(u) if u == uid => {
+                if matches {
+                    owned.push(child);
+                } else {
+                    // Labels changed: the child is no longer ours.
+                    let refs: Vec<_> = child
+                        .owner_references()
+                        .iter()
+                        .filter(|r| r.uid != uid)
+                        .cloned()
+                        .collect();
+                    api.patch(
+                        &child.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+                    )
+                    .await?;
+                }
+            }
+            None if matches
+                && adoptable(&child)
+                && child.meta().deletion_timestamp.is_none()
+                && owner.meta().deletion_timestamp.is_none() =>
+            {
+                let Some(r) = pods::controller_ref(owner) else {
+                    continue;
+                };
+                let mut refs = child.owner_references().to_vec();
+                refs.push(r);
+                let adopted = api
+                    .patch(
+                        &child.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {
+                            "ownerReferences": refs,
+                            "resourceVersion": child.resource_version(),
+                        }})),
+                    )
+                    .await?;
+                owned.push(adopted);
+            }
+            _ => {}
+        }
+    }
+    Ok(owned)
+}

@@ -1,0 +1,132 @@
+//! The ReplicaSet controller: keeps as many active pods as `spec.replicas` asks for,
+//! adopting matching orphans, releasing pods whose labels no longer match, and
+//! reporting counts in the status that Deployments and `kubectl get rs` read.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use super::{pods, watch_config, Context, Error, Result};
+
+/// Runs the controller until `shutdown`.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let rs = Api::<ReplicaSet>::all(ctx.client.clone());
+    let pods = Api::<Pod>::all(ctx.client.clone());
+    let controller = Controller::new(rs, watch_config()).owns(pods, watch_config());
+    super::run("replicaset", controller, reconcile, ctx, shutdown).await;
+}
+
+/// Creates `count` pods from `owner`'s template, a few at a time.
+pub async fn create_pods(api: &Api<Pod>, template: Pod, count: usize) -> Result<()> {
+    let mut batch = 1usize;
+    let mut left = count;
+    // Slow start, as kube-controller-manager does: a failing create stops the burst.
+    while left > 0 {
+        let n = batch.min(left);
+        let pp = PostParams::default();
+        let results = futures::future::join_all((0..n).map(|_| api.create(&pp, &template))).await;
+        for r in results {
+            r?;
+        }
+        left -= n;
+        batch *= 2;
+    }
+    Ok(())
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = rs.namespace().unwrap_or_default();
+    let api_pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let api_rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
+    let spec = rs
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Object("replicaset has no spec".into()))?;
+    let owned =
+        super::ownership::claim(&api_pods, rs.as_ref(), &spec.selector, pods::is_active).await?;
+    let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
+    let want = spec.replicas.unwrap_or(1).max(0) as usize;
+    if rs.metadata.deletion_timestamp.is_none() {
+        if active.len() < want {
+            let owner = pods::controller_ref(rs.as_ref())
+                .ok_or_else(|| Error::Object("replicaset has no uid".into()))?;
+            let template = spec
+                .template
+                .as_ref()
+                .ok_or_else(|| Error::Object("replicaset has no pod template".into()))?;
+            let pod = pods::from_template(template, owner, &rs.name_any());
+            create_pods(&api_pods, pod, want - active.len()).await?;
+        } else if active.len() > want {
+            let mut victims = active.clone();
+            victims.sort_by_key(|p| pods::deletion_rank(p));
+            for p in victims.iter().take(active.len() - want) {
+                match api_pods
+                    .delete(&p.name_any(), &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    let now = Timestamp::now();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let template_labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let status = ReplicaSetStatus {
+        replicas: active.len() as i32,
+        fully_labeled_replicas: Some(
+            active
+                .iter()
+                .filter(|p| {
+                    let l = p.labels();
+                    template_labels.iter().all(|(k, v)| l.get(k) == Some(v))
+                })
+                .count() as i32,
+        ),
+        ready_replicas: Some(active.iter().filter(|p| pods::is_ready(p)).count() as i32),
+        available_replicas: Some(
+            active
+                .iter()
+                .filter(|p| pods::is_available(p, min_ready, now))
+                .count() as i32,
+        ),
+        observed_generation: rs.metadata.generation,
+        conditions: None,
+        terminating_replicas: None,
+    };
+    if rs.status.as_ref() != Some(&status) {
+        api_rs
+            .patch_status(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await?;
+    }
+    // Pods that are ready but not yet available become available on their own.
+    let pending = active
+        .iter()
+        .filter(|p| pods::is_ready(p) && !pods::is_available(p, min_ready, now))
+        .count();
+    Ok(if pending > 0 {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::await_change()
+    })
+}

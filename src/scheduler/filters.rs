@@ -1,0 +1,464 @@
+//! Which nodes can run a pod (filters, each with the reason kubectl shows when it
+//! fails) and which of those is best (scores).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+};
+use rand::Rng;
+
+use super::quantity;
+
+/// Resources a pod asks for, or a node has.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// CPU cores.
+    pub cpu: f64,
+    /// Memory bytes.
+    pub memory: f64,
+    /// Ephemeral storage bytes.
+    pub ephemeral: f64,
+    /// Pod count.
+    pub pods: f64,
+}
+
+impl Usage {
+    fn add(&mut self, o: &Usage) {
+        self.cpu += o.cpu;
+        self.memory += o.memory;
+        self.ephemeral += o.ephemeral;
+        self.pods += o.pods;
+    }
+}
+
+fn read(
+    map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) -> Usage {
+    let get = |k: &str| {
+        map.and_then(|m| m.get(k))
+            .and_then(|q| quantity::parse(&q.0))
+            .unwrap_or(0.0)
+    };
+    Usage {
+        cpu: get("cpu"),
+        memory: get("memory"),
+        ephemeral: get("ephemeral-storage"),
+        pods: get("pods"),
+    }
+}
+
+/// What a pod requests: the sum over its containers (limits stand in for missing
+/// requests), at least the largest init container, plus overhead; one pod slot.
+pub fn requests(pod: &Pod) -> Usage {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Usage::default();
+    };
+    let one = |c: &k8s_openapi::api::core::v1::Container| {
+        let r = c.resources.as_ref();
+        let req = read(r.and_then(|r| r.requests.as_ref()));
+        let lim = read(r.and_then(|r| r.limits.as_ref()));
+        Usage {
+            cpu: if req.cpu > 0.0 { req.cpu } else { lim.cpu },
+            memory: if req.memory > 0.0 {
+                req.memory
+            } else {
+                lim.memory
+            },
+            ephemeral: if req.ephemeral > 0.0 {
+                req.ephemeral
+            } else {
+                lim.ephemeral
+            },
+            pods: 0.0,
+        }
+    };
+    let mut total = Usage::default();
+    for c in &spec.containers {
+        total.add(&one(c));
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let u = one(c);
+        total.cpu = total.cpu.max(u.cpu);
+        total.memory = total.memory.max(u.memory);
+        total.ephemeral = total.ephemeral.max(u.ephemeral);
+    }
+    total.add(&read(spec.overhead.as_ref()));
+    total.pods = 1.0;
+    total
+}
+
+/// A node with what is already placed on it.
+pub struct NodeInfo {
+    /// The node.
+    pub node: Arc<Node>,
+    /// What it offers (allocatable, else capacity).
+    pub allocatable: Usage,
+    /// What bound and assumed pods take.
+    pub used: Usage,
+    /// Host ports in use: (protocol, hostIP, port).
+    pub host_ports: HashSet<(String, String, i32)>,
+}
+
+fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let hp = p.host_port.filter(|h| *h > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                hp,
+            ))
+        })
+        .collect()
+}
+
+/// Node infos from the caches, counting active bound pods and assumed bindings.
+pub fn node_infos(
+    nodes: &[Arc<Node>],
+    pods: &[Arc<Pod>],
+    assumed: &HashMap<String, (String, Usage)>,
+) -> Vec<NodeInfo> {
+    let mut infos: Vec<NodeInfo> = nodes
+        .iter()
+        .map(|n| {
+            let st = n.status.as_ref();
+            let mut alloc = read(st.and_then(|s| s.allocatable.as_ref()));
+            if alloc == Usage::default() {
+                alloc = read(st.and_then(|s| s.capacity.as_ref()));
+            }
+            NodeInfo {
+                node: n.clone(),
+                allocatable: alloc,
+                used: Usage::default(),
+                host_ports: HashSet::new(),
+            }
+        })
+        .collect();
+    let index: HashMap<String, usize> = infos
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((n.node.metadata.name.clone()?, i)))
+        .collect();
+    for p in pods {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let done = matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        if done {
+            continue;
+        }
+        if let Some(&i) = index.get(node) {
+            infos[i].used.add(&requests(p));
+            infos[i].host_ports.extend(host_ports(p));
+        }
+    }
+    for (node, usage) in assumed.values() {
+        if let Some(&i) = index.get(node) {
+            infos[i].used.add(usage);
+        }
+    }
+    infos
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key);
+        let value_ok = match t.operator.as_deref().unwrap_or("Equal") {
+            "Exists" => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        // An empty key with Exists tolerates everything.
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let v = labels.get(&r.key);
+    match r.operator.as_str() {
+        "In" => v.is_some_and(|v| values.contains(v)),
+        "NotIn" => v.is_none_or(|v| !values.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(x)) = (
+                v.and_then(|v| v.parse::<i64>().ok()),
+                values.first().and_then(|x| x.parse::<i64>().ok()),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > x
+            } else {
+                v < x
+            }
+        }
+        _ => false,
+    }
+}
+
+fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let exprs = t.match_expressions.as_deref().unwrap_or_default();
+    let fields = t.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    let mut name_labels = BTreeMap::new();
+    name_labels.insert(
+        "metadata.name".to_string(),
+        node.metadata.name.clone().unwrap_or_default(),
+    );
+    exprs.iter().all(|r| requirement_matches(r, labels))
+        && fields.iter().all(|r| requirement_matches(r, &name_labels))
+}
+
+/// Why `node` cannot run `pod`, or None when it can.
+fn unfit(pod: &Pod, req: &Usage, info: &NodeInfo) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let node = &info.node;
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        let tolerated = spec.tolerations.as_deref().is_some_and(|t| {
+            tolerates(
+                t,
+                &Taint {
+                    key: "node.kubernetes.io/unschedulable".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                },
+            )
+        });
+        if !tolerated {
+            return Some("node(s) were unschedulable".into());
+        }
+    }
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let selector_ok = spec
+        .node_selector
+        .as_ref()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let affinity_ok = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .is_none_or(|req| {
+            req.node_selector_terms
+                .iter()
+                .any(|t| term_matches(t, node))
+        });
+    if !selector_ok || !affinity_ok {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    for taint in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+            && !tolerates(&tolerations, taint)
+        {
+            return Some(format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                taint.key,
+                taint.value.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    if !ready {
+        return Some("node(s) were not ready".into());
+    }
+    let a = &info.allocatable;
+    let u = &info.used;
+    if u.pods + req.pods > a.pods {
+        return Some("Too many pods".into());
+    }
+    if req.cpu > 0.0 && u.cpu + req.cpu > a.cpu + 1e-9 {
+        return Some("Insufficient cpu".into());
+    }
+    if req.memory > 0.0 && u.memory + req.memory > a.memory {
+        return Some("Insufficient memory".into());
+    }
+    if req.ephemeral > 0.0 && u.ephemeral + req.ephemeral > a.ephemeral {
+        return Some("Insufficient ephemeral-storage".into());
+    }
+    for (proto, ip, port) in host_ports(pod) {
+        let clash = info.host_ports.iter().any(|(p, i, n)| {
+            *p == proto && *n == port && (i == &ip || i == "0.0.0.0" || ip == "0.0.0.0")
+        });
+        if clash {
+            return Some("node(s) didn't have free ports for the requested pod ports".into());
+        }
+    }
+    None
+}
+
+/// How good a feasible node is: balance of free cpu and memory (least allocated),
+/// preferred node affinity, and a penalty for untolerated PreferNoSchedule taints.
+fn score(pod: &Pod, req: &Usage, info: &NodeInfo) -> f64 {
+    let free = |cap: f64, used: f64| {
+        if cap <= 0.0 {
+            0.0
+        } else {
+            ((cap - used) / cap).clamp(0.0, 1.0)
+        }
+    };
+    let a = &info.allocatable;
+    let u = &info.used;
+    let mut s = 50.0 * free(a.cpu, u.cpu + req.cpu) + 50.0 * free(a.memory, u.memory + req.memory);
+    let spec = pod.spec.as_ref();
+    if let Some(prefs) = spec
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| {
+            na.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+    {
+        for p in prefs {
+            if term_matches(&p.preference, &info.node) {
+                s += p.weight as f64;
+            }
+        }
+    }
+    let tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    for taint in info
+        .node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if taint.effect == "PreferNoSchedule" && !tolerates(&tolerations, taint) {
+            s -= 100.0;
+        }
+    }
+    s
+}
+
+/// The node to bind `pod` to, or the message of why none fits.
+pub fn pick(pod: &Pod, infos: &[NodeInfo]) -> Result<String, String> {
+    let req = requests(pod);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Vec<(f64, &NodeInfo)> = Vec::new();
+    for info in infos {
+        match unfit(pod, &req, info) {
+            Some(r) => *reasons.entry(r).or_default() += 1,
+            None => best.push((score(pod, &req, info), info)),
+        }
+    }
+    let top = best.iter().map(|(s, _)| *s).fold(f64::MIN, f64::max);
+    let winners: Vec<&NodeInfo> = best
+        .iter()
+        .filter(|(s, _)| (*s - top).abs() < 1e-6)
+        .map(|(_, i)| *i)
+        .collect();
+    if !winners.is_empty() {
+        let i = rand::thread_rng().gen_range(0..winners.len());
+        return Ok(winners[i].node.metadata.name.clone().unwrap_or_default());
+    }
+    let n = infos.len();
+    if n == 0 {
+        return Err("0/0 nodes are available: no nodes available to schedule pods.".into());
+    }
+    let list = reasons
+        .iter()
+        .map(|(r, c)| format!("{c} {r}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(format!(
+        "0/{n} nodes are available: {list}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cpu: &str, extra: serde_json::Value) -> Arc<Node> {
+        let mut n = json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {
+                "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        });
+        json_patch::merge(&mut n, &extra);
+        Arc::new(serde_json::from_value(n).expect("node"))
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        let mut s = json!({"containers": [{"name": "c", "image": "i"}]});
+        json_patch::merge(&mut s, &spec);
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": s})).expect("pod")
+    }
+
+    #[test]
+    fn filters_give_kubectl_reasons() {
+        let nodes = vec![
+            node("small", "1", json!({})),
+            node(
+                "tainted",
+                "8",
+                json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+            ),
+            node("cordoned", "8", json!({"spec": {"unschedulable": true}})),
+        ];
+        let infos = node_infos(&nodes, &[], &HashMap::new());
+        let big =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}));
+        let err = pick(&big, &infos).expect_err("nothing fits");
+        assert!(err.starts_with("0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: db}, 1 node(s) were unschedulable."), "{err}");
+        let tolerant = pod(json!({
+            "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}],
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+        }));
+        assert_eq!(pick(&tolerant, &infos).as_deref(), Ok("tainted"));
+        let selected = pod(json!({"nodeSelector": {"kubernetes.io/hostname": "small"}}));
+        assert_eq!(pick(&selected, &infos).as_deref(), Ok("small"));
+    }
+
+    #[test]
+    fn bound_and_assumed_pods_take_room() {
+        let nodes = vec![node("a", "1", json!({}))];
+        let half =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
+        let mut assumed = HashMap::new();
+        assumed.insert("uid1".to_string(), ("a".to_string(), requests(&half)));
+        let infos = node_infos(&nodes, &[], &assumed);
+        assert!(pick(&half, &infos).is_err());
+        let infos = node_infos(&nodes, &[], &HashMap::new());
+        assert_eq!(pick(&half, &infos).as_deref(), Ok("a"));
+    }
+}

@@ -1,0 +1,193 @@
+//! The scheduler: binds each unscheduled pod to the best node that can run it, through
+//! the `pods/binding` subresource, or marks it PodScheduled=False with the reasons
+//! kubectl shows ("0/3 nodes are available: …") and retries when the cluster changes.
+
+pub mod filters;
+pub mod quantity;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::controllers::{self, Context, Result};
+use filters::Usage;
+
+/// Scheduler name pods ask for by default.
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+/// What the scheduler keeps between pods.
+struct State {
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
+    assumed: Mutex<HashMap<String, (String, Usage)>>,
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let (nodes, node_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let node_stream = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| async {});
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    let state = Arc::new(State {
+        nodes: nodes.clone(),
+        pods,
+        assumed: Mutex::new(HashMap::new()),
+    });
+    let pending = Controller::new(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields("spec.nodeName="),
+    )
+    .with_config(Config::default().concurrency(1));
+    let queue = pending.store();
+    // A node change may make waiting pods schedulable: try them all again.
+    let pending = pending.watches(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        move |_node: Node| {
+            queue
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
+    let ctx = Arc::new(Context { client });
+    let run = controllers::run(
+        "scheduler",
+        pending,
+        move |pod, ctx| schedule(pod, ctx, state.clone()),
+        ctx,
+        shutdown,
+    );
+    tokio::select! {
+        _ = run => {}
+        _ = node_stream => {}
+        _ = pod_stream => {}
+    }
+}
+
+async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result<Action> {
+    let spec = match pod.spec.as_ref() {
+        Some(s) if s.node_name.as_deref().unwrap_or("").is_empty() => s,
+        _ => return Ok(Action::await_change()),
+    };
+    let mine = spec
+        .scheduler_name
+        .as_deref()
+        .is_none_or(|n| n.is_empty() || n == DEFAULT_SCHEDULER);
+    if !mine || pod.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if state.nodes.wait_until_ready().await.is_err() || state.pods.wait_until_ready().await.is_err()
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let nodes = state.nodes.state();
+    let all_pods = state.pods.state();
+    let infos = {
+        let mut assumed = state.assumed.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget assumptions the cache has caught up with.
+        assumed.retain(|uid, (node, _)| {
+            !all_pods.iter().any(|p| {
+                p.metadata.uid.as_deref() == Some(uid.as_str())
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+            }) && all_pods
+                .iter()
+                .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+        });
+        filters::node_infos(&nodes, &all_pods, &assumed)
+    };
+    match filters::pick(&pod, &infos) {
+        Ok(node) => {
+            let name = pod.name_any();
+            let ns = pod.namespace().unwrap_or_default();
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+            let binding = json!({
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name, "uid": pod.metadata.uid},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            });
+            match api
+                .create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    &name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+            {
+                Ok(_) => {
+                    if let Some(uid) = pod.metadata.uid.clone() {
+                        state
+                            .assumed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(uid, (node.clone(), filters::requests(&pod)));
+                    }
+                    tracing::debug!(pod = %format!("{ns}/{name}"), %node, "bound");
+                    Ok(Action::await_change())
+                }
+                // Deleted or bound meanwhile: nothing left to do.
+                Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => {
+                    Ok(Action::await_change())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(message) => {
+            let ns = pod.namespace().unwrap_or_default();
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+            let current = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+                .and_then(|c| c.message.clone());
+            if current.as_deref() != Some(message.as_str()) {
+                let patch = json!({"status": {"conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                    "lastProbeTime": null,
+                    "lastTransitionTime": crate::api::objects::now_rfc3339(),
+                }]}});
+                match api
+                    .patch_status(
+                        &pod.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Strategic(patch),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(kube::Error::Api(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+    }
+}
