@@ -177,6 +177,10 @@ pub async fn run(
             &["system:masters"],
         );
         let mut set = crate::controllers::start(client, stop_rx.clone());
+        set.spawn(crate::controllers::gc::run(
+            api.registry().clone(),
+            stop_rx.clone(),
+        ));
         components.spawn(async move { while set.join_next().await.is_some() {} });
     }
     if !config.is_disabled("scheduler") {

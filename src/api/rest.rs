@@ -639,6 +639,39 @@ pub async fn delete(
         if dry_run {
             return Ok(current);
         }
+        // Foreground and orphan propagation go through the garbage collector, which
+        // removes the finalizer once the dependents are handled.
+        let policy = match opts.get("propagationPolicy").and_then(Value::as_str) {
+            Some(p) => p,
+            None if opts.get("orphanDependents") == Some(&json!(true)) => "Orphan",
+            None => "Background",
+        };
+        let gc_finalizer = match policy {
+            "Foreground" => Some("foregroundDeletion"),
+            "Orphan" => Some("orphan"),
+            "Background" => None,
+            other => {
+                return Err(ApiError::invalid(
+                    "DeleteOptions",
+                    "",
+                    name,
+                    vec![(
+                        "propagationPolicy".into(),
+                        format!("Unsupported value: \"{other}\": supported values: \"Background\", \"Foreground\", \"Orphan\""),
+                    )],
+                ))
+            }
+        };
+        if let (Some(f), None) = (gc_finalizer, current.pointer("/metadata/deletionTimestamp")) {
+            let list = meta(&mut current)
+                .entry("finalizers")
+                .or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                if !list.iter().any(|x| x == f) {
+                    list.push(json!(f));
+                }
+            }
+        }
         let finalizers = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)

@@ -329,3 +329,74 @@ fn scheduler_reasons_taints_and_default_service_accounts() {
     });
     assert_eq!(node, "sim-tainted");
 }
+
+#[test]
+fn garbage_collection_in_all_three_propagation_modes() {
+    // No nodes needed: ReplicaSets create their pods whether or not they can run.
+    let server = Server::start();
+    let count = |kind: &str, app: &str| {
+        let list = get_json(
+            &server,
+            &["get", kind, "-l", &format!("app={app}"), "-o", "json"],
+        );
+        list["items"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    for app in ["gc-bg", "gc-fg", "gc-or"] {
+        server.ok(
+            "1.27",
+            &[
+                "create",
+                "deployment",
+                app,
+                "--image=busybox",
+                "--replicas=2",
+            ],
+        );
+    }
+    for app in ["gc-bg", "gc-fg", "gc-or"] {
+        wait_for(30, "pods of every deployment", || {
+            (count("pods", app) == 2 && count("rs", app) == 1).then_some(())
+        });
+    }
+
+    // Background (kubectl's default): the owner goes at once, dependents follow.
+    server.ok("1.33", &["delete", "deployment", "gc-bg"]);
+    wait_for(30, "background collection", || {
+        (count("rs", "gc-bg") == 0 && count("pods", "gc-bg") == 0).then_some(())
+    });
+
+    // Foreground: the owner is gone only after its dependents are.
+    server.ok(
+        "1.33",
+        &[
+            "delete",
+            "deployment",
+            "gc-fg",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ],
+    );
+    assert_eq!(count("rs", "gc-fg"), 0);
+    assert_eq!(count("pods", "gc-fg"), 0);
+
+    // Orphan: dependents stay, without the reference to their deleted owner.
+    server.ok(
+        "1.33",
+        &["delete", "deployment", "gc-or", "--cascade=orphan"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rs = get_json(&server, &["get", "rs", "-l", "app=gc-or", "-o", "json"]);
+    assert_eq!(rs["items"].as_array().map(Vec::len), Some(1), "{rs}");
+    assert!(
+        rs["items"][0]["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "{rs}"
+    );
+    assert_eq!(count("pods", "gc-or"), 2);
+    let err = server.fails("1.33", &["get", "deployment", "gc-or"]);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+}
