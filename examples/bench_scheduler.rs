@@ -1,0 +1,215 @@
+//! `make bench-scheduler`: a release `pikube server` with 100 simulated nodes; 30
+//! Deployments of 100 replicas (3,000 pods) are created at once. Printed: how fast pods
+//! were bound to nodes (pods/s, from the first Deployment create to the last binding),
+//! the time until every pod is Running (the simulator marks bound pods Running, as a
+//! kubelet would), and the server's RSS at the end, against the targets of the issue.
+//!
+//! There is no kube-scheduler on this machine to run beside it; its published range
+//! (100-300 pods/s with API round trips) is printed for comparison.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, Config, ResourceExt};
+use serde_json::json;
+
+const NODES: usize = 100;
+const DEPLOYMENTS: usize = 30;
+const REPLICAS: usize = 100;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("pikube"))
+        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let child = Command::new(&bin)
+        .args([
+            "server",
+            "--config",
+            "/dev/null",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .arg("--https-listen-port")
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {} ({e}); run `cargo build --release` first",
+                bin.display()
+            )
+        })?;
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kubeconfig.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kc = Kubeconfig::read_from(&kubeconfig)?;
+    let client =
+        Client::try_from(Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)?;
+
+    // Nodes.
+    let nodes = Api::<Node>::all(client.clone());
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for i in 0..NODES {
+        let name = format!("sim-{i:03}");
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        }))?;
+        nodes.create(&PostParams::default(), &node).await?;
+        let res = json!({"cpu": "4", "memory": "8Gi", "pods": "110"});
+        nodes
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "capacity": res, "allocatable": res,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                }})),
+            )
+            .await?;
+    }
+
+    // The simulated kubelets: bound pods become Running.
+    let pods = Api::<Pod>::all(client.clone());
+    let (bound_tx, mut bound_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
+    let sim_client = client.clone();
+    tokio::spawn(async move {
+        let mut handled = HashSet::new();
+        let mut running = HashSet::new();
+        let mut stream = watcher(
+            Api::<Pod>::all(sim_client.clone()),
+            watcher::Config::default(),
+        )
+        .boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = ev else {
+                continue;
+            };
+            let uid = pod.uid().unwrap_or_default();
+            let bound = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some();
+            let is_running =
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if is_running && running.insert(uid.clone()) {
+                let _ = bound_tx.send((Instant::now(), true));
+            }
+            if !bound || !handled.insert(uid) {
+                continue;
+            }
+            let _ = bound_tx.send((Instant::now(), false));
+            let api =
+                Api::<Pod>::namespaced(sim_client.clone(), &pod.namespace().unwrap_or_default());
+            let name = pod.name_any();
+            tokio::spawn(async move {
+                let patch = json!({"status": {"phase": "Running", "podIP": "10.42.0.2",
+                    "conditions": [{"type": "Ready", "status": "True"}]}});
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await;
+            });
+        }
+    });
+
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+    let start = Instant::now();
+    for i in 0..DEPLOYMENTS {
+        let name = format!("bench-{i:02}");
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": REPLICAS,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox",
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+                },
+            },
+        }))?;
+        deployments.create(&PostParams::default(), &d).await?;
+    }
+    let total = DEPLOYMENTS * REPLICAS;
+    let (mut bound, mut running) = (0usize, 0usize);
+    let (mut last_bound, mut last_running) = (start, start);
+    let limit = Instant::now() + Duration::from_secs(600);
+    while running < total {
+        let left = limit.saturating_duration_since(Instant::now());
+        anyhow::ensure!(
+            !left.is_zero(),
+            "only {bound} bound and {running} running of {total} after 10 min"
+        );
+        let Ok(Some((at, is_running))) = tokio::time::timeout(left, bound_rx.recv()).await else {
+            anyhow::bail!("simulator stopped");
+        };
+        if is_running {
+            running += 1;
+            last_running = at;
+        } else {
+            bound += 1;
+            last_bound = at;
+        }
+    }
+    let bind_secs = (last_bound - start).as_secs_f64();
+    let rss = rss_mb(server.0.id());
+    let _ = pods;
+    println!("bench-scheduler: {NODES} simulated nodes, {DEPLOYMENTS} Deployments x {REPLICAS} replicas = {total} pods");
+    println!(
+        "  scheduled and bound: {total} pods in {bind_secs:.1} s = {:.0} pods/s (target >= 1000; kube-scheduler: 100-300)",
+        total as f64 / bind_secs
+    );
+    println!(
+        "  all Running after:   {:.1} s",
+        (last_running - start).as_secs_f64()
+    );
+    println!("  server RSS:          {rss:.0} MB (target <= 200 MB)");
+    Ok(())
+}
