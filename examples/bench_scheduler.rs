@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let client =
         Client::try_from(Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)?;
 
-    // Nodes.
+    eprintln!("bench-scheduler: registering {NODES} nodes");
     let nodes = Api::<Node>::all(client.clone());
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for i in 0..NODES {
@@ -181,7 +181,19 @@ async fn main() -> anyhow::Result<()> {
     let (mut bound, mut running) = (0usize, 0usize);
     let (mut last_bound, mut last_running) = (start, start);
     let limit = Instant::now() + Duration::from_secs(600);
+    let mut report = Instant::now();
+    eprintln!(
+        "  created {DEPLOYMENTS} Deployments in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     while running < total {
+        if report.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "  {:.0} s: {bound} bound, {running} running",
+                start.elapsed().as_secs_f64()
+            );
+            report = Instant::now();
+        }
         let left = limit.saturating_duration_since(Instant::now());
         anyhow::ensure!(
             !left.is_zero(),

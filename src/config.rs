@@ -78,6 +78,10 @@ pub struct ServerConfig {
     pub token_auth_file: Option<PathBuf>,
     /// How often the store's history is compacted.
     pub compaction_interval: std::time::Duration,
+    /// Silence after which a node is unreachable.
+    pub node_monitor_grace_period: std::time::Duration,
+    /// How long pods without their own toleration stay on an unreachable node.
+    pub default_unreachable_toleration: std::time::Duration,
 }
 
 impl ServerConfig {

@@ -94,6 +94,13 @@ struct ServerArgs {
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
+    /// Seconds without a heartbeat after which a node is unreachable (as
+    /// kube-controller-manager's --node-monitor-grace-period).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
+    node_monitor_grace_period: u64,
+    /// Seconds pods without their own toleration stay on an unreachable node.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: u64,
     /// Components not to run (repeatable): controllers, scheduler.
     #[arg(long, value_parser = ["controllers", "scheduler"])]
     disable: Vec<String>,
@@ -149,6 +156,10 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         node_labels: Vec::new(),
         node_taints: Vec::new(),
         compaction_interval: std::time::Duration::from_secs(a.etcd_compaction_interval),
+        node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
+        default_unreachable_toleration: std::time::Duration::from_secs(
+            a.default_unreachable_toleration_seconds,
+        ),
         token_auth_file: a.token_auth_file,
     }
 }

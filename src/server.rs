@@ -176,7 +176,15 @@ pub async fn run(
             "system:kube-controller-manager",
             &["system:masters"],
         );
-        let mut set = crate::controllers::start(client, stop_rx.clone());
+        let mut set = crate::controllers::start(client.clone(), stop_rx.clone());
+        set.spawn(crate::controllers::nodelifecycle::run(
+            client,
+            crate::controllers::nodelifecycle::Timing {
+                grace: config.node_monitor_grace_period,
+                default_toleration: config.default_unreachable_toleration,
+            },
+            stop_rx.clone(),
+        ));
         set.spawn(crate::controllers::gc::run(
             api.registry().clone(),
             stop_rx.clone(),

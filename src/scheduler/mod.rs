@@ -108,14 +108,18 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
     let all_pods = state.pods.state();
     let infos = {
         let mut assumed = state.assumed.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget assumptions the cache has caught up with.
+        // Forget assumptions the cache has caught up with (bound there, or gone).
+        let cached: HashMap<&str, Option<&str>> = all_pods
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.metadata.uid.as_deref()?,
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+                ))
+            })
+            .collect();
         assumed.retain(|uid, (node, _)| {
-            !all_pods.iter().any(|p| {
-                p.metadata.uid.as_deref() == Some(uid.as_str())
-                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
-            }) && all_pods
-                .iter()
-                .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+            matches!(cached.get(uid.as_str()), Some(n) if *n != Some(node.as_str()))
         });
         filters::node_infos(&nodes, &all_pods, &assumed)
     };

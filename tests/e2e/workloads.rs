@@ -400,3 +400,82 @@ fn garbage_collection_in_all_three_propagation_modes() {
         "{err}"
     );
 }
+
+#[test]
+fn a_silent_node_goes_unreachable_and_its_pods_move() {
+    let server = Server::start_with(&[
+        "--node-monitor-grace-period",
+        "8",
+        "--default-unreachable-toleration-seconds",
+        "2",
+    ]);
+    let _stays = Sim::start(
+        &server,
+        vec![SimNode::new("sim-stays")],
+        Duration::from_millis(100),
+    );
+    let leaves = Sim::start(
+        &server,
+        vec![SimNode::new("sim-leaves")],
+        Duration::from_millis(100),
+    );
+    server.ok(
+        "1.27",
+        &[
+            "create",
+            "deployment",
+            "app",
+            "--image=busybox",
+            "--replicas=4",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deployment/app", "--timeout=60s"],
+    );
+    let on = |node: &str| {
+        let list = get_json(
+            &server,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=app",
+                "--field-selector",
+                &format!("spec.nodeName={node}"),
+                "-o",
+                "json",
+            ],
+        );
+        list["items"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    assert!(
+        on("sim-leaves") > 0,
+        "the scheduler spreads pods over both nodes"
+    );
+
+    drop(leaves);
+    let node = wait_for(40, "the silent node to be tainted unreachable", || {
+        let n = get_json(&server, &["get", "node", "sim-leaves", "-o", "json"]);
+        n["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+            })
+            .then_some(n)
+    });
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "Unknown", "{ready}");
+    assert_eq!(ready["reason"], "NodeStatusUnknown");
+    wait_for(40, "pods evicted and replaced on the live node", || {
+        (on("sim-leaves") == 0 && on("sim-stays") == 4).then_some(())
+    });
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deployment/app", "--timeout=60s"],
+    );
+}

@@ -1,0 +1,211 @@
+//! The node lifecycle controller: a node whose agent has not renewed its Lease (or
+//! posted its status) for the grace period becomes Ready=Unknown with the
+//! `node.kubernetes.io/unreachable` taints; its pods are evicted once their toleration
+//! of that taint runs out (300 s for pods that name none, as kube-apiserver's
+//! DefaultTolerationSeconds gives them). A node that reports again loses the taints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::Result;
+
+/// The taint of a node that stopped reporting.
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// Timing of the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Silence after which a node is unreachable (kube-controller-manager's
+    /// `--node-monitor-grace-period`, 40 s).
+    pub grace: Duration,
+    /// How long pods without their own toleration stay on an unreachable node (300 s).
+    pub default_toleration: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            grace: Duration::from_secs(40),
+            default_toleration: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` fires.
+pub async fn run(client: Client, timing: Timing, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let period = (timing.grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        if let Err(e) = pass(&client, timing).await {
+            tracing::debug!(error = %e, "node lifecycle pass failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn last_heard(node: &Node, leases: &HashMap<String, Lease>) -> Option<Timestamp> {
+    let lease = leases
+        .get(&node.name_any())
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0);
+    let status = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| t.0);
+    lease
+        .max(status)
+        .or(node.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+fn secs(d: Duration) -> SignedDuration {
+    SignedDuration::from_millis(d.as_millis() as i64)
+}
+
+async fn pass(client: &Client, timing: Timing) -> Result<()> {
+    let nodes = Api::<Node>::all(client.clone());
+    let leases: HashMap<String, Lease> =
+        Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|l| (l.name_any(), l))
+            .collect();
+    let now = Timestamp::now();
+    for node in nodes.list(&ListParams::default()).await?.items {
+        let name = node.name_any();
+        let silent = last_heard(&node, &leases)
+            .and_then(|t| t.checked_add(secs(timing.grace)).ok())
+            .is_some_and(|deadline| deadline < now);
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let tainted = taints.iter().any(|t| t.key == UNREACHABLE);
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone());
+        if silent {
+            if ready.as_deref() != Some("Unknown") {
+                let stamp = Time(now);
+                let patch = json!({"status": {"conditions": [{
+                    "type": "Ready",
+                    "status": "Unknown",
+                    "reason": "NodeStatusUnknown",
+                    "message": "Kubelet stopped posting node status.",
+                    "lastTransitionTime": stamp,
+                }]}});
+                nodes
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                    .await?;
+            }
+            if !tainted {
+                let mut next = taints.clone();
+                for effect in ["NoSchedule", "NoExecute"] {
+                    next.push(Taint {
+                        key: UNREACHABLE.into(),
+                        effect: effect.into(),
+                        time_added: (effect == "NoExecute").then_some(Time(now)),
+                        value: None,
+                    });
+                }
+                nodes
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"taints": next}})),
+                    )
+                    .await?;
+                tracing::info!(node = %name, "node stopped reporting: tainted unreachable");
+            } else {
+                evict(client, &node, &taints, timing, now).await?;
+            }
+        } else if tainted && ready.as_deref() == Some("True") {
+            let next: Vec<&Taint> = taints.iter().filter(|t| t.key != UNREACHABLE).collect();
+            nodes
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"taints": next}})),
+                )
+                .await?;
+            tracing::info!(node = %name, "node reports again: unreachable taint removed");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the pods of an unreachable node whose toleration has run out.
+async fn evict(
+    client: &Client,
+    node: &Node,
+    taints: &[Taint],
+    timing: Timing,
+    now: Timestamp,
+) -> Result<()> {
+    let since = taints
+        .iter()
+        .find(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
+        .and_then(|t| t.time_added.as_ref())
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let pods = Api::<Pod>::all(client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={}", node.name_any()));
+    for pod in pods.list(&lp).await?.items {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let toleration = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_ref())
+            .and_then(|ts| {
+                ts.iter().find(|t| {
+                    let key_ok = t
+                        .key
+                        .as_deref()
+                        .is_none_or(|k| k.is_empty() || k == UNREACHABLE);
+                    let effect_ok = t
+                        .effect
+                        .as_deref()
+                        .is_none_or(|e| e.is_empty() || e == "NoExecute");
+                    key_ok && effect_ok
+                })
+            });
+        let allowed = match toleration {
+            // Tolerated for ever.
+            Some(t) if t.toleration_seconds.is_none() => continue,
+            Some(t) => SignedDuration::from_secs(t.toleration_seconds.unwrap_or(0).max(0)),
+            None => secs(timing.default_toleration),
+        };
+        if since.checked_add(allowed).is_ok_and(|end| end <= now) {
+            let api = Api::<Pod>::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+            match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(pod = %pod.name_any(), node = %node.name_any(), "evicted from unreachable node")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
