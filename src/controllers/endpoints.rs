@@ -75,7 +75,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 async fn remove_orphans(ctx: Arc<Context>, services: kube::runtime::reflector::Store<Service>) {
     let api = Api::<Endpoints>::all(ctx.client.clone());
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A leftover Endpoints object is harmless for a few seconds; keep the scan rare.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         if services.wait_until_ready().await.is_err() {
             return;
         }
