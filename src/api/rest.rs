@@ -158,6 +158,28 @@ async fn check_namespace(store: &Store, target: &Target) -> Result<(), ApiError>
     }
 }
 
+/// Stores `obj` under `key` if the key is still at revision `rev`; the new revision, or
+/// None when another write got in between.
+async fn put_if_unchanged(
+    store: &Store,
+    key: &str,
+    rev: i64,
+    obj: &Value,
+) -> Result<Option<i64>, ApiError> {
+    let r = store
+        .txn(TxnRequest {
+            compare: vec![Compare::mod_revision_is(key.as_bytes().to_vec(), rev)],
+            success: vec![Op::Put {
+                key: key.as_bytes().to_vec(),
+                value: to_stored(obj)?,
+                lease: 0,
+            }],
+            failure: vec![],
+        })
+        .await?;
+    Ok(r.succeeded.then_some(r.revision))
+}
+
 /// Fills in server-set metadata of a new object and checks it.
 fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
     objects::check_type(target.def, obj)?;
@@ -681,21 +703,11 @@ pub async fn delete(
                 meta(&mut current)
                     .insert("deletionTimestamp".into(), json!(objects::now_rfc3339()));
                 meta(&mut current).insert("deletionGracePeriodSeconds".into(), json!(0));
-                let r = store
-                    .txn(TxnRequest {
-                        compare: vec![Compare::mod_revision_is(key.clone(), kv.mod_revision)],
-                        success: vec![Op::Put {
-                            key: key.into_bytes(),
-                            value: to_stored(&current)?,
-                            lease: 0,
-                        }],
-                        failure: vec![],
-                    })
-                    .await?;
-                if !r.succeeded {
+                let Some(rev) = put_if_unchanged(store, &key, kv.mod_revision, &current).await?
+                else {
                     continue;
-                }
-                meta(&mut current).insert("resourceVersion".into(), json!(r.revision.to_string()));
+                };
+                meta(&mut current).insert("resourceVersion".into(), json!(rev.to_string()));
             }
             return Ok(current);
         }
@@ -855,30 +867,15 @@ pub async fn bind(
                 "lastTransitionTime": objects::now_rfc3339(),
             }));
         }
-        if dry_run {
-            break;
-        }
-        let r = store
-            .txn(TxnRequest {
-                compare: vec![Compare::mod_revision_is(key.clone(), kv.mod_revision)],
-                success: vec![Op::Put {
-                    key: key.into_bytes(),
-                    value: to_stored(&pod)?,
-                    lease: 0,
-                }],
-                failure: vec![],
-            })
-            .await?;
-        if r.succeeded {
+        if dry_run
+            || put_if_unchanged(store, &key, kv.mod_revision, &pod)
+                .await?
+                .is_some()
+        {
             return Ok(
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
             );
         }
-    }
-    if dry_run {
-        return Ok(
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        );
     }
     Err(ApiError::conflict("pods", "", name))
 }

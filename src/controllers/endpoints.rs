@@ -206,6 +206,15 @@ fn target_ref(pod: &Pod) -> ObjectReference {
     }
 }
 
+/// The pod's hostname, when its subdomain is the Service `service` (DNS names of the
+/// form `<hostname>.<service>.<ns>.svc`).
+fn hostname_in(pod: &Pod, service: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    (spec.subdomain.as_deref() == Some(service))
+        .then(|| spec.hostname.clone())
+        .flatten()
+}
+
 fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }
@@ -237,12 +246,7 @@ async fn write_endpoints(ctx: &Context, svc: &Service, members: &[Member<'_>]) -
             ip: m.ip.clone(),
             node_name: node_of(m.pod),
             target_ref: Some(target_ref(m.pod)),
-            hostname: m.pod.spec.as_ref().and_then(|s| {
-                s.subdomain
-                    .as_ref()
-                    .filter(|sd| Some(sd.as_str()) == svc.metadata.name.as_deref())
-                    .and(s.hostname.clone())
-            }),
+            hostname: hostname_in(m.pod, &svc.name_any()),
         };
         if m.ready {
             subset.addresses.get_or_insert_with(Vec::new).push(addr);
@@ -339,12 +343,7 @@ async fn write_slices(ctx: &Context, svc: &Service, members: &[Member<'_>]) -> R
                         }),
                         node_name: node_of(m.pod),
                         target_ref: Some(target_ref(m.pod)),
-                        hostname: m.pod.spec.as_ref().and_then(|s| {
-                            s.subdomain
-                                .as_ref()
-                                .filter(|sd| **sd == name)
-                                .and(s.hostname.clone())
-                        }),
+                        hostname: hostname_in(m.pod, &name),
                         ..Default::default()
                     })
                     .collect(),

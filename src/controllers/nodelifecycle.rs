@@ -127,29 +127,32 @@ async fn pass(client: &Client, timing: Timing) -> Result<()> {
                         value: None,
                     });
                 }
-                nodes
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"taints": next}})),
-                    )
-                    .await?;
+                set_taints(&nodes, &name, &next).await?;
                 tracing::info!(node = %name, "node stopped reporting: tainted unreachable");
             } else {
                 evict(client, &node, &taints, timing, now).await?;
             }
         } else if tainted && ready.as_deref() == Some("True") {
-            let next: Vec<&Taint> = taints.iter().filter(|t| t.key != UNREACHABLE).collect();
-            nodes
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"taints": next}})),
-                )
-                .await?;
+            let next: Vec<Taint> = taints
+                .iter()
+                .filter(|t| t.key != UNREACHABLE)
+                .cloned()
+                .collect();
+            set_taints(&nodes, &name, &next).await?;
             tracing::info!(node = %name, "node reports again: unreachable taint removed");
         }
     }
+    Ok(())
+}
+
+async fn set_taints(nodes: &Api<Node>, name: &str, taints: &[Taint]) -> Result<()> {
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
+        )
+        .await?;
     Ok(())
 }
 
