@@ -82,6 +82,9 @@ struct ServerArgs {
     /// File mode of the written kubeconfig, in octal.
     #[arg(long, default_value = "0600", value_parser = parse_mode)]
     write_kubeconfig_mode: u32,
+    /// Pod CIDR of the cluster; each node gets a /24 of it.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: String,
     /// Service CIDR of the cluster.
     #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR)]
     service_cidr: String,
@@ -145,7 +148,7 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         token: None,
         server: None,
         cluster_init: false,
-        cluster_cidr: config::DEFAULT_CLUSTER_CIDR.into(),
+        cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         service_node_port_range: a.service_node_port_range,
         cluster_dns: IpAddr::from([10, 43, 0, 10]),

@@ -2,6 +2,7 @@
 //! server on its HTTPS port.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -94,6 +95,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let kubernetes_ip = kubernetes_service_ip(&config.service_cidr)?;
+    let pod_cidrs = crate::controllers::nodeipam::CidrPlan::new(&config.cluster_cidr, 24)
+        .map_err(anyhow::Error::msg)?;
     let tokens = match &config.token_auth_file {
         Some(path) => api::authn::Tokens::load(path)?,
         None => api::authn::Tokens::default(),
@@ -178,13 +181,20 @@ pub async fn run(
         );
         let mut set = crate::controllers::start(client.clone(), stop_rx.clone());
         set.spawn(crate::controllers::nodelifecycle::run(
-            client,
+            client.clone(),
             crate::controllers::nodelifecycle::Timing {
                 grace: config.node_monitor_grace_period,
                 default_toleration: config.default_unreachable_toleration,
             },
             stop_rx.clone(),
         ));
+        let ipam_ctx = Arc::new(crate::controllers::Context {
+            client: client.clone(),
+        });
+        let mut rx = stop_rx.clone();
+        set.spawn(crate::controllers::nodeipam::run(ipam_ctx, pod_cidrs, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
         set.spawn(crate::controllers::gc::run(
             api.registry().clone(),
             stop_rx.clone(),

@@ -694,6 +694,28 @@ pub async fn delete(
                 }
             }
         }
+        let grace = pod_grace_seconds(def, &current, opts);
+        if grace > 0 {
+            let marked = current.pointer("/metadata/deletionTimestamp").is_some();
+            let shorter = current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .is_none_or(|g| grace < g);
+            if marked && !shorter {
+                return Ok(current);
+            }
+            let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+            meta(&mut current).insert(
+                "deletionTimestamp".into(),
+                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            );
+            meta(&mut current).insert("deletionGracePeriodSeconds".into(), json!(grace));
+            let Some(rev) = put_if_unchanged(store, &key, kv.mod_revision, &current).await? else {
+                continue;
+            };
+            meta(&mut current).insert("resourceVersion".into(), json!(rev.to_string()));
+            return Ok(current);
+        }
         let finalizers = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -731,6 +753,35 @@ pub async fn delete(
         }
     }
     Err(ApiError::conflict(def.plural, def.group, name))
+}
+
+/// The grace period of a pod deletion, as kube-apiserver's pod strategy decides it: pods
+/// that run on a node get `gracePeriodSeconds` (or the pod's
+/// `terminationGracePeriodSeconds`, 30 by default) for their agent to stop them; pods not
+/// bound to a node, or already finished, go at once (0). Not a pod: 0.
+fn pod_grace_seconds(def: &ResourceDef, pod: &Value, opts: &Value) -> i64 {
+    if def.kind != "Pod" || !def.group.is_empty() {
+        return 0;
+    }
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || finished {
+        return 0;
+    }
+    opts.get("gracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Removes every namespaced object in namespace `ns`.

@@ -7,6 +7,7 @@ pub mod client;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;

@@ -37,9 +37,29 @@ pub fn parse(q: &str) -> Option<f64> {
     Some(n * mult)
 }
 
+/// A cpu quantity in millicores, rounded up (as Kubernetes' `MilliValue`).
+pub fn cpu_millis(q: &str) -> Option<i64> {
+    parse(q).map(|v| (v * 1000.0).ceil() as i64)
+}
+
+/// A quantity in whole units (bytes for memory), rounded up (as Kubernetes' `Value`).
+pub fn bytes(q: &str) -> Option<i64> {
+    parse(q).map(|v| v.ceil() as i64)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::*;
+
+    #[test]
+    fn integer_views_round_up() {
+        assert_eq!(cpu_millis("250m"), Some(250));
+        assert_eq!(cpu_millis("0.5"), Some(500));
+        assert_eq!(cpu_millis("1n"), Some(1));
+        assert_eq!(bytes("64Mi"), Some(67_108_864));
+        assert_eq!(bytes("1.5"), Some(2));
+        assert_eq!(bytes("x"), None);
+    }
 
     #[test]
     fn quantities_parse_like_kubernetes() {
