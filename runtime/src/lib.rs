@@ -1,3 +1,14 @@
 //! The container runtime seam of pikube's node agent: a CRI (runtime.v1) client over
 //! containerd's socket, supervision of a pikube-managed containerd, import of OCI image
 //! tarballs, and the CNI config of the node's pod CIDR. Knows nothing of the pikube binary.
+
+pub mod cri;
+mod error;
+
+pub use cri::Cri;
+pub use error::Error;
+
+/// The pause (sandbox) image built by `images/build.sh` (`pause.tar`).
+pub const PAUSE_IMAGE: &str = "localhost/pause:3.9";
+/// The busybox test image built by `images/build.sh` (`busybox.tar`).
+pub const BUSYBOX_IMAGE: &str = "localhost/busybox:1.35";

@@ -1,0 +1,1 @@
+//! Integration tests of pikube-runtime against a real, pikube-managed containerd (root).
