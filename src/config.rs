@@ -24,6 +24,12 @@ pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
 /// Default cluster DNS address.
 pub const DEFAULT_CLUSTER_DNS: &str = "10.43.0.10";
+/// Default run dir (containerd socket and state).
+pub const DEFAULT_RUN_DIR: &str = "/run/pikube";
+/// Default parent cgroup of the pods.
+pub const DEFAULT_CGROUP_ROOT: &str = "/kubepods";
+/// Default bridge of the pods.
+pub const DEFAULT_CNI_BRIDGE: &str = "cni0";
 /// Default cluster domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
@@ -68,6 +74,12 @@ pub struct ServerConfig {
     pub container_runtime_endpoint: Option<String>,
     /// Run no agent on this server.
     pub disable_agent: bool,
+    /// Sockets and runtime state of the agent's containerd.
+    pub run_dir: PathBuf,
+    /// Parent cgroup of the pods.
+    pub cgroup_root: String,
+    /// Bridge the pods attach to.
+    pub cni_bridge: String,
     /// Components not to run (e.g. "dns", "proxy", "scheduler", "controllers").
     pub disable: Vec<String>,
     /// Labels for this node (`key=value`).
@@ -85,8 +97,57 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The settings of the agent that runs inside this server.
+    pub fn agent(&self) -> crate::agent::AgentConfig {
+        let node_name = if self.node_name.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_lowercase())
+                .unwrap_or_else(|_| "pikube".into())
+        } else {
+            self.node_name.clone()
+        };
+        let node_ip = self
+            .node_ips
+            .first()
+            .copied()
+            .or_else(|| (!self.bind_address.is_unspecified()).then_some(self.bind_address))
+            .or_else(primary_ip)
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        crate::agent::AgentConfig {
+            node_name,
+            node_ip,
+            data_dir: self.data_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            container_runtime_endpoint: self.container_runtime_endpoint.clone(),
+            cluster_dns: self.cluster_dns,
+            cluster_domain: self.cluster_domain.clone(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            node_labels: self
+                .node_labels
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            node_taints: self.node_taints.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            cni_bridge: self.cni_bridge.clone(),
+            agent_port: DEFAULT_AGENT_PORT,
+        }
+    }
+
     /// Whether the component `name` was disabled with `--disable`.
     pub fn is_disabled(&self, name: &str) -> bool {
         self.disable.iter().any(|d| d == name)
     }
+}
+
+/// The address of the interface the default route leaves by. A UDP `connect` only looks
+/// up the route; nothing is sent.
+fn primary_ip() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
 }

@@ -4,6 +4,7 @@
 //! scheduler, agent, DNS, PKI) so that tests can drive them; the binary only parses the
 //! command line and starts them.
 
+pub mod agent;
 pub mod api;
 pub mod check;
 pub mod compactor;

@@ -27,6 +27,22 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0")]
         bind_address: IpAddr,
     },
+    /// Stop every pod container, shim and mount the node agent left behind (before an
+    /// uninstall, or to reset a node).
+    Killall {
+        /// The agent's data directory.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The agent's run directory.
+        #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Parent cgroup of the pods.
+        #[arg(long, default_value = config::DEFAULT_CGROUP_ROOT)]
+        cgroup_root: String,
+        /// The pods' bridge.
+        #[arg(long, default_value = config::DEFAULT_CNI_BRIDGE)]
+        cni_bridge: String,
+    },
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -97,6 +113,24 @@ struct ServerArgs {
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
+    /// CRI socket of an existing containerd (default: pikube runs its own).
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+    /// Label of this node, `key=value` (repeatable).
+    #[arg(long, value_parser = parse_label)]
+    node_label: Vec<String>,
+    /// Taint of this node at registration, `key=value:Effect` (repeatable).
+    #[arg(long, value_parser = parse_taint)]
+    node_taint: Vec<String>,
+    /// Directory for the agent's containerd socket and state.
+    #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Parent cgroup of the pods (kubelet's --cgroup-root).
+    #[arg(long, default_value = config::DEFAULT_CGROUP_ROOT)]
+    cgroup_root: String,
+    /// Name of the bridge the pods attach to.
+    #[arg(long, default_value = config::DEFAULT_CNI_BRIDGE, value_parser = parse_bridge)]
+    cni_bridge: String,
     /// Seconds without a heartbeat after which a node is unreachable (as
     /// kube-controller-manager's --node-monitor-grace-period).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
@@ -114,6 +148,28 @@ struct ServerArgs {
     /// --etcd-compaction-interval).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     etcd_compaction_interval: u64,
+}
+
+fn parse_label(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not a label such as key=value")),
+    }
+}
+
+fn parse_taint(s: &str) -> Result<String, String> {
+    pikube::agent::node::parse_taint(s).map(|_| s.to_string())
+}
+
+fn parse_bridge(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an interface name (1-15 letters, digits, - or _)"))
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -153,11 +209,14 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         service_node_port_range: a.service_node_port_range,
         cluster_dns: IpAddr::from([10, 43, 0, 10]),
         cluster_domain: a.cluster_domain,
-        container_runtime_endpoint: None,
+        container_runtime_endpoint: a.container_runtime_endpoint,
         disable_agent: a.disable_agent,
+        run_dir: a.run_dir,
+        cgroup_root: a.cgroup_root,
+        cni_bridge: a.cni_bridge,
         disable: a.disable,
-        node_labels: Vec::new(),
-        node_taints: Vec::new(),
+        node_labels: a.node_label,
+        node_taints: a.node_taint,
         compaction_interval: std::time::Duration::from_secs(a.etcd_compaction_interval),
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
         default_unreachable_toleration: std::time::Duration::from_secs(
@@ -255,6 +314,20 @@ fn main() {
     let server = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
         Command::Server(args) => *args,
+        Command::Killall {
+            data_dir,
+            run_dir,
+            cgroup_root,
+            cni_bridge,
+        } => {
+            pikube::agent::killall::run(&pikube::agent::killall::Targets {
+                data_dir,
+                run_dir,
+                cgroup_root,
+                bridge: cni_bridge,
+            });
+            std::process::exit(0);
+        }
         Command::CheckConfig {
             data_dir,
             bind_address,

@@ -161,11 +161,6 @@ pub async fn run(
         &kubeconfig,
     )?;
     tracing::info!(%listen, kubeconfig = %config.write_kubeconfig.display(), "API server ready");
-    if !config.disable_agent {
-        tracing::warn!(
-            "the node agent is not part of this build yet: running the control plane only"
-        );
-    }
 
     let compaction = tokio::spawn(crate::compactor::run(
         store.clone(),
@@ -212,6 +207,20 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
+    if !config.disable_agent {
+        let agent = config.agent();
+        let client = crate::controllers::client::in_process(
+            &api,
+            &format!("system:node:{}", agent.node_name),
+            &["system:nodes", "system:masters"],
+        );
+        let rx = stop_rx.clone();
+        components.spawn(async move {
+            if let Err(e) = crate::agent::run(client, agent, rx).await {
+                tracing::error!(error = %e, "node agent stopped");
+            }
+        });
+    }
     let tls = api::http::tls_config(&pki)?;
     let served = api::http::serve(
         listener,
@@ -223,7 +232,7 @@ pub async fn run(
     .await;
     compaction.abort();
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(std::time::Duration::from_secs(5), async {
+    if tokio::time::timeout(std::time::Duration::from_secs(15), async {
         while components.join_next().await.is_some() {}
     })
     .await

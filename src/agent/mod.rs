@@ -1,0 +1,232 @@
+//! The node agent (pikube's kubelet): registers the node, keeps its Lease and status,
+//! and runs the pods bound to it in containerd through CRI. It is an ordinary API
+//! client, so the same code runs inside `pikube server` (in-process client) and in
+//! `pikube agent` (HTTPS client).
+
+pub mod backoff;
+pub mod cgroups;
+pub mod container;
+pub mod env;
+pub mod images;
+pub mod killall;
+pub mod node;
+pub mod pleg;
+pub mod pods;
+pub mod probes;
+pub mod sandbox;
+pub mod status;
+pub mod volumes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use pikube_runtime::containerd::{Containerd, ContainerdConfig};
+use pikube_runtime::Cri;
+
+/// Why an agent step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// A CRI call failed.
+    #[error("runtime: {}", .0.message())]
+    Runtime(#[from] tonic::Status),
+    /// The runtime library failed (containerd, images, CNI).
+    #[error(transparent)]
+    RuntimeLib(#[from] pikube_runtime::Error),
+    /// A file could not be written or read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An object could not be (de)serialised.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Bad settings.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Everything the agent needs to start.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Node name.
+    pub node_name: String,
+    /// The node's IP (InternalIP, status.hostIP).
+    pub node_ip: String,
+    /// pikube's data dir; the agent uses `<data-dir>/agent`.
+    pub data_dir: PathBuf,
+    /// Sockets and runtime state (`/run/pikube`).
+    pub run_dir: PathBuf,
+    /// An existing CRI endpoint; None = start a pikube-managed containerd.
+    pub container_runtime_endpoint: Option<String>,
+    /// Cluster DNS address given to pods.
+    pub cluster_dns: std::net::IpAddr,
+    /// Cluster domain.
+    pub cluster_domain: String,
+    /// The node's resolv.conf (for `dnsPolicy: Default`).
+    pub resolv_conf: PathBuf,
+    /// Extra node labels.
+    pub node_labels: Vec<(String, String)>,
+    /// Node taints at registration (`key=value:Effect`).
+    pub node_taints: Vec<String>,
+    /// Parent cgroup of pod cgroups.
+    pub cgroup_root: String,
+    /// Name of the pods' bridge.
+    pub cni_bridge: String,
+    /// Agent API port (reported in the Node's daemonEndpoints).
+    pub agent_port: u16,
+}
+
+impl AgentConfig {
+    /// `<data-dir>/agent`.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.data_dir.join("agent")
+    }
+
+    /// Air-gap image tarballs imported at start (`<data-dir>/agent/images`, as k3s).
+    pub fn images_dir(&self) -> PathBuf {
+        self.agent_dir().join("images")
+    }
+
+    /// The pods' container logs.
+    pub fn log_root(&self) -> PathBuf {
+        self.agent_dir().join("logs")
+    }
+
+    /// The pods' volumes and managed files.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.agent_dir().join("pods")
+    }
+
+    /// The managed containerd's layout.
+    pub fn containerd(&self) -> ContainerdConfig {
+        ContainerdConfig::new(&self.data_dir, &self.run_dir)
+    }
+}
+
+/// Waits until the node has a pod CIDR (from the node IPAM controller).
+async fn wait_pod_cidr(client: &Client, node: &str) -> String {
+    let api = Api::<Node>::all(client.clone());
+    loop {
+        if let Ok(n) = api.get(node).await {
+            if let Some(c) = n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+                return c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the agent until `shutdown` fires. A pikube-managed containerd is stopped at the
+/// end; running containers keep running (their shims stay) and are adopted at the next
+/// start.
+pub async fn run(
+    client: Client,
+    cfg: AgentConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    for dir in [cfg.agent_dir(), cfg.images_dir(), cfg.log_root(), cfg.pods_dir()] {
+        std::fs::create_dir_all(&dir)?;
+    }
+    let ctr_cfg = cfg.containerd();
+    let (managed, cri) = match &cfg.container_runtime_endpoint {
+        Some(endpoint) => {
+            let cri = Cri::connect(endpoint).await?;
+            cri.wait_ready(Duration::from_secs(30)).await?;
+            (None, cri)
+        }
+        None => {
+            let c = Containerd::start(ctr_cfg.clone()).await?;
+            let cri = c.cri().clone();
+            (Some(c), cri)
+        }
+    };
+    match pikube_runtime::images::import_dir(cri.socket(), &cfg.images_dir()).await {
+        Ok(refs) if !refs.is_empty() => tracing::info!(images = ?refs, "imported air-gap images"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, dir = %cfg.images_dir().display(), "cannot import images"),
+    }
+
+    let taints = cfg
+        .node_taints
+        .iter()
+        .map(|t| node::parse_taint(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Config)?;
+    let spec = node::NodeSpec {
+        name: cfg.node_name.clone(),
+        ip: cfg.node_ip.clone(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| cfg.node_name.clone()),
+        labels: cfg.node_labels.clone(),
+        taints,
+        agent_port: cfg.agent_port,
+    };
+    node::register(&client, &spec).await?;
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        cri.clone(),
+        spec.clone(),
+        cfg.data_dir.clone(),
+        shutdown.clone(),
+    ));
+
+    let pod_cidr = tokio::select! {
+        c = wait_pod_cidr(&client, &cfg.node_name) => c,
+        _ = shutdown.changed() => {
+            heartbeat.abort();
+            if let Some(c) = managed { c.stop().await; }
+            return Ok(());
+        }
+    };
+    let mut cni = pikube_runtime::cni::CniConfig::new(pod_cidr.parse()?);
+    cni.bridge = cfg.cni_bridge.clone();
+    cni.name = format!("pikube-{}", cfg.cni_bridge);
+    let conf = pikube_runtime::cni::write(&ctr_cfg.cni_conf_dir, &cni)?;
+    tracing::info!(%pod_cidr, conf = %conf.display(), "pod network configured");
+    // Post Ready as soon as the network is there, not at the next heartbeat.
+    if let Err(e) = node::post_status(&client, &cri, &spec, &cfg.data_dir).await {
+        tracing::debug!(error = %e, "cannot post node status");
+    }
+
+    let host_dns = std::fs::read_to_string(&cfg.resolv_conf)
+        .map(|t| sandbox::HostDns::parse(&t))
+        .unwrap_or_default();
+    let machine = node::Machine::read(&cfg.data_dir);
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let probes = probes::Probes::new(cri.clone(), tx.clone());
+    let worker = Arc::new(pods::Worker::new(
+        client.clone(),
+        cri.clone(),
+        sandbox::NodeNetwork {
+            node_name: cfg.node_name.clone(),
+            cluster_dns: cfg.cluster_dns,
+            cluster_domain: cfg.cluster_domain.clone(),
+            host_dns,
+            log_root: cfg.log_root(),
+            cgroup_root: cfg.cgroup_root.clone(),
+        },
+        cfg.node_ip.clone(),
+        cfg.pods_dir(),
+        machine.cpus as i64 * 1000,
+        machine.memory as i64,
+        probes,
+    ));
+    let pleg = tokio::spawn(pleg::run(cri.clone(), cfg.node_name.clone(), tx));
+    let changes = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut stop = shutdown.clone();
+    pods::run(worker, changes, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await;
+    pleg.abort();
+    heartbeat.abort();
+    if let Some(c) = managed {
+        c.stop().await;
+    }
+    Ok(())
+}

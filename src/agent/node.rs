@@ -1,0 +1,428 @@
+//! The agent's Node: registration with labels and taints, status (capacity and
+//! allocatable from the machine, addresses, nodeInfo, conditions with real reasons)
+//! posted every 10 s, and the Lease in `kube-node-lease` renewed every 10 s.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use pikube_runtime::cri::{v1 as cri, Cri};
+use serde_json::{json, Value};
+
+use super::Error;
+
+/// How often the Lease is renewed and the status posted.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The Lease's duration (kubelet's default).
+const LEASE_SECONDS: i32 = 40;
+/// Pods a node takes (kubelet's default `--max-pods`).
+const MAX_PODS: u32 = 110;
+
+/// What the machine offers, read from /proc and the data dir's file system.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Size of the file system holding the data dir, in bytes.
+    pub disk: u64,
+    /// Free space there, in bytes.
+    pub disk_free: u64,
+    /// Available memory in bytes.
+    pub memory_available: u64,
+    /// Kernel release.
+    pub kernel: String,
+    /// Distribution name (`PRETTY_NAME`).
+    pub os_image: String,
+    /// /etc/machine-id.
+    pub machine_id: String,
+    /// Current boot id.
+    pub boot_id: String,
+}
+
+fn meminfo(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+impl Machine {
+    /// Reads the machine's facts; `data_dir` is where pod data lives.
+    pub fn read(data_dir: &std::path::Path) -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let mem = read("/proc/meminfo");
+        let (disk, disk_free) = statvfs(data_dir).unwrap_or((0, 0));
+        let os_image = read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| "Linux".into());
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory: meminfo(&mem, "MemTotal").unwrap_or(0),
+            memory_available: meminfo(&mem, "MemAvailable").unwrap_or(0),
+            disk,
+            disk_free,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            os_image,
+            machine_id: read("/etc/machine-id").trim().to_string(),
+            boot_id: read("/proc/sys/kernel/random/boot_id").trim().to_string(),
+        }
+    }
+}
+
+fn statvfs(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| {
+        let frsize = st.f_frsize as u64;
+        (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
+    })
+}
+
+/// `amd64`/`arm64`/`arm` as Kubernetes names architectures.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+/// Identity and settings of the node.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// InternalIP.
+    pub ip: String,
+    /// Hostname address.
+    pub hostname: String,
+    /// Extra labels (`key=value`).
+    pub labels: Vec<(String, String)>,
+    /// Taints at registration (`key=value:Effect`).
+    pub taints: Vec<Value>,
+    /// Agent API port.
+    pub agent_port: u16,
+}
+
+/// Parses `key=value:Effect` (or `key:Effect`) as a taint object.
+pub fn parse_taint(s: &str) -> Result<Value, String> {
+    let (kv, effect) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("taint {s:?} is not of the form key=value:Effect"))?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "taint {s:?} has effect {effect:?}; use NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if key.is_empty() {
+        return Err(format!("taint {s:?} has no key"));
+    }
+    let mut t = json!({"key": key, "effect": effect});
+    if !value.is_empty() {
+        t["value"] = json!(value);
+    }
+    Ok(t)
+}
+
+/// Creates the Node if it is missing; an existing Node gets the configured labels.
+pub async fn register(client: &Client, spec: &NodeSpec) -> Result<(), Error> {
+    let api = Api::<Node>::all(client.clone());
+    let mut labels: BTreeMap<String, String> = [
+        ("kubernetes.io/hostname".to_string(), spec.name.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ("kubernetes.io/arch".to_string(), arch().to_string()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+        ("beta.kubernetes.io/arch".to_string(), arch().to_string()),
+    ]
+    .into_iter()
+    .collect();
+    labels.extend(spec.labels.iter().cloned());
+    match api.get_opt(&spec.name).await? {
+        None => {
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": spec.name, "labels": labels},
+                "spec": {"taints": spec.taints},
+            }))?;
+            match api.create(&PostParams::default(), &node).await {
+                Ok(_) => tracing::info!(node = %spec.name, "registered node"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(_) => {
+            api.patch(
+                &spec.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": labels}})),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The runtime's readiness as kubelet reports it: None when ready, else the message.
+pub async fn runtime_problem(cri: &Cri) -> Option<String> {
+    let status = match cri.runtime().status(cri::StatusRequest { verbose: false }).await {
+        Ok(s) => s.into_inner().status.unwrap_or_default(),
+        Err(e) => return Some(format!("container runtime is down: {}", e.message())),
+    };
+    let mut problems = Vec::new();
+    for kind in ["RuntimeReady", "NetworkReady"] {
+        match status.conditions.iter().find(|c| c.r#type == kind) {
+            Some(c) if c.status => {}
+            Some(c) => problems.push(format!(
+                "container runtime {} not ready: {kind}=false reason:{} message:{}",
+                if kind == "NetworkReady" { "network" } else { "status" },
+                c.reason,
+                c.message
+            )),
+            None => problems.push(format!("container runtime did not report {kind}")),
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join(", "))
+}
+
+fn condition(kind: &str, is_true: bool, reason: &str, message: &str) -> Value {
+    json!({"type": kind, "status": if is_true { "True" } else { "False" }, "reason": reason, "message": message})
+}
+
+/// The node's status document (conditions keep their transition times from `old`).
+pub fn status(
+    spec: &NodeSpec,
+    m: &Machine,
+    runtime_version: &str,
+    problem: Option<&str>,
+    old: Option<&Node>,
+) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let memory_pressure = m.memory_available > 0 && m.memory_available < 100 << 20;
+    let disk_pressure = m.disk > 0 && m.disk_free * 10 < m.disk;
+    let pids_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let pids_used = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .count() as u64
+        })
+        .unwrap_or(0);
+    let pid_pressure = pids_max > 0 && pids_used * 10 > pids_max * 9;
+    let mut conditions = vec![
+        if memory_pressure {
+            condition("MemoryPressure", true, "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+        } else {
+            condition("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+        },
+        if disk_pressure {
+            condition("DiskPressure", true, "KubeletHasDiskPressure", "kubelet has disk pressure")
+        } else {
+            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+        },
+        if pid_pressure {
+            condition("PIDPressure", true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+        } else {
+            condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+        },
+        match problem {
+            None => condition("Ready", true, "KubeletReady", "kubelet is posting ready status"),
+            Some(p) => condition("Ready", false, "KubeletNotReady", p),
+        },
+    ];
+    let old_conditions = old
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    for c in &mut conditions {
+        let kind = c["type"].as_str().unwrap_or_default().to_string();
+        let status = c["status"].as_str().unwrap_or_default().to_string();
+        let since = old_conditions
+            .iter()
+            .find(|o| o.type_ == kind && o.status == status)
+            .and_then(|o| o.last_transition_time.as_ref())
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or_else(|| json!(now));
+        c["lastHeartbeatTime"] = json!(now);
+        c["lastTransitionTime"] = since;
+    }
+    let capacity = json!({
+        "cpu": m.cpus.to_string(),
+        "memory": format!("{}Ki", m.memory / 1024),
+        "pods": MAX_PODS.to_string(),
+        "ephemeral-storage": format!("{}Ki", m.disk / 1024),
+    });
+    json!({"status": {
+        "capacity": capacity,
+        "allocatable": capacity,
+        "conditions": conditions,
+        "addresses": [
+            {"type": "InternalIP", "address": spec.ip},
+            {"type": "Hostname", "address": spec.hostname},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": spec.agent_port}},
+        "nodeInfo": {
+            "machineID": m.machine_id,
+            "systemUUID": m.machine_id,
+            "bootID": m.boot_id,
+            "kernelVersion": m.kernel,
+            "osImage": m.os_image,
+            "containerRuntimeVersion": runtime_version,
+            "kubeletVersion": format!("v1.33.0+pikube-{}", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": format!("v1.33.0+pikube-{}", env!("CARGO_PKG_VERSION")),
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+    }})
+}
+
+/// Renews the node's Lease (creating it, owned by the Node, when missing).
+pub async fn renew_lease(client: &Client, node: &str) -> Result<(), Error> {
+    let api = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let spec = json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now});
+    match api
+        .patch(node, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let owner = Api::<Node>::all(client.clone()).get(node).await?;
+            let lease: Lease = serde_json::from_value(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease",
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node,
+                        "uid": owner.metadata.uid}]},
+                "spec": spec,
+            }))?;
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Posts the node status once.
+pub async fn post_status(client: &Client, cri: &Cri, spec: &NodeSpec, data_dir: &std::path::Path) -> Result<(), Error> {
+    let api = Api::<Node>::all(client.clone());
+    let old = api.get_opt(&spec.name).await?;
+    if old.is_none() {
+        register(client, spec).await?;
+    }
+    let version = cri
+        .runtime()
+        .version(cri::VersionRequest { version: "v1".into() })
+        .await
+        .map(|v| {
+            let v = v.into_inner();
+            format!("{}://{}", v.runtime_name, v.runtime_version)
+        })
+        .unwrap_or_default();
+    let problem = runtime_problem(cri).await;
+    let machine = Machine::read(data_dir);
+    let body = status(spec, &machine, &version, problem.as_deref(), old.as_ref());
+    api.patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(body))
+        .await?;
+    Ok(())
+}
+
+/// Heartbeats until `shutdown`: status and Lease every [`HEARTBEAT`].
+pub async fn heartbeat(
+    client: Client,
+    cri: Cri,
+    spec: NodeSpec,
+    data_dir: std::path::PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = post_status(&client, &cri, &spec, &data_dir).await {
+            tracing::warn!(node = %spec.name, error = %e, "cannot post node status");
+        }
+        if let Err(e) = renew_lease(&client, &spec.name).await {
+            tracing::warn!(node = %spec.name, error = %e, "cannot renew node lease");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_like_kubectl() {
+        assert_eq!(
+            parse_taint("dedicated=db:NoSchedule").unwrap(),
+            json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"})
+        );
+        assert_eq!(
+            parse_taint("gpu:NoExecute").unwrap(),
+            json!({"key": "gpu", "effect": "NoExecute"})
+        );
+        assert!(parse_taint("gpu").is_err());
+        assert!(parse_taint("a=b:Sometimes").is_err());
+        assert!(parse_taint("=b:NoSchedule").is_err());
+    }
+
+    #[test]
+    fn meminfo_reads_kib() {
+        let text = "MemTotal:        8000000 kB\nMemAvailable:    4000000 kB\n";
+        assert_eq!(meminfo(text, "MemTotal"), Some(8_192_000_000));
+        assert_eq!(meminfo(text, "MemAvailable"), Some(4_096_000_000));
+        assert_eq!(meminfo(text, "SwapTotal"), None);
+    }
+
+    #[test]
+    fn status_reports_readiness_and_keeps_transition_times() {
+        let spec = NodeSpec {
+            name: "n1".into(),
+            ip: "192.0.2.1".into(),
+            hostname: "pi".into(),
+            labels: vec![],
+            taints: vec![],
+            agent_port: 10250,
+        };
+        let m = Machine {
+            cpus: 4,
+            memory: 8 << 30,
+            memory_available: 4 << 30,
+            disk: 100 << 30,
+            disk_free: 50 << 30,
+            ..Default::default()
+        };
+        let s = status(&spec, &m, "containerd://1.6.20", None, None);
+        let ready = s["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(ready["status"], "True");
+        assert_eq!(ready["reason"], "KubeletReady");
+        assert_eq!(s["status"]["capacity"]["cpu"], "4");
+        assert_eq!(s["status"]["capacity"]["memory"], "8388608Ki");
+        let down = status(&spec, &m, "", Some("container runtime is down: x"), None);
+        let ready = down["status"]["conditions"][3].clone();
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("KubeletNotReady")));
+    }
+}
