@@ -2,9 +2,14 @@
 //! containerd's socket, supervision of a pikube-managed containerd, import of OCI image
 //! tarballs, and the CNI config of the node's pod CIDR. Knows nothing of the pikube binary.
 
+pub mod cni;
+pub mod containerd;
 pub mod cri;
 mod error;
+mod fsutil;
 
+pub use cni::{CniConfig, Ipv4Cidr};
+pub use containerd::{Containerd, ContainerdConfig};
 pub use cri::Cri;
 pub use error::Error;
 
