@@ -111,6 +111,14 @@ pub fn run(t: &Targets) {
             remove_cgroups(&e.path().join(rel));
         }
     }
+    // The CNI plugins' own state for this node's network (`pikube-<bridge>`).
+    let network = format!("pikube-{}", t.bridge);
+    let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&network));
+    for e in std::fs::read_dir("/var/lib/cni/results").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&format!("{network}-")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn remove_cgroups(dir: &Path) {

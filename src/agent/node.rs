@@ -310,7 +310,8 @@ pub async fn renew_lease(client: &Client, node: &str) -> Result<(), Error> {
                 "spec": spec,
             }))?;
             match api.create(&PostParams::default(), &lease).await {
-                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => Ok(()),
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
                 Err(e) => Err(e.into()),
             }
         }

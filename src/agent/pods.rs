@@ -896,11 +896,11 @@ async fn housekeeping(worker: Arc<Worker>, store: kube::runtime::reflector::Stor
             })
             .await;
         let Ok(listed) = listed else { continue };
-        let mut gone = std::collections::BTreeSet::new();
+        let mut gone = HashMap::new();
         for s in listed.into_inner().items {
             if let Some(uid) = s.labels.get(LABEL_POD_UID) {
                 if !live.contains(uid) {
-                    gone.insert((uid.clone(), s.metadata.clone()));
+                    gone.insert(uid.clone(), s.metadata.clone());
                 }
             }
         }

@@ -27,6 +27,72 @@ pub struct Server {
     /// The API server's port.
     pub port: u16,
     extra: Vec<String>,
+    /// Set when the server runs its node agent (containers to clean up).
+    node: Option<NodeSettings>,
+}
+
+/// The per-test settings of a server that runs its node agent: its own pod range,
+/// bridge, cgroup and run dir, so tests run side by side and clean up after themselves.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// Node name.
+    pub name: String,
+    /// The node's pod CIDR (the whole cluster CIDR: one node).
+    pub pod_cidr: String,
+    /// The pods' bridge.
+    pub bridge: String,
+    /// Parent cgroup of the pods.
+    pub cgroup_root: String,
+    /// The agent's run dir (containerd socket and state).
+    pub run_dir: PathBuf,
+}
+
+impl NodeSettings {
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--node-name".into(),
+            self.name.clone(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--cluster-cidr".into(),
+            self.pod_cidr.clone(),
+            "--cni-bridge".into(),
+            self.bridge.clone(),
+            "--cgroup-root".into(),
+            self.cgroup_root.clone(),
+            "--run-dir".into(),
+            self.run_dir.to_string_lossy().into_owned(),
+        ]
+    }
+
+    fn killall(&self, data_dir: &Path) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .arg("killall")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(["--cgroup-root", &self.cgroup_root, "--cni-bridge", &self.bridge])
+            .status();
+    }
+}
+
+/// The offline test images (pause, busybox), built once per test run.
+pub fn test_images() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh");
+            let status = Command::new("bash")
+                .arg(script)
+                .arg(&out)
+                .status()
+                .expect("run images/build.sh");
+            assert!(status.success(), "images/build.sh failed");
+            out
+        })
+        .clone()
 }
 
 fn free_port() -> u16 {
@@ -53,6 +119,42 @@ impl Server {
             dir,
             port,
             extra,
+            node: None,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Starts a server that runs its node agent with real containerd, with the test
+    /// images in its air-gap directory; `index` (0-99) picks the test's own pod range,
+    /// bridge and cgroup.
+    pub fn start_node(index: u8, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let node = NodeSettings {
+            name: format!("node{index}"),
+            pod_cidr: format!("10.42.{}.0/24", 100 + index),
+            bridge: format!("pkt{index}"),
+            cgroup_root: format!("/pikube-test-{index}"),
+            run_dir: dir.path().join("run"),
+        };
+        // Whatever an earlier, killed run of this test left behind goes first.
+        node.killall(&dir.path().join("data"));
+        let images = dir.path().join("data/agent/images");
+        std::fs::create_dir_all(&images).expect("images dir");
+        for tar in ["pause.tar", "busybox.tar"] {
+            std::fs::copy(test_images().join(tar), images.join(tar)).expect("copy test image");
+        }
+        let mut all: Vec<String> = node.flags();
+        all.extend(extra.iter().map(|s| s.to_string()));
+        all.push("--agent".into());
+        let child = Self::spawn(dir.path(), port, &all);
+        let server = Server {
+            child,
+            dir,
+            port,
+            extra: all,
+            node: Some(node),
         };
         server.wait_ready();
         server
@@ -71,16 +173,14 @@ impl Server {
             .append(true)
             .open(dir.join("server.log"))
             .expect("log file");
+        // `--agent` is the harness's own marker: the server runs its node agent.
+        let agent = extra.iter().any(|a| a == "--agent");
+        let extra: Vec<&String> = extra.iter().filter(|a| *a != "--agent").collect();
         Command::new(env!("CARGO_BIN_EXE_pikube"))
             // An installed /etc/pikube/config.yaml must not leak into tests.
-            .args([
-                "server",
-                "--config",
-                "/dev/null",
-                "--disable-agent",
-                "--bind-address",
-                "127.0.0.1",
-            ])
+            .args(["server", "--config", "/dev/null"])
+            .args((!agent).then_some("--disable-agent"))
+            .args(["--bind-address", "127.0.0.1"])
             .arg("--https-listen-port")
             .arg(port.to_string())
             .arg("--data-dir")
@@ -176,7 +276,7 @@ impl Server {
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -191,6 +291,27 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+        if let Some(node) = &self.node {
+            node.killall(&self.data_dir());
+        }
+    }
+}
+
+/// Runs kubectl 1.33 with `args` (ending in `-o json`), asserts success, parses stdout.
+pub fn get_json(server: &Server, args: &[&str]) -> serde_json::Value {
+    let out = server.ok("1.33", args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Polls until `f` returns Some, or panics with `what` after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

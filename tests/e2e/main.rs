@@ -2,6 +2,7 @@
 //!
 //! One test binary with modules, so the dependency tree is linked once.
 
+mod agent;
 mod api;
 mod cli;
 mod harness;

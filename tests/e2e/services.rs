@@ -4,12 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::harness::{s, Server};
-
-fn get_json(server: &Server, args: &[&str]) -> Value {
-    let out = server.ok("1.33", args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
+use crate::harness::{get_json, s, Server};
 
 #[test]
 fn concurrent_creates_never_share_an_address_and_a_full_range_says_so() {

@@ -7,13 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{s, Server};
+use crate::harness::{get_json, s, wait_for, Server};
 use crate::sim::{Sim, SimNode};
-
-fn get_json(server: &Server, args: &[&str]) -> Value {
-    let out = server.ok("1.33", args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
 
 fn ready_pods(list: &Value) -> Vec<Value> {
     list["items"]
@@ -29,18 +24,6 @@ fn ready_pods(list: &Value) -> Vec<Value> {
             })
         })
         .collect()
-}
-
-/// Polls until `f` returns Some, or panics with `what` after `secs`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn images(server: &Server) -> Vec<String> {
