@@ -7,11 +7,13 @@ pub mod containerd;
 pub mod cri;
 mod error;
 mod fsutil;
+pub mod images;
 
 pub use cni::{CniConfig, Ipv4Cidr};
 pub use containerd::{Containerd, ContainerdConfig};
 pub use cri::Cri;
 pub use error::Error;
+pub use images::{import_dir, import_tarball};
 
 /// The pause (sandbox) image built by `images/build.sh` (`pause.tar`).
 pub const PAUSE_IMAGE: &str = "localhost/pause:3.9";
