@@ -164,11 +164,14 @@ fn parse_taint(s: &str) -> Result<String, String> {
 fn parse_bridge(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 15
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(s.to_string())
     } else {
-        Err(format!("{s:?} is not an interface name (1-15 letters, digits, - or _)"))
+        Err(format!(
+            "{s:?} is not an interface name (1-15 letters, digits, - or _)"
+        ))
     }
 }
 

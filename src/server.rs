@@ -187,9 +187,13 @@ pub async fn run(
             client: client.clone(),
         });
         let mut rx = stop_rx.clone();
-        set.spawn(crate::controllers::nodeipam::run(ipam_ctx, pod_cidrs, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
+        set.spawn(crate::controllers::nodeipam::run(
+            ipam_ctx,
+            pod_cidrs,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
         set.spawn(crate::controllers::gc::run(
             api.registry().clone(),
             stop_rx.clone(),

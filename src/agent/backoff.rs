@@ -80,7 +80,11 @@ mod tests {
         let s = Duration::from_secs;
         let mut b = Backoff::new(s(10), s(300));
         let t0 = Instant::now();
-        assert_eq!(b.remaining("k", t0, t0), None, "the first attempt is immediate");
+        assert_eq!(
+            b.remaining("k", t0, t0),
+            None,
+            "the first attempt is immediate"
+        );
         b.next("k", t0, t0);
         assert_eq!(b.remaining("k", t0, t0 + s(4)), Some(s(6)));
         assert_eq!(b.remaining("k", t0, t0 + s(10)), None);

@@ -14,7 +14,8 @@ use crate::scheduler::quantity;
 /// Annotation on a container: its restart count (the CRI attempt).
 pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 /// Annotation on a container: where it writes its termination message.
-pub const ANNOTATION_TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+pub const ANNOTATION_TERMINATION_MESSAGE_PATH: &str =
+    "io.kubernetes.container.terminationMessagePath";
 
 /// CFS period used for cpu limits (kubelet's default, 100 ms).
 const CPU_PERIOD: i64 = 100_000;
@@ -25,8 +26,12 @@ const MIN_SHARES: i64 = 2;
 /// from limits, memory limit), as kubelet computes them.
 pub fn resources(c: &Container) -> cri::LinuxContainerResources {
     let res = c.resources.clone().unwrap_or_default();
-    let get = |list: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-               name: &str| list.as_ref().and_then(|l| l.get(name)).map(|q| q.0.clone());
+    let get = |list: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+               name: &str| {
+        list.as_ref().and_then(|l| l.get(name)).map(|q| q.0.clone())
+    };
     let limit_cpu = get(&res.limits, "cpu").and_then(|q| quantity::cpu_millis(&q));
     // Requests default to limits when only limits are set.
     let request_cpu = get(&res.requests, "cpu")
@@ -36,7 +41,9 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
         Some(m) => (m * 1024 / 1000).max(MIN_SHARES),
         None => MIN_SHARES,
     };
-    let quota = limit_cpu.map(|m| (m * CPU_PERIOD / 1000).max(1000)).unwrap_or(0);
+    let quota = limit_cpu
+        .map(|m| (m * CPU_PERIOD / 1000).max(1000))
+        .unwrap_or(0);
     let memory = get(&res.limits, "memory")
         .and_then(|q| quantity::bytes(&q))
         .unwrap_or(0);
@@ -129,7 +136,10 @@ pub fn config(p: Parts<'_>) -> cri::ContainerConfig {
         .unwrap_or_else(|| "/dev/termination-log".into());
     let annotations: HashMap<String, String> = [
         (ANNOTATION_RESTART_COUNT.to_string(), p.attempt.to_string()),
-        (ANNOTATION_TERMINATION_MESSAGE_PATH.to_string(), termination_path),
+        (
+            ANNOTATION_TERMINATION_MESSAGE_PATH.to_string(),
+            termination_path,
+        ),
     ]
     .into_iter()
     .collect();
@@ -148,12 +158,7 @@ pub fn config(p: Parts<'_>) -> cri::ContainerConfig {
             .flatten()
             .map(|s| expand(s, p.env))
             .collect(),
-        args: c
-            .args
-            .iter()
-            .flatten()
-            .map(|s| expand(s, p.env))
-            .collect(),
+        args: c.args.iter().flatten().map(|s| expand(s, p.env)).collect(),
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs: p
             .env
@@ -197,7 +202,10 @@ mod tests {
         assert_eq!(r.memory_limit_in_bytes, 128 << 20);
         let none: Container = serde_json::from_value(json!({"name": "c"})).unwrap();
         let r = resources(&none);
-        assert_eq!((r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes), (2, 0, 0));
+        assert_eq!(
+            (r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes),
+            (2, 0, 0)
+        );
     }
 
     #[test]

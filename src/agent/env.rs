@@ -22,7 +22,12 @@ impl From<kube::Error> for ConfigError {
 }
 
 /// The values of the pod's own fields that `fieldRef` may name.
-pub fn field_value(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<String, ConfigError> {
+pub fn field_value(
+    pod: &Pod,
+    path: &str,
+    host_ip: &str,
+    pod_ip: &str,
+) -> Result<String, ConfigError> {
     let spec = pod.spec.as_ref();
     let value = match path {
         "metadata.name" => pod.name_any(),
@@ -83,7 +88,11 @@ pub fn resource_value(
     let list = match kind {
         "limits" => res.limits.unwrap_or_default(),
         "requests" => res.requests.unwrap_or_default(),
-        _ => return Err(ConfigError(format!("unsupported resourceFieldRef {resource:?}"))),
+        _ => {
+            return Err(ConfigError(format!(
+                "unsupported resourceFieldRef {resource:?}"
+            )))
+        }
     };
     let cpu = name == "cpu";
     let raw = list.get(name).map(|q| q.0.clone());
@@ -147,7 +156,11 @@ pub fn expand(text: &str, env: &[(String, String)]) -> String {
 /// Docker-link style variables of a Service (`FOO_SERVICE_HOST`, `FOO_PORT_80_TCP`, …).
 fn service_link_vars(svc: &Service, out: &mut Vec<(String, String)>) {
     let Some(spec) = &svc.spec else { return };
-    let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| *ip != "None" && !ip.is_empty()) else {
+    let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| *ip != "None" && !ip.is_empty())
+    else {
         return;
     };
     let prefix = svc.name_any().to_uppercase().replace('-', "_");
@@ -164,13 +177,19 @@ fn service_link_vars(svc: &Service, out: &mut Vec<(String, String)>) {
     for p in &ports {
         if let Some(name) = &p.name {
             out.push((
-                format!("{prefix}_SERVICE_PORT_{}", name.to_uppercase().replace('-', "_")),
+                format!(
+                    "{prefix}_SERVICE_PORT_{}",
+                    name.to_uppercase().replace('-', "_")
+                ),
                 p.port.to_string(),
             ));
         }
         let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
         let base = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
-        out.push((base.clone(), format!("{}://{ip}:{}", proto.to_lowercase(), p.port)));
+        out.push((
+            base.clone(),
+            format!("{}://{ip}:{}", proto.to_lowercase(), p.port),
+        ));
         out.push((format!("{base}_PROTO"), proto.to_lowercase()));
         out.push((format!("{base}_PORT"), p.port.to_string()));
         out.push((format!("{base}_ADDR"), ip.to_string()));
@@ -320,7 +339,9 @@ pub async fn resolve(
                             }
                         },
                         None if r.optional == Some(true) => None,
-                        None => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
+                        None => {
+                            return Err(ConfigError(format!("secret \"{}\" not found", r.name)))
+                        }
                     }
                 } else if let Some(f) = &src.field_ref {
                     Some(field_value(pod, &f.field_path, ctx.host_ip, ctx.pod_ip)?)
@@ -368,7 +389,10 @@ mod tests {
 
     #[test]
     fn expands_references() {
-        let env = vec![("A".to_string(), "1".to_string()), ("B".into(), "two".into())];
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("B".into(), "two".into()),
+        ];
         assert_eq!(expand("x$(A)y$(B)", &env), "x1ytwo");
         assert_eq!(expand("$$(A) $(C) $(", &env), "$(A) $(C) $(");
         assert_eq!(expand("cost $5", &env), "cost $5");
@@ -383,9 +407,18 @@ mod tests {
         .unwrap();
         assert_eq!(field_value(&pod, "metadata.name", "h", "i").unwrap(), "p");
         assert_eq!(field_value(&pod, "spec.nodeName", "h", "i").unwrap(), "n1");
-        assert_eq!(field_value(&pod, "status.podIP", "h", "1.2.3.4").unwrap(), "1.2.3.4");
-        assert_eq!(field_value(&pod, "metadata.labels['app']", "h", "i").unwrap(), "web");
-        assert_eq!(field_value(&pod, "metadata.labels", "h", "i").unwrap(), "app=\"web\"");
+        assert_eq!(
+            field_value(&pod, "status.podIP", "h", "1.2.3.4").unwrap(),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels['app']", "h", "i").unwrap(),
+            "web"
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels", "h", "i").unwrap(),
+            "app=\"web\""
+        );
         assert!(field_value(&pod, "spec.nope", "h", "i").is_err());
     }
 
@@ -396,12 +429,27 @@ mod tests {
             "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}, "requests": {"cpu": "100m"}},
         }))
         .unwrap();
-        assert_eq!(resource_value(&c, "limits.cpu", None, 4000, 1 << 30).unwrap(), "1");
-        assert_eq!(resource_value(&c, "limits.cpu", Some("1m"), 4000, 1 << 30).unwrap(), "250");
-        assert_eq!(resource_value(&c, "limits.memory", Some("1Mi"), 4000, 1 << 30).unwrap(), "64");
-        assert_eq!(resource_value(&c, "requests.cpu", Some("1m"), 4000, 1 << 30).unwrap(), "100");
+        assert_eq!(
+            resource_value(&c, "limits.cpu", None, 4000, 1 << 30).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            resource_value(&c, "limits.cpu", Some("1m"), 4000, 1 << 30).unwrap(),
+            "250"
+        );
+        assert_eq!(
+            resource_value(&c, "limits.memory", Some("1Mi"), 4000, 1 << 30).unwrap(),
+            "64"
+        );
+        assert_eq!(
+            resource_value(&c, "requests.cpu", Some("1m"), 4000, 1 << 30).unwrap(),
+            "100"
+        );
         let none: Container = serde_json::from_value(json!({"name": "c"})).unwrap();
-        assert_eq!(resource_value(&none, "limits.cpu", None, 4000, 1 << 30).unwrap(), "4");
+        assert_eq!(
+            resource_value(&none, "limits.cpu", None, 4000, 1 << 30).unwrap(),
+            "4"
+        );
         assert!(resource_value(&none, "cpu", None, 4000, 0).is_err());
     }
 

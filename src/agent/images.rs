@@ -48,14 +48,27 @@ fn auth_from_docker_config(doc: &Value, registry: &str) -> Option<cri::AuthConfi
             .next()
             .unwrap_or("");
         host == registry
-            || (registry == "docker.io" && (host == "index.docker.io" || host == "registry-1.docker.io"))
+            || (registry == "docker.io"
+                && (host == "index.docker.io" || host == "registry-1.docker.io"))
     };
     let (key, entry) = auths.iter().find(|(k, _)| wanted(k))?;
     let mut auth = cri::AuthConfig {
         server_address: key.clone(),
-        username: entry.get("username").and_then(Value::as_str).unwrap_or("").into(),
-        password: entry.get("password").and_then(Value::as_str).unwrap_or("").into(),
-        auth: entry.get("auth").and_then(Value::as_str).unwrap_or("").into(),
+        username: entry
+            .get("username")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .into(),
+        password: entry
+            .get("password")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .into(),
+        auth: entry
+            .get("auth")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .into(),
         ..Default::default()
     };
     if auth.username.is_empty() && !auth.auth.is_empty() {
@@ -117,7 +130,13 @@ pub enum Pull {
 
 /// Makes the image of `c` available according to its pull policy; `backing_off` says the
 /// pull back-off for this container has not run out.
-pub async fn ensure(cri: &Cri, client: &Client, pod: &Pod, c: &Container, backing_off: bool) -> Pull {
+pub async fn ensure(
+    cri: &Cri,
+    client: &Client,
+    pod: &Pod,
+    c: &Container,
+    backing_off: bool,
+) -> Pull {
     let image = c.image.clone().unwrap_or_default();
     if image.is_empty() {
         return Pull::Wait(Waiting {
@@ -145,7 +164,9 @@ pub async fn ensure(cri: &Cri, client: &Client, pod: &Pod, c: &Container, backin
         } else {
             Pull::Wait(Waiting {
                 reason: "ErrImageNeverPull".into(),
-                message: format!("Container image \"{image}\" is not present with pull policy of Never"),
+                message: format!(
+                    "Container image \"{image}\" is not present with pull policy of Never"
+                ),
             })
         };
     }
@@ -196,10 +217,22 @@ mod tests {
     fn default_pull_policies() {
         assert_eq!(pull_policy(&container("busybox", None)), "Always");
         assert_eq!(pull_policy(&container("busybox:latest", None)), "Always");
-        assert_eq!(pull_policy(&container("busybox:1.35", None)), "IfNotPresent");
-        assert_eq!(pull_policy(&container("localhost:5000/app", None)), "Always");
-        assert_eq!(pull_policy(&container("localhost:5000/app:v1", None)), "IfNotPresent");
-        assert_eq!(pull_policy(&container("app@sha256:abc", None)), "IfNotPresent");
+        assert_eq!(
+            pull_policy(&container("busybox:1.35", None)),
+            "IfNotPresent"
+        );
+        assert_eq!(
+            pull_policy(&container("localhost:5000/app", None)),
+            "Always"
+        );
+        assert_eq!(
+            pull_policy(&container("localhost:5000/app:v1", None)),
+            "IfNotPresent"
+        );
+        assert_eq!(
+            pull_policy(&container("app@sha256:abc", None)),
+            "IfNotPresent"
+        );
         assert_eq!(pull_policy(&container("busybox", Some("Never"))), "Never");
     }
 
@@ -214,7 +247,10 @@ mod tests {
             "ghcr.io": {"username": "me", "password": "pw"},
         }});
         let hub = auth_from_docker_config(&doc, "docker.io").unwrap();
-        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("user", "pass"));
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("user", "pass")
+        );
         let gh = auth_from_docker_config(&doc, "ghcr.io").unwrap();
         assert_eq!(gh.username, "me");
         assert!(auth_from_docker_config(&doc, "quay.io").is_none());

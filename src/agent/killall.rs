@@ -57,7 +57,9 @@ fn kill(pids: &[i32]) {
 
 /// Unmounts every mount point below `dir` (deepest first, detached).
 fn unmount_below(dir: &Path) {
-    let Ok(canon) = dir.canonicalize() else { return };
+    let Ok(canon) = dir.canonicalize() else {
+        return;
+    };
     let prefix = canon.to_string_lossy().into_owned();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mut targets: Vec<String> = mounts
@@ -82,7 +84,11 @@ pub fn run(t: &Targets) {
     let rel = t.cgroup_root.trim_matches('/');
     if !rel.is_empty() && !rel.contains("..") {
         let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(rel)];
-        for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for e in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             dirs.push(e.path().join(rel));
         }
         // Twice: processes forked while the first pass ran are caught by the second.
@@ -98,7 +104,9 @@ pub fn run(t: &Targets) {
     // Shims and the managed containerd name the run dir (socket, state) on their
     // command lines or in their config.
     kill(&pids_mentioning(&t.run_dir.to_string_lossy()));
-    kill(&pids_mentioning(&t.data_dir.join("agent").to_string_lossy()));
+    kill(&pids_mentioning(
+        &t.data_dir.join("agent").to_string_lossy(),
+    ));
     std::thread::sleep(std::time::Duration::from_millis(200));
     unmount_below(&t.run_dir);
     unmount_below(&t.data_dir);
@@ -107,15 +115,26 @@ pub fn run(t: &Targets) {
         .stderr(std::process::Stdio::null())
         .status();
     if !rel.is_empty() && !rel.contains("..") {
-        for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for e in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             remove_cgroups(&e.path().join(rel));
         }
     }
     // The CNI plugins' own state for this node's network (`pikube-<bridge>`).
     let network = format!("pikube-{}", t.bridge);
     let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&network));
-    for e in std::fs::read_dir("/var/lib/cni/results").into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(&format!("{network}-")) {
+    for e in std::fs::read_dir("/var/lib/cni/results")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{network}-"))
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }

@@ -128,7 +128,12 @@ pub async fn run(
     cfg: AgentConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    for dir in [cfg.agent_dir(), cfg.images_dir(), cfg.log_root(), cfg.pods_dir()] {
+    for dir in [
+        cfg.agent_dir(),
+        cfg.images_dir(),
+        cfg.log_root(),
+        cfg.pods_dir(),
+    ] {
         std::fs::create_dir_all(&dir)?;
     }
     let ctr_cfg = cfg.containerd();
@@ -147,7 +152,9 @@ pub async fn run(
     match pikube_runtime::images::import_dir(cri.socket(), &cfg.images_dir()).await {
         Ok(refs) if !refs.is_empty() => tracing::info!(images = ?refs, "imported air-gap images"),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, dir = %cfg.images_dir().display(), "cannot import images"),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %cfg.images_dir().display(), "cannot import images")
+        }
     }
 
     let taints = cfg

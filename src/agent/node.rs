@@ -176,7 +176,11 @@ pub async fn register(client: &Client, spec: &NodeSpec) -> Result<(), Error> {
 
 /// The runtime's readiness as kubelet reports it: None when ready, else the message.
 pub async fn runtime_problem(cri: &Cri) -> Option<String> {
-    let status = match cri.runtime().status(cri::StatusRequest { verbose: false }).await {
+    let status = match cri
+        .runtime()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+    {
         Ok(s) => s.into_inner().status.unwrap_or_default(),
         Err(e) => return Some(format!("container runtime is down: {}", e.message())),
     };
@@ -186,7 +190,11 @@ pub async fn runtime_problem(cri: &Cri) -> Option<String> {
             Some(c) if c.status => {}
             Some(c) => problems.push(format!(
                 "container runtime {} not ready: {kind}=false reason:{} message:{}",
-                if kind == "NetworkReady" { "network" } else { "status" },
+                if kind == "NetworkReady" {
+                    "network"
+                } else {
+                    "status"
+                },
                 c.reason,
                 c.message
             )),
@@ -218,29 +226,69 @@ pub fn status(
     let pids_used = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .count() as u64
         })
         .unwrap_or(0);
     let pid_pressure = pids_max > 0 && pids_used * 10 > pids_max * 9;
     let mut conditions = vec![
         if memory_pressure {
-            condition("MemoryPressure", true, "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+            condition(
+                "MemoryPressure",
+                true,
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
         } else {
-            condition("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+            condition(
+                "MemoryPressure",
+                false,
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
         },
         if disk_pressure {
-            condition("DiskPressure", true, "KubeletHasDiskPressure", "kubelet has disk pressure")
+            condition(
+                "DiskPressure",
+                true,
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+            )
         } else {
-            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+            condition(
+                "DiskPressure",
+                false,
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
         },
         if pid_pressure {
-            condition("PIDPressure", true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+            condition(
+                "PIDPressure",
+                true,
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
         } else {
-            condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+            condition(
+                "PIDPressure",
+                false,
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
         },
         match problem {
-            None => condition("Ready", true, "KubeletReady", "kubelet is posting ready status"),
+            None => condition(
+                "Ready",
+                true,
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
             Some(p) => condition("Ready", false, "KubeletNotReady", p),
         },
     ];
@@ -294,9 +342,14 @@ pub fn status(
 pub async fn renew_lease(client: &Client, node: &str) -> Result<(), Error> {
     let api = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let spec = json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now});
+    let spec =
+        json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now});
     match api
-        .patch(node, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -320,7 +373,12 @@ pub async fn renew_lease(client: &Client, node: &str) -> Result<(), Error> {
 }
 
 /// Posts the node status once.
-pub async fn post_status(client: &Client, cri: &Cri, spec: &NodeSpec, data_dir: &std::path::Path) -> Result<(), Error> {
+pub async fn post_status(
+    client: &Client,
+    cri: &Cri,
+    spec: &NodeSpec,
+    data_dir: &std::path::Path,
+) -> Result<(), Error> {
     let api = Api::<Node>::all(client.clone());
     let old = api.get_opt(&spec.name).await?;
     if old.is_none() {
@@ -328,7 +386,9 @@ pub async fn post_status(client: &Client, cri: &Cri, spec: &NodeSpec, data_dir: 
     }
     let version = cri
         .runtime()
-        .version(cri::VersionRequest { version: "v1".into() })
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
         .await
         .map(|v| {
             let v = v.into_inner();
@@ -424,6 +484,9 @@ mod tests {
         assert_eq!(s["status"]["capacity"]["memory"], "8388608Ki");
         let down = status(&spec, &m, "", Some("container runtime is down: x"), None);
         let ready = down["status"]["conditions"][3].clone();
-        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("KubeletNotReady")));
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("KubeletNotReady"))
+        );
     }
 }

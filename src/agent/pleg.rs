@@ -28,8 +28,9 @@ async fn relist(
     cri: &Cri,
     node: &str,
 ) -> Result<HashMap<String, (ObjectRef<Pod>, Vec<(String, i32)>)>, tonic::Status> {
-    let selector: HashMap<String, String> =
-        [(LABEL_NODE.to_string(), node.to_string())].into_iter().collect();
+    let selector: HashMap<String, String> = [(LABEL_NODE.to_string(), node.to_string())]
+        .into_iter()
+        .collect();
     let sandboxes = cri
         .runtime()
         .list_pod_sandbox(cri::ListPodSandboxRequest {
@@ -56,7 +57,11 @@ async fn relist(
     let entries = sandboxes
         .iter()
         .map(|s| (&s.labels, s.id.clone(), s.state))
-        .chain(containers.iter().map(|c| (&c.labels, c.id.clone(), c.state)));
+        .chain(
+            containers
+                .iter()
+                .map(|c| (&c.labels, c.id.clone(), c.state)),
+        );
     for (labels, id, state) in entries {
         let Some((name, ns, uid)) = pod_of(labels) else {
             continue;

@@ -141,8 +141,9 @@ impl Worker {
     }
 
     async fn observe(&self, uid: &str) -> Result<Observed, Error> {
-        let labels: HashMap<String, String> =
-            [(LABEL_POD_UID.to_string(), uid.to_string())].into_iter().collect();
+        let labels: HashMap<String, String> = [(LABEL_POD_UID.to_string(), uid.to_string())]
+            .into_iter()
+            .collect();
         let sandboxes = self
             .cri
             .runtime()
@@ -198,7 +199,11 @@ impl Worker {
             .into_inner()
             .containers;
         for c in containers {
-            let name = c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            let name = c
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
             obs.containers.entry(name).or_default().push(c);
         }
         for list in obs.containers.values_mut() {
@@ -226,7 +231,12 @@ impl Worker {
         let uid = pod.uid().unwrap_or_default();
         let mut out = HashMap::new();
         let spec = pod.spec.clone().unwrap_or_default();
-        for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+        {
             let list = obs.containers.get(&c.name);
             let latest = match list.and_then(|l| l.first()) {
                 Some(x) => self.container_status(&x.id).await,
@@ -301,7 +311,11 @@ impl Worker {
     }
 
     /// Prepares every volume of the pod; name → host dir.
-    async fn volumes(&self, pod: &Pod, pod_ip: &str) -> Result<BTreeMap<String, PathBuf>, env::ConfigError> {
+    async fn volumes(
+        &self,
+        pod: &Pod,
+        pod_ip: &str,
+    ) -> Result<BTreeMap<String, PathBuf>, env::ConfigError> {
         let ctx = VolumeContext {
             client: &self.client,
             host_ip: &self.host_ip,
@@ -312,9 +326,12 @@ impl Worker {
         let dir = volumes::pod_dir(&self.pods_dir, &pod.uid().unwrap_or_default());
         let mut out = BTreeMap::new();
         for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            let path = volumes::prepare(&ctx, pod, &dir, v)
-                .await
-                .map_err(|e| env::ConfigError(format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name)))?;
+            let path = volumes::prepare(&ctx, pod, &dir, v).await.map_err(|e| {
+                env::ConfigError(format!(
+                    "MountVolume.SetUp failed for volume {:?}: {e}",
+                    v.name
+                ))
+            })?;
             out.insert(v.name.clone(), path);
         }
         Ok(out)
@@ -346,7 +363,11 @@ impl Worker {
     ) -> Result<(), Error> {
         let uid = pod.uid().unwrap_or_default();
         let k = key(&uid, &c.name);
-        let backing_off = self.state().pulls.remaining(&k, Instant::now(), Instant::now()).is_some();
+        let backing_off = self
+            .state()
+            .pulls
+            .remaining(&k, Instant::now(), Instant::now())
+            .is_some();
         match images::ensure(&self.cri, &self.client, pod, c, backing_off).await {
             Pull::Ready => {}
             Pull::Wait(w) => {
@@ -442,7 +463,11 @@ impl Worker {
             self.hold(&uid, &c.name, None);
             tracing::info!(pod = %ObjectRef::from_obj(pod), container = %c.name, attempt = next, "container started");
             if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
-                if let Err(e) = self.probes.run_hook(hook, &id, Duration::from_secs(30)).await {
+                if let Err(e) = self
+                    .probes
+                    .run_hook(hook, &id, Duration::from_secs(30))
+                    .await
+                {
                     tracing::info!(pod = %ObjectRef::from_obj(pod), container = %c.name, error = %e, "postStart hook failed; stopping the container");
                     let _ = self
                         .cri
@@ -471,7 +496,12 @@ impl Worker {
 
     /// Whether an exited container may start again now; otherwise holds CrashLoopBackOff
     /// and returns the wait.
-    async fn restart_allowed(&self, pod: &Pod, name: &str, last: &cri::Container) -> Option<Duration> {
+    async fn restart_allowed(
+        &self,
+        pod: &Pod,
+        name: &str,
+        last: &cri::Container,
+    ) -> Option<Duration> {
         let uid = pod.uid().unwrap_or_default();
         let k = key(&uid, name);
         let st = self.container_status(&last.id).await?;
@@ -516,13 +546,20 @@ impl Worker {
         let policy = restart_policy(pod).to_string();
         let spec = pod.spec.clone().unwrap_or_default();
         let mut obs = self.observe(&uid).await?;
-        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         let mut requeue = RESYNC;
         if phase == "Succeeded" || phase == "Failed" {
             self.stop_all(pod, &obs, 0).await;
             return Ok(RESYNC);
         }
-        self.state().started.entry(uid.clone()).or_insert_with(Timestamp::now);
+        self.state()
+            .started
+            .entry(uid.clone())
+            .or_insert_with(Timestamp::now);
         let (sandbox_id, pod_ip) = match obs.sandbox.clone() {
             Some(s) => s,
             None => {
@@ -540,7 +577,12 @@ impl Worker {
         let volumes = match self.volumes(pod, &pod_ip).await {
             Ok(v) => v,
             Err(e) => {
-                for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+                for c in spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(spec.containers.iter())
+                {
                     if obs.latest(&c.name).is_none() {
                         self.hold(
                             &uid,
@@ -567,7 +609,9 @@ impl Worker {
 
         let mut initialized = true;
         for c in spec.init_containers.iter().flatten() {
-            let latest = obs.latest(&c.name).filter(|x| x.pod_sandbox_id == sandbox_id);
+            let latest = obs
+                .latest(&c.name)
+                .filter(|x| x.pod_sandbox_id == sandbox_id);
             match latest {
                 Some(x) if is_running(x) => {
                     initialized = false;
@@ -582,7 +626,16 @@ impl Worker {
                         match self.restart_allowed(pod, &c.name, x).await {
                             Some(wait) => requeue = requeue.min(wait),
                             None => {
-                                self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts)).await?
+                                self.start(
+                                    pod,
+                                    c,
+                                    &sandbox_id,
+                                    &pod_ip,
+                                    &obs,
+                                    &volumes,
+                                    Some(&hosts),
+                                )
+                                .await?
                             }
                         }
                     }
@@ -590,7 +643,8 @@ impl Worker {
                 }
                 _ => {
                     initialized = false;
-                    self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts)).await?;
+                    self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts))
+                        .await?;
                     requeue = requeue.min(Duration::from_secs(2));
                     break;
                 }
@@ -621,7 +675,16 @@ impl Worker {
                             match self.restart_allowed(pod, &c.name, x).await {
                                 Some(wait) => requeue = requeue.min(wait),
                                 None => {
-                                    self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts)).await?
+                                    self.start(
+                                        pod,
+                                        c,
+                                        &sandbox_id,
+                                        &pod_ip,
+                                        &obs,
+                                        &volumes,
+                                        Some(&hosts),
+                                    )
+                                    .await?
                                 }
                             }
                         }
@@ -630,7 +693,8 @@ impl Worker {
                         // First start, or the sandbox was replaced.
                         let finished_never = latest.is_some() && policy == "Never";
                         if !finished_never {
-                            self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts)).await?;
+                            self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts))
+                                .await?;
                             requeue = requeue.min(Duration::from_secs(2));
                         }
                     }
@@ -652,14 +716,28 @@ impl Worker {
         Ok(requeue.max(Duration::from_millis(100)))
     }
 
-    async fn write_status(&self, pod: &Pod, obs: &Observed, sandbox_ready: bool) -> Result<(), Error> {
+    async fn write_status(
+        &self,
+        pod: &Pod,
+        obs: &Observed,
+        sandbox_ready: bool,
+    ) -> Result<(), Error> {
         let facts = self.facts(pod, obs).await;
         let uid = pod.uid().unwrap_or_default();
-        let start_time = self.state().started.get(&uid).copied().unwrap_or_else(Timestamp::now);
+        let start_time = self
+            .state()
+            .started
+            .get(&uid)
+            .copied()
+            .unwrap_or_else(Timestamp::now);
         let new = status::pod_status(&Facts {
             pod,
             containers: &facts,
-            pod_ip: obs.sandbox.as_ref().map(|(_, ip)| ip.clone()).filter(|ip| !ip.is_empty()),
+            pod_ip: obs
+                .sandbox
+                .as_ref()
+                .map(|(_, ip)| ip.clone())
+                .filter(|ip| !ip.is_empty()),
             host_ip: self.host_ip.clone(),
             sandbox_ready: sandbox_ready && obs.sandbox.is_some(),
             start_time,
@@ -766,7 +844,11 @@ impl Worker {
         if let Some(dir) = log_dir {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
-        super::cgroups::remove(&format!("{}/pod{uid}", self.net.cgroup_root.trim_end_matches('/'))).await;
+        super::cgroups::remove(&format!(
+            "{}/pod{uid}",
+            self.net.cgroup_root.trim_end_matches('/')
+        ))
+        .await;
         let mut st = self.state();
         st.crash.reset_prefix(&format!("{uid}/"));
         st.pulls.reset_prefix(&format!("{uid}/"));
@@ -786,7 +868,8 @@ impl Worker {
         self.stop_all(pod, &obs, grace).await;
         let obs = self.observe(&uid).await?;
         self.write_status(pod, &obs, false).await?;
-        self.remove(&uid, Some(sandbox::log_dir(&self.net.log_root, pod))).await;
+        self.remove(&uid, Some(sandbox::log_dir(&self.net.log_root, pod)))
+            .await;
         let api = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -850,7 +933,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let pods = Api::<Pod>::all(worker.client.clone());
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", worker.net.node_name));
+    let config =
+        watcher::Config::default().fields(&format!("spec.nodeName={}", worker.net.node_name));
     let controller = Controller::new(pods, config).reconcile_on(changes);
     let store = controller.store();
     let housekeeping = housekeeping(worker.clone(), store);
@@ -925,7 +1009,10 @@ mod tests {
     #[test]
     fn merge_equality_ignores_fields_the_patch_leaves_alone() {
         let old = json!({"phase": "Running", "qosClass": "BestEffort", "conditions": [{"type": "Ready"}]});
-        assert!(merged_equal(&old, &json!({"phase": "Running", "conditions": [{"type": "Ready"}]})));
+        assert!(merged_equal(
+            &old,
+            &json!({"phase": "Running", "conditions": [{"type": "Ready"}]})
+        ));
         assert!(!merged_equal(&old, &json!({"phase": "Pending"})));
         assert!(!merged_equal(&old, &json!({"conditions": []})));
         assert!(merged_equal(&old, &json!({"podIP": null})));

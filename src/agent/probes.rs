@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, LifecycleHandler, Pod, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, LifecycleHandler, Pod, Probe,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::reflector::ObjectRef;
 use pikube_runtime::cri::{v1 as cri, Cri};
@@ -68,7 +70,10 @@ fn action_of(
     }
     if let Some((host, port)) = tcp {
         let port = port_of(c, port).ok_or("the probe names an unknown port")?;
-        let host = host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+        let host = host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
         return Ok(Action::Tcp(host, port));
     }
     if let Some(h) = http {
@@ -76,7 +81,11 @@ fn action_of(
             return Err("HTTPS probes are not supported by this node yet".into());
         }
         let port = port_of(c, &h.port).ok_or("the probe names an unknown port")?;
-        let host = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+        let host = h
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
         return Ok(Action::Http(h.clone(), host, port));
     }
     Err("the probe has no handler this node supports (exec, tcpSocket, httpGet)".into())
@@ -96,18 +105,29 @@ fn probe_action(c: &Container, p: &Probe, pod_ip: &str) -> Result<Action, String
 }
 
 /// One HTTP/1.1 GET; success is a status from 200 to 399, as kubelet's prober.
-async fn http_get(h: &HTTPGetAction, host: &str, port: u16, timeout: Duration) -> Result<(), String> {
+async fn http_get(
+    h: &HTTPGetAction,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
     let run = async {
         let mut s = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| e.to_string())?;
-        let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+        let path = h
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
         for hd in h.http_headers.iter().flatten() {
             req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
         }
         req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 64];
         let mut n = 0;
         while n < 12 {
@@ -168,19 +188,25 @@ impl Probes {
                     Err(format!("command exited with {}", r.exit_code))
                 }
             }
-            Action::Tcp(host, port) => {
-                tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), *port)))
-                    .await
-                    .map_err(|_| "timeout".to_string())?
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
+            Action::Tcp(host, port) => tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
             Action::Http(h, host, port) => http_get(h, host, *port, timeout).await,
         }
     }
 
     /// Runs a lifecycle hook (exec or httpGet) against container `id`.
-    pub async fn run_hook(&self, hook: &LifecycleHandler, id: &str, timeout: Duration) -> Result<(), String> {
+    pub async fn run_hook(
+        &self,
+        hook: &LifecycleHandler,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
         if let Some(sleep) = &hook.sleep {
             tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(timeout)).await;
             return Ok(());
@@ -215,7 +241,12 @@ impl Probes {
         ] {
             let Some(probe) = probe.clone() else { continue };
             let this = self.clone();
-            let (c, id, ip, pod_ref) = (c.clone(), id.to_string(), pod_ip.to_string(), pod_ref.clone());
+            let (c, id, ip, pod_ref) = (
+                c.clone(),
+                id.to_string(),
+                pod_ip.to_string(),
+                pod_ref.clone(),
+            );
             state.tasks.push(tokio::spawn(async move {
                 this.probe_loop(kind, probe, c, id, ip, pod_ref).await;
             }));
@@ -223,17 +254,31 @@ impl Probes {
         states.insert(id.to_string(), state);
     }
 
-    async fn probe_loop(&self, kind: Kind, p: Probe, c: Container, id: String, ip: String, pod: ObjectRef<Pod>) {
+    async fn probe_loop(
+        &self,
+        kind: Kind,
+        p: Probe,
+        c: Container,
+        id: String,
+        ip: String,
+        pod: ObjectRef<Pod>,
+    ) {
         let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         let success_threshold = p.success_threshold.unwrap_or(1).max(1);
         let failure_threshold = p.failure_threshold.unwrap_or(3).max(1);
-        tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+        ))
+        .await;
         let action = probe_action(&c, &p, &ip);
         let (mut successes, mut failures) = (0, 0);
         loop {
             let gated = kind != Kind::Startup
-                && self.lock().get(&id).is_some_and(|s| s.started == Some(false));
+                && self
+                    .lock()
+                    .get(&id)
+                    .is_some_and(|s| s.started == Some(false));
             if !gated {
                 let result = match &action {
                     Ok(a) => self.act(a, &id, timeout).await,

@@ -97,7 +97,10 @@ pub fn pod_labels(node: &str, pod: &Pod) -> HashMap<String, String> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     labels.insert(LABEL_POD_NAME.into(), pod.name_any());
-    labels.insert(LABEL_POD_NAMESPACE.into(), pod.namespace().unwrap_or_default());
+    labels.insert(
+        LABEL_POD_NAMESPACE.into(),
+        pod.namespace().unwrap_or_default(),
+    );
     labels.insert(LABEL_POD_UID.into(), pod.uid().unwrap_or_default());
     labels.insert(LABEL_NODE.into(), node.to_string());
     labels
@@ -316,11 +319,8 @@ mod tests {
 
     #[test]
     fn host_network_and_default_policies_use_the_node_resolver() {
-        let hostnet = dns_config(
-            &net(),
-            &pod(json!({"containers": [], "hostNetwork": true})),
-        )
-        .unwrap();
+        let hostnet =
+            dns_config(&net(), &pod(json!({"containers": [], "hostNetwork": true}))).unwrap();
         assert_eq!(hostnet.servers, vec!["192.0.2.53"]);
         let with_hostnet = dns_config(
             &net(),
@@ -360,7 +360,15 @@ mod tests {
         }));
         let c = config(&net(), &p, 2);
         let m = c.metadata.unwrap();
-        assert_eq!((m.name.as_str(), m.namespace.as_str(), m.uid.as_str(), m.attempt), ("web-1", "shop", "u-1", 2));
+        assert_eq!(
+            (
+                m.name.as_str(),
+                m.namespace.as_str(),
+                m.uid.as_str(),
+                m.attempt
+            ),
+            ("web-1", "shop", "u-1", 2)
+        );
         assert_eq!(c.hostname, "db-0");
         assert_eq!(c.log_directory, "/var/log/pods/shop_web-1_u-1");
         assert_eq!(c.port_mappings.len(), 1);

@@ -100,11 +100,17 @@ fn is_exited(s: &cri::ContainerStatus) -> bool {
 /// (`PodInitializing` behind init containers, `ContainerCreating` otherwise).
 pub fn container_status(c: &Container, f: &ContainerFacts, blocked: &str) -> ContainerStatus {
     let latest = f.latest.as_ref();
-    let restart_count = latest.map(|s| s.metadata.as_ref().map_or(0, |m| m.attempt)).unwrap_or(0);
-    let previous = f.previous.as_ref().filter(|p| is_exited(p)).map(|p| ContainerState {
-        terminated: Some(terminated(p)),
-        ..Default::default()
-    });
+    let restart_count = latest
+        .map(|s| s.metadata.as_ref().map_or(0, |m| m.attempt))
+        .unwrap_or(0);
+    let previous = f
+        .previous
+        .as_ref()
+        .filter(|p| is_exited(p))
+        .map(|p| ContainerState {
+            terminated: Some(terminated(p)),
+            ..Default::default()
+        });
     let (state, last_state) = match (latest, &f.waiting) {
         (Some(s), Some(w)) if is_exited(s) => (
             waiting(&w.reason, Some(w.message.clone())),
@@ -255,14 +261,22 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
             .and_then(|st| st.terminated.as_ref())
             .is_some_and(|t| t.exit_code == 0)
     });
-    let blocked = if initialized { "ContainerCreating" } else { "PodInitializing" };
+    let blocked = if initialized {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
     let main: Vec<ContainerStatus> = spec
         .containers
         .iter()
         .map(|c| container_status(c, facts(&c.name), blocked))
         .collect();
     let phase = phase(f.pod, &init, &main);
-    let not_ready: Vec<&str> = main.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let not_ready: Vec<&str> = main
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
     let unfinished_init: Vec<&str> = init
         .iter()
         .filter(|s| {
@@ -274,9 +288,17 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         .map(|s| s.name.as_str())
         .collect();
     let completed = phase == "Succeeded" || phase == "Failed";
-    let ready_reason = if completed { "PodCompleted" } else { "ContainersNotReady" };
-    let ready_message = (!completed).then(|| format!("containers with unready status: [{}]", not_ready.join(" ")));
-    let init_message = format!("containers with incomplete status: [{}]", unfinished_init.join(" "));
+    let ready_reason = if completed {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let ready_message =
+        (!completed).then(|| format!("containers with unready status: [{}]", not_ready.join(" ")));
+    let init_message = format!(
+        "containers with incomplete status: [{}]",
+        unfinished_init.join(" ")
+    );
     let ready = not_ready.is_empty() && !completed;
     let mut conditions = vec![
         condition("PodReadyToStartContainers", f.sandbox_ready, None, None),
@@ -290,7 +312,12 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         condition("ContainersReady", ready, Some(ready_reason), ready_message),
         condition("PodScheduled", true, None, None),
     ];
-    let old = f.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let old = f
+        .pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
     let now = Time(f.now);
     for c in &mut conditions {
         c.last_transition_time = match old.iter().find(|o| o.type_ == c.type_) {
@@ -303,7 +330,9 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         phase: Some(phase.to_string()),
         conditions: Some(conditions),
         host_ip: Some(f.host_ip.clone()),
-        host_ips: Some(vec![HostIP { ip: f.host_ip.clone() }]),
+        host_ips: Some(vec![HostIP {
+            ip: f.host_ip.clone(),
+        }]),
         pod_ip: f.pod_ip.clone(),
         pod_ips: f.pod_ip.clone().map(|ip| vec![PodIP { ip }]),
         start_time: old_status.start_time.or(Some(Time(f.start_time))),
@@ -339,12 +368,15 @@ mod tests {
     }
 
     fn pod(policy: &str, init: bool) -> Pod {
-        let mut spec = json!({"restartPolicy": policy, "containers": [{"name": "main", "image": "img"}]});
+        let mut spec =
+            json!({"restartPolicy": policy, "containers": [{"name": "main", "image": "img"}]});
         if init {
             spec["initContainers"] = json!([{"name": "setup", "image": "img"}]);
         }
-        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}, "spec": spec}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}, "spec": spec}),
+        )
+        .unwrap()
     }
 
     fn status(pod: &Pod, containers: HashMap<String, ContainerFacts>) -> PodStatus {
@@ -364,7 +396,12 @@ mod tests {
     }
 
     fn cond<'a>(s: &'a PodStatus, kind: &str) -> &'a PodCondition {
-        s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == kind).unwrap()
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap()
     }
 
     #[test]
@@ -408,7 +445,10 @@ mod tests {
         let t = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
         assert_eq!((t.exit_code, t.reason.as_deref()), (2, Some("Error")));
         assert_eq!(s.phase.as_deref(), Some("Running"));
-        assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(
+            cond(&s, "Ready").reason.as_deref(),
+            Some("ContainersNotReady")
+        );
     }
 
     #[test]
@@ -419,10 +459,22 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert_eq!(status(&pod("Never", false), exited(0)).phase.as_deref(), Some("Succeeded"));
-        assert_eq!(status(&pod("Never", false), exited(1)).phase.as_deref(), Some("Failed"));
-        assert_eq!(status(&pod("OnFailure", false), exited(0)).phase.as_deref(), Some("Succeeded"));
-        assert_eq!(status(&pod("OnFailure", false), exited(1)).phase.as_deref(), Some("Running"));
+        assert_eq!(
+            status(&pod("Never", false), exited(0)).phase.as_deref(),
+            Some("Succeeded")
+        );
+        assert_eq!(
+            status(&pod("Never", false), exited(1)).phase.as_deref(),
+            Some("Failed")
+        );
+        assert_eq!(
+            status(&pod("OnFailure", false), exited(0)).phase.as_deref(),
+            Some("Succeeded")
+        );
+        assert_eq!(
+            status(&pod("OnFailure", false), exited(1)).phase.as_deref(),
+            Some("Running")
+        );
         let done = status(&pod("Never", false), exited(0));
         assert_eq!(cond(&done, "Ready").reason.as_deref(), Some("PodCompleted"));
     }

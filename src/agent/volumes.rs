@@ -52,7 +52,9 @@ pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<bool> {
             return Ok(false);
         }
     }
-    let stamp = chrono::Utc::now().format("..%Y_%m_%d_%H_%M_%S.%f").to_string();
+    let stamp = chrono::Utc::now()
+        .format("..%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
     let fresh = dir.join(&stamp);
     std::fs::create_dir_all(&fresh)?;
     for (name, (bytes, mode)) in files {
@@ -126,7 +128,10 @@ fn items(
                 }
                 match data.get(&it.key) {
                     Some(v) => {
-                        out.insert(it.path.clone(), (v.clone(), it.mode.map_or(mode, |m| m as u32)));
+                        out.insert(
+                            it.path.clone(),
+                            (v.clone(), it.mode.map_or(mode, |m| m as u32)),
+                        );
                     }
                     None if optional => {}
                     None => {
@@ -162,7 +167,10 @@ async fn config_map_data(
     name: &str,
     optional: bool,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
-    match Api::<ConfigMap>::namespaced(client.clone(), ns).get(name).await {
+    match Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+    {
         Ok(cm) => {
             let mut data: BTreeMap<String, Vec<u8>> = cm
                 .data
@@ -189,7 +197,10 @@ async fn secret_data(
     name: &str,
     optional: bool,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
-    match Api::<Secret>::namespaced(client.clone(), ns).get(name).await {
+    match Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+    {
         Ok(s) => {
             let mut data: BTreeMap<String, Vec<u8>> = s
                 .data
@@ -219,7 +230,10 @@ fn downward_files(
 ) -> Result<(), ConfigError> {
     for f in list {
         if !relative_ok(&f.path) {
-            return Err(ConfigError(format!("invalid downwardAPI path {:?}", f.path)));
+            return Err(ConfigError(format!(
+                "invalid downwardAPI path {:?}",
+                f.path
+            )));
         }
         let value = if let Some(r) = &f.field_ref {
             field_value(pod, &r.field_path, ctx.host_ip, ctx.pod_ip)?
@@ -241,7 +255,10 @@ fn downward_files(
         } else {
             continue;
         };
-        out.insert(f.path.clone(), (value.into_bytes(), f.mode.map_or(mode, |m| m as u32)));
+        out.insert(
+            f.path.clone(),
+            (value.into_bytes(), f.mode.map_or(mode, |m| m as u32)),
+        );
     }
     Ok(())
 }
@@ -301,27 +318,56 @@ pub async fn prepare(
         let optional = cm.optional == Some(true);
         let mode = cm.default_mode.map_or(0o644, |m| m as u32);
         if let Some(data) = config_map_data(ctx.client, &ns, &cm.name, optional).await? {
-            items(&data, cm.items.as_ref(), mode, "configMap", optional, &mut files)?;
+            items(
+                &data,
+                cm.items.as_ref(),
+                mode,
+                "configMap",
+                optional,
+                &mut files,
+            )?;
         }
-        (volume_dir(pod_dir, "kubernetes.io~configmap", &v.name), true)
+        (
+            volume_dir(pod_dir, "kubernetes.io~configmap", &v.name),
+            true,
+        )
     } else if let Some(s) = &v.secret {
         let optional = s.optional == Some(true);
         let mode = s.default_mode.map_or(0o644, |m| m as u32);
         let name = s.secret_name.clone().unwrap_or_default();
         if let Some(data) = secret_data(ctx.client, &ns, &name, optional).await? {
-            items(&data, s.items.as_ref(), mode, "secret", optional, &mut files)?;
+            items(
+                &data,
+                s.items.as_ref(),
+                mode,
+                "secret",
+                optional,
+                &mut files,
+            )?;
         }
         (volume_dir(pod_dir, "kubernetes.io~secret", &v.name), true)
     } else if let Some(d) = &v.downward_api {
         let mode = d.default_mode.map_or(0o644, |m| m as u32);
-        downward_files(ctx, pod, d.items.as_deref().unwrap_or_default(), mode, &mut files)?;
-        (volume_dir(pod_dir, "kubernetes.io~downward-api", &v.name), true)
+        downward_files(
+            ctx,
+            pod,
+            d.items.as_deref().unwrap_or_default(),
+            mode,
+            &mut files,
+        )?;
+        (
+            volume_dir(pod_dir, "kubernetes.io~downward-api", &v.name),
+            true,
+        )
     } else if let Some(p) = &v.projected {
         let mode = p.default_mode.map_or(0o644, |m| m as u32);
         for source in p.sources.iter().flatten() {
             projection_files(ctx, pod, source, mode, &mut files).await?;
         }
-        (volume_dir(pod_dir, "kubernetes.io~projected", &v.name), true)
+        (
+            volume_dir(pod_dir, "kubernetes.io~projected", &v.name),
+            true,
+        )
     } else {
         return Err(ConfigError(format!(
             "volume {:?} has a type this node does not support",
@@ -342,7 +388,12 @@ fn host_path(path: &str, kind: &str) -> std::io::Result<PathBuf> {
     use std::io::{Error, ErrorKind};
     let p = PathBuf::from(path);
     let meta = std::fs::metadata(&p);
-    let bad = |what: &str| Err(Error::new(ErrorKind::NotFound, format!("hostPath type check failed: {path} is not {what}")));
+    let bad = |what: &str| {
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("hostPath type check failed: {path} is not {what}"),
+        ))
+    };
     match kind {
         "DirectoryOrCreate" if meta.is_err() => std::fs::create_dir_all(&p)?,
         "FileOrCreate" if meta.is_err() => {
@@ -354,7 +405,9 @@ fn host_path(path: &str, kind: &str) -> std::io::Result<PathBuf> {
         "Directory" | "DirectoryOrCreate" if !meta.as_ref().is_ok_and(|m| m.is_dir()) => {
             return bad("a directory")
         }
-        "File" | "FileOrCreate" if !meta.as_ref().is_ok_and(|m| m.is_file()) => return bad("a file"),
+        "File" | "FileOrCreate" if !meta.as_ref().is_ok_and(|m| m.is_file()) => {
+            return bad("a file")
+        }
         "Socket" | "CharDevice" | "BlockDevice" if meta.is_err() => return bad(kind),
         _ => {}
     }
@@ -393,7 +446,9 @@ async fn mount_tmpfs(dir: &Path, size: Option<&str>) -> Result<(), ConfigError> 
 /// Unmounts whatever is mounted below `dir` and removes it (a pod that is gone).
 pub async fn remove_pod_dir(dir: &Path) {
     let prefix = format!("{}/", dir.display());
-    let mounts = tokio::fs::read_to_string("/proc/self/mounts").await.unwrap_or_default();
+    let mounts = tokio::fs::read_to_string("/proc/self/mounts")
+        .await
+        .unwrap_or_default();
     let mut targets: Vec<&str> = mounts
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
@@ -455,14 +510,18 @@ pub fn mounts(
         .collect();
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let base = volumes
-            .get(&m.name)
-            .ok_or_else(|| ConfigError(format!("cannot find volume {:?} to mount into container {:?}", m.name, c.name)))?;
+        let base = volumes.get(&m.name).ok_or_else(|| {
+            ConfigError(format!(
+                "cannot find volume {:?} to mount into container {:?}",
+                m.name, c.name
+            ))
+        })?;
         let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) if relative_ok(sub) => {
                 let p = base.join(sub);
                 if std::fs::symlink_metadata(&p).is_err() {
-                    std::fs::create_dir_all(&p).map_err(|e| ConfigError(format!("subPath {sub:?}: {e}")))?;
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| ConfigError(format!("subPath {sub:?}: {e}")))?;
                 }
                 p
             }
@@ -473,7 +532,10 @@ pub fn mounts(
             container_path: m.mount_path.clone(),
             host_path: host.to_string_lossy().into_owned(),
             readonly: m.read_only.unwrap_or(false)
-                || read_only_kind.get(m.name.as_str()).copied().unwrap_or(false),
+                || read_only_kind
+                    .get(m.name.as_str())
+                    .copied()
+                    .unwrap_or(false),
             ..Default::default()
         });
     }
@@ -502,12 +564,18 @@ mod tests {
         assert!(write_atomic(dir.path(), &files).unwrap());
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"1");
         assert_eq!(std::fs::read(dir.path().join("sub/b")).unwrap(), b"2");
-        assert!(!write_atomic(dir.path(), &files).unwrap(), "unchanged content is not rewritten");
+        assert!(
+            !write_atomic(dir.path(), &files).unwrap(),
+            "unchanged content is not rewritten"
+        );
         files.remove("sub/b");
         files.insert("a".into(), (b"3".to_vec(), 0o644));
         assert!(write_atomic(dir.path(), &files).unwrap());
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"3");
-        assert!(std::fs::symlink_metadata(dir.path().join("sub")).is_err(), "stale links go");
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("sub")).is_err(),
+            "stale links go"
+        );
         let stamps = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()

@@ -37,7 +37,9 @@ impl CidrPlan {
             .parse()
             .ok()
             .filter(|b| (8..=30).contains(b))
-            .ok_or_else(|| format!("cluster CIDR {cluster_cidr:?} needs a prefix from /8 to /30"))?;
+            .ok_or_else(|| {
+                format!("cluster CIDR {cluster_cidr:?} needs a prefix from /8 to /30")
+            })?;
         if node_bits < cluster_bits || node_bits > 30 {
             return Err(format!(
                 "node subnets of /{node_bits} do not fit the cluster CIDR {cluster_cidr}"

@@ -28,7 +28,10 @@ fn condition(pod: &Value, kind: &str) -> Option<String> {
 
 fn apply(server: &Server, name: &str, yaml: &str) {
     let f = server.file(&format!("{name}.yaml"), yaml);
-    server.ok("1.33", &["apply", "--validate=false", "-f", crate::harness::s(&f)]);
+    server.ok(
+        "1.33",
+        &["apply", "--validate=false", "-f", crate::harness::s(&f)],
+    );
 }
 
 /// One HTTP GET to `ip:port` from the host; the body.
@@ -38,7 +41,8 @@ fn http_get(ip: &str, port: u16, path: &str) -> String {
         Duration::from_secs(3),
     )
     .expect("connect to the pod");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").expect("send");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -48,7 +52,7 @@ fn http_get(ip: &str, port: u16, path: &str) -> String {
 #[test]
 fn pods_run_with_env_volumes_and_an_ip_and_survive_an_agent_restart() {
     let mut server = Server::start_node(1, &[]);
-    server.ok("1.33", &["wait", "--for=condition=Ready", "node/node1", "--timeout=60s"]);
+    server.wait_node_ready("node1");
     let node = get_json(&server, &["get", "node", "node1", "-o", "json"]);
     assert_eq!(node["spec"]["podCIDR"], "10.42.101.0/24", "{node}");
     assert!(
@@ -112,27 +116,44 @@ spec:
   - {name: scratch, emptyDir: {medium: Memory}}
 "#,
     );
-    server.ok("1.33", &["wait", "--for=condition=Ready", "pod/web", "--timeout=90s"]);
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/web", "--timeout=90s"],
+    );
     let pod = pod_json(&server, "web");
     assert_eq!(pod["status"]["phase"], "Running");
     assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
     let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_string();
-    assert!(ip.starts_with("10.42.101."), "pod IP {ip} is in the node's range");
+    assert!(
+        ip.starts_with("10.42.101."),
+        "pod IP {ip} is in the node's range"
+    );
     let cs = container_status(&pod);
     assert_eq!(cs["restartCount"], 0);
     assert_eq!(cs["ready"], true);
-    assert!(cs["containerID"].as_str().is_some_and(|c| c.starts_with("containerd://")));
+    assert!(cs["containerID"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("containerd://")));
     let init = &pod["status"]["initContainerStatuses"][0];
     assert_eq!(init["state"]["terminated"]["reason"], "Completed", "{init}");
 
     let index = http_get(&ip, 8080, "/index.html");
-    assert!(index.starts_with("HTTP/1.") && index.contains("hello from a configmap"), "{index}");
+    assert!(
+        index.starts_with("HTTP/1.") && index.contains("hello from a configmap"),
+        "{index}"
+    );
     let env = http_get(&ip, 8080, "/env.txt");
-    assert!(env.contains("hi s3cret node1 web"), "env from configMap, secret and fieldRef: {env}");
+    assert!(
+        env.contains("hi s3cret node1 web"),
+        "env from configMap, secret and fieldRef: {env}"
+    );
 
     let table = server.ok("1.27", &["get", "pods", "-o", "wide"]);
     assert!(
-        table.lines().any(|l| l.starts_with("web ") && l.contains("1/1") && l.contains("Running") && l.contains(&ip)),
+        table.lines().any(|l| l.starts_with("web ")
+            && l.contains("1/1")
+            && l.contains("Running")
+            && l.contains(&ip)),
         "{table}"
     );
 
@@ -140,7 +161,10 @@ spec:
     let id = cs["containerID"].clone();
     server.restart();
     std::thread::sleep(Duration::from_secs(3));
-    server.ok("1.33", &["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"],
+    );
     let after = container_status(&pod_json(&server, "web"));
     assert_eq!(after["containerID"], id, "the same container runs on");
     assert_eq!(after["restartCount"], 0);
@@ -149,15 +173,27 @@ spec:
     // A Deployment's pods run too.
     server.ok(
         "1.27",
-        &["create", "deployment", "app", "--image=localhost/busybox:1.35", "--replicas=3", "--", "sleep", "3600"],
+        &[
+            "create",
+            "deployment",
+            "app",
+            "--image=localhost/busybox:1.35",
+            "--replicas=3",
+            "--",
+            "sleep",
+            "3600",
+        ],
     );
-    server.ok("1.33", &["rollout", "status", "deployment/app", "--timeout=90s"]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deployment/app", "--timeout=90s"],
+    );
 }
 
 #[test]
 fn crash_loops_back_off_and_finished_pods_follow_their_restart_policy() {
     let server = Server::start_node(2, &[]);
-    server.ok("1.33", &["wait", "--for=condition=Ready", "node/node2", "--timeout=60s"]);
+    server.wait_node_ready("node2");
     apply(
         &server,
         "pods",
@@ -194,33 +230,51 @@ spec:
         let p = pod_json(&server, "done");
         (p["status"]["phase"] == "Succeeded").then_some(p)
     });
-    assert_eq!(container_status(&done)["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(
+        container_status(&done)["state"]["terminated"]["reason"],
+        "Completed"
+    );
     let failed = wait_for(60, "pod failed to fail", || {
         let p = pod_json(&server, "failed");
         (p["status"]["phase"] == "Failed").then_some(p)
     });
     let t = &container_status(&failed)["state"]["terminated"];
-    assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str()), (Some(7), Some("Error")), "{t}");
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(7), Some("Error")),
+        "{t}"
+    );
 
     // Always: restarted at once, then after 10 s, 20 s, … with CrashLoopBackOff between.
-    let looping = wait_for(60, "crash to be in CrashLoopBackOff after two restarts", || {
-        let p = pod_json(&server, "crash");
-        let cs = container_status(&p);
-        (cs["restartCount"].as_i64() >= Some(2)
-            && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
-            .then_some(cs)
-    });
-    assert_eq!(looping["lastState"]["terminated"]["exitCode"], 3, "{looping}");
+    let looping = wait_for(
+        60,
+        "crash to be in CrashLoopBackOff after two restarts",
+        || {
+            let p = pod_json(&server, "crash");
+            let cs = container_status(&p);
+            (cs["restartCount"].as_i64() >= Some(2)
+                && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+                .then_some(cs)
+        },
+    );
+    assert_eq!(
+        looping["lastState"]["terminated"]["exitCode"], 3,
+        "{looping}"
+    );
     assert!(
-        looping["state"]["waiting"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("back-off 20s restarting failed container=c pod=crash_default(")),
+        looping["state"]["waiting"]["message"].as_str().is_some_and(
+            |m| m.starts_with("back-off 20s restarting failed container=c pod=crash_default(")
+        ),
         "{looping}"
     );
     let count = looping["restartCount"].as_i64().unwrap_or(0);
     std::thread::sleep(Duration::from_secs(5));
     let later = container_status(&pod_json(&server, "crash"));
-    assert_eq!(later["restartCount"].as_i64(), Some(count), "no restart during the back-off");
+    assert_eq!(
+        later["restartCount"].as_i64(),
+        Some(count),
+        "no restart during the back-off"
+    );
     let table = server.ok("1.33", &["get", "pod", "crash"]);
     assert!(table.contains("CrashLoopBackOff"), "{table}");
 
@@ -234,7 +288,7 @@ spec:
 #[test]
 fn image_and_start_errors_show_their_reasons_and_other_pods_keep_running() {
     let server = Server::start_node(3, &[]);
-    server.ok("1.33", &["wait", "--for=condition=Ready", "node/node3", "--timeout=60s"]);
+    server.wait_node_ready("node3");
     apply(
         &server,
         "bad",
@@ -274,7 +328,10 @@ spec:
   containers: [{name: c, image: localhost/busybox:1.35, command: ["sleep", "3600"]}]
 "#,
     );
-    server.ok("1.33", &["wait", "--for=condition=Ready", "pod/good", "--timeout=90s"]);
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/good", "--timeout=90s"],
+    );
     let reason = |name: &str| {
         container_status(&pod_json(&server, name))["state"]["waiting"]["reason"]
             .as_str()
@@ -294,11 +351,18 @@ spec:
         let cs = container_status(&pod_json(&server, "nocm"));
         (cs["state"]["waiting"]["reason"] == "CreateContainerConfigError").then_some(cs)
     });
-    assert_eq!(nocm["state"]["waiting"]["message"], "configmap \"missing\" not found");
+    assert_eq!(
+        nocm["state"]["waiting"]["message"],
+        "configmap \"missing\" not found"
+    );
     wait_for(60, "nocmd to fail to start", || {
         let cs = container_status(&pod_json(&server, "nocmd"));
-        let failed = cs["lastState"]["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0)
-            || cs["state"]["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0)
+        let failed = cs["lastState"]["terminated"]["exitCode"]
+            .as_i64()
+            .is_some_and(|c| c != 0)
+            || cs["state"]["terminated"]["exitCode"]
+                .as_i64()
+                .is_some_and(|c| c != 0)
             || cs["state"]["waiting"]["reason"] == "RunContainerError";
         failed.then_some(())
     });
@@ -309,7 +373,7 @@ spec:
 #[test]
 fn probes_flip_readiness_and_graceful_deletes_run_pre_stop() {
     let server = Server::start_node(4, &[]);
-    server.ok("1.33", &["wait", "--for=condition=Ready", "node/node4", "--timeout=60s"]);
+    server.wait_node_ready("node4");
     let marker_dir = tempfile::tempdir().expect("temp dir");
     let marker = marker_dir.path().display().to_string();
     apply(
@@ -363,15 +427,30 @@ spec:
         let p = pod_json(&server, "slow");
         (p["status"]["phase"] == "Running").then_some(p)
     });
-    assert_eq!(condition(&running_unready, "Ready").as_deref(), Some("False"), "{running_unready}");
-    server.ok("1.33", &["wait", "--for=condition=Ready", "pod/slow", "--timeout=30s"]);
+    assert_eq!(
+        condition(&running_unready, "Ready").as_deref(),
+        Some("False"),
+        "{running_unready}"
+    );
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/slow", "--timeout=30s"],
+    );
 
     wait_for(60, "the liveness probe to restart unhealthy", || {
         let cs = container_status(&pod_json(&server, "unhealthy"));
         (cs["restartCount"].as_i64() >= Some(1)).then_some(())
     });
 
-    server.ok("1.33", &["wait", "--for=condition=Ready", "pod/stopper", "--timeout=60s"]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/stopper",
+            "--timeout=60s",
+        ],
+    );
     let deleted = server.ok("1.33", &["delete", "pod", "stopper", "--wait=false"]);
     assert!(deleted.contains("deleted"), "{deleted}");
     let terminating = pod_json(&server, "stopper");
@@ -380,7 +459,11 @@ spec:
         "a pod on a node is deleted gracefully: {terminating}"
     );
     wait_for(40, "stopper to be removed", || {
-        (!server.kubectl("1.33", &["get", "pod", "stopper"]).status.success()).then_some(())
+        (!server
+            .kubectl("1.33", &["get", "pod", "stopper"])
+            .status
+            .success())
+        .then_some(())
     });
     let prestop = std::fs::read_to_string(marker_dir.path().join("prestop")).unwrap_or_default();
     assert_eq!(prestop.trim(), "prestop", "the preStop hook ran");

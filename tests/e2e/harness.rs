@@ -72,7 +72,12 @@ impl NodeSettings {
             .arg(data_dir)
             .arg("--run-dir")
             .arg(&self.run_dir)
-            .args(["--cgroup-root", &self.cgroup_root, "--cni-bridge", &self.bridge])
+            .args([
+                "--cgroup-root",
+                &self.cgroup_root,
+                "--cni-bridge",
+                &self.bridge,
+            ])
             .status();
     }
 }
@@ -206,6 +211,20 @@ impl Server {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("pikube server did not become ready; log:\n{}", self.log());
+    }
+
+    /// Waits until Node `name` exists and is Ready.
+    pub fn wait_node_ready(&self, name: &str) {
+        let node = format!("node/{name}");
+        wait_for(90, &format!("node {name} to be Ready"), || {
+            self.kubectl(
+                "1.33",
+                &["wait", "--for=condition=Ready", &node, "--timeout=30s"],
+            )
+            .status
+            .success()
+            .then_some(())
+        });
     }
 
     /// The admin kubeconfig the server wrote.

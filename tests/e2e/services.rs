@@ -2,8 +2,6 @@
 
 use std::collections::HashSet;
 
-use serde_json::Value;
-
 use crate::harness::{get_json, s, Server};
 
 #[test]
