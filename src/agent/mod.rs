@@ -219,8 +219,10 @@ pub async fn run(
         },
         cfg.node_ip.clone(),
         cfg.pods_dir(),
-        machine.cpus as i64 * 1000,
-        machine.memory as i64,
+        pods::Allocatable {
+            cpu_millis: machine.cpus as i64 * 1000,
+            memory: machine.memory as i64,
+        },
         probes,
     ));
     let pleg = tokio::spawn(pleg::run(cri.clone(), cfg.node_name.clone(), tx));

@@ -23,11 +23,11 @@ fn pod_of(labels: &HashMap<String, String>) -> Option<(String, String, String)> 
     ))
 }
 
+/// Per pod uid: the pod and the (id, state) of its sandboxes and containers.
+type Snapshot = HashMap<String, (ObjectRef<Pod>, Vec<(String, i32)>)>;
+
 /// One relist: per pod uid, its name and a fingerprint of its runtime state.
-async fn relist(
-    cri: &Cri,
-    node: &str,
-) -> Result<HashMap<String, (ObjectRef<Pod>, Vec<(String, i32)>)>, tonic::Status> {
+async fn relist(cri: &Cri, node: &str) -> Result<Snapshot, tonic::Status> {
     let selector: HashMap<String, String> = [(LABEL_NODE.to_string(), node.to_string())]
         .into_iter()
         .collect();
@@ -53,7 +53,7 @@ async fn relist(
         .await?
         .into_inner()
         .containers;
-    let mut out: HashMap<String, (ObjectRef<Pod>, Vec<(String, i32)>)> = HashMap::new();
+    let mut out = Snapshot::new();
     let entries = sandboxes
         .iter()
         .map(|s| (&s.labels, s.id.clone(), s.state))

@@ -45,10 +45,8 @@ pub struct Worker {
     pub host_ip: String,
     /// Root of the pods' volume directories.
     pub pods_dir: PathBuf,
-    /// Node allocatable CPU in millicores.
-    pub node_cpu_millis: i64,
-    /// Node allocatable memory in bytes.
-    pub node_memory: i64,
+    /// What the node offers (for resource env values and downward API files).
+    pub allocatable: Allocatable,
     /// Probe workers of running containers.
     pub probes: Probes,
     state: std::sync::Mutex<State>,
@@ -63,6 +61,15 @@ struct State {
 
 fn key(uid: &str, container: &str) -> String {
     format!("{uid}/{container}")
+}
+
+/// Node allocatable CPU and memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Allocatable {
+    /// CPU in millicores.
+    pub cpu_millis: i64,
+    /// Memory in bytes.
+    pub memory: i64,
 }
 
 /// What the runtime holds of one pod.
@@ -114,8 +121,7 @@ impl Worker {
         net: NodeNetwork,
         host_ip: String,
         pods_dir: PathBuf,
-        node_cpu_millis: i64,
-        node_memory: i64,
+        allocatable: Allocatable,
         probes: Probes,
     ) -> Worker {
         Worker {
@@ -124,8 +130,7 @@ impl Worker {
             net,
             host_ip,
             pods_dir,
-            node_cpu_millis,
-            node_memory,
+            allocatable,
             probes,
             state: std::sync::Mutex::new(State {
                 crash: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
@@ -320,8 +325,8 @@ impl Worker {
             client: &self.client,
             host_ip: &self.host_ip,
             pod_ip,
-            node_cpu_millis: self.node_cpu_millis,
-            node_memory: self.node_memory,
+            node_cpu_millis: self.allocatable.cpu_millis,
+            node_memory: self.allocatable.memory,
         };
         let dir = volumes::pod_dir(&self.pods_dir, &pod.uid().unwrap_or_default());
         let mut out = BTreeMap::new();
@@ -387,8 +392,8 @@ impl Worker {
             client: &self.client,
             host_ip: &self.host_ip,
             pod_ip,
-            node_cpu_millis: self.node_cpu_millis,
-            node_memory: self.node_memory,
+            node_cpu_millis: self.allocatable.cpu_millis,
+            node_memory: self.allocatable.memory,
         };
         let config_error = |message: String| Waiting {
             reason: "CreateContainerConfigError".into(),

@@ -128,7 +128,7 @@ async fn http_get(
         s.write_all(req.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let mut n = 0;
         while n < 12 {
             let k = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;

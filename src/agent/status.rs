@@ -243,6 +243,14 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
     }
 }
 
+/// Whether a container finished with exit code 0.
+fn succeeded(s: &ContainerStatus) -> bool {
+    s.state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == 0)
+}
+
 /// The pod's whole status; conditions keep their transition times from `pod.status`
 /// while they do not change.
 pub fn pod_status(f: &Facts<'_>) -> PodStatus {
@@ -255,12 +263,7 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         .flatten()
         .map(|c| container_status(c, facts(&c.name), "PodInitializing"))
         .collect();
-    let initialized = init.iter().all(|s| {
-        s.state
-            .as_ref()
-            .and_then(|st| st.terminated.as_ref())
-            .is_some_and(|t| t.exit_code == 0)
-    });
+    let initialized = init.iter().all(succeeded);
     let blocked = if initialized {
         "ContainerCreating"
     } else {
@@ -279,12 +282,7 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         .collect();
     let unfinished_init: Vec<&str> = init
         .iter()
-        .filter(|s| {
-            !s.state
-                .as_ref()
-                .and_then(|st| st.terminated.as_ref())
-                .is_some_and(|t| t.exit_code == 0)
-        })
+        .filter(|s| !succeeded(s))
         .map(|s| s.name.as_str())
         .collect();
     let completed = phase == "Succeeded" || phase == "Failed";
