@@ -217,6 +217,15 @@ impl Worker {
         Ok(obs)
     }
 
+    /// The pod's IP: its sandbox's, or the node's for host-network pods.
+    fn pod_ip(&self, pod: &Pod, sandbox_ip: &str) -> String {
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            self.host_ip.clone()
+        } else {
+            sandbox_ip.to_string()
+        }
+    }
+
     async fn container_status(&self, id: &str) -> Option<cri::ContainerStatus> {
         self.cri
             .runtime()
@@ -579,6 +588,7 @@ impl Worker {
                 s
             }
         };
+        let pod_ip = self.pod_ip(pod, &pod_ip);
         let volumes = match self.volumes(pod, &pod_ip).await {
             Ok(v) => v,
             Err(e) => {
@@ -741,7 +751,7 @@ impl Worker {
             pod_ip: obs
                 .sandbox
                 .as_ref()
-                .map(|(_, ip)| ip.clone())
+                .map(|(_, ip)| self.pod_ip(pod, ip))
                 .filter(|ip| !ip.is_empty()),
             host_ip: self.host_ip.clone(),
             sandbox_ready: sandbox_ready && obs.sandbox.is_some(),

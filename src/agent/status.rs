@@ -243,6 +243,40 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
     }
 }
 
+/// The pod's QoS class from its containers' cpu and memory requests and limits.
+pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let res = c.resources.clone().unwrap_or_default();
+        let limits = res.limits.unwrap_or_default();
+        let requests = res.requests.unwrap_or_default();
+        for r in ["cpu", "memory"] {
+            let (l, q) = (limits.get(r), requests.get(r).or(limits.get(r)));
+            any |= l.is_some() || q.is_some();
+            let equal = match (l, q) {
+                (Some(l), Some(q)) => {
+                    crate::scheduler::quantity::parse(&l.0)
+                        == crate::scheduler::quantity::parse(&q.0)
+                }
+                _ => false,
+            };
+            guaranteed &= equal;
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// Whether a container finished with exit code 0.
 fn succeeded(s: &ContainerStatus) -> bool {
     s.state
@@ -336,7 +370,7 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         start_time: old_status.start_time.or(Some(Time(f.start_time))),
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(main),
-        qos_class: old_status.qos_class,
+        qos_class: Some(qos_class(&spec).to_string()),
         ..Default::default()
     }
 }
@@ -496,6 +530,26 @@ mod tests {
         );
         let failed = status(&pod("Never", true), facts);
         assert_eq!(failed.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn qos_classes() {
+        let spec = |c: serde_json::Value| -> k8s_openapi::api::core::v1::PodSpec {
+            serde_json::from_value(json!({"containers": [c]})).unwrap()
+        };
+        assert_eq!(qos_class(&spec(json!({"name": "a"}))), "BestEffort");
+        assert_eq!(
+            qos_class(&spec(
+                json!({"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}})
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&spec(
+                json!({"name": "a", "resources": {"requests": {"cpu": "100m"}}})
+            )),
+            "Burstable"
+        );
     }
 
     #[test]
