@@ -314,10 +314,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     let peer50 = percentile(&peer, 0.5);
-    println!(
-        "bench-pods: one node, containerd {}, image cached",
-        "(pikube-managed)"
-    );
+    println!("bench-pods: one node, pikube-managed containerd, image cached");
     println!(
         "  CRI peer sandbox+create+start: p50 {:.0} ms, p99 {:.0} ms ({PEER_RUNS} runs)",
         ms(peer50),
