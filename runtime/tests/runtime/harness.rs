@@ -184,6 +184,91 @@ impl Node {
     }
 }
 
+/// A container config for `image` running `command`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(image_spec(image)),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(v1::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// A CRI image spec naming `image`.
+pub fn image_spec(image: &str) -> v1::ImageSpec {
+    v1::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    }
+}
+
+impl Node {
+    /// CreateContainer + StartContainer in `pod`; returns the container id.
+    pub async fn start_container(
+        &self,
+        pod: &str,
+        sandbox: &v1::PodSandboxConfig,
+        cfg: v1::ContainerConfig,
+    ) -> String {
+        let mut rt = self.cri.runtime();
+        let id = rt
+            .create_container(v1::CreateContainerRequest {
+                pod_sandbox_id: pod.to_string(),
+                config: Some(cfg),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        rt.start_container(v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+        id
+    }
+
+    /// StopPodSandbox + RemovePodSandbox.
+    pub async fn remove_pod(&self, pod: &str) {
+        remove_pod(&self.cri, pod)
+            .await
+            .unwrap_or_else(|e| panic!("remove sandbox {pod}: {e}"));
+    }
+
+    /// CRI ImageStatus: the image when the runtime has it.
+    pub async fn image_status(&self, image: &str) -> Option<v1::Image> {
+        self.cri
+            .images()
+            .image_status(v1::ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            })
+            .await
+            .expect("ImageStatus")
+            .into_inner()
+            .image
+    }
+}
+
+async fn remove_pod(cri: &Cri, pod: &str) -> Result<(), tonic::Status> {
+    let mut rt = cri.runtime();
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await?;
+    Ok(())
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let socket = self.socket();
@@ -211,7 +296,9 @@ impl Drop for Node {
             .stderr(std::process::Stdio::null())
             .status();
         unmount_under(self.dir.path());
-        remove_cgroups(&self.cgroup_parent);
+        if let Err(e) = pikube_runtime::cgroups::remove(&self.cgroup_parent) {
+            eprintln!("cleanup: {e}");
+        }
         remove_cni_state(&self.net);
     }
 }
@@ -228,18 +315,7 @@ async fn remove_sandboxes(socket: &Path) {
         return;
     };
     for sb in list.into_inner().items {
-        let _ = cri
-            .runtime()
-            .stop_pod_sandbox(v1::StopPodSandboxRequest {
-                pod_sandbox_id: sb.id.clone(),
-            })
-            .await;
-        let _ = cri
-            .runtime()
-            .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-                pod_sandbox_id: sb.id,
-            })
-            .await;
+        let _ = remove_pod(&cri, &sb.id).await;
     }
 }
 
@@ -259,28 +335,6 @@ fn unmount_under(root: &Path) {
         let _ = std::process::Command::new("umount")
             .args(["-l", &p])
             .status();
-    }
-}
-
-/// Removes the pod cgroup parent (and anything left in it) from every hierarchy.
-fn remove_cgroups(parent: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hierarchies.flatten() {
-        let dir = h.path().join(parent.trim_start_matches('/'));
-        remove_cgroup_tree(&dir);
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(children) = std::fs::read_dir(dir) {
-        for c in children.flatten() {
-            if c.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&c.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
     }
 }
 

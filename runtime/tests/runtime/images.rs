@@ -7,23 +7,7 @@ use std::path::Path;
 use pikube_runtime::cri::v1;
 use pikube_runtime::{import_dir, import_tarball, BUSYBOX_IMAGE, PAUSE_IMAGE};
 
-use crate::harness::{test_images, Node};
-
-async fn image_status(node: &Node, image: &str) -> Option<v1::Image> {
-    node.cri()
-        .images()
-        .image_status(v1::ImageStatusRequest {
-            image: Some(v1::ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .expect("ImageStatus")
-        .into_inner()
-        .image
-}
+use crate::harness::{container_config, test_images, Node};
 
 /// Re-packs busybox.tar's layer and config as a `docker save` archive named
 /// `example.com/box:v1`.
@@ -86,7 +70,8 @@ async fn air_gap_dir_and_docker_archive_import() {
         .expect("import_dir");
     assert_eq!(refs, [BUSYBOX_IMAGE, PAUSE_IMAGE, "example.com/box:v1"]);
     for r in &refs {
-        let img = image_status(&node, r)
+        let img = node
+            .image_status(r)
             .await
             .unwrap_or_else(|| panic!("{r} not visible"));
         assert!(img.repo_tags.contains(r), "{img:?}");
@@ -102,35 +87,11 @@ async fn air_gap_dir_and_docker_archive_import() {
     // The docker-archive image runs (CRI unpacks it on first use).
     let sandbox = node.sandbox_config("docker");
     let (pod, _) = node.run_sandbox(&sandbox).await;
-    let mut rt = node.cri().runtime();
-    let ctr = rt
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod,
-            config: Some(v1::ContainerConfig {
-                metadata: Some(v1::ContainerMetadata {
-                    name: "box".into(),
-                    attempt: 0,
-                }),
-                image: Some(v1::ImageSpec {
-                    image: "example.com/box:v1".into(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".into(), "60".into()],
-                log_path: "box.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .expect("CreateContainer from the docker archive")
-        .into_inner()
-        .container_id;
-    rt.start_container(v1::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    let out = rt
+    let cfg = container_config("box", "example.com/box:v1", &["sleep", "60"]);
+    let ctr = node.start_container(&pod, &sandbox, cfg).await;
+    let out = node
+        .cri()
+        .runtime()
         .exec_sync(v1::ExecSyncRequest {
             container_id: ctr,
             cmd: vec!["cat".into(), "/etc/passwd".into()],

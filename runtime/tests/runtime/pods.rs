@@ -7,7 +7,7 @@ use pikube_runtime::cri::v1;
 use pikube_runtime::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::Node;
+use crate::harness::{container_config, image_spec, Node};
 
 /// GET `path` from `ip:port` over plain HTTP/1.0, retrying while the server starts.
 async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> String {
@@ -34,23 +34,6 @@ async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> String {
     }
 }
 
-fn container_config(name: &str, command: &[&str]) -> v1::ContainerConfig {
-    v1::ContainerConfig {
-        metadata: Some(v1::ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(v1::ImageSpec {
-            image: BUSYBOX_IMAGE.to_string(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(v1::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busybox_pod_serves_http_execs_and_logs() {
     let node = Node::start(250).await;
@@ -63,6 +46,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
 
     let cfg = container_config(
         "web",
+        BUSYBOX_IMAGE,
         &[
             "sh",
             "-c",
@@ -70,21 +54,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
              echo to-stderr >&2 && exec httpd -f -p 8080 -h /www",
         ],
     );
-    let ctr = rt
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(v1::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    let ctr = node.start_container(&pod, &sandbox, cfg).await;
 
     // Plain TCP/HTTP from the host to the pod IP over the CNI bridge.
     let body = http_get(ip, 8080, "/index.html").await;
@@ -160,16 +130,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
     })
     .await
     .expect("RemoveContainer");
-    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    node.remove_pod(&pod).await;
     let left = rt
         .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
         .await
@@ -193,32 +154,16 @@ async fn busybox_pod_serves_http_execs_and_logs() {
 async fn missing_image_is_reported_not_pulled() {
     let node = Node::start(251).await;
     node.import(false).await;
-    let mut images = node.cri().images();
-    let spec = |image: &str| v1::ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    };
-
     // What the agent relies on: ImageStatus of a missing image is OK with no image
     // (not NOT_FOUND), and an imported one is found by its name.
-    let missing = images
-        .image_status(v1::ImageStatusRequest {
-            image: Some(spec("localhost/does-not-exist:1")),
-            verbose: false,
-        })
+    // (`image_status` fails the test on an error status.)
+    assert!(node
+        .image_status("localhost/does-not-exist:1")
         .await
-        .expect("ImageStatus of a missing image is not an error")
-        .into_inner();
-    assert!(missing.image.is_none());
-    let pause = images
-        .image_status(v1::ImageStatusRequest {
-            image: Some(spec(PAUSE_IMAGE)),
-            verbose: false,
-        })
+        .is_none());
+    let pause = node
+        .image_status(PAUSE_IMAGE)
         .await
-        .expect("ImageStatus")
-        .into_inner()
-        .image
         .expect("imported pause image");
     assert!(
         pause.repo_tags.contains(&PAUSE_IMAGE.to_string()),
@@ -229,8 +174,7 @@ async fn missing_image_is_reported_not_pulled() {
     // ErrImagePull / CreateContainerError), and the runtime keeps working.
     let sandbox = node.sandbox_config("missing");
     let (pod, _ip) = node.run_sandbox(&sandbox).await;
-    let mut cfg = container_config("c", &["true"]);
-    cfg.image = Some(spec("localhost/does-not-exist:1"));
+    let cfg = container_config("c", "localhost/does-not-exist:1", &["true"]);
     let err = node
         .cri()
         .runtime()
@@ -246,8 +190,8 @@ async fn missing_image_is_reported_not_pulled() {
     // PullImage tries a registry; here none answers (localhost only), so it fails.
     let pull = tokio::time::timeout(
         Duration::from_secs(60),
-        images.pull_image(v1::PullImageRequest {
-            image: Some(spec("localhost/does-not-exist:1")),
+        node.cri().images().pull_image(v1::PullImageRequest {
+            image: Some(image_spec("localhost/does-not-exist:1")),
             auth: None,
             sandbox_config: None,
         }),
