@@ -80,12 +80,21 @@ pub(crate) struct Blob {
     pub source: Source,
 }
 
+/// One image name to create, pointing at its target (a manifest or an index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Named {
+    pub name: String,
+    pub target: Desc,
+    /// The config digest (CRI's image id) when the target is a single manifest.
+    pub config: Option<String>,
+}
+
 /// What importing one tarball does: store `blobs` (children before parents), then point
 /// each image name at its target descriptor.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub blobs: Vec<Blob>,
-    pub images: Vec<(String, Desc)>,
+    pub images: Vec<Named>,
 }
 
 /// The regular files of a tar: normalized path → (data offset, size).
@@ -256,7 +265,7 @@ impl Planner<'_> {
         })
     }
 
-    fn oci(&mut self) -> Result<Vec<(String, Desc)>, Error> {
+    fn oci(&mut self) -> Result<Vec<Named>, Error> {
         let index: Index = self.entries.json("index.json")?;
         let mut images = Vec::new();
         for d in index.manifests {
@@ -264,14 +273,19 @@ impl Planner<'_> {
                 tracing::warn!(tar = %self.entries.path.display(), digest = %d.digest, "image without a name in index.json; skipped");
                 continue;
             };
-            self.descriptor(&d, 0)?;
-            images.push((name, d));
+            let config = self.descriptor(&d, 0)?;
+            images.push(Named {
+                name,
+                target: d,
+                config,
+            });
         }
         Ok(images)
     }
 
-    /// Plans a manifest or an index (and what it references).
-    fn descriptor(&mut self, d: &Desc, depth: usize) -> Result<(), Error> {
+    /// Plans a manifest or an index (and what it references); returns the config digest
+    /// of a manifest.
+    fn descriptor(&mut self, d: &Desc, depth: usize) -> Result<Option<String>, Error> {
         let path = self.entries.blob_path(&d.digest)?;
         match d.media_type.as_str() {
             media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
@@ -293,6 +307,7 @@ impl Planner<'_> {
                 }
                 let blob = self.layout_blob(d, labels)?;
                 self.add(blob);
+                Ok(Some(m.config.digest))
             }
             media::OCI_INDEX | media::DOCKER_LIST if depth < MAX_DEPTH => {
                 let index: Index = self.entries.json(&path)?;
@@ -313,18 +328,16 @@ impl Planner<'_> {
                 }
                 let blob = self.layout_blob(d, labels)?;
                 self.add(blob);
+                Ok(None)
             }
-            other => {
-                return Err(self
-                    .entries
-                    .bad(format!("unsupported media type {other:?} for {}", d.digest)))
-            }
+            other => Err(self
+                .entries
+                .bad(format!("unsupported media type {other:?} for {}", d.digest))),
         }
-        Ok(())
     }
 
     /// A `docker save` archive: the manifest is generated from manifest.json.
-    fn docker(&mut self) -> Result<Vec<(String, Desc)>, Error> {
+    fn docker(&mut self) -> Result<Vec<Named>, Error> {
         let list: Vec<DockerEntry> = self.entries.json("manifest.json")?;
         let mut images = Vec::new();
         for entry in list {
@@ -378,7 +391,11 @@ impl Planner<'_> {
                 source: Source::Memory(manifest),
             });
             for tag in tags {
-                images.push((normalize_ref(&tag), desc.clone()));
+                images.push(Named {
+                    name: normalize_ref(&tag),
+                    target: desc.clone(),
+                    config: Some(config_digest.clone()),
+                });
             }
         }
         Ok(images)
@@ -531,8 +548,12 @@ mod tests {
         let (_dir, path) = tarball(&as_refs(&files));
         let plan = plan(&path).unwrap();
         assert_eq!(plan.images.len(), 1, "unnamed entry skipped");
-        assert_eq!(plan.images[0].0, "localhost/x:1");
-        assert_eq!(plan.images[0].1.digest, digest(&manifest));
+        assert_eq!(plan.images[0].name, "localhost/x:1");
+        assert_eq!(plan.images[0].target.digest, digest(&manifest));
+        assert_eq!(
+            plan.images[0].config.as_deref(),
+            Some(digest(&files[0].1).as_str())
+        );
         let digests: Vec<_> = plan.blobs.iter().map(|b| b.digest.clone()).collect();
         let expected: Vec<_> = files[..4].iter().map(|(_, d)| digest(d)).collect();
         assert_eq!(digests, expected, "config, layers, then manifest");
@@ -573,7 +594,8 @@ mod tests {
         files.push(("index.json".to_string(), index));
         let (_dir, path) = tarball(&as_refs(&files));
         let plan = plan(&path).unwrap();
-        assert_eq!(plan.images[0].0, "example.com/multi:2");
+        assert_eq!(plan.images[0].name, "example.com/multi:2");
+        assert_eq!(plan.images[0].config, None);
         let idx = plan.blobs.last().unwrap();
         assert_eq!(idx.digest, digest(&inner));
         assert_eq!(idx.labels.len(), 1);
@@ -649,7 +671,7 @@ mod tests {
             ("b/layer.tar", gz.clone()),
         ]);
         let plan = plan(&path).unwrap();
-        let names: Vec<_> = plan.images.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<_> = plan.images.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(
             names,
             ["docker.io/library/app:1", "docker.io/me/app:latest"]
@@ -659,7 +681,8 @@ mod tests {
             panic!("the manifest is generated")
         };
         assert_eq!(m.digest, digest(body));
-        assert_eq!(plan.images[0].1.digest, m.digest);
+        assert_eq!(plan.images[0].target.digest, m.digest);
+        assert_eq!(plan.images[1].config, Some(digest(&config)));
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["config"]["digest"], digest(&config));
         assert_eq!(v["layers"][0]["digest"], digest(&layer));

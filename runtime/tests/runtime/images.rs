@@ -10,8 +10,8 @@ use pikube_runtime::{import_dir, import_tarball, BUSYBOX_IMAGE, PAUSE_IMAGE};
 use crate::harness::{container_config, test_images, Node};
 
 /// Re-packs busybox.tar's layer and config as a `docker save` archive named
-/// `example.com/box:v1`.
-fn docker_archive(from: &Path, to: &Path) {
+/// `tag`; returns the config digest (the image id CRI reports).
+fn docker_archive(from: &Path, tag: &str, to: &Path) -> String {
     let mut src = tar::Archive::new(std::fs::File::open(from).unwrap());
     let mut files: HashMap<String, Vec<u8>> = HashMap::new();
     for e in src.entries().unwrap() {
@@ -31,11 +31,12 @@ fn docker_archive(from: &Path, to: &Path) {
     let blob =
         |d: &str| files[&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))].clone();
     let manifest: serde_json::Value = serde_json::from_slice(&blob(mdigest)).unwrap();
-    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let config = blob(&config_digest);
     let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
     let list = serde_json::json!([{
         "Config": "config.json",
-        "RepoTags": ["example.com/box:v1"],
+        "RepoTags": [tag],
         "Layers": ["abc/layer.tar"],
     }]);
     let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
@@ -51,6 +52,7 @@ fn docker_archive(from: &Path, to: &Path) {
         out.append_data(&mut h, name, data.as_slice()).unwrap();
     }
     out.finish().unwrap();
+    config_digest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +64,11 @@ async fn air_gap_dir_and_docker_archive_import() {
     for f in ["pause.tar", "busybox.tar"] {
         std::fs::copy(built.join(f), airgap.join(f)).unwrap();
     }
-    docker_archive(&built.join("busybox.tar"), &airgap.join("zz-docker.tar"));
+    docker_archive(
+        &built.join("busybox.tar"),
+        "example.com/box:v1",
+        &airgap.join("zz-docker.tar"),
+    );
     std::fs::write(airgap.join("README.txt"), "not an image").unwrap();
 
     let refs = import_dir(&node.socket(), &airgap)
@@ -101,6 +107,19 @@ async fn air_gap_dir_and_docker_archive_import() {
         .expect("ExecSync")
         .into_inner();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("root:x:0:0"));
+
+    // Re-pointing a name at another image: CRI sees the new image as soon as the
+    // import returns.
+    let retag = node.dir.path().join("retag.tar");
+    let pause_id = docker_archive(&built.join("pause.tar"), "example.com/box:v1", &retag);
+    import_tarball(&node.socket(), &retag)
+        .await
+        .expect("re-tag");
+    let img = node
+        .image_status("example.com/box:v1")
+        .await
+        .expect("image");
+    assert_eq!(img.id, pause_id);
 
     // A broken tarball is refused with a clear error, the rest still imported.
     std::fs::write(airgap.join("broken.tar"), b"not a tar").unwrap();
