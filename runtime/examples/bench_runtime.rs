@@ -98,14 +98,14 @@ async fn main() {
     let mut starts = Vec::new();
     for _ in 0..STARTS {
         let t = Instant::now();
-        let node = Node::start(247).await;
+        let node = Node::start().await;
         starts.push(t.elapsed());
         drop(node);
     }
     let (p50, _, max) = summary(starts);
     println!("containerd start → RuntimeReady: p50 {p50:.0} ms, max {max:.0} ms");
 
-    let node = Node::start(247).await;
+    let node = Node::start().await;
     let pid = node.containerd().pid().expect("containerd pid");
     node.import(false).await;
     println!("containerd RSS idle: {} MB", rss_kb(pid) / 1024);

@@ -44,6 +44,28 @@ fn unique_id() -> String {
     format!("{:04x}{seq}", std::process::id() & 0xffff)
 }
 
+/// Reserves a pod CIDR `10.42.<octet>.0/24` for a test node: one not routed on the
+/// machine yet, held by binding the abstract unix socket `pikube-test-10.42.<octet>`,
+/// a lock shared with every other test process that vanishes with its holder.
+fn reserve_octet() -> (u8, std::os::unix::net::UnixListener) {
+    use std::os::linux::net::SocketAddrExt;
+    let routes = std::process::Command::new("ip")
+        .args(["-4", "-o", "route", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    (200..=254u8)
+        .rev()
+        .filter(|o| !routes.contains(&format!("10.42.{o}.")))
+        .find_map(|o| {
+            let name = format!("pikube-test-10.42.{o}");
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).ok()?;
+            let lock = std::os::unix::net::UnixListener::bind_addr(&addr).ok()?;
+            Some((o, lock))
+        })
+        .expect("a free 10.42.x.0/24 for the test")
+}
+
 /// One containerd + CNI network, removed on drop.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -54,11 +76,15 @@ pub struct Node {
     pub cgroup_parent: String,
     containerd: Option<Containerd>,
     cri: Cri,
+    /// Holds the pod CIDR reservation until the node is gone (dropped last).
+    _cidr_lock: std::os::unix::net::UnixListener,
 }
 
 impl Node {
-    /// Starts a containerd whose pods get addresses in `10.42.<octet>.0/24`.
-    pub async fn start(octet: u8) -> Node {
+    /// Starts a containerd whose pods get addresses in a free `10.42.<x>.0/24`, routed
+    /// locally to the node's bridge once the first pod runs.
+    pub async fn start() -> Node {
+        let (octet, cidr_lock) = reserve_octet();
         let id = unique_id();
         let dir = tempfile::Builder::new()
             .prefix("pikube-rt-")
@@ -84,6 +110,7 @@ impl Node {
             cidr,
             containerd: Some(containerd),
             cri,
+            _cidr_lock: cidr_lock,
         }
     }
 

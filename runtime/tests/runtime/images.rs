@@ -57,7 +57,7 @@ fn docker_archive(from: &Path, tag: &str, to: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn air_gap_dir_and_docker_archive_import() {
-    let node = Node::start(248).await;
+    let node = Node::start().await;
     let built = test_images();
     let airgap = node.dir.path().join("data/agent/images");
     std::fs::create_dir_all(&airgap).unwrap();

@@ -15,7 +15,7 @@ fn process_exists(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_after_kill_and_keeps_pods() {
-    let mut node = Node::start(252).await;
+    let mut node = Node::start().await;
     node.import(false).await;
     let sandbox = node.sandbox_config("survivor");
     let (pod, _ip) = node.run_sandbox(&sandbox).await;
@@ -64,7 +64,7 @@ async fn restarts_after_kill_and_keeps_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_containerds_side_by_side() {
-    let (a, b) = tokio::join!(Node::start(253), Node::start(254));
+    let (a, b) = tokio::join!(Node::start(), Node::start());
     assert_ne!(a.containerd().pid(), b.containerd().pid());
     a.import(true).await;
     b.import(false).await;
@@ -91,7 +91,7 @@ async fn two_containerds_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_socket_in_use() {
-    let node = Node::start(249).await;
+    let node = Node::start().await;
     let mut cfg =
         ContainerdConfig::new(&node.dir.path().join("other"), &node.dir.path().join("run"));
     cfg.ready_timeout = Duration::from_secs(5);
