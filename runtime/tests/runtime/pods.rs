@@ -206,3 +206,100 @@ async fn missing_image_is_reported_not_pulled() {
         .await
         .expect("still ready");
 }
+
+/// Puts the sandbox and a container config into one pod-wide PID namespace.
+fn share_pid_namespace(sandbox: &mut v1::PodSandboxConfig, cfg: &mut v1::ContainerConfig) {
+    let pod_pid = || {
+        Some(v1::NamespaceOption {
+            pid: v1::NamespaceMode::Pod as i32,
+            ..Default::default()
+        })
+    };
+    if let Some(linux) = sandbox.linux.as_mut() {
+        linux.security_context = Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: pod_pid(),
+            ..Default::default()
+        });
+    }
+    if let Some(linux) = cfg.linux.as_mut() {
+        linux.security_context = Some(v1::LinuxContainerSecurityContext {
+            namespace_options: pod_pid(),
+            ..Default::default()
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_reaps_orphans_and_stops_on_sigterm() {
+    let node = Node::start().await;
+    node.import(true).await;
+    let mut sandbox = node.sandbox_config("shared");
+    // An orphaned `sleep` is re-parented to PID 1 of the pod (pause) and must be reaped.
+    let mut cfg = container_config(
+        "orphans",
+        BUSYBOX_IMAGE,
+        &["sh", "-c", "sh -c 'sleep 0.2 &'; exec sleep 60"],
+    );
+    share_pid_namespace(&mut sandbox, &mut cfg);
+    let (pod, _ip) = node.run_sandbox(&sandbox).await;
+    let ctr = node.start_container(&pod, &sandbox, cfg).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut rt = node.cri().runtime();
+    let ps = rt
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["ps".into(), "-o".into(), "pid,stat,comm".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync ps")
+        .into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = ps
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.first() == Some(&"1") && r.get(2) == Some(&"pause")),
+        "{ps}"
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.get(1).is_some_and(|s| s.starts_with('Z'))),
+        "zombie left:\n{ps}"
+    );
+
+    // SIGTERM to pause ends the sandbox (and with it the pod's PID namespace).
+    let _ = rt
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["kill".into(), "-TERM".into(), "1".into()],
+            timeout: 10,
+        })
+        .await;
+    let start = Instant::now();
+    loop {
+        let state = rt
+            .container_status(v1::ContainerStatusRequest {
+                container_id: ctr.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        if state == Some(v1::ContainerState::ContainerExited as i32) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "container still {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.remove_pod(&pod).await;
+}
