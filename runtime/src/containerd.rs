@@ -195,6 +195,8 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config, starts containerd and waits until CRI reports RuntimeReady.
     /// Refuses with a one-line error when a binary is missing or the socket is in use.
+    /// Call it from an async task, not from `spawn_blocking`: containerd is bound to the
+    /// spawning thread's life (`PR_SET_PDEATHSIG`), and blocking-pool threads retire.
     pub async fn start(cfg: ContainerdConfig) -> Result<Containerd, Error> {
         check_binaries()?;
         if tokio::net::UnixStream::connect(&cfg.socket).await.is_ok() {
