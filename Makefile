@@ -69,3 +69,13 @@ release:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: images bench-runtime
+
+## images: offline OCI image tarballs (pause, busybox) into images/out/ (idempotent)
+images:
+	images/build.sh images/out
+
+## bench-runtime: containerd start, image import (vs ctr), pod start latency (root)
+bench-runtime:
+	$(CARGO) run --release -p pikube-runtime --example bench_runtime

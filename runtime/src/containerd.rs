@@ -27,6 +27,8 @@ const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A run at least this long resets the back-off.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// containerd's log is rotated (one old copy kept) at start when larger than this.
+const MAX_LOG: u64 = 16 << 20;
 /// How long containerd gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -193,6 +195,8 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config, starts containerd and waits until CRI reports RuntimeReady.
     /// Refuses with a one-line error when a binary is missing or the socket is in use.
+    /// Call it from an async task, not from `spawn_blocking`: containerd is bound to the
+    /// spawning thread's life (`PR_SET_PDEATHSIG`), and blocking-pool threads retire.
     pub async fn start(cfg: ContainerdConfig) -> Result<Containerd, Error> {
         check_binaries()?;
         if tokio::net::UnixStream::connect(&cfg.socket).await.is_ok() {
@@ -291,6 +295,11 @@ fn prepare(cfg: &ContainerdConfig) -> Result<(), Error> {
         }
     }
     crate::fsutil::write_atomic(&cfg.config_file, cfg.render().as_bytes())?;
+    // Keep one previous log when the current one has grown large.
+    if std::fs::metadata(&cfg.log_file).is_ok_and(|m| m.len() > MAX_LOG) {
+        let old = cfg.log_file.with_extension("log.1");
+        std::fs::rename(&cfg.log_file, &old).map_err(|e| Error::io("rotate", &old, e))?;
+    }
     match std::fs::remove_file(&cfg.socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -311,15 +320,25 @@ async fn spawn(cfg: &ContainerdConfig) -> Result<Child, Error> {
     let log2 = log
         .try_clone()
         .map_err(|e| Error::io("open log", &cfg.log_file, e))?;
-    Command::new("containerd")
-        .arg("--config")
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config")
         .arg(&cfg.config_file)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::io("spawn", "containerd", e))
+        .kill_on_drop(true);
+    // As k3s does: if pikube dies, containerd dies with it (containers live on in their
+    // shims and are adopted by the next containerd), so no orphan holds the socket.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| Error::io("spawn", "containerd", e))
 }
 
 /// Connects CRI and waits for RuntimeReady, failing early when the process exits.

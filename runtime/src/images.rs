@@ -23,7 +23,7 @@ use tonic::{Code, Request};
 
 use crate::cri::{unix_channel, v1 as cri};
 use crate::Error;
-use layout::{Blob, Desc, Plan, Source};
+use layout::{Blob, Desc, Named, Plan, Source};
 
 pub use layout::normalize_ref;
 
@@ -49,8 +49,8 @@ pub async fn import_tarball(socket: &Path, tar: &Path) -> Result<Vec<String>, Er
     let result = store(&channel, tar, &plan, &lease.id).await;
     lease.delete(&channel).await;
     result?;
-    let refs: Vec<String> = plan.images.iter().map(|(name, _)| name.clone()).collect();
-    wait_cri_visible(&channel, &refs).await?;
+    wait_cri_visible(&channel, &plan.images).await?;
+    let refs: Vec<String> = plan.images.iter().map(|i| i.name.clone()).collect();
     tracing::info!(tar = %tar.display(), images = ?refs, "imported image tarball");
     Ok(refs)
 }
@@ -212,11 +212,11 @@ async fn store(channel: &Channel, tar: &Path, plan: &Plan, lease: &str) -> Resul
         }
     }
     let mut images = ctrd::images_client::ImagesClient::new(channel.clone());
-    for (name, target) in &plan.images {
+    for named in &plan.images {
         let image = ctrd::Image {
-            name: name.clone(),
+            name: named.name.clone(),
             labels: HashMap::from([(CRI_LABEL.to_string(), "managed".to_string())]),
-            target: Some(descriptor(target)),
+            target: Some(descriptor(&named.target)),
             created_at: None,
             updated_at: None,
         };
@@ -407,30 +407,39 @@ async fn write_responses(
     Ok(committed)
 }
 
-/// Waits until CRI's ImageStatus reports every reference (CRI learns of new images from
-/// containerd's events, asynchronously). Skipped when the socket has no CRI service.
-async fn wait_cri_visible(channel: &Channel, refs: &[String]) -> Result<(), Error> {
-    let mut images = cri::image_service_client::ImageServiceClient::new(channel.clone());
+/// Waits until CRI's ImageStatus reports every imported name — with the new image id
+/// (config digest) where it is known, so a re-import that changed a tag is seen too.
+/// CRI learns of images from containerd's events, asynchronously. Skipped when the
+/// socket has no CRI service.
+async fn wait_cri_visible(channel: &Channel, images: &[Named]) -> Result<(), Error> {
+    let mut client = cri::image_service_client::ImageServiceClient::new(channel.clone());
     let start = Instant::now();
-    for r in refs {
+    for named in images {
         loop {
             let req = cri::ImageStatusRequest {
                 image: Some(cri::ImageSpec {
-                    image: r.clone(),
+                    image: named.name.clone(),
                     ..Default::default()
                 }),
                 verbose: false,
             };
-            match images.image_status(req).await {
-                Ok(resp) if resp.get_ref().image.is_some() => break,
-                Ok(_) => {}
+            let seen = match client.image_status(req).await {
+                Ok(resp) => resp.into_inner().image,
                 Err(s) if s.code() == Code::Unimplemented => return Ok(()),
                 Err(s) => return Err(Error::rpc("CRI ImageStatus", s)),
+            };
+            let current = match (&seen, &named.config) {
+                (Some(image), Some(config)) => &image.id == config,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if current {
+                break;
             }
             if start.elapsed() > CRI_VISIBLE_TIMEOUT {
                 return Err(Error::NotReady {
                     waited: start.elapsed(),
-                    last: format!("CRI does not see imported image {r}"),
+                    last: format!("CRI does not see imported image {}", named.name),
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

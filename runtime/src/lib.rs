@@ -2,6 +2,7 @@
 //! containerd's socket, supervision of a pikube-managed containerd, import of OCI image
 //! tarballs, and the CNI config of the node's pod CIDR. Knows nothing of the pikube binary.
 
+pub mod cgroups;
 pub mod cni;
 pub mod containerd;
 pub mod cri;

@@ -80,12 +80,21 @@ pub(crate) struct Blob {
     pub source: Source,
 }
 
+/// One image name to create, pointing at its target (a manifest or an index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Named {
+    pub name: String,
+    pub target: Desc,
+    /// The config digest (CRI's image id) when the target is a single manifest.
+    pub config: Option<String>,
+}
+
 /// What importing one tarball does: store `blobs` (children before parents), then point
 /// each image name at its target descriptor.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub blobs: Vec<Blob>,
-    pub images: Vec<(String, Desc)>,
+    pub images: Vec<Named>,
 }
 
 /// The regular files of a tar: normalized path → (data offset, size).
@@ -256,7 +265,7 @@ impl Planner<'_> {
         })
     }
 
-    fn oci(&mut self) -> Result<Vec<(String, Desc)>, Error> {
+    fn oci(&mut self) -> Result<Vec<Named>, Error> {
         let index: Index = self.entries.json("index.json")?;
         let mut images = Vec::new();
         for d in index.manifests {
@@ -264,14 +273,19 @@ impl Planner<'_> {
                 tracing::warn!(tar = %self.entries.path.display(), digest = %d.digest, "image without a name in index.json; skipped");
                 continue;
             };
-            self.descriptor(&d, 0)?;
-            images.push((name, d));
+            let config = self.descriptor(&d, 0)?;
+            images.push(Named {
+                name,
+                target: d,
+                config,
+            });
         }
         Ok(images)
     }
 
-    /// Plans a manifest or an index (and what it references).
-    fn descriptor(&mut self, d: &Desc, depth: usize) -> Result<(), Error> {
+    /// Plans a manifest or an index (and what it references); returns the config digest
+    /// of a manifest.
+    fn descriptor(&mut self, d: &Desc, depth: usize) -> Result<Option<String>, Error> {
         let path = self.entries.blob_path(&d.digest)?;
         match d.media_type.as_str() {
             media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
@@ -293,6 +307,7 @@ impl Planner<'_> {
                 }
                 let blob = self.layout_blob(d, labels)?;
                 self.add(blob);
+                Ok(Some(m.config.digest))
             }
             media::OCI_INDEX | media::DOCKER_LIST if depth < MAX_DEPTH => {
                 let index: Index = self.entries.json(&path)?;
@@ -313,18 +328,16 @@ impl Planner<'_> {
                 }
                 let blob = self.layout_blob(d, labels)?;
                 self.add(blob);
+                Ok(None)
             }
-            other => {
-                return Err(self
-                    .entries
-                    .bad(format!("unsupported media type {other:?} for {}", d.digest)))
-            }
+            other => Err(self
+                .entries
+                .bad(format!("unsupported media type {other:?} for {}", d.digest))),
         }
-        Ok(())
     }
 
     /// A `docker save` archive: the manifest is generated from manifest.json.
-    fn docker(&mut self) -> Result<Vec<(String, Desc)>, Error> {
+    fn docker(&mut self) -> Result<Vec<Named>, Error> {
         let list: Vec<DockerEntry> = self.entries.json("manifest.json")?;
         let mut images = Vec::new();
         for entry in list {
@@ -378,7 +391,11 @@ impl Planner<'_> {
                 source: Source::Memory(manifest),
             });
             for tag in tags {
-                images.push((normalize_ref(&tag), desc.clone()));
+                images.push(Named {
+                    name: normalize_ref(&tag),
+                    target: desc.clone(),
+                    config: Some(config_digest.clone()),
+                });
             }
         }
         Ok(images)
@@ -461,5 +478,216 @@ mod tests {
             image_name(&ann("org.opencontainers.image.ref.name", "3.9")),
             None
         );
+    }
+
+    /// A tar in a temp dir with the given files.
+    fn tarball(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.tar");
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        b.finish().unwrap();
+        (dir, path)
+    }
+
+    fn digest(data: &[u8]) -> String {
+        format!("sha256:{:x}", Sha256::digest(data))
+    }
+
+    fn blob_file(data: &[u8]) -> (String, Vec<u8>) {
+        let d = digest(data);
+        (format!("blobs/sha256/{}", &d[7..]), data.to_vec())
+    }
+
+    /// config + two layers + manifest; returns (files, manifest JSON).
+    fn manifest_files() -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let l0 = b"layer zero".to_vec();
+        let l1 = b"layer one".to_vec();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(&l0), "size": l0.len()},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(&l1), "size": l1.len()},
+            ],
+        }))
+        .unwrap();
+        let files = [config, l0, l1, manifest.clone()]
+            .iter()
+            .map(|d| blob_file(d))
+            .collect();
+        (files, manifest)
+    }
+
+    fn as_refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
+        files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect()
+    }
+
+    #[test]
+    fn oci_layout_is_planned_children_first_with_gc_labels() {
+        let (mut files, manifest) = manifest_files();
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"mediaType": media::OCI_MANIFEST, "digest": digest(&manifest), "size": manifest.len(),
+                 "annotations": {"io.containerd.image.name": "localhost/x:1", "org.opencontainers.image.ref.name": "1"}},
+                {"mediaType": media::OCI_MANIFEST, "digest": digest(&manifest), "size": manifest.len(),
+                 "annotations": {"org.opencontainers.image.ref.name": "unnamed"}},
+            ],
+        }))
+        .unwrap();
+        files.push(("./index.json".to_string(), index));
+        let (_dir, path) = tarball(&as_refs(&files));
+        let plan = plan(&path).unwrap();
+        assert_eq!(plan.images.len(), 1, "unnamed entry skipped");
+        assert_eq!(plan.images[0].name, "localhost/x:1");
+        assert_eq!(plan.images[0].target.digest, digest(&manifest));
+        assert_eq!(
+            plan.images[0].config.as_deref(),
+            Some(digest(&files[0].1).as_str())
+        );
+        let digests: Vec<_> = plan.blobs.iter().map(|b| b.digest.clone()).collect();
+        let expected: Vec<_> = files[..4].iter().map(|(_, d)| digest(d)).collect();
+        assert_eq!(digests, expected, "config, layers, then manifest");
+        let m = &plan.blobs[3];
+        assert_eq!(m.labels["containerd.io/gc.ref.content.config"], expected[0]);
+        assert_eq!(m.labels["containerd.io/gc.ref.content.l.0"], expected[1]);
+        assert_eq!(m.labels["containerd.io/gc.ref.content.l.1"], expected[2]);
+        // The recorded offset points at the blob's bytes.
+        let Source::Tar { offset } = plan.blobs[1].source else {
+            panic!("layer comes from the tar")
+        };
+        let mut buf = vec![0; 10];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut buf, offset)
+            .unwrap();
+        assert_eq!(buf, b"layer zero");
+    }
+
+    #[test]
+    fn nested_index_keeps_present_platforms_only() {
+        let (mut files, manifest) = manifest_files();
+        let inner = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": [
+                {"mediaType": media::OCI_MANIFEST, "digest": digest(b"other platform"), "size": 14},
+                {"mediaType": media::OCI_MANIFEST, "digest": digest(&manifest), "size": manifest.len()},
+            ],
+        }))
+        .unwrap();
+        files.push(blob_file(&inner));
+        let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": media::OCI_INDEX, "digest": digest(&inner), "size": inner.len(),
+             "annotations": {"org.opencontainers.image.ref.name": "example.com/multi:2"}},
+        ]}))
+        .unwrap();
+        files.push(("index.json".to_string(), index));
+        let (_dir, path) = tarball(&as_refs(&files));
+        let plan = plan(&path).unwrap();
+        assert_eq!(plan.images[0].name, "example.com/multi:2");
+        assert_eq!(plan.images[0].config, None);
+        let idx = plan.blobs.last().unwrap();
+        assert_eq!(idx.digest, digest(&inner));
+        assert_eq!(idx.labels.len(), 1);
+        assert_eq!(
+            idx.labels["containerd.io/gc.ref.content.m.0"],
+            digest(&manifest)
+        );
+    }
+
+    #[test]
+    fn broken_layouts_are_refused() {
+        let (files, manifest) = manifest_files();
+        let index = |d: &str, size: usize| {
+            let v = serde_json::json!({"schemaVersion": 2, "manifests": [
+                {"mediaType": media::OCI_MANIFEST, "digest": d, "size": size,
+                 "annotations": {"io.containerd.image.name": "localhost/x:1"}}]});
+            ("index.json".to_string(), serde_json::to_vec(&v).unwrap())
+        };
+        let md = digest(&manifest);
+        type Files = Vec<(String, Vec<u8>)>;
+        let cases: Vec<(Files, &str)> = vec![
+            // A layer missing.
+            (
+                vec![
+                    files[0].clone(),
+                    files[1].clone(),
+                    files[3].clone(),
+                    index(&md, manifest.len()),
+                ],
+                "missing",
+            ),
+            // Wrong size in the index.
+            (
+                vec![
+                    files[0].clone(),
+                    files[1].clone(),
+                    files[2].clone(),
+                    files[3].clone(),
+                    index(&md, 3),
+                ],
+                "descriptor says",
+            ),
+            // A digest that would escape blobs/.
+            (vec![index("sha256:../../etc/passwd", 3)], "bad digest"),
+            // Not an image at all.
+            (vec![("hello.txt".into(), b"hi".to_vec())], "neither"),
+            // Invalid JSON.
+            (vec![("index.json".into(), b"{".to_vec())], "index.json"),
+        ];
+        for (files, want) in cases {
+            let (_dir, path) = tarball(&as_refs(&files));
+            let err = plan(&path).unwrap_err();
+            assert!(matches!(err, Error::Tarball { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn docker_archive_gets_a_generated_manifest() {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let layer = b"plain layer".to_vec();
+        let gz = vec![0x1f, 0x8b, 8, 0];
+        let list = serde_json::to_vec(&serde_json::json!([{
+            "Config": "cfg.json",
+            "RepoTags": ["app:1", "me/app:latest"],
+            "Layers": ["a/layer.tar", "b/layer.tar"],
+        }]))
+        .unwrap();
+        let (_dir, path) = tarball(&[
+            ("manifest.json", list),
+            ("cfg.json", config.clone()),
+            ("a/layer.tar", layer.clone()),
+            ("b/layer.tar", gz.clone()),
+        ]);
+        let plan = plan(&path).unwrap();
+        let names: Vec<_> = plan.images.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["docker.io/library/app:1", "docker.io/me/app:latest"]
+        );
+        let m = plan.blobs.last().unwrap();
+        let Source::Memory(body) = &m.source else {
+            panic!("the manifest is generated")
+        };
+        assert_eq!(m.digest, digest(body));
+        assert_eq!(plan.images[0].target.digest, m.digest);
+        assert_eq!(plan.images[1].config, Some(digest(&config)));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["config"]["digest"], digest(&config));
+        assert_eq!(v["layers"][0]["digest"], digest(&layer));
+        assert_eq!(v["layers"][0]["mediaType"], media::DOCKER_LAYER);
+        assert_eq!(v["layers"][1]["mediaType"], media::DOCKER_LAYER_GZIP);
+        assert_eq!(m.labels["containerd.io/gc.ref.content.l.1"], digest(&gz));
     }
 }

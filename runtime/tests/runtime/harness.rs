@@ -44,6 +44,28 @@ fn unique_id() -> String {
     format!("{:04x}{seq}", std::process::id() & 0xffff)
 }
 
+/// Reserves a pod CIDR `10.42.<octet>.0/24` for a test node: one not routed on the
+/// machine yet, held by binding the abstract unix socket `pikube-test-10.42.<octet>`,
+/// a lock shared with every other test process that vanishes with its holder.
+fn reserve_octet() -> (u8, std::os::unix::net::UnixListener) {
+    use std::os::linux::net::SocketAddrExt;
+    let routes = std::process::Command::new("ip")
+        .args(["-4", "-o", "route", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    (200..=254u8)
+        .rev()
+        .filter(|o| !routes.contains(&format!("10.42.{o}.")))
+        .find_map(|o| {
+            let name = format!("pikube-test-10.42.{o}");
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).ok()?;
+            let lock = std::os::unix::net::UnixListener::bind_addr(&addr).ok()?;
+            Some((o, lock))
+        })
+        .expect("a free 10.42.x.0/24 for the test")
+}
+
 /// One containerd + CNI network, removed on drop.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -54,11 +76,15 @@ pub struct Node {
     pub cgroup_parent: String,
     containerd: Option<Containerd>,
     cri: Cri,
+    /// Holds the pod CIDR reservation until the node is gone (dropped last).
+    _cidr_lock: std::os::unix::net::UnixListener,
 }
 
 impl Node {
-    /// Starts a containerd whose pods get addresses in `10.42.<octet>.0/24`.
-    pub async fn start(octet: u8) -> Node {
+    /// Starts a containerd whose pods get addresses in a free `10.42.<x>.0/24`, routed
+    /// locally to the node's bridge once the first pod runs.
+    pub async fn start() -> Node {
+        let (octet, cidr_lock) = reserve_octet();
         let id = unique_id();
         let dir = tempfile::Builder::new()
             .prefix("pikube-rt-")
@@ -84,6 +110,7 @@ impl Node {
             cidr,
             containerd: Some(containerd),
             cri,
+            _cidr_lock: cidr_lock,
         }
     }
 
@@ -184,6 +211,91 @@ impl Node {
     }
 }
 
+/// A container config for `image` running `command`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(image_spec(image)),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(v1::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// A CRI image spec naming `image`.
+pub fn image_spec(image: &str) -> v1::ImageSpec {
+    v1::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    }
+}
+
+impl Node {
+    /// CreateContainer + StartContainer in `pod`; returns the container id.
+    pub async fn start_container(
+        &self,
+        pod: &str,
+        sandbox: &v1::PodSandboxConfig,
+        cfg: v1::ContainerConfig,
+    ) -> String {
+        let mut rt = self.cri.runtime();
+        let id = rt
+            .create_container(v1::CreateContainerRequest {
+                pod_sandbox_id: pod.to_string(),
+                config: Some(cfg),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        rt.start_container(v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+        id
+    }
+
+    /// StopPodSandbox + RemovePodSandbox.
+    pub async fn remove_pod(&self, pod: &str) {
+        remove_pod(&self.cri, pod)
+            .await
+            .unwrap_or_else(|e| panic!("remove sandbox {pod}: {e}"));
+    }
+
+    /// CRI ImageStatus: the image when the runtime has it.
+    pub async fn image_status(&self, image: &str) -> Option<v1::Image> {
+        self.cri
+            .images()
+            .image_status(v1::ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            })
+            .await
+            .expect("ImageStatus")
+            .into_inner()
+            .image
+    }
+}
+
+async fn remove_pod(cri: &Cri, pod: &str) -> Result<(), tonic::Status> {
+    let mut rt = cri.runtime();
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await?;
+    Ok(())
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let socket = self.socket();
@@ -211,7 +323,9 @@ impl Drop for Node {
             .stderr(std::process::Stdio::null())
             .status();
         unmount_under(self.dir.path());
-        remove_cgroups(&self.cgroup_parent);
+        if let Err(e) = pikube_runtime::cgroups::remove(&self.cgroup_parent) {
+            eprintln!("cleanup: {e}");
+        }
         remove_cni_state(&self.net);
     }
 }
@@ -228,18 +342,7 @@ async fn remove_sandboxes(socket: &Path) {
         return;
     };
     for sb in list.into_inner().items {
-        let _ = cri
-            .runtime()
-            .stop_pod_sandbox(v1::StopPodSandboxRequest {
-                pod_sandbox_id: sb.id.clone(),
-            })
-            .await;
-        let _ = cri
-            .runtime()
-            .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-                pod_sandbox_id: sb.id,
-            })
-            .await;
+        let _ = remove_pod(&cri, &sb.id).await;
     }
 }
 
@@ -259,28 +362,6 @@ fn unmount_under(root: &Path) {
         let _ = std::process::Command::new("umount")
             .args(["-l", &p])
             .status();
-    }
-}
-
-/// Removes the pod cgroup parent (and anything left in it) from every hierarchy.
-fn remove_cgroups(parent: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hierarchies.flatten() {
-        let dir = h.path().join(parent.trim_start_matches('/'));
-        remove_cgroup_tree(&dir);
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(children) = std::fs::read_dir(dir) {
-        for c in children.flatten() {
-            if c.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&c.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
     }
 }
 

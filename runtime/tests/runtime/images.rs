@@ -7,27 +7,11 @@ use std::path::Path;
 use pikube_runtime::cri::v1;
 use pikube_runtime::{import_dir, import_tarball, BUSYBOX_IMAGE, PAUSE_IMAGE};
 
-use crate::harness::{test_images, Node};
-
-async fn image_status(node: &Node, image: &str) -> Option<v1::Image> {
-    node.cri()
-        .images()
-        .image_status(v1::ImageStatusRequest {
-            image: Some(v1::ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .expect("ImageStatus")
-        .into_inner()
-        .image
-}
+use crate::harness::{container_config, test_images, Node};
 
 /// Re-packs busybox.tar's layer and config as a `docker save` archive named
-/// `example.com/box:v1`.
-fn docker_archive(from: &Path, to: &Path) {
+/// `tag`; returns the config digest (the image id CRI reports).
+fn docker_archive(from: &Path, tag: &str, to: &Path) -> String {
     let mut src = tar::Archive::new(std::fs::File::open(from).unwrap());
     let mut files: HashMap<String, Vec<u8>> = HashMap::new();
     for e in src.entries().unwrap() {
@@ -47,11 +31,12 @@ fn docker_archive(from: &Path, to: &Path) {
     let blob =
         |d: &str| files[&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))].clone();
     let manifest: serde_json::Value = serde_json::from_slice(&blob(mdigest)).unwrap();
-    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let config = blob(&config_digest);
     let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
     let list = serde_json::json!([{
         "Config": "config.json",
-        "RepoTags": ["example.com/box:v1"],
+        "RepoTags": [tag],
         "Layers": ["abc/layer.tar"],
     }]);
     let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
@@ -67,18 +52,23 @@ fn docker_archive(from: &Path, to: &Path) {
         out.append_data(&mut h, name, data.as_slice()).unwrap();
     }
     out.finish().unwrap();
+    config_digest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn air_gap_dir_and_docker_archive_import() {
-    let node = Node::start(248).await;
+    let node = Node::start().await;
     let built = test_images();
     let airgap = node.dir.path().join("data/agent/images");
     std::fs::create_dir_all(&airgap).unwrap();
     for f in ["pause.tar", "busybox.tar"] {
         std::fs::copy(built.join(f), airgap.join(f)).unwrap();
     }
-    docker_archive(&built.join("busybox.tar"), &airgap.join("zz-docker.tar"));
+    docker_archive(
+        &built.join("busybox.tar"),
+        "example.com/box:v1",
+        &airgap.join("zz-docker.tar"),
+    );
     std::fs::write(airgap.join("README.txt"), "not an image").unwrap();
 
     let refs = import_dir(&node.socket(), &airgap)
@@ -86,7 +76,8 @@ async fn air_gap_dir_and_docker_archive_import() {
         .expect("import_dir");
     assert_eq!(refs, [BUSYBOX_IMAGE, PAUSE_IMAGE, "example.com/box:v1"]);
     for r in &refs {
-        let img = image_status(&node, r)
+        let img = node
+            .image_status(r)
             .await
             .unwrap_or_else(|| panic!("{r} not visible"));
         assert!(img.repo_tags.contains(r), "{img:?}");
@@ -102,35 +93,11 @@ async fn air_gap_dir_and_docker_archive_import() {
     // The docker-archive image runs (CRI unpacks it on first use).
     let sandbox = node.sandbox_config("docker");
     let (pod, _) = node.run_sandbox(&sandbox).await;
-    let mut rt = node.cri().runtime();
-    let ctr = rt
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod,
-            config: Some(v1::ContainerConfig {
-                metadata: Some(v1::ContainerMetadata {
-                    name: "box".into(),
-                    attempt: 0,
-                }),
-                image: Some(v1::ImageSpec {
-                    image: "example.com/box:v1".into(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".into(), "60".into()],
-                log_path: "box.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .expect("CreateContainer from the docker archive")
-        .into_inner()
-        .container_id;
-    rt.start_container(v1::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    let out = rt
+    let cfg = container_config("box", "example.com/box:v1", &["sleep", "60"]);
+    let ctr = node.start_container(&pod, &sandbox, cfg).await;
+    let out = node
+        .cri()
+        .runtime()
         .exec_sync(v1::ExecSyncRequest {
             container_id: ctr,
             cmd: vec!["cat".into(), "/etc/passwd".into()],
@@ -140,6 +107,19 @@ async fn air_gap_dir_and_docker_archive_import() {
         .expect("ExecSync")
         .into_inner();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("root:x:0:0"));
+
+    // Re-pointing a name at another image: CRI sees the new image as soon as the
+    // import returns.
+    let retag = node.dir.path().join("retag.tar");
+    let pause_id = docker_archive(&built.join("pause.tar"), "example.com/box:v1", &retag);
+    import_tarball(&node.socket(), &retag)
+        .await
+        .expect("re-tag");
+    let img = node
+        .image_status("example.com/box:v1")
+        .await
+        .expect("image");
+    assert_eq!(img.id, pause_id);
 
     // A broken tarball is refused with a clear error, the rest still imported.
     std::fs::write(airgap.join("broken.tar"), b"not a tar").unwrap();

@@ -7,7 +7,7 @@ use pikube_runtime::cri::v1;
 use pikube_runtime::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::Node;
+use crate::harness::{container_config, image_spec, Node};
 
 /// GET `path` from `ip:port` over plain HTTP/1.0, retrying while the server starts.
 async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> String {
@@ -34,26 +34,9 @@ async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> String {
     }
 }
 
-fn container_config(name: &str, command: &[&str]) -> v1::ContainerConfig {
-    v1::ContainerConfig {
-        metadata: Some(v1::ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(v1::ImageSpec {
-            image: BUSYBOX_IMAGE.to_string(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(v1::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busybox_pod_serves_http_execs_and_logs() {
-    let node = Node::start(250).await;
+    let node = Node::start().await;
     let refs = node.import(true).await;
     assert_eq!(refs, [PAUSE_IMAGE, BUSYBOX_IMAGE]);
     let mut rt = node.cri().runtime();
@@ -63,6 +46,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
 
     let cfg = container_config(
         "web",
+        BUSYBOX_IMAGE,
         &[
             "sh",
             "-c",
@@ -70,21 +54,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
              echo to-stderr >&2 && exec httpd -f -p 8080 -h /www",
         ],
     );
-    let ctr = rt
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(v1::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    let ctr = node.start_container(&pod, &sandbox, cfg).await;
 
     // Plain TCP/HTTP from the host to the pod IP over the CNI bridge.
     let body = http_get(ip, 8080, "/index.html").await;
@@ -121,7 +91,9 @@ async fn busybox_pod_serves_http_execs_and_logs() {
         })
         .collect();
     assert!(
-        lines.contains(&(lines[0].0, "stdout", "F", "started")),
+        lines
+            .iter()
+            .any(|l| l.1 == "stdout" && l.2 == "F" && l.3 == "started"),
         "{log}"
     );
     assert!(
@@ -160,16 +132,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
     })
     .await
     .expect("RemoveContainer");
-    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    node.remove_pod(&pod).await;
     let left = rt
         .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
         .await
@@ -191,34 +154,18 @@ async fn busybox_pod_serves_http_execs_and_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_is_reported_not_pulled() {
-    let node = Node::start(251).await;
+    let node = Node::start().await;
     node.import(false).await;
-    let mut images = node.cri().images();
-    let spec = |image: &str| v1::ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    };
-
     // What the agent relies on: ImageStatus of a missing image is OK with no image
     // (not NOT_FOUND), and an imported one is found by its name.
-    let missing = images
-        .image_status(v1::ImageStatusRequest {
-            image: Some(spec("localhost/does-not-exist:1")),
-            verbose: false,
-        })
+    // (`image_status` fails the test on an error status.)
+    assert!(node
+        .image_status("localhost/does-not-exist:1")
         .await
-        .expect("ImageStatus of a missing image is not an error")
-        .into_inner();
-    assert!(missing.image.is_none());
-    let pause = images
-        .image_status(v1::ImageStatusRequest {
-            image: Some(spec(PAUSE_IMAGE)),
-            verbose: false,
-        })
+        .is_none());
+    let pause = node
+        .image_status(PAUSE_IMAGE)
         .await
-        .expect("ImageStatus")
-        .into_inner()
-        .image
         .expect("imported pause image");
     assert!(
         pause.repo_tags.contains(&PAUSE_IMAGE.to_string()),
@@ -229,8 +176,7 @@ async fn missing_image_is_reported_not_pulled() {
     // ErrImagePull / CreateContainerError), and the runtime keeps working.
     let sandbox = node.sandbox_config("missing");
     let (pod, _ip) = node.run_sandbox(&sandbox).await;
-    let mut cfg = container_config("c", &["true"]);
-    cfg.image = Some(spec("localhost/does-not-exist:1"));
+    let cfg = container_config("c", "localhost/does-not-exist:1", &["true"]);
     let err = node
         .cri()
         .runtime()
@@ -246,8 +192,8 @@ async fn missing_image_is_reported_not_pulled() {
     // PullImage tries a registry; here none answers (localhost only), so it fails.
     let pull = tokio::time::timeout(
         Duration::from_secs(60),
-        images.pull_image(v1::PullImageRequest {
-            image: Some(spec("localhost/does-not-exist:1")),
+        node.cri().images().pull_image(v1::PullImageRequest {
+            image: Some(image_spec("localhost/does-not-exist:1")),
             auth: None,
             sandbox_config: None,
         }),
@@ -259,4 +205,101 @@ async fn missing_image_is_reported_not_pulled() {
         .wait_ready(Duration::from_secs(5))
         .await
         .expect("still ready");
+}
+
+/// Puts the sandbox and a container config into one pod-wide PID namespace.
+fn share_pid_namespace(sandbox: &mut v1::PodSandboxConfig, cfg: &mut v1::ContainerConfig) {
+    let pod_pid = || {
+        Some(v1::NamespaceOption {
+            pid: v1::NamespaceMode::Pod as i32,
+            ..Default::default()
+        })
+    };
+    if let Some(linux) = sandbox.linux.as_mut() {
+        linux.security_context = Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: pod_pid(),
+            ..Default::default()
+        });
+    }
+    if let Some(linux) = cfg.linux.as_mut() {
+        linux.security_context = Some(v1::LinuxContainerSecurityContext {
+            namespace_options: pod_pid(),
+            ..Default::default()
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_reaps_orphans_and_stops_on_sigterm() {
+    let node = Node::start().await;
+    node.import(true).await;
+    let mut sandbox = node.sandbox_config("shared");
+    // An orphaned `sleep` is re-parented to PID 1 of the pod (pause) and must be reaped.
+    let mut cfg = container_config(
+        "orphans",
+        BUSYBOX_IMAGE,
+        &["sh", "-c", "sh -c 'sleep 0.2 &'; exec sleep 60"],
+    );
+    share_pid_namespace(&mut sandbox, &mut cfg);
+    let (pod, _ip) = node.run_sandbox(&sandbox).await;
+    let ctr = node.start_container(&pod, &sandbox, cfg).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut rt = node.cri().runtime();
+    let ps = rt
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["ps".into(), "-o".into(), "pid,stat,comm".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync ps")
+        .into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = ps
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.first() == Some(&"1") && r.get(2) == Some(&"pause")),
+        "{ps}"
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.get(1).is_some_and(|s| s.starts_with('Z'))),
+        "zombie left:\n{ps}"
+    );
+
+    // SIGTERM to pause ends the sandbox (and with it the pod's PID namespace).
+    let _ = rt
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["kill".into(), "-TERM".into(), "1".into()],
+            timeout: 10,
+        })
+        .await;
+    let start = Instant::now();
+    loop {
+        let state = rt
+            .container_status(v1::ContainerStatusRequest {
+                container_id: ctr.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        if state == Some(v1::ContainerState::ContainerExited as i32) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "container still {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.remove_pod(&pod).await;
 }

@@ -15,7 +15,7 @@ fn process_exists(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_after_kill_and_keeps_pods() {
-    let mut node = Node::start(252).await;
+    let mut node = Node::start().await;
     node.import(false).await;
     let sandbox = node.sandbox_config("survivor");
     let (pod, _ip) = node.run_sandbox(&sandbox).await;
@@ -52,18 +52,8 @@ async fn restarts_after_kill_and_keeps_pods() {
         .expect("status");
     assert_eq!(status.state, v1::PodSandboxState::SandboxReady as i32);
 
-    // Cleanup sandboxes while containerd runs, then stop it gracefully.
-    let mut rt = node.cri().runtime();
-    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
-        pod_sandbox_id: status.id.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
-        pod_sandbox_id: status.id,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    // Remove the pod while containerd runs, then stop containerd gracefully.
+    node.remove_pod(&status.id).await;
     node.stop_containerd().await;
     assert!(
         !process_exists(second),
@@ -74,7 +64,7 @@ async fn restarts_after_kill_and_keeps_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_containerds_side_by_side() {
-    let (a, b) = tokio::join!(Node::start(253), Node::start(254));
+    let (a, b) = tokio::join!(Node::start(), Node::start());
     assert_ne!(a.containerd().pid(), b.containerd().pid());
     a.import(true).await;
     b.import(false).await;
@@ -83,26 +73,8 @@ async fn two_containerds_side_by_side() {
     assert_ne!(ip_a, ip_b);
 
     // Separate roots: the busybox image exists only where it was imported.
-    let has_busybox = |node: &Node| {
-        let mut images = node.cri().images();
-        async move {
-            images
-                .image_status(v1::ImageStatusRequest {
-                    image: Some(v1::ImageSpec {
-                        image: BUSYBOX_IMAGE.to_string(),
-                        ..Default::default()
-                    }),
-                    verbose: false,
-                })
-                .await
-                .expect("ImageStatus")
-                .into_inner()
-                .image
-                .is_some()
-        }
-    };
-    assert!(has_busybox(&a).await);
-    assert!(!has_busybox(&b).await);
+    assert!(a.image_status(BUSYBOX_IMAGE).await.is_some());
+    assert!(b.image_status(BUSYBOX_IMAGE).await.is_none());
     // Each lists only its own sandbox.
     for node in [&a, &b] {
         let items = node
@@ -119,7 +91,7 @@ async fn two_containerds_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_socket_in_use() {
-    let node = Node::start(249).await;
+    let node = Node::start().await;
     let mut cfg =
         ContainerdConfig::new(&node.dir.path().join("other"), &node.dir.path().join("run"));
     cfg.ready_timeout = Duration::from_secs(5);
