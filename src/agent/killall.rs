@@ -114,14 +114,8 @@ pub fn run(t: &Targets) {
         .args(["link", "delete", &t.bridge])
         .stderr(std::process::Stdio::null())
         .status();
-    if !rel.is_empty() && !rel.contains("..") {
-        for e in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            remove_cgroups(&e.path().join(rel));
-        }
+    if !rel.is_empty() {
+        let _ = pikube_runtime::cgroups::remove(rel);
     }
     // The CNI plugins' own state for this node's network (`pikube-<bridge>`).
     let network = format!("pikube-{}", t.bridge);
@@ -138,13 +132,4 @@ pub fn run(t: &Targets) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-}
-
-fn remove_cgroups(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroups(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }

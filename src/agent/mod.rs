@@ -4,7 +4,6 @@
 //! `pikube agent` (HTTPS client).
 
 pub mod backoff;
-pub mod cgroups;
 pub mod container;
 pub mod env;
 pub mod images;

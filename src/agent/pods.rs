@@ -859,11 +859,11 @@ impl Worker {
         if let Some(dir) = log_dir {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
-        super::cgroups::remove(&format!(
-            "{}/pod{uid}",
-            self.net.cgroup_root.trim_end_matches('/')
-        ))
-        .await;
+        let cgroup = format!("{}/pod{uid}", self.net.cgroup_root.trim_end_matches('/'));
+        match tokio::task::spawn_blocking(move || pikube_runtime::cgroups::remove(&cgroup)).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "pod cgroup not removed"),
+            Ok(Ok(())) | Err(_) => {}
+        }
         let mut st = self.state();
         st.crash.reset_prefix(&format!("{uid}/"));
         st.pulls.reset_prefix(&format!("{uid}/"));
