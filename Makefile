@@ -24,12 +24,14 @@ deps:
 	@python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install --quiet kubernetes \
 		|| python3 -m pip install --quiet --break-system-packages kubernetes
 
-## run: a single-node server in the foreground, state in ./.pikube (installs what it needs)
+## run: a single-node cluster in the foreground, state in ./.pikube (installs what it needs; root)
 RUN_DIR ?= $(CURDIR)/.pikube
-run: deps
+run: deps images
 	$(CARGO) build --bin pikube
+	mkdir -p $(RUN_DIR)/data/agent/images
+	cp images/out/pause.tar images/out/busybox.tar $(RUN_DIR)/data/agent/images/
 	@echo "kubeconfig: $(RUN_DIR)/kubeconfig  (export KUBECONFIG=$(RUN_DIR)/kubeconfig)"
-	$(CARGO) run --bin pikube -- server --disable-agent --data-dir $(RUN_DIR)/data --write-kubeconfig $(RUN_DIR)/kubeconfig
+	$(CARGO) run --bin pikube -- server --data-dir $(RUN_DIR)/data --write-kubeconfig $(RUN_DIR)/kubeconfig
 
 ## test: formatting, lints and every test of the workspace
 test: lint unit
@@ -46,7 +48,7 @@ e2e:
 	$(CARGO) test --test e2e
 
 ## bench: every benchmark (not part of `make test`)
-bench: bench-store bench-scheduler bench-pods
+bench: bench-store bench-scheduler bench-pods bench-runtime
 
 ## bench-scheduler: 3,000 pods of 30 Deployments onto 100 simulated nodes
 bench-scheduler:
