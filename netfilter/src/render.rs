@@ -442,3 +442,7 @@ fn dnat_cascade(
     }
     rules
 }
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;

@@ -424,3 +424,7 @@ pub fn to_json(nft: &Nftables<'_>) -> Result<String, serde_json::Error> {
     out.push_str("]}");
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "ruleset_tests.rs"]
+mod tests;
