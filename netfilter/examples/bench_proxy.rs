@@ -74,7 +74,7 @@ fn main() {
     node.ip(&["addr", "add", "10.42.0.1/24", "dev", "cni0"]);
     node.ip(&["link", "set", "cni0", "up"]);
     let backend_ip = Ipv4Addr::new(10, 42, 0, 10);
-    let backend = pod(&node, "cni0", "benchpod", backend_ip, Ipv4Addr::new(10, 42, 0, 1));
+    let (backend, _) = pod(&node, "cni0", "benchpod", backend_ip, Ipv4Addr::new(10, 42, 0, 1));
     let _server = EchoServer::start(&backend, backend_ip, 8080, "backend");
     let mut net = NodeNetwork::new(node.netns(), NodeNetworkConfig::new());
     net.install().expect("node network");

@@ -179,7 +179,7 @@ impl Ruleset {
         };
         let flags = set
             .timeout
-            .map(|_| HashSet::from([SetFlag::Timeout, SetFlag::Dynamic]));
+            .map(|_| HashSet::from([SetFlag::Timeout]));
         if set.verdict_map {
             NfListObject::Map(Box::new(NftMap {
                 family: NfFamily::INet,

@@ -112,14 +112,20 @@ pub fn veth(a: &TestNs, a_if: &str, a_addr: &str, b: &TestNs, b_if: &str, b_addr
 }
 
 /// A "pod": a namespace attached to bridge `bridge` of `node` with address `addr`/24
-/// and a default route via `gateway`.
-pub fn pod(node: &TestNs, bridge: &str, tag: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> TestNs {
+/// and a default route via `gateway`. Returns it and the name of its node-side veth.
+pub fn pod(
+    node: &TestNs,
+    bridge: &str,
+    tag: &str,
+    addr: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> (TestNs, String) {
     let p = TestNs::new(tag);
     let host_if = format!("v{}", COUNTER.fetch_add(1, Ordering::SeqCst));
     veth(node, &host_if, "", &p, "eth0", &format!("{addr}/24"));
     node.ip(&["link", "set", &host_if, "master", bridge]);
     p.ip(&["route", "add", "default", "via", &gateway.to_string()]);
-    p
+    (p, host_if)
 }
 
 /// A TCP server in a namespace: each connection gets `"<name> <client ip>\n"`.
