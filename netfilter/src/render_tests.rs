@@ -8,7 +8,7 @@ use nftables::types::NfHook;
 
 use super::*;
 use crate::model::Protocol;
-use crate::ruleset::{ElemVerdict, KeyPart, Ruleset};
+use crate::ruleset::{ElemValue, KeyPart, Ruleset};
 
 const TABLE: &str = "pikube-test";
 
@@ -53,12 +53,12 @@ fn np_key(port: u16) -> Vec<KeyPart> {
     vec![KeyPart::Proto(Protocol::Tcp), KeyPart::Port(port)]
 }
 
-fn elem(rs: &Ruleset, set: &str, key: &[KeyPart]) -> Option<ElemVerdict> {
+fn elem(rs: &Ruleset, set: &str, key: &[KeyPart]) -> Option<ElemValue> {
     rs.sets[set].elements.get(key).cloned().flatten()
 }
 
-fn goto(chain: &str) -> Option<ElemVerdict> {
-    Some(ElemVerdict::Goto(chain.to_owned()))
+fn goto(chain: &str) -> Option<ElemValue> {
+    Some(ElemValue::Goto(chain.to_owned()))
 }
 
 fn chain_rules<'a>(rs: &'a Ruleset, name: &str) -> &'a [Rule] {
@@ -78,6 +78,20 @@ fn dnat_targets(rules: &[Rule]) -> Vec<(Ipv4Addr, u16)> {
                 _ => None,
             },
             _ => None,
+        })
+        .collect()
+}
+
+/// The endpoints in the slot maps under `key`, in slot order.
+fn slots(rs: &Ruleset, key: &[KeyPart]) -> Vec<(Ipv4Addr, u16)> {
+    (0..)
+        .map_while(|i| {
+            let addr = rs.sets.get(&addr_map(i))?.elements.get(key)?.clone()?;
+            let port = rs.sets.get(&port_map(i))?.elements.get(key)?.clone()?;
+            match (addr, port) {
+                (ElemValue::Addr(a), ElemValue::Port(p)) => Some((a, p)),
+                _ => None,
+            }
         })
         .collect()
 }
@@ -114,19 +128,21 @@ fn mentions(rule: &Rule, text: &str) -> bool {
 
 #[test]
 fn cluster_ip_spreads_evenly_over_ready_endpoints() {
-    let s = svc("web", "10.43.0.20", vec![ep("10.42.0.3", "n1"), ep("10.42.1.4", "n2"), ep("10.42.0.2", "n1")]);
-    let rs = render(TABLE, &node(), &[s.clone()]);
-    let chain = service_chain(&s, &s.ports[0]);
-    assert_eq!(chain, "svc-default/web/tcp/80");
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.20", Protocol::Tcp, 80)), goto(&chain));
-    let rules = chain_rules(&rs, &chain);
+    let eps = vec![ep("10.42.0.3", "n1"), ep("10.42.1.4", "n2"), ep("10.42.0.2", "n1")];
+    let rs = render(TABLE, &node(), &[svc("web", "10.43.0.20", eps)]);
+    let key = addr_key("10.43.0.20", Protocol::Tcp, 80);
+    assert_eq!(elem(&rs, SERVICE_IPS, &key), goto("dnat-tcp-3"));
     assert_eq!(
-        dnat_targets(rules),
+        slots(&rs, &key),
         vec![(ip("10.42.0.2"), 8080), (ip("10.42.0.3"), 8080), (ip("10.42.1.4"), 8080)]
     );
-    // 1/3, then 1/2 of the rest, then the last: each endpoint gets a third.
+    // 1/3, then 1/2 of the rest, then the last: each slot gets a third.
+    let rules = chain_rules(&rs, "dnat-tcp-3");
     assert_eq!(numgen_mods(rules), vec![Some(3), Some(2), None]);
-    assert!(rules.iter().all(|r| mentions(r, "\"l4proto\"")));
+    for (i, rule) in rules.iter().enumerate() {
+        assert!(mentions(rule, &format!("@addr-{i}")) && mentions(rule, &format!("@port-{i}")));
+        assert!(mentions(rule, "\"l4proto\""));
+    }
     for a in ["10.42.0.2", "10.42.0.3", "10.42.1.4"] {
         assert!(rs.sets[HAIRPIN].elements.contains_key(&vec![KeyPart::Addr(ip(a)), KeyPart::Addr(ip(a))]));
     }
@@ -134,12 +150,29 @@ fn cluster_ip_spreads_evenly_over_ready_endpoints() {
 }
 
 #[test]
+fn rule_count_does_not_grow_with_services() {
+    let many: Vec<ServiceInfo> = (0..200u32)
+        .map(|i| {
+            let cip = format!("10.43.1.{}", i + 1);
+            let eps = (0..3).map(|e| ep(&format!("10.42.{}.{}", e + 1, i + 1), "n2")).collect();
+            svc(&format!("s{i}"), &cip, eps)
+        })
+        .collect();
+    let one = render(TABLE, &node(), &many[..1]);
+    let all = render(TABLE, &node(), &many);
+    let rules = |rs: &Ruleset| rs.chains.values().map(|c| c.rules.len()).sum::<usize>();
+    assert_eq!(rules(&one), rules(&all));
+    assert_eq!(all.sets[SERVICE_IPS].elements.len(), 200);
+    assert_eq!(all.sets["addr-2"].elements.len(), 200);
+}
+#[test]
 fn only_ready_endpoints_unless_all_are_terminating() {
     let mut not_ready = ep("10.42.0.9", "n1");
     not_ready.ready = false;
     let mut s = svc("web", "10.43.0.20", vec![ep("10.42.0.2", "n1"), not_ready.clone()]);
+    let key = addr_key("10.43.0.20", Protocol::Tcp, 80);
     let rs = render(TABLE, &node(), &[s.clone()]);
-    assert_eq!(dnat_targets(chain_rules(&rs, "svc-default/web/tcp/80")), vec![(ip("10.42.0.2"), 8080)]);
+    assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.2"), 8080)]);
 
     // Only a terminating-but-serving endpoint left: traffic drains to it.
     let mut draining = not_ready;
@@ -147,9 +180,8 @@ fn only_ready_endpoints_unless_all_are_terminating() {
     draining.terminating = true;
     s.ports[0].endpoints = vec![draining];
     let rs = render(TABLE, &node(), &[s]);
-    assert_eq!(dnat_targets(chain_rules(&rs, "svc-default/web/tcp/80")), vec![(ip("10.42.0.9"), 8080)]);
+    assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.9"), 8080)]);
 }
-
 #[test]
 fn service_without_endpoints_rejects() {
     let s = with_node_port(svc("empty", "10.43.0.30", vec![]), 30030);
@@ -168,11 +200,12 @@ fn service_without_endpoints_rejects() {
 fn node_port_answers_on_node_addresses_and_masquerades() {
     let s = with_node_port(svc("web", "10.43.0.20", vec![ep("10.42.1.4", "n2")]), 30080);
     let rs = render(TABLE, &node(), &[s.clone()]);
-    let ext = external_chain(&s, &s.ports[0]);
-    assert_eq!(elem(&rs, SERVICE_NODEPORTS, &np_key(30080)), goto(&ext));
-    let rules = chain_rules(&rs, &ext);
+    assert_eq!(elem(&rs, SERVICE_NODEPORTS, &np_key(30080)), goto("ext-tcp-1"));
+    let rules = chain_rules(&rs, "ext-tcp-1");
     assert!(jumps_to(&rules[0], MARK_FOR_MASQUERADE), "Cluster policy masquerades");
-    assert_eq!(dnat_targets(rules), vec![(ip("10.42.1.4"), 8080)]);
+    assert!(jumps_to(&rules[1], "dnat-tcp-1"));
+    // The DNAT looks up the node address the client used.
+    assert_eq!(slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)), vec![(ip("10.42.1.4"), 8080)]);
     let ips: Vec<_> = rs.sets[NODEPORT_IPS].elements.keys().cloned().collect();
     assert_eq!(ips, vec![vec![KeyPart::Addr(ip("192.0.2.1"))]]);
     let services = chain_rules(&rs, SERVICES);
@@ -182,52 +215,49 @@ fn node_port_answers_on_node_addresses_and_masquerades() {
     lo.localhost_nodeports = true;
     let rs = render(TABLE, &lo, &[s]);
     assert!(rs.sets[NODEPORT_IPS].elements.contains_key(&vec![KeyPart::Addr(Ipv4Addr::LOCALHOST)]));
+    assert_eq!(slots(&rs, &addr_key("127.0.0.1", Protocol::Tcp, 30080)).len(), 1);
 }
-
 #[test]
 fn external_traffic_policy_local_uses_local_endpoints_and_keeps_client() {
     let mut s = with_node_port(svc("web", "10.43.0.20", vec![ep("10.42.0.2", "n1"), ep("10.42.1.4", "n2")]), 30080);
     s.external_traffic_policy = TrafficPolicy::Local;
     let rs = render(TABLE, &node(), &[s.clone()]);
-    let ext = chain_rules(&rs, "ext-default/web/tcp/80");
-    assert_eq!(dnat_targets(ext), vec![(ip("10.42.0.2"), 8080)]);
-    assert!(!ext.iter().any(|r| r.len() == 1 && jumps_to(r, MARK_FOR_MASQUERADE)), "no masquerade of outside clients");
-    assert!(jumps_to(&ext[0], "svc-default/web/tcp/80"), "pods use the cluster-wide chain");
+    assert_eq!(elem(&rs, SERVICE_NODEPORTS, &np_key(30080)), goto("ext-local-tcp-1"));
+    assert_eq!(slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)), vec![(ip("10.42.0.2"), 8080)]);
+    let ext = chain_rules(&rs, "ext-local-tcp-1");
+    assert!(!ext.iter().any(|r| jumps_to(r, MARK_FOR_MASQUERADE)), "no masquerade of outside clients");
     // The ClusterIP still spreads over all endpoints.
-    assert_eq!(dnat_targets(chain_rules(&rs, "svc-default/web/tcp/80")).len(), 2);
+    assert_eq!(slots(&rs, &addr_key("10.43.0.20", Protocol::Tcp, 80)).len(), 2);
 
     // On a node without local endpoints the node port drops (other nodes serve it).
     let other = NodeFacts::new("n3", vec![ip("192.0.2.3")]);
     let rs = render(TABLE, &other, &[s]);
-    assert_eq!(elem(&rs, NO_ENDPOINT_NODEPORTS, &np_key(30080)), Some(ElemVerdict::Drop));
+    assert_eq!(elem(&rs, NO_ENDPOINT_NODEPORTS, &np_key(30080)), Some(ElemValue::Drop));
     assert!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.20", Protocol::Tcp, 80)).is_some());
 }
-
 #[test]
 fn internal_traffic_policy_local_limits_cluster_ip_to_this_node() {
     let mut s = svc("web", "10.43.0.20", vec![ep("10.42.0.2", "n1"), ep("10.42.1.4", "n2")]);
     s.internal_traffic_policy = TrafficPolicy::Local;
+    let key = addr_key("10.43.0.20", Protocol::Tcp, 80);
     let rs = render(TABLE, &node(), &[s.clone()]);
-    assert_eq!(dnat_targets(chain_rules(&rs, "svc-default/web/tcp/80")), vec![(ip("10.42.0.2"), 8080)]);
+    assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.2"), 8080)]);
     let rs = render(TABLE, &NodeFacts::new("n3", vec![]), &[s]);
-    assert_eq!(
-        elem(&rs, NO_ENDPOINT_SERVICES, &addr_key("10.43.0.20", Protocol::Tcp, 80)),
-        Some(ElemVerdict::Drop)
-    );
+    assert_eq!(elem(&rs, NO_ENDPOINT_SERVICES, &key), Some(ElemValue::Drop));
 }
-
 #[test]
 fn load_balancer_and_external_ips_go_to_the_external_chain() {
     let mut s = svc("lb", "10.43.0.40", vec![ep("10.42.0.2", "n1")]);
     s.load_balancer_ips = vec![ip("192.0.2.1")];
     s.external_ips = vec![ip("198.51.100.7")];
     let rs = render(TABLE, &node(), &[s]);
-    let ext = goto("ext-default/lb/tcp/80");
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("192.0.2.1", Protocol::Tcp, 80)), ext);
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("198.51.100.7", Protocol::Tcp, 80)), ext);
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.40", Protocol::Tcp, 80)), goto("svc-default/lb/tcp/80"));
+    for addr in ["192.0.2.1", "198.51.100.7"] {
+        let key = addr_key(addr, Protocol::Tcp, 80);
+        assert_eq!(elem(&rs, SERVICE_IPS, &key), goto("ext-tcp-1"));
+        assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.2"), 8080)]);
+    }
+    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.40", Protocol::Tcp, 80)), goto("dnat-tcp-1"));
 }
-
 #[test]
 fn session_affinity_remembers_clients_per_endpoint() {
     let mut s = svc("sticky", "10.43.0.50", vec![ep("10.42.0.2", "n1"), ep("10.42.0.3", "n1")]);
@@ -258,11 +288,10 @@ fn udp_and_sctp_ports_are_keyed_by_protocol() {
     sctp.protocol = Protocol::Sctp;
     s.ports.push(sctp);
     let rs = render(TABLE, &node(), &[s]);
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Udp, 53)), goto("svc-default/dns/udp/53"));
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Sctp, 53)), goto("svc-default/dns/sctp/53"));
-    assert!(mentions(&chain_rules(&rs, "svc-default/dns/sctp/53")[0], "\"sctp\""));
+    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Udp, 53)), goto("dnat-udp-1"));
+    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Sctp, 53)), goto("dnat-sctp-1"));
+    assert!(mentions(&chain_rules(&rs, "dnat-sctp-1")[0], "\"sctp\""));
 }
-
 #[test]
 fn local_dns_address_is_neither_dnatted_nor_rejected() {
     let s = svc("kube-dns", "10.43.0.10", vec![ep("10.42.0.2", "n1")]);

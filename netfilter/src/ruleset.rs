@@ -49,26 +49,41 @@ pub enum KeyPart {
     Port(u16),
 }
 
-/// The verdict a verdict-map element maps its key to.
+/// The value a map element maps its key to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ElemVerdict {
-    /// `goto <chain>`.
+pub enum ElemValue {
+    /// `goto <chain>` (verdict maps).
     Goto(String),
-    /// `drop`.
+    /// `drop` (verdict maps).
     Drop,
+    /// An address (address maps).
+    Addr(Ipv4Addr),
+    /// A port (port maps).
+    Port(u16),
 }
 
-/// A named set, or a verdict map when its elements carry verdicts.
+/// What a map maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapValue {
+    /// Verdicts (`goto`, `drop`).
+    Verdict,
+    /// IPv4 addresses.
+    Addr,
+    /// Ports.
+    Port,
+}
+
+/// A named set, or a map when `value` is set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedSet {
     /// The key's types (more than one: a concatenation).
     pub key_type: Vec<SetType>,
-    /// Whether this is a verdict map.
-    pub verdict_map: bool,
+    /// The value type of a map; `None` for a set.
+    pub value: Option<MapValue>,
     /// Element timeout in seconds, for dynamic sets filled by the packet path.
     pub timeout: Option<u32>,
     /// The elements the ruleset puts in (not the ones the packet path adds).
-    pub elements: BTreeMap<Vec<KeyPart>, Option<ElemVerdict>>,
+    pub elements: BTreeMap<Vec<KeyPart>, Option<ElemValue>>,
 }
 
 impl NamedSet {
@@ -76,23 +91,23 @@ impl NamedSet {
     pub fn set(key_type: Vec<SetType>) -> Self {
         Self {
             key_type,
-            verdict_map: false,
+            value: None,
             timeout: None,
             elements: BTreeMap::new(),
         }
     }
 
-    /// An empty verdict map keyed by `key_type`.
-    pub fn verdict_map(key_type: Vec<SetType>) -> Self {
+    /// An empty map keyed by `key_type` with values of type `value`.
+    pub fn map(key_type: Vec<SetType>, value: MapValue) -> Self {
         Self {
-            verdict_map: true,
+            value: Some(value),
             ..Self::set(key_type)
         }
     }
 
     fn same_definition(&self, other: &Self) -> bool {
         self.key_type == other.key_type
-            && self.verdict_map == other.verdict_map
+            && self.value == other.value
             && self.timeout == other.timeout
     }
 }
@@ -120,17 +135,19 @@ fn key_expr(key: &[KeyPart]) -> Expr {
     }
 }
 
-fn elem_expr(key: &[KeyPart], verdict: &Option<ElemVerdict>) -> Expr {
-    match verdict {
+fn elem_expr(key: &[KeyPart], value: &Option<ElemValue>) -> Expr {
+    match value {
         None => key_expr(key),
         Some(v) => {
             let data = match v {
-                ElemVerdict::Goto(chain) => {
+                ElemValue::Goto(chain) => {
                     Expression::Verdict(nftables::expr::Verdict::Goto(JumpTarget {
                         target: Cow::Owned(chain.clone()),
                     }))
                 }
-                ElemVerdict::Drop => Expression::Verdict(nftables::expr::Verdict::Drop),
+                ElemValue::Drop => Expression::Verdict(nftables::expr::Verdict::Drop),
+                ElemValue::Addr(a) => stmt::addr(*a),
+                ElemValue::Port(p) => Expression::Number(u32::from(*p)),
             };
             Expression::List(vec![key_expr(key), data])
         }
@@ -180,16 +197,21 @@ impl Ruleset {
         let flags = set
             .timeout
             .map(|_| HashSet::from([SetFlag::Timeout]));
-        if set.verdict_map {
+        if let Some(value) = set.value {
+            let value = match value {
+                // The crate's SetType has no `verdict`; `mark` stands in and `to_json`
+                // rewrites it (pikube creates no mark-valued maps).
+                MapValue::Verdict => SetType::Mark,
+                MapValue::Addr => SetType::Ipv4Addr,
+                MapValue::Port => SetType::InetService,
+            };
             NfListObject::Map(Box::new(NftMap {
                 family: NfFamily::INet,
                 table: Cow::Borrowed(&self.table),
                 name: Cow::Borrowed(name),
                 handle: None,
                 set_type: key,
-                // The crate's SetType has no `verdict`; `mark` stands in and
-                // `to_json` rewrites it (pikube creates no mark-valued maps).
-                map: SetTypeValue::Single(SetType::Mark),
+                map: SetTypeValue::Single(value),
                 policy: None,
                 flags,
                 elem: None,
@@ -241,7 +263,7 @@ impl Ruleset {
         &'a self,
         batch: &mut Batch<'a>,
         set: &'a str,
-        elems: impl Iterator<Item = (&'b Vec<KeyPart>, &'b Option<ElemVerdict>)>,
+        elems: impl Iterator<Item = (&'b Vec<KeyPart>, &'b Option<ElemValue>)>,
     ) {
         let exprs: Vec<Expr> = elems.map(|(k, v)| elem_expr(k, v)).collect();
         if !exprs.is_empty() {

@@ -86,13 +86,21 @@ fn verdict_maps_are_written_with_verdict_values() {
 
 #[test]
 fn endpoint_change_touches_one_chain() {
-    let old = render("t1", &node(), &[svc("a", 20, &[2, 3]), svc("b", 21, &[4])]);
-    let new = render("t1", &node(), &[svc("a", 20, &[2]), svc("b", 21, &[4])]);
+    let old = render("t1", &node(), &[svc("a", 20, &[2, 3]), svc("b", 21, &[4, 6])]);
+    let new = render("t1", &node(), &[svc("a", 20, &[2]), svc("b", 21, &[4, 6])]);
     let nft = new.update_from(&old).expect("incremental");
     let s = summary(&nft);
-    assert!(has(&s, "flush", "chain", "svc-default/a/tcp/80"));
-    assert!(!s.iter().any(|(_, _, n)| n.contains("/b/")), "service b untouched: {s:?}");
+    // Service a moves from the 2-endpoint chain to the 1-endpoint chain: its entry and
+    // slot-1 elements change; no rule is rewritten except the new shared chain's.
+    assert!(has(&s, "delete", "element", "service-ips"));
+    assert!(has(&s, "delete", "element", "addr-1"));
+    assert!(has(&s, "add", "element", "service-ips"));
+    assert!(!s.iter().any(|(c, k, _)| c == "flush" && k == "chain"), "{s:?}");
     assert!(!s.iter().any(|(_, k, _)| k == "table"));
+    // Same endpoint count: only slot elements change, no chain and no verdict.
+    let moved = render("t1", &node(), &[svc("a", 20, &[2, 5]), svc("b", 21, &[4, 6])]);
+    let s = summary(&moved.update_from(&old).expect("incremental"));
+    assert!(s.iter().all(|(_, k, n)| k == "element" && (n.starts_with("addr-") || n.starts_with("port-") || n == "hairpin")), "{s:?}");
     // The endpoint that went is no longer a hairpin pair.
     assert!(has(&s, "delete", "element", "hairpin"));
     assert_eq!(new.update_from(&new).map(|n| n.objects.len()), Some(0));
@@ -100,13 +108,15 @@ fn endpoint_change_touches_one_chain() {
 
 #[test]
 fn removed_service_loses_element_then_chain() {
-    let old = render("t1", &node(), &[svc("a", 20, &[2]), svc("b", 21, &[4])]);
+    let old = render("t1", &node(), &[svc("a", 20, &[2]), svc("b", 21, &[4, 5])]);
     let new = render("t1", &node(), &[svc("a", 20, &[2])]);
     let s = summary(&new.update_from(&old).expect("incremental"));
     let pos = |cmd: &str, kind: &str, name: &str| s.iter().position(|(c, k, n)| c == cmd && k == kind && n == name);
     let elem = pos("delete", "element", "service-ips").expect("element deleted");
-    let chain = pos("delete", "chain", "svc-default/b/tcp/80").expect("chain deleted");
-    assert!(elem < chain);
+    let flush = pos("flush", "chain", "dnat-tcp-2").expect("unused chain emptied");
+    let chain = pos("delete", "chain", "dnat-tcp-2").expect("unused chain deleted");
+    let slot = pos("delete", "map", "addr-1").expect("unused slot map deleted");
+    assert!(flush < elem && elem < chain && chain < slot, "{s:?}");
 }
 
 #[test]

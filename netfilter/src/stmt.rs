@@ -183,6 +183,28 @@ pub fn masquerade() -> Statement<'static> {
     }))
 }
 
+/// `ip daddr . meta l4proto . th dport`: the key of a service entry.
+pub fn destination() -> Expr {
+    concat(vec![ip_daddr(), meta(MetaKey::L4proto), th_dport()])
+}
+
+/// `dnat ip to ip daddr . meta l4proto . th dport map @<addrs> : … map @<ports>`: the
+/// endpoint of the packet's service entry in one slot's address and port maps.
+pub fn dnat_via_maps(addrs: &str, ports: &str) -> Statement<'static> {
+    let lookup = |map: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
+            key: destination(),
+            data: set_ref(map),
+        })))
+    };
+    Statement::DNAT(Some(NAT {
+        addr: Some(lookup(addrs)),
+        family: Some(NATFamily::IP),
+        port: Some(lookup(ports)),
+        flags: None,
+    }))
+}
+
 /// `meta mark set meta mark | MASQ_MARK`.
 pub fn set_masq_mark() -> Statement<'static> {
     Statement::Mangle(Mangle {
