@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use netns::{fetch, pod, EchoServer, TestNs};
 use pikube_netfilter::{
-    render, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Protocol, Proxier,
+    render, DriftCheck, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Protocol, Proxier,
     ServiceInfo, ServicePortInfo, SyncKind,
 };
 
@@ -110,15 +110,33 @@ fn main() {
         let t = Instant::now();
         let desired = render(TABLE, &facts, &services);
         let rendered = t.elapsed();
+        if round == 1 {
+            let t = Instant::now();
+            let applied = proxier.applied().expect("installed");
+            let same = *applied == desired;
+            let eq_time = t.elapsed();
+            let batch = desired.update_from(applied).expect("incremental");
+            let diff_time = t.elapsed() - eq_time;
+            let json = pikube_netfilter::ruleset::to_json(&batch).expect("json");
+            println!(
+                "update detail: compare {:.1} ms (equal: {same}), diff {:.1} ms, json {:.1} ms ({} bytes)",
+                eq_time.as_secs_f64() * 1e3,
+                diff_time.as_secs_f64() * 1e3,
+                (t.elapsed() - eq_time - diff_time).as_secs_f64() * 1e3,
+                json.len()
+            );
+        }
         let kind = proxier.sync(desired).expect("update");
         updates.push(t.elapsed());
         applies.push(t.elapsed() - rendered);
         assert_eq!(kind, SyncKind::Incremental);
     }
     let t = Instant::now();
-    let drift = proxier.check_drift().expect("drift check");
-    let drift_time = t.elapsed();
-    assert!(!drift);
+    assert!(!proxier.check_drift(DriftCheck::Chains).expect("drift check"));
+    let drift_chains = t.elapsed();
+    let t = Instant::now();
+    assert!(!proxier.check_drift(DriftCheck::Rules).expect("drift check"));
+    let drift_rules = t.elapsed();
 
     // Warm up both paths, then interleave rounds so machine noise hits both alike.
     connections(&node, backend_ip, 8080, 100);
@@ -139,7 +157,11 @@ fn main() {
     println!("full sync (median/3): {:8.1} ms", median(full).as_secs_f64() * 1e3);
     println!("one-service update:   {:8.1} ms (median of 5, render + diff + nft)", median(updates).as_secs_f64() * 1e3);
     println!("  of which diff + nft:{:8.1} ms", median(applies).as_secs_f64() * 1e3);
-    println!("drift check:          {:8.1} ms", drift_time.as_secs_f64() * 1e3);
+    println!(
+        "drift check:          {:8.1} ms (chains), {:.1} ms (rules)",
+        drift_chains.as_secs_f64() * 1e3,
+        drift_rules.as_secs_f64() * 1e3
+    );
     let (dm, pm) = (percentile(&direct, 0.5), percentile(&proxied, 0.5));
     println!(
         "connection direct:    median {:7.1} us  p90 {:7.1} us  ({} connections)",

@@ -3,12 +3,26 @@
 //! transaction, or replaces the whole table (first sync, changed node facts, failed
 //! update, drift). Every call blocks on `nft`: async callers use `spawn_blocking`.
 
+use std::collections::BTreeSet;
+
 use crate::host::NetNs;
 use crate::render::SERVICES;
 use crate::ruleset::{to_json, Ruleset};
 use crate::Error;
 
 use nftables::schema::Nftables;
+
+/// How thoroughly [`Proxier::check_drift`] looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriftCheck {
+    /// Every chain of the table still exists (`nft list chains`, milliseconds at any
+    /// size): catches a deleted table and `nft flush ruleset`.
+    Chains,
+    /// The DNAT hook's rule is still there (lists one chain, but nft 1.0 fetches every
+    /// set with its elements for that: about 2 s at 10,000 services): also catches
+    /// `nft flush table`. Meant for a slow period.
+    Rules,
+}
 
 /// What a [`Proxier::sync`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,24 +103,45 @@ impl Proxier {
         Ok(SyncKind::Full)
     }
 
-    /// Checks that the installed table is still intact (someone may have flushed or
-    /// deleted it); on drift the remembered state is dropped, so the next
-    /// [`sync`](Self::sync) replaces the table. Returns whether drift was found. Only
-    /// the small `nat-output` base chain is listed.
-    pub fn check_drift(&mut self) -> Result<bool, Error> {
-        if self.applied.is_none() {
+    /// Checks that the installed table is still intact, as thoroughly as `depth` says;
+    /// on drift the remembered state is dropped, so the next [`sync`](Self::sync)
+    /// replaces the table. Returns whether drift was found.
+    pub fn check_drift(&mut self, depth: DriftCheck) -> Result<bool, Error> {
+        let Some(applied) = &self.applied else {
             return Ok(false);
-        }
-        let listed = self.ns.run(
-            "nft",
-            &["-j", "list", "chain", "inet", &self.table, "nat-output"],
-            None,
-        );
-        let intact = match listed {
-            Ok(out) => out.contains(&format!("\"target\": \"{SERVICES}\""))
-                || out.contains(&format!("\"target\":\"{SERVICES}\"")),
-            Err(Error::Failed { .. }) => false,
-            Err(e) => return Err(e),
+        };
+        let intact = match depth {
+            DriftCheck::Chains => {
+                let out = self.ns.run("nft", &["-j", "list", "chains", "inet"], None)?;
+                let doc: serde_json::Value = serde_json::from_str(&out)?;
+                let listed: BTreeSet<&str> = doc["nftables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o.get("chain"))
+                    .filter(|c| c["table"] == self.table.as_str())
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                applied.chains.keys().all(|c| listed.contains(c.as_str()))
+            }
+            DriftCheck::Rules => {
+                let listed = self.ns.run(
+                    "nft",
+                    &["-j", "list", "chain", "inet", &self.table, "nat-output"],
+                    None,
+                );
+                match listed {
+                    Ok(out) => {
+                        let doc: serde_json::Value = serde_json::from_str(&out)?;
+                        doc["nftables"].as_array().into_iter().flatten().any(|o| {
+                            o.pointer("/rule/expr/0/jump/target")
+                                .is_some_and(|t| t == SERVICES)
+                        })
+                    }
+                    Err(Error::Failed { .. }) => false,
+                    Err(e) => return Err(e),
+                }
+            }
         };
         if !intact {
             tracing::warn!(table = %self.table, "nftables table changed behind the proxier's back");

@@ -17,7 +17,7 @@ pub mod routes;
 pub mod ruleset;
 pub mod stmt;
 
-pub use apply::{Proxier, SyncKind};
+pub use apply::{DriftCheck, Proxier, SyncKind};
 pub use host::NetNs;
 pub use model::{
     EndpointInfo, Ipv4Cidr, NodeFacts, Protocol, ServiceInfo, ServicePortInfo, TrafficPolicy,

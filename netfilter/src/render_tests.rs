@@ -277,6 +277,9 @@ fn session_affinity_remembers_clients_per_endpoint() {
     assert!(mentions(&rules[0], &format!("@{}", sets[0])) && mentions(&rules[0], "\"update\""));
     assert!(rules.iter().all(|r| mentions(r, "\"update\"")));
     assert_eq!(numgen_mods(rules), vec![None, None, Some(2), None]);
+    let targets = dnat_targets(rules);
+    assert_eq!(targets[..2], targets[2..]);
+    assert_eq!(targets[..2], [(ip("10.42.0.2"), 8080), (ip("10.42.0.3"), 8080)]);
 }
 
 #[test]

@@ -342,74 +342,115 @@ impl Ruleset {
             }
         }
         let mut batch = Batch::new();
-        let changed: Vec<&String> = self
-            .chains
+        let (chains_gone, chains_new) = diff_maps(&old.chains, &self.chains);
+        let removed: Vec<&String> = chains_gone
             .iter()
-            .filter(|(n, c)| old.chains.get(*n).is_some_and(|o| o.rules != c.rules))
-            .map(|(n, _)| n)
-            .collect();
-        let removed: Vec<&String> = old
-            .chains
-            .keys()
+            .copied()
             .filter(|n| !self.chains.contains_key(*n))
             .collect();
+        let element_diffs: Vec<(&String, ElemDiff<'_>)> = self
+            .sets
+            .iter()
+            .filter_map(|(name, set)| {
+                let old_set = old.sets.get(name)?;
+                Some((name, diff_maps(&old_set.elements, &set.elements)))
+            })
+            .collect();
         // 1. Empty the chains that change or go: drops their references to other chains
-        //    and to affinity sets.
-        for name in changed.iter().chain(removed.iter()) {
+        //    and to sets.
+        for name in &chains_gone {
             batch.add_cmd(NfCmd::Flush(FlushObject::Chain(
                 self.chain_obj(name, None),
             )));
         }
-        // 2. Remove elements that go or change their verdict (they may point at chains
+        // 2. Remove elements that go or change their value (they may point at chains
         //    about to be deleted).
-        for (name, set) in &old.sets {
-            let new = self.sets.get(name);
-            let gone: Vec<Expr> = set
-                .elements
-                .iter()
-                .filter(|(k, v)| new.is_some_and(|n| n.elements.get(*k) != Some(*v)))
-                .map(|(k, _)| key_expr(k))
-                .collect();
+        for (name, (gone, _)) in &element_diffs {
             if !gone.is_empty() {
-                batch.delete(self.element_obj(name, gone));
+                let keys = gone.iter().map(|k| key_expr(k)).collect();
+                batch.delete(self.element_obj(name, keys));
             }
         }
         // 3. Delete chains, then sets, that are gone.
         for name in &removed {
             batch.delete(NfListObject::Chain(self.chain_obj(name, None)));
         }
-        for name in old.sets.keys().filter(|n| !self.sets.contains_key(*n)) {
-            batch.delete(self.set_obj(name, &old.sets[name]));
+        for (name, set) in old.sets.iter().filter(|(n, _)| !self.sets.contains_key(*n)) {
+            batch.delete(self.set_obj(name, set));
         }
         // 4. Add new sets and chains, rules of new and changed chains, new elements.
-        for (name, set) in self.sets.iter().filter(|(n, _)| !old.sets.contains_key(*n)) {
+        let new_sets: Vec<(&String, &NamedSet)> = self
+            .sets
+            .iter()
+            .filter(|(n, _)| !old.sets.contains_key(*n))
+            .collect();
+        for (name, set) in &new_sets {
             batch.add(self.set_obj(name, set));
         }
-        let added: Vec<&String> = self
-            .chains
-            .keys()
-            .filter(|n| !old.chains.contains_key(*n))
-            .collect();
-        for name in &added {
-            batch.add(NfListObject::Chain(
-                self.chain_obj(name, self.chains.get(*name)),
-            ));
+        for (name, chain) in &chains_new {
+            if !old.chains.contains_key(*name) {
+                batch.add(NfListObject::Chain(self.chain_obj(name, Some(chain))));
+            }
         }
-        for name in added.iter().chain(changed.iter()) {
-            self.add_chain_with_rules(&mut batch, name, &self.chains[*name]);
+        for (name, chain) in &chains_new {
+            self.add_chain_with_rules(&mut batch, name, chain);
         }
-        for (name, set) in &self.sets {
-            let old_set = old.sets.get(name);
-            self.add_elements(
-                &mut batch,
-                name,
-                set.elements
-                    .iter()
-                    .filter(|(k, v)| old_set.and_then(|o| o.elements.get(*k)) != Some(*v)),
-            );
+        for (name, set) in new_sets {
+            self.add_elements(&mut batch, name, set.elements.iter());
+        }
+        for (name, (_, added)) in element_diffs {
+            self.add_elements(&mut batch, name, added.into_iter());
         }
         Some(batch.to_nftables())
     }
+}
+
+/// Keys removed or changed, and entries added or changed, between two maps of elements.
+type ElemDiff<'a> = (
+    Vec<&'a Vec<KeyPart>>,
+    Vec<(&'a Vec<KeyPart>, &'a Option<ElemValue>)>,
+);
+
+/// Keys of `old` that are gone or changed in `new`, and entries of `new` that are new or
+/// changed: one merge pass over both sorted maps (no lookups; 110,000 elements at
+/// 10,000 services).
+fn diff_maps<'a, K: Ord, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> (Vec<&'a K>, Vec<(&'a K, &'a V)>) {
+    use std::cmp::Ordering;
+    let (mut gone, mut added) = (Vec::new(), Vec::new());
+    let mut o = old.iter().peekable();
+    let mut n = new.iter().peekable();
+    loop {
+        let order = match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ok, _)), Some((nk, _))) => ok.cmp(nk),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((k, _)) = o.next() {
+                    gone.push(k);
+                }
+            }
+            Ordering::Greater => {
+                if let Some(entry) = n.next() {
+                    added.push(entry);
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((ok, ov)), Some((nk, nv))) = (o.next(), n.next()) {
+                    if ov != nv {
+                        gone.push(ok);
+                        added.push((nk, nv));
+                    }
+                }
+            }
+        }
+    }
+    (gone, added)
 }
 
 /// Number of commands in a batch (for logs and tests).

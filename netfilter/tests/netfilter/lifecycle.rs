@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pikube_netfilter::SyncKind;
+use pikube_netfilter::{DriftCheck, SyncKind};
 
 use crate::fixture::{service, Cluster, TABLE};
 use crate::{fetch_many, ip, try_fetch};
@@ -34,10 +34,20 @@ fn flushed_table_is_detected_and_rebuilt() {
     let cip = ip("10.43.0.41");
     let services = [service("web", cip, c.endpoints(&[1]))];
     c.sync(&services);
-    assert!(!c.proxier.check_drift().expect("check"));
+    assert!(!c.proxier.check_drift(DriftCheck::Chains).expect("check"));
+    assert!(!c.proxier.check_drift(DriftCheck::Rules).expect("check"));
+
+    // Someone flushes the table: its rules are gone, its chains stay.
     c.node.netns().run("nft", &["flush", "table", "inet", TABLE], None).expect("flush");
     assert!(try_fetch(&c.node, cip, 80).0.is_err(), "flushed table cannot DNAT");
-    assert!(c.proxier.check_drift().expect("check"));
+    assert!(!c.proxier.check_drift(DriftCheck::Chains).expect("check"));
+    assert!(c.proxier.check_drift(DriftCheck::Rules).expect("check"));
+    assert_eq!(c.sync(&services), SyncKind::Full);
+    assert_eq!(fetch_many(&c.node, cip, 80, 3).len(), 3);
+
+    // Someone flushes the whole ruleset: the cheap check sees it.
+    c.node.netns().run("nft", &["flush", "ruleset"], None).expect("flush ruleset");
+    assert!(c.proxier.check_drift(DriftCheck::Chains).expect("check"));
     assert_eq!(c.sync(&services), SyncKind::Full);
     assert_eq!(fetch_many(&c.node, cip, 80, 3).len(), 3);
 }
