@@ -28,7 +28,7 @@ use nftables::types::{NfChainType, NfHook};
 use crate::model::{
     EndpointInfo, Ipv4Cidr, NodeFacts, Protocol, ServiceInfo, ServicePortInfo, TrafficPolicy,
 };
-use crate::ruleset::{Chain, ElemValue, Hook, KeyPart, MapValue, NamedSet, Ruleset};
+use crate::ruleset::{Chain, ElemValue, Hook, Key, MapValue, NamedSet, Ruleset};
 use crate::stmt::{self, Rule};
 
 /// Verdict map `address . protocol . port → goto <service chain>` (ClusterIPs, external
@@ -168,7 +168,7 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
     sets.insert(NO_ENDPOINT_NODEPORTS, NamedSet::map(proto_port(), verdicts));
     let mut nodeport_ips = NamedSet::set(vec![SetType::Ipv4Addr]);
     for ip in node.nodeport_ips() {
-        nodeport_ips.elements.insert(vec![KeyPart::Addr(ip)], None);
+        nodeport_ips.elements.insert(Key::Addr(ip), None);
     }
     sets.insert(NODEPORT_IPS, nodeport_ips);
     sets.insert(
@@ -358,13 +358,11 @@ fn render_port(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo, port: &Ser
         TrafficPolicy::Local => &local_eps,
     };
     let any = !cluster_eps.is_empty();
-    let entry = |ip: Ipv4Addr, p: u16| {
-        vec![KeyPart::Addr(ip), KeyPart::Proto(proto), KeyPart::Port(p)]
-    };
+    let entry = |ip: Ipv4Addr, p: u16| Key::Entry(ip, proto, p);
     if let Some(hp) = rs.sets.get_mut(HAIRPIN) {
         for ep in &cluster_eps {
             hp.elements
-                .insert(vec![KeyPart::Addr(ep.addr), KeyPart::Addr(ep.addr)], None);
+                .insert(Key::AddrPair(ep.addr, ep.addr), None);
         }
     }
 
@@ -380,7 +378,7 @@ fn render_port(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo, port: &Ser
             rs.chains.insert(name.clone(), chain(rules));
             Target::Own(name)
         } else {
-            fill_slots(rs, &key, internal);
+            fill_slots(rs, key, internal);
             Target::Slots(internal)
         };
         let shared = match target {
@@ -392,13 +390,13 @@ fn render_port(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo, port: &Ser
 
     // External traffic: external and load-balancer IPs on the service port, the node
     // port on the node-port addresses.
-    let mut entries: Vec<(&str, &str, Vec<KeyPart>, Vec<Vec<KeyPart>>)> = svc
+    let mut entries: Vec<(&str, &str, Key, Vec<Key>)> = svc
         .external_ips
         .iter()
         .chain(&svc.load_balancer_ips)
         .map(|ip| {
             let key = entry(*ip, port.port);
-            (SERVICE_IPS, NO_ENDPOINT_SERVICES, key.clone(), vec![key])
+            (SERVICE_IPS, NO_ENDPOINT_SERVICES, key, vec![key])
         })
         .collect();
     if let Some(np) = port.node_port {
@@ -407,7 +405,7 @@ fn render_port(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo, port: &Ser
             .into_iter()
             .map(|ip| entry(ip, np))
             .collect();
-        let key = vec![KeyPart::Proto(proto), KeyPart::Port(np)];
+        let key = Key::ProtoPort(proto, np);
         entries.push((SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS, key, slot_keys));
     }
     if entries.is_empty() {
@@ -433,7 +431,7 @@ fn render_port(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo, port: &Ser
     for (map, no_ep_map, key, slot_keys) in entries {
         if let Target::Slots(eps) = &target {
             for k in &slot_keys {
-                fill_slots(rs, k, eps);
+                fill_slots(rs, *k, eps);
             }
         }
         route(rs, map, no_ep_map, key, &target, shared.clone());
@@ -445,7 +443,7 @@ fn route(
     rs: &mut Ruleset,
     map: &str,
     no_endpoint_map: &str,
-    key: Vec<KeyPart>,
+    key: Key,
     target: &Target<'_>,
     shared_chain: String,
 ) {
@@ -460,7 +458,7 @@ fn route(
 }
 
 /// Writes `eps` into slot maps `addr-<i>`/`port-<i>` under `key`, creating the maps.
-fn fill_slots(rs: &mut Ruleset, key: &[KeyPart], eps: &[&EndpointInfo]) {
+fn fill_slots(rs: &mut Ruleset, key: Key, eps: &[&EndpointInfo]) {
     for (i, ep) in eps.iter().enumerate() {
         let values = [
             (addr_map(i), MapValue::Addr, ElemValue::Addr(ep.addr)),
@@ -471,7 +469,7 @@ fn fill_slots(rs: &mut Ruleset, key: &[KeyPart], eps: &[&EndpointInfo]) {
                 .entry(name)
                 .or_insert_with(|| NamedSet::map(addr_proto_port(), kind))
                 .elements
-                .insert(key.to_vec(), Some(value));
+                .insert(key, Some(value));
         }
     }
 }

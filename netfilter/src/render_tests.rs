@@ -8,7 +8,7 @@ use nftables::types::NfHook;
 
 use super::*;
 use crate::model::Protocol;
-use crate::ruleset::{ElemValue, KeyPart, Ruleset};
+use crate::ruleset::{ElemValue, Key, Ruleset};
 
 const TABLE: &str = "pikube-test";
 
@@ -45,15 +45,15 @@ fn with_node_port(mut s: ServiceInfo, np: u16) -> ServiceInfo {
     s
 }
 
-fn addr_key(addr: &str, proto: Protocol, port: u16) -> Vec<KeyPart> {
-    vec![KeyPart::Addr(ip(addr)), KeyPart::Proto(proto), KeyPart::Port(port)]
+fn addr_key(addr: &str, proto: Protocol, port: u16) -> Key {
+    Key::Entry(ip(addr), proto, port)
 }
 
-fn np_key(port: u16) -> Vec<KeyPart> {
-    vec![KeyPart::Proto(Protocol::Tcp), KeyPart::Port(port)]
+fn np_key(port: u16) -> Key {
+    Key::ProtoPort(Protocol::Tcp, port)
 }
 
-fn elem(rs: &Ruleset, set: &str, key: &[KeyPart]) -> Option<ElemValue> {
+fn elem(rs: &Ruleset, set: &str, key: &Key) -> Option<ElemValue> {
     rs.sets[set].elements.get(key).cloned().flatten()
 }
 
@@ -83,7 +83,7 @@ fn dnat_targets(rules: &[Rule]) -> Vec<(Ipv4Addr, u16)> {
 }
 
 /// The endpoints in the slot maps under `key`, in slot order.
-fn slots(rs: &Ruleset, key: &[KeyPart]) -> Vec<(Ipv4Addr, u16)> {
+fn slots(rs: &Ruleset, key: &Key) -> Vec<(Ipv4Addr, u16)> {
     (0..)
         .map_while(|i| {
             let addr = rs.sets.get(&addr_map(i))?.elements.get(key)?.clone()?;
@@ -144,7 +144,7 @@ fn cluster_ip_spreads_evenly_over_ready_endpoints() {
         assert!(mentions(rule, "\"l4proto\""));
     }
     for a in ["10.42.0.2", "10.42.0.3", "10.42.1.4"] {
-        assert!(rs.sets[HAIRPIN].elements.contains_key(&vec![KeyPart::Addr(ip(a)), KeyPart::Addr(ip(a))]));
+        assert!(rs.sets[HAIRPIN].elements.contains_key(&Key::AddrPair(ip(a), ip(a))));
     }
     assert!(rs.sets[NO_ENDPOINT_SERVICES].elements.is_empty());
 }
@@ -207,14 +207,14 @@ fn node_port_answers_on_node_addresses_and_masquerades() {
     // The DNAT looks up the node address the client used.
     assert_eq!(slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)), vec![(ip("10.42.1.4"), 8080)]);
     let ips: Vec<_> = rs.sets[NODEPORT_IPS].elements.keys().cloned().collect();
-    assert_eq!(ips, vec![vec![KeyPart::Addr(ip("192.0.2.1"))]]);
+    assert_eq!(ips, vec![Key::Addr(ip("192.0.2.1"))]);
     let services = chain_rules(&rs, SERVICES);
     assert!(services.iter().any(|r| mentions(r, NODEPORT_IPS) && mentions(r, SERVICE_NODEPORTS)));
 
     let mut lo = node();
     lo.localhost_nodeports = true;
     let rs = render(TABLE, &lo, &[s]);
-    assert!(rs.sets[NODEPORT_IPS].elements.contains_key(&vec![KeyPart::Addr(Ipv4Addr::LOCALHOST)]));
+    assert!(rs.sets[NODEPORT_IPS].elements.contains_key(&Key::Addr(Ipv4Addr::LOCALHOST)));
     assert_eq!(slots(&rs, &addr_key("127.0.0.1", Protocol::Tcp, 30080)).len(), 1);
 }
 #[test]

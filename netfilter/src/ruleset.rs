@@ -38,15 +38,17 @@ pub struct Chain {
     pub rules: Vec<Rule>,
 }
 
-/// One part of a set element's key.
+/// A set or map element's key (`Copy`: 160,000 of them at 10,000 services).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum KeyPart {
-    /// An IPv4 address.
+pub enum Key {
+    /// `address`.
     Addr(Ipv4Addr),
-    /// A transport protocol.
-    Proto(Protocol),
-    /// A port.
-    Port(u16),
+    /// `address . address`.
+    AddrPair(Ipv4Addr, Ipv4Addr),
+    /// `protocol . port` (node ports).
+    ProtoPort(Protocol, u16),
+    /// `address . protocol . port` (service entries).
+    Entry(Ipv4Addr, Protocol, u16),
 }
 
 /// The value a map element maps its key to.
@@ -83,7 +85,7 @@ pub struct NamedSet {
     /// Element timeout in seconds, for dynamic sets filled by the packet path.
     pub timeout: Option<u32>,
     /// The elements the ruleset puts in (not the ones the packet path adds).
-    pub elements: BTreeMap<Vec<KeyPart>, Option<ElemValue>>,
+    pub elements: BTreeMap<Key, Option<ElemValue>>,
 }
 
 impl NamedSet {
@@ -123,19 +125,17 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
 }
 
-fn key_expr(key: &[KeyPart]) -> Expr {
-    let part = |p: &KeyPart| match p {
-        KeyPart::Addr(a) => stmt::addr(*a),
-        KeyPart::Proto(p) => stmt::proto(*p),
-        KeyPart::Port(p) => Expression::Number(u32::from(*p)),
-    };
-    match key {
-        [single] => part(single),
-        parts => stmt::concat(parts.iter().map(part).collect()),
+fn key_expr(key: &Key) -> Expr {
+    let port = |p: u16| Expression::Number(u32::from(p));
+    match *key {
+        Key::Addr(a) => stmt::addr(a),
+        Key::AddrPair(a, b) => stmt::concat(vec![stmt::addr(a), stmt::addr(b)]),
+        Key::ProtoPort(p, n) => stmt::concat(vec![stmt::proto(p), port(n)]),
+        Key::Entry(a, p, n) => stmt::concat(vec![stmt::addr(a), stmt::proto(p), port(n)]),
     }
 }
 
-fn elem_expr(key: &[KeyPart], value: &Option<ElemValue>) -> Expr {
+fn elem_expr(key: &Key, value: &Option<ElemValue>) -> Expr {
     match value {
         None => key_expr(key),
         Some(v) => {
@@ -263,7 +263,7 @@ impl Ruleset {
         &'a self,
         batch: &mut Batch<'a>,
         set: &'a str,
-        elems: impl Iterator<Item = (&'b Vec<KeyPart>, &'b Option<ElemValue>)>,
+        elems: impl Iterator<Item = (&'b Key, &'b Option<ElemValue>)>,
     ) {
         let exprs: Vec<Expr> = elems.map(|(k, v)| elem_expr(k, v)).collect();
         if !exprs.is_empty() {
@@ -407,8 +407,8 @@ impl Ruleset {
 
 /// Keys removed or changed, and entries added or changed, between two maps of elements.
 type ElemDiff<'a> = (
-    Vec<&'a Vec<KeyPart>>,
-    Vec<(&'a Vec<KeyPart>, &'a Option<ElemValue>)>,
+    Vec<&'a Key>,
+    Vec<(&'a Key, &'a Option<ElemValue>)>,
 );
 
 /// Keys of `old` that are gone or changed in `new`, and entries of `new` that are new or
