@@ -23,7 +23,12 @@ fn service(i: u32, endpoints: Vec<EndpointInfo>) -> ServiceInfo {
     ServiceInfo {
         namespace: format!("ns{}", i % 50),
         name: format!("svc{i}"),
-        cluster_ip: Some(Ipv4Addr::new(10, 43, 1 + (i / 250) as u8, (i % 250 + 1) as u8)),
+        cluster_ip: Some(Ipv4Addr::new(
+            10,
+            43,
+            1 + (i / 250) as u8,
+            (i % 250 + 1) as u8,
+        )),
         ports: vec![ServicePortInfo {
             name: "http".into(),
             protocol: Protocol::Tcp,
@@ -74,15 +79,26 @@ fn main() {
     node.ip(&["addr", "add", "10.42.0.1/24", "dev", "cni0"]);
     node.ip(&["link", "set", "cni0", "up"]);
     let backend_ip = Ipv4Addr::new(10, 42, 0, 10);
-    let (backend, _) = pod(&node, "cni0", "benchpod", backend_ip, Ipv4Addr::new(10, 42, 0, 1));
+    let (backend, _) = pod(
+        &node,
+        "cni0",
+        "benchpod",
+        backend_ip,
+        Ipv4Addr::new(10, 42, 0, 1),
+    );
     let _server = EchoServer::start(&backend, backend_ip, 8080, "backend");
     let mut net = NodeNetwork::new(node.netns(), NodeNetworkConfig::new());
     net.install().expect("node network");
 
     let facts = NodeFacts::new("bench", vec![Ipv4Addr::new(198, 18, 0, 1)]);
-    let mut services: Vec<ServiceInfo> = (0..SERVICES).map(|i| service(i, fake_endpoints(i, 0))).collect();
+    let mut services: Vec<ServiceInfo> = (0..SERVICES)
+        .map(|i| service(i, fake_endpoints(i, 0)))
+        .collect();
     // Service 0 is the one the latency measurement goes through: its one endpoint is real.
-    services[0] = service(0, vec![EndpointInfo::ready(backend_ip, 8080, Some("bench"))]);
+    services[0] = service(
+        0,
+        vec![EndpointInfo::ready(backend_ip, 8080, Some("bench"))],
+    );
     let cluster_ip = services[0].cluster_ip.expect("cluster ip");
 
     let t = Instant::now();
@@ -94,10 +110,6 @@ fn main() {
         .len();
     let json_time = t.elapsed();
     let mut proxier = Proxier::new(node.netns(), TABLE);
-    if let Ok(path) = std::env::var("BENCH_DUMP") {
-        let json = pikube_netfilter::ruleset::to_json(&ruleset.full_replace()).expect("json");
-        std::fs::write(path, json).expect("dump");
-    }
     let mut full = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -132,7 +144,9 @@ fn main() {
         assert_eq!(kind, SyncKind::Incremental);
     }
     let t = Instant::now();
-    assert!(!proxier.check_drift(DriftCheck::Chains).expect("drift check"));
+    assert!(!proxier
+        .check_drift(DriftCheck::Chains)
+        .expect("drift check"));
     let drift_chains = t.elapsed();
     let t = Instant::now();
     assert!(!proxier.check_drift(DriftCheck::Rules).expect("drift check"));
@@ -152,11 +166,27 @@ fn main() {
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("services: {SERVICES} x {ENDPOINTS} endpoints");
-    println!("render:               {:8.1} ms", render_time.as_secs_f64() * 1e3);
-    println!("full-sync JSON:       {:8.1} ms ({:.1} MB)", json_time.as_secs_f64() * 1e3, json_len as f64 / 1e6);
-    println!("full sync (median/3): {:8.1} ms", median(full).as_secs_f64() * 1e3);
-    println!("one-service update:   {:8.1} ms (median of 5, render + diff + nft)", median(updates).as_secs_f64() * 1e3);
-    println!("  of which diff + nft:{:8.1} ms", median(applies).as_secs_f64() * 1e3);
+    println!(
+        "render:               {:8.1} ms",
+        render_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "full-sync JSON:       {:8.1} ms ({:.1} MB)",
+        json_time.as_secs_f64() * 1e3,
+        json_len as f64 / 1e6
+    );
+    println!(
+        "full sync (median/3): {:8.1} ms",
+        median(full).as_secs_f64() * 1e3
+    );
+    println!(
+        "one-service update:   {:8.1} ms (median of 5, render + diff + nft)",
+        median(updates).as_secs_f64() * 1e3
+    );
+    println!(
+        "  of which diff + nft:{:8.1} ms",
+        median(applies).as_secs_f64() * 1e3
+    );
     println!(
         "drift check:          {:8.1} ms (chains), {:.1} ms (rules)",
         drift_chains.as_secs_f64() * 1e3,
@@ -175,5 +205,9 @@ fn main() {
         us(percentile(&proxied, 0.9)),
         proxied.len()
     );
-    println!("added per connection: median {:+7.1} us (ratio {:.3})", us(pm) - us(dm), us(pm) / us(dm));
+    println!(
+        "added per connection: median {:+7.1} us (ratio {:.3})",
+        us(pm) - us(dm),
+        us(pm) / us(dm)
+    );
 }

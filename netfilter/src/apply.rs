@@ -112,7 +112,9 @@ impl Proxier {
         };
         let intact = match depth {
             DriftCheck::Chains => {
-                let out = self.ns.run("nft", &["-j", "list", "chains", "inet"], None)?;
+                let out = self
+                    .ns
+                    .run("nft", &["-j", "list", "chains", "inet"], None)?;
                 let doc: serde_json::Value = serde_json::from_str(&out)?;
                 let listed: BTreeSet<&str> = doc["nftables"]
                     .as_array()

@@ -78,8 +78,12 @@ impl NetNs {
     /// Writes a sysctl (`net.ipv4.ip_forward` style key) in this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), Error> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.run("sh", &["-c", "printf '%s' \"$1\" > \"$2\"", "sh", value, &path], None)
-            .map(drop)
+        self.run(
+            "sh",
+            &["-c", "printf '%s' \"$1\" > \"$2\"", "sh", value, &path],
+            None,
+        )
+        .map(drop)
     }
 
     /// Reads a sysctl in this namespace; `None` if the key does not exist here.

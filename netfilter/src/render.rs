@@ -163,7 +163,10 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
     let mut sets = BTreeMap::new();
     let verdicts = MapValue::Verdict;
     sets.insert(SERVICE_IPS, NamedSet::map(addr_proto_port(), verdicts));
-    sets.insert(NO_ENDPOINT_SERVICES, NamedSet::map(addr_proto_port(), verdicts));
+    sets.insert(
+        NO_ENDPOINT_SERVICES,
+        NamedSet::map(addr_proto_port(), verdicts),
+    );
     sets.insert(SERVICE_NODEPORTS, NamedSet::map(proto_port(), verdicts));
     sets.insert(NO_ENDPOINT_NODEPORTS, NamedSet::map(proto_port(), verdicts));
     let mut nodeport_ips = NamedSet::set(vec![SetType::Ipv4Addr]);
@@ -180,7 +183,12 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
     let mut chains: Vec<(&str, Chain)> = vec![
         (
             "nat-prerouting",
-            hook(NAT, NfHook::Prerouting, -100, vec![vec![stmt::jump(SERVICES)]]),
+            hook(
+                NAT,
+                NfHook::Prerouting,
+                -100,
+                vec![vec![stmt::jump(SERVICES)]],
+            ),
         ),
         (
             "nat-output",
@@ -188,11 +196,21 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
         ),
         (
             "nat-postrouting",
-            hook(NAT, NfHook::Postrouting, 100, vec![vec![stmt::jump(MASQUERADING)]]),
+            hook(
+                NAT,
+                NfHook::Postrouting,
+                100,
+                vec![vec![stmt::jump(MASQUERADING)]],
+            ),
         ),
         (
             "filter-input",
-            hook(Filter, NfHook::Input, -110, vec![new_jump(SERVICE_ENDPOINTS_CHECK)]),
+            hook(
+                Filter,
+                NfHook::Input,
+                -110,
+                vec![new_jump(SERVICE_ENDPOINTS_CHECK)],
+            ),
         ),
         (
             "filter-forward",
@@ -208,11 +226,21 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
         ),
         (
             "filter-output",
-            hook(Filter, NfHook::Output, -110, vec![new_jump(SERVICE_ENDPOINTS_CHECK)]),
+            hook(
+                Filter,
+                NfHook::Output,
+                -110,
+                vec![new_jump(SERVICE_ENDPOINTS_CHECK)],
+            ),
         ),
         (
             "filter-output-post-dnat",
-            hook(Filter, NfHook::Output, -90, vec![new_jump(CLUSTER_IPS_CHECK)]),
+            hook(
+                Filter,
+                NfHook::Output,
+                -90,
+                vec![new_jump(CLUSTER_IPS_CHECK)],
+            ),
         ),
         (
             SERVICES,
@@ -246,7 +274,10 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
                 vec![stmt::reject_port_unreachable()],
             ]),
         ),
-        (MARK_FOR_MASQUERADE, chain(vec![vec![stmt::set_masq_mark()]])),
+        (
+            MARK_FOR_MASQUERADE,
+            chain(vec![vec![stmt::set_masq_mark()]]),
+        ),
         (
             MASQUERADING,
             chain(vec![
@@ -266,11 +297,7 @@ fn base(table: &str, node: &NodeFacts) -> Ruleset {
                 vec![
                     stmt::eq(stmt::ip_saddr(), stmt::prefix(cluster)),
                     stmt::matches(stmt::ip_daddr(), Operator::NEQ, stmt::prefix(cluster)),
-                    stmt::matches(
-                        stmt::ip_daddr(),
-                        Operator::NEQ,
-                        stmt::prefix(multicast()),
-                    ),
+                    stmt::matches(stmt::ip_daddr(), Operator::NEQ, stmt::prefix(multicast())),
                     stmt::masquerade(),
                 ],
             ]),
@@ -293,7 +320,11 @@ fn multicast() -> Ipv4Cidr {
 fn masquerade_off_cluster_to_services(node: &NodeFacts) -> Rule {
     let mut rule = vec![stmt::eq(stmt::ip_daddr(), stmt::prefix(node.service_cidr))];
     if let Some(dns) = node.local_dns {
-        rule.push(stmt::matches(stmt::ip_daddr(), Operator::NEQ, stmt::addr(dns)));
+        rule.push(stmt::matches(
+            stmt::ip_daddr(),
+            Operator::NEQ,
+            stmt::addr(dns),
+        ));
     }
     rule.push(stmt::matches(
         stmt::ip_saddr(),
@@ -307,7 +338,10 @@ fn masquerade_off_cluster_to_services(node: &NodeFacts) -> Rule {
 fn cluster_ips_check(node: &NodeFacts) -> Vec<Rule> {
     let mut rules = Vec::new();
     if let Some(dns) = node.local_dns {
-        rules.push(vec![stmt::eq(stmt::ip_daddr(), stmt::addr(dns)), stmt::ret()]);
+        rules.push(vec![
+            stmt::eq(stmt::ip_daddr(), stmt::addr(dns)),
+            stmt::ret(),
+        ]);
     }
     rules.push(vec![
         stmt::eq(stmt::ip_daddr(), stmt::prefix(node.service_cidr)),
@@ -361,8 +395,7 @@ fn render_port(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo, port: &Ser
     let entry = |ip: Ipv4Addr, p: u16| Key::Entry(ip, proto, p);
     if let Some(hp) = rs.sets.get_mut(HAIRPIN) {
         for ep in &cluster_eps {
-            hp.elements
-                .insert(Key::AddrPair(ep.addr, ep.addr), None);
+            hp.elements.insert(Key::AddrPair(ep.addr, ep.addr), None);
         }
     }
 

@@ -62,7 +62,10 @@ fn goto(chain: &str) -> Option<ElemValue> {
 }
 
 fn chain_rules<'a>(rs: &'a Ruleset, name: &str) -> &'a [Rule] {
-    &rs.chains.get(name).unwrap_or_else(|| panic!("no chain {name}")).rules
+    &rs.chains
+        .get(name)
+        .unwrap_or_else(|| panic!("no chain {name}"))
+        .rules
 }
 
 /// The `(address, port)` of every DNAT in `rules`, in order.
@@ -104,9 +107,7 @@ fn numgen_mods(rules: &[Rule]) -> Vec<Option<u32>> {
         .map(|r| {
             r.iter().find_map(|s| match s {
                 Statement::Match(m) => match &m.left {
-                    Expression::Named(nftables::expr::NamedExpression::Numgen(n)) => {
-                        Some(n.ng_mod)
-                    }
+                    Expression::Named(nftables::expr::NamedExpression::Numgen(n)) => Some(n.ng_mod),
                     _ => None,
                 },
                 _ => None,
@@ -123,18 +124,28 @@ fn jumps_to(rule: &Rule, chain: &str) -> bool {
 }
 
 fn mentions(rule: &Rule, text: &str) -> bool {
-    serde_json::to_string(rule).expect("rule json").contains(text)
+    serde_json::to_string(rule)
+        .expect("rule json")
+        .contains(text)
 }
 
 #[test]
 fn cluster_ip_spreads_evenly_over_ready_endpoints() {
-    let eps = vec![ep("10.42.0.3", "n1"), ep("10.42.1.4", "n2"), ep("10.42.0.2", "n1")];
+    let eps = vec![
+        ep("10.42.0.3", "n1"),
+        ep("10.42.1.4", "n2"),
+        ep("10.42.0.2", "n1"),
+    ];
     let rs = render(TABLE, &node(), &[svc("web", "10.43.0.20", eps)]);
     let key = addr_key("10.43.0.20", Protocol::Tcp, 80);
     assert_eq!(elem(&rs, SERVICE_IPS, &key), goto("dnat-tcp-3"));
     assert_eq!(
         slots(&rs, &key),
-        vec![(ip("10.42.0.2"), 8080), (ip("10.42.0.3"), 8080), (ip("10.42.1.4"), 8080)]
+        vec![
+            (ip("10.42.0.2"), 8080),
+            (ip("10.42.0.3"), 8080),
+            (ip("10.42.1.4"), 8080)
+        ]
     );
     // 1/3, then 1/2 of the rest, then the last: each slot gets a third.
     let rules = chain_rules(&rs, "dnat-tcp-3");
@@ -144,7 +155,9 @@ fn cluster_ip_spreads_evenly_over_ready_endpoints() {
         assert!(mentions(rule, "\"l4proto\""));
     }
     for a in ["10.42.0.2", "10.42.0.3", "10.42.1.4"] {
-        assert!(rs.sets[HAIRPIN].elements.contains_key(&Key::AddrPair(ip(a), ip(a))));
+        assert!(rs.sets[HAIRPIN]
+            .elements
+            .contains_key(&Key::AddrPair(ip(a), ip(a))));
     }
     assert!(rs.sets[NO_ENDPOINT_SERVICES].elements.is_empty());
 }
@@ -154,7 +167,9 @@ fn rule_count_does_not_grow_with_services() {
     let many: Vec<ServiceInfo> = (0..200u32)
         .map(|i| {
             let cip = format!("10.43.1.{}", i + 1);
-            let eps = (0..3).map(|e| ep(&format!("10.42.{}.{}", e + 1, i + 1), "n2")).collect();
+            let eps = (0..3)
+                .map(|e| ep(&format!("10.42.{}.{}", e + 1, i + 1), "n2"))
+                .collect();
             svc(&format!("s{i}"), &cip, eps)
         })
         .collect();
@@ -169,9 +184,13 @@ fn rule_count_does_not_grow_with_services() {
 fn only_ready_endpoints_unless_all_are_terminating() {
     let mut not_ready = ep("10.42.0.9", "n1");
     not_ready.ready = false;
-    let mut s = svc("web", "10.43.0.20", vec![ep("10.42.0.2", "n1"), not_ready.clone()]);
+    let mut s = svc(
+        "web",
+        "10.43.0.20",
+        vec![ep("10.42.0.2", "n1"), not_ready.clone()],
+    );
     let key = addr_key("10.43.0.20", Protocol::Tcp, 80);
-    let rs = render(TABLE, &node(), &[s.clone()]);
+    let rs = render(TABLE, &node(), std::slice::from_ref(&s));
     assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.2"), 8080)]);
 
     // Only a terminating-but-serving endpoint left: traffic drains to it.
@@ -187,10 +206,20 @@ fn service_without_endpoints_rejects() {
     let s = with_node_port(svc("empty", "10.43.0.30", vec![]), 30030);
     let rs = render(TABLE, &node(), &[s]);
     let reject = goto(REJECT_CHAIN);
-    assert_eq!(elem(&rs, NO_ENDPOINT_SERVICES, &addr_key("10.43.0.30", Protocol::Tcp, 80)), reject);
+    assert_eq!(
+        elem(
+            &rs,
+            NO_ENDPOINT_SERVICES,
+            &addr_key("10.43.0.30", Protocol::Tcp, 80)
+        ),
+        reject
+    );
     assert_eq!(elem(&rs, NO_ENDPOINT_NODEPORTS, &np_key(30030)), reject);
     assert!(rs.sets[SERVICE_IPS].elements.is_empty());
-    assert!(!rs.chains.keys().any(|c| c.starts_with("svc-") || c.starts_with("ext-")));
+    assert!(!rs
+        .chains
+        .keys()
+        .any(|c| c.starts_with("svc-") || c.starts_with("ext-")));
     let reject_rules = chain_rules(&rs, REJECT_CHAIN);
     assert!(mentions(&reject_rules[0], "tcp reset"));
     assert!(mentions(&reject_rules[1], "port-unreachable"));
@@ -199,48 +228,90 @@ fn service_without_endpoints_rejects() {
 #[test]
 fn node_port_answers_on_node_addresses_and_masquerades() {
     let s = with_node_port(svc("web", "10.43.0.20", vec![ep("10.42.1.4", "n2")]), 30080);
-    let rs = render(TABLE, &node(), &[s.clone()]);
-    assert_eq!(elem(&rs, SERVICE_NODEPORTS, &np_key(30080)), goto("ext-tcp-1"));
+    let rs = render(TABLE, &node(), std::slice::from_ref(&s));
+    assert_eq!(
+        elem(&rs, SERVICE_NODEPORTS, &np_key(30080)),
+        goto("ext-tcp-1")
+    );
     let rules = chain_rules(&rs, "ext-tcp-1");
-    assert!(jumps_to(&rules[0], MARK_FOR_MASQUERADE), "Cluster policy masquerades");
+    assert!(
+        jumps_to(&rules[0], MARK_FOR_MASQUERADE),
+        "Cluster policy masquerades"
+    );
     assert!(jumps_to(&rules[1], "dnat-tcp-1"));
     // The DNAT looks up the node address the client used.
-    assert_eq!(slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)), vec![(ip("10.42.1.4"), 8080)]);
+    assert_eq!(
+        slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)),
+        vec![(ip("10.42.1.4"), 8080)]
+    );
     let ips: Vec<_> = rs.sets[NODEPORT_IPS].elements.keys().cloned().collect();
     assert_eq!(ips, vec![Key::Addr(ip("192.0.2.1"))]);
     let services = chain_rules(&rs, SERVICES);
-    assert!(services.iter().any(|r| mentions(r, NODEPORT_IPS) && mentions(r, SERVICE_NODEPORTS)));
+    assert!(services
+        .iter()
+        .any(|r| mentions(r, NODEPORT_IPS) && mentions(r, SERVICE_NODEPORTS)));
 
     let mut lo = node();
     lo.localhost_nodeports = true;
     let rs = render(TABLE, &lo, &[s]);
-    assert!(rs.sets[NODEPORT_IPS].elements.contains_key(&Key::Addr(Ipv4Addr::LOCALHOST)));
-    assert_eq!(slots(&rs, &addr_key("127.0.0.1", Protocol::Tcp, 30080)).len(), 1);
+    assert!(rs.sets[NODEPORT_IPS]
+        .elements
+        .contains_key(&Key::Addr(Ipv4Addr::LOCALHOST)));
+    assert_eq!(
+        slots(&rs, &addr_key("127.0.0.1", Protocol::Tcp, 30080)).len(),
+        1
+    );
 }
 #[test]
 fn external_traffic_policy_local_uses_local_endpoints_and_keeps_client() {
-    let mut s = with_node_port(svc("web", "10.43.0.20", vec![ep("10.42.0.2", "n1"), ep("10.42.1.4", "n2")]), 30080);
+    let mut s = with_node_port(
+        svc(
+            "web",
+            "10.43.0.20",
+            vec![ep("10.42.0.2", "n1"), ep("10.42.1.4", "n2")],
+        ),
+        30080,
+    );
     s.external_traffic_policy = TrafficPolicy::Local;
-    let rs = render(TABLE, &node(), &[s.clone()]);
-    assert_eq!(elem(&rs, SERVICE_NODEPORTS, &np_key(30080)), goto("ext-local-tcp-1"));
-    assert_eq!(slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)), vec![(ip("10.42.0.2"), 8080)]);
+    let rs = render(TABLE, &node(), std::slice::from_ref(&s));
+    assert_eq!(
+        elem(&rs, SERVICE_NODEPORTS, &np_key(30080)),
+        goto("ext-local-tcp-1")
+    );
+    assert_eq!(
+        slots(&rs, &addr_key("192.0.2.1", Protocol::Tcp, 30080)),
+        vec![(ip("10.42.0.2"), 8080)]
+    );
     let ext = chain_rules(&rs, "ext-local-tcp-1");
-    assert!(!ext.iter().any(|r| jumps_to(r, MARK_FOR_MASQUERADE)), "no masquerade of outside clients");
+    assert!(
+        !ext.iter().any(|r| jumps_to(r, MARK_FOR_MASQUERADE)),
+        "no masquerade of outside clients"
+    );
     // The ClusterIP still spreads over all endpoints.
-    assert_eq!(slots(&rs, &addr_key("10.43.0.20", Protocol::Tcp, 80)).len(), 2);
+    assert_eq!(
+        slots(&rs, &addr_key("10.43.0.20", Protocol::Tcp, 80)).len(),
+        2
+    );
 
     // On a node without local endpoints the node port drops (other nodes serve it).
     let other = NodeFacts::new("n3", vec![ip("192.0.2.3")]);
     let rs = render(TABLE, &other, &[s]);
-    assert_eq!(elem(&rs, NO_ENDPOINT_NODEPORTS, &np_key(30080)), Some(ElemValue::Drop));
+    assert_eq!(
+        elem(&rs, NO_ENDPOINT_NODEPORTS, &np_key(30080)),
+        Some(ElemValue::Drop)
+    );
     assert!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.20", Protocol::Tcp, 80)).is_some());
 }
 #[test]
 fn internal_traffic_policy_local_limits_cluster_ip_to_this_node() {
-    let mut s = svc("web", "10.43.0.20", vec![ep("10.42.0.2", "n1"), ep("10.42.1.4", "n2")]);
+    let mut s = svc(
+        "web",
+        "10.43.0.20",
+        vec![ep("10.42.0.2", "n1"), ep("10.42.1.4", "n2")],
+    );
     s.internal_traffic_policy = TrafficPolicy::Local;
     let key = addr_key("10.43.0.20", Protocol::Tcp, 80);
-    let rs = render(TABLE, &node(), &[s.clone()]);
+    let rs = render(TABLE, &node(), std::slice::from_ref(&s));
     assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.2"), 8080)]);
     let rs = render(TABLE, &NodeFacts::new("n3", vec![]), &[s]);
     assert_eq!(elem(&rs, NO_ENDPOINT_SERVICES, &key), Some(ElemValue::Drop));
@@ -256,11 +327,18 @@ fn load_balancer_and_external_ips_go_to_the_external_chain() {
         assert_eq!(elem(&rs, SERVICE_IPS, &key), goto("ext-tcp-1"));
         assert_eq!(slots(&rs, &key), vec![(ip("10.42.0.2"), 8080)]);
     }
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.40", Protocol::Tcp, 80)), goto("dnat-tcp-1"));
+    assert_eq!(
+        elem(&rs, SERVICE_IPS, &addr_key("10.43.0.40", Protocol::Tcp, 80)),
+        goto("dnat-tcp-1")
+    );
 }
 #[test]
 fn session_affinity_remembers_clients_per_endpoint() {
-    let mut s = svc("sticky", "10.43.0.50", vec![ep("10.42.0.2", "n1"), ep("10.42.0.3", "n1")]);
+    let mut s = svc(
+        "sticky",
+        "10.43.0.50",
+        vec![ep("10.42.0.2", "n1"), ep("10.42.0.3", "n1")],
+    );
     s.session_affinity_seconds = Some(600);
     let rs = render(TABLE, &node(), &[s]);
     let chain = "svc-default/sticky/tcp/80";
@@ -279,7 +357,10 @@ fn session_affinity_remembers_clients_per_endpoint() {
     assert_eq!(numgen_mods(rules), vec![None, None, Some(2), None]);
     let targets = dnat_targets(rules);
     assert_eq!(targets[..2], targets[2..]);
-    assert_eq!(targets[..2], [(ip("10.42.0.2"), 8080), (ip("10.42.0.3"), 8080)]);
+    assert_eq!(
+        targets[..2],
+        [(ip("10.42.0.2"), 8080), (ip("10.42.0.3"), 8080)]
+    );
 }
 
 #[test]
@@ -291,8 +372,18 @@ fn udp_and_sctp_ports_are_keyed_by_protocol() {
     sctp.protocol = Protocol::Sctp;
     s.ports.push(sctp);
     let rs = render(TABLE, &node(), &[s]);
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Udp, 53)), goto("dnat-udp-1"));
-    assert_eq!(elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Sctp, 53)), goto("dnat-sctp-1"));
+    assert_eq!(
+        elem(&rs, SERVICE_IPS, &addr_key("10.43.0.60", Protocol::Udp, 53)),
+        goto("dnat-udp-1")
+    );
+    assert_eq!(
+        elem(
+            &rs,
+            SERVICE_IPS,
+            &addr_key("10.43.0.60", Protocol::Sctp, 53)
+        ),
+        goto("dnat-sctp-1")
+    );
     assert!(mentions(&chain_rules(&rs, "dnat-sctp-1")[0], "\"sctp\""));
 }
 #[test]
@@ -302,7 +393,9 @@ fn local_dns_address_is_neither_dnatted_nor_rejected() {
     assert!(rs.sets[SERVICE_IPS].elements.is_empty());
     assert!(rs.sets[NO_ENDPOINT_SERVICES].elements.is_empty());
     let check = chain_rules(&rs, CLUSTER_IPS_CHECK);
-    assert!(mentions(&check[0], "10.43.0.10") && matches!(check[0].last(), Some(Statement::Return(_))));
+    assert!(
+        mentions(&check[0], "10.43.0.10") && matches!(check[0].last(), Some(Statement::Return(_)))
+    );
     assert!(mentions(&check[1], "10.43.0.0") && jumps_to(&check[1], REJECT_CHAIN));
 }
 
@@ -326,6 +419,11 @@ fn base_chains_hook_before_and_after_dnat() {
     assert_eq!(hook_of("nat-postrouting").hook, NfHook::Postrouting);
     let masq = chain_rules(&rs, MASQUERADING);
     assert!(masq.iter().any(|r| mentions(r, HAIRPIN)));
-    assert!(masq.iter().any(|r| mentions(r, "10.42.0.0") && mentions(r, "224.0.0.0")));
-    assert!(jumps_to(&chain_rules(&rs, SERVICES)[0], MARK_FOR_MASQUERADE));
+    assert!(masq
+        .iter()
+        .any(|r| mentions(r, "10.42.0.0") && mentions(r, "224.0.0.0")));
+    assert!(jumps_to(
+        &chain_rules(&rs, SERVICES)[0],
+        MARK_FOR_MASQUERADE
+    ));
 }

@@ -136,8 +136,23 @@ impl NodeNetwork {
         self.ip(&["link", "set", &bridge, "up"])?;
         let svc = self.cfg.service_cidr.to_string();
         let cluster = self.cfg.cluster_cidr.to_string();
-        self.ip(&["route", "replace", &svc, "dev", &bridge, "proto", ROUTE_PROTO])?;
-        self.ip(&["route", "replace", "unreachable", &cluster, "proto", ROUTE_PROTO])?;
+        self.ip(&[
+            "route",
+            "replace",
+            &svc,
+            "dev",
+            &bridge,
+            "proto",
+            ROUTE_PROTO,
+        ])?;
+        self.ip(&[
+            "route",
+            "replace",
+            "unreachable",
+            &cluster,
+            "proto",
+            ROUTE_PROTO,
+        ])?;
         self.peers.clear();
         Ok(())
     }

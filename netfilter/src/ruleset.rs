@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 use nftables::batch::Batch;
 use nftables::expr::Expression;
 use nftables::schema::{
-    Chain as NftChain, Element, FlushObject, Map as NftMap, NfCmd, NfListObject, Nftables,
-    NfObject, Rule as NftRule, Set as NftSet, SetFlag, SetType, SetTypeValue, Table,
+    Chain as NftChain, Element, FlushObject, Map as NftMap, NfCmd, NfListObject, NfObject,
+    Nftables, Rule as NftRule, Set as NftSet, SetFlag, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::JumpTarget;
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -194,9 +194,7 @@ impl Ruleset {
         } else {
             SetTypeValue::Concatenated(Cow::Owned(set.key_type.clone()))
         };
-        let flags = set
-            .timeout
-            .map(|_| HashSet::from([SetFlag::Timeout]));
+        let flags = set.timeout.map(|_| HashSet::from([SetFlag::Timeout]));
         if let Some(value) = set.value {
             let value = match value {
                 // The crate's SetType has no `verdict`; `mark` stands in and `to_json`
@@ -331,7 +329,11 @@ impl Ruleset {
                 return None;
             }
         }
-        if old.chains.iter().any(|(n, c)| c.hook.is_some() && !self.chains.contains_key(n)) {
+        if old
+            .chains
+            .iter()
+            .any(|(n, c)| c.hook.is_some() && !self.chains.contains_key(n))
+        {
             return None;
         }
         for (name, set) in &self.sets {
@@ -359,9 +361,7 @@ impl Ruleset {
         // 1. Empty the chains that change or go: drops their references to other chains
         //    and to sets.
         for name in &chains_gone {
-            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(
-                self.chain_obj(name, None),
-            )));
+            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(self.chain_obj(name, None))));
         }
         // 2. Remove elements that go or change their value (they may point at chains
         //    about to be deleted).
@@ -406,10 +406,7 @@ impl Ruleset {
 }
 
 /// Keys removed or changed, and entries added or changed, between two maps of elements.
-type ElemDiff<'a> = (
-    Vec<&'a Key>,
-    Vec<(&'a Key, &'a Option<ElemValue>)>,
-);
+type ElemDiff<'a> = (Vec<&'a Key>, Vec<(&'a Key, &'a Option<ElemValue>)>);
 
 /// Keys of `old` that are gone or changed in `new`, and entries of `new` that are new or
 /// changed: one merge pass over both sorted maps (no lookups; 110,000 elements at
@@ -468,10 +465,7 @@ pub fn to_json(nft: &Nftables<'_>) -> Result<String, serde_json::Error> {
         if i > 0 {
             out.push(',');
         }
-        let is_map = matches!(
-            obj,
-            NfObject::CmdObject(NfCmd::Add(NfListObject::Map(_)))
-        );
+        let is_map = matches!(obj, NfObject::CmdObject(NfCmd::Add(NfListObject::Map(_))));
         if is_map {
             let mut v = serde_json::to_value(obj)?;
             if let Some(t) = v.pointer_mut("/add/map/map") {

@@ -39,9 +39,18 @@ fn summary(nft: &Nftables<'_>) -> Vec<(String, String, String)> {
         .expect("array")
         .iter()
         .map(|o| {
-            let (cmd, body) = o.as_object().expect("object").iter().next().expect("command");
+            let (cmd, body) = o
+                .as_object()
+                .expect("object")
+                .iter()
+                .next()
+                .expect("command");
             let (kind, obj) = body.as_object().expect("body").iter().next().expect("kind");
-            let name = obj.get("name").or(obj.get("chain")).and_then(|n| n.as_str()).unwrap_or("");
+            let name = obj
+                .get("name")
+                .or(obj.get("chain"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("");
             (cmd.clone(), kind.clone(), name.to_owned())
         })
         .collect()
@@ -56,17 +65,28 @@ fn full_replace_recreates_only_its_own_table() {
     let rs = render("t1", &node(), &[svc("a", 20, &[2])]);
     let nft = rs.full_replace();
     let s = summary(&nft);
-    assert_eq!(&s[..3], &[
-        ("add".into(), "table".into(), "t1".into()),
-        ("delete".into(), "table".into(), "t1".into()),
-        ("add".into(), "table".into(), "t1".into()),
-    ]);
+    assert_eq!(
+        &s[..3],
+        &[
+            ("add".into(), "table".into(), "t1".into()),
+            ("delete".into(), "table".into(), "t1".into()),
+            ("add".into(), "table".into(), "t1".into()),
+        ]
+    );
     let v = serde_json::to_value(&nft).expect("json");
     assert!(v["nftables"].as_array().expect("array").iter().all(|o| {
-        let body = o.as_object().and_then(|o| o.values().next()).and_then(|b| b.as_object()).and_then(|b| b.values().next());
-        body.and_then(|b| b.get("table").or(b.get("name"))).is_some()
+        let body = o
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|b| b.as_object())
+            .and_then(|b| b.values().next());
+        body.and_then(|b| b.get("table").or(b.get("name")))
+            .is_some()
     }));
-    assert!(!matches!(nft.objects[0], NfObject::CmdObject(NfCmd::Flush(_))));
+    assert!(!matches!(
+        nft.objects[0],
+        NfObject::CmdObject(NfCmd::Flush(_))
+    ));
 }
 
 #[test]
@@ -86,7 +106,11 @@ fn verdict_maps_are_written_with_verdict_values() {
 
 #[test]
 fn endpoint_change_touches_one_chain() {
-    let old = render("t1", &node(), &[svc("a", 20, &[2, 3]), svc("b", 21, &[4, 6])]);
+    let old = render(
+        "t1",
+        &node(),
+        &[svc("a", 20, &[2, 3]), svc("b", 21, &[4, 6])],
+    );
     let new = render("t1", &node(), &[svc("a", 20, &[2]), svc("b", 21, &[4, 6])]);
     let nft = new.update_from(&old).expect("incremental");
     let s = summary(&nft);
@@ -95,12 +119,23 @@ fn endpoint_change_touches_one_chain() {
     assert!(has(&s, "delete", "element", "service-ips"));
     assert!(has(&s, "delete", "element", "addr-1"));
     assert!(has(&s, "add", "element", "service-ips"));
-    assert!(!s.iter().any(|(c, k, _)| c == "flush" && k == "chain"), "{s:?}");
+    assert!(
+        !s.iter().any(|(c, k, _)| c == "flush" && k == "chain"),
+        "{s:?}"
+    );
     assert!(!s.iter().any(|(_, k, _)| k == "table"));
     // Same endpoint count: only slot elements change, no chain and no verdict.
-    let moved = render("t1", &node(), &[svc("a", 20, &[2, 5]), svc("b", 21, &[4, 6])]);
+    let moved = render(
+        "t1",
+        &node(),
+        &[svc("a", 20, &[2, 5]), svc("b", 21, &[4, 6])],
+    );
     let s = summary(&moved.update_from(&old).expect("incremental"));
-    assert!(s.iter().all(|(_, k, n)| k == "element" && (n.starts_with("addr-") || n.starts_with("port-") || n == "hairpin")), "{s:?}");
+    assert!(
+        s.iter().all(|(_, k, n)| k == "element"
+            && (n.starts_with("addr-") || n.starts_with("port-") || n == "hairpin")),
+        "{s:?}"
+    );
     // The endpoint that went is no longer a hairpin pair.
     assert!(has(&s, "delete", "element", "hairpin"));
     assert_eq!(new.update_from(&new).map(|n| n.objects.len()), Some(0));
@@ -111,7 +146,10 @@ fn removed_service_loses_element_then_chain() {
     let old = render("t1", &node(), &[svc("a", 20, &[2]), svc("b", 21, &[4, 5])]);
     let new = render("t1", &node(), &[svc("a", 20, &[2])]);
     let s = summary(&new.update_from(&old).expect("incremental"));
-    let pos = |cmd: &str, kind: &str, name: &str| s.iter().position(|(c, k, n)| c == cmd && k == kind && n == name);
+    let pos = |cmd: &str, kind: &str, name: &str| {
+        s.iter()
+            .position(|(c, k, n)| c == cmd && k == kind && n == name)
+    };
     let elem = pos("delete", "element", "service-ips").expect("element deleted");
     let flush = pos("flush", "chain", "dnat-tcp-2").expect("unused chain emptied");
     let chain = pos("delete", "chain", "dnat-tcp-2").expect("unused chain deleted");

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use nftables::expr::{
-    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Numgen, NgMode, Payload,
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, NgMode, Numgen, Payload,
     PayloadField, Prefix, CT,
 };
 use nftables::stmt::{

@@ -17,7 +17,10 @@ fn cluster_ip_spreads_over_three_backends() {
     for name in ["p1", "p2", "p3"] {
         let n = count(&answers, name);
         // Expected 100 each (σ ≈ 8): 60..=140 fails only if the spread is broken.
-        assert!((60..=140).contains(&n), "{name} answered {n} of 300: {answers:?}");
+        assert!(
+            (60..=140).contains(&n),
+            "{name} answered {n} of 300: {answers:?}"
+        );
     }
 }
 
@@ -57,7 +60,10 @@ fn service_without_endpoints_rejects_at_once() {
     assert!(took < Duration::from_millis(500), "took {took:?}");
     // From a pod (forwarded path) as well.
     let (r, took) = try_fetch(&c.backends[0].ns, cip, 80);
-    assert_eq!(r.expect_err("rejected").kind(), ErrorKind::ConnectionRefused);
+    assert_eq!(
+        r.expect_err("rejected").kind(),
+        ErrorKind::ConnectionRefused
+    );
     assert!(took < Duration::from_millis(500), "took {took:?}");
 }
 
@@ -72,7 +78,16 @@ fn pods_reach_services_and_themselves() {
     // The endpoint itself reaches its service: hairpin traffic is masqueraded to the
     // node so the reply comes back through it.
     let p1_if = c.backends[0].host_if.clone();
-    c.node.ip(&["link", "set", "dev", &p1_if, "type", "bridge_slave", "hairpin", "on"]);
+    c.node.ip(&[
+        "link",
+        "set",
+        "dev",
+        &p1_if,
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "on",
+    ]);
     let answers = fetch_many(&c.backends[0].ns, cip, 80, 5);
     assert!(answers.iter().all(|a| a == "p1 10.42.0.1"), "{answers:?}");
 }

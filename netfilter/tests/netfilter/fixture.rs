@@ -55,14 +55,26 @@ impl Cluster {
         node.ip(&["addr", "add", "10.42.0.1/24", "dev", "cni0"]);
         node.ip(&["link", "set", "cni0", "up"]);
         let client = TestNs::new(&format!("{tag}c"));
-        veth(&node, "up0", &format!("{NODE_IP}/24"), &client, "eth0", &format!("{CLIENT_IP}/24"));
+        veth(
+            &node,
+            "up0",
+            &format!("{NODE_IP}/24"),
+            &client,
+            "eth0",
+            &format!("{CLIENT_IP}/24"),
+        );
         client.ip(&["route", "add", "default", "via", &NODE_IP.to_string()]);
         node.ip(&["route", "add", "default", "via", &CLIENT_IP.to_string()]);
         let backends = (1..=3u8)
             .map(|i| {
                 let ip = Ipv4Addr::new(10, 42, 0, 10 + i);
-                let (ns, host_if) =
-                    pod(&node, "cni0", &format!("{tag}p{i}"), ip, Ipv4Addr::new(10, 42, 0, 1));
+                let (ns, host_if) = pod(
+                    &node,
+                    "cni0",
+                    &format!("{tag}p{i}"),
+                    ip,
+                    Ipv4Addr::new(10, 42, 0, 1),
+                );
                 let server = EchoServer::start(&ns, ip, 8080, &format!("p{i}"));
                 Backend {
                     _server: server,
@@ -75,7 +87,13 @@ impl Cluster {
         let mut net = NodeNetwork::new(node.netns(), NodeNetworkConfig::new());
         net.install().expect("install node network");
         let proxier = Proxier::new(node.netns(), TABLE);
-        let mut c = Self { backends, client, proxier, net, node };
+        let mut c = Self {
+            backends,
+            client,
+            proxier,
+            net,
+            node,
+        };
         c.sync(&[]);
         c
     }

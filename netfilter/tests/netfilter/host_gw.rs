@@ -23,7 +23,9 @@ fn node(ns: TestNs, name: &str, node_ip: Ipv4Addr, pod_cidr: &str) -> Node {
     let mut proxier = Proxier::new(ns.netns(), "pikube");
     let mut facts = NodeFacts::new(name, vec![node_ip]);
     facts.pod_cidr = Some(pod_cidr.parse().expect("cidr"));
-    proxier.sync(render("pikube", &facts, &[])).expect("ruleset");
+    proxier
+        .sync(render("pikube", &facts, &[]))
+        .expect("ruleset");
     Node { proxier, net, ns }
 }
 
@@ -39,11 +41,25 @@ fn two_nodes_reach_each_others_pod_cidr() {
     let _server = EchoServer::start(&pod_b, ip("10.42.2.10"), 8080, "b");
 
     // Before peers are known the other node's range is unreachable, not default-routed.
-    assert!(na.ns.ip_out(&["route", "get", "10.42.2.10"]).contains("unreachable")
-        || na.ns.ip_out(&["route", "get", "10.42.2.10"]).contains("No route"));
-    let peer = |cidr: &str, via: &str| PeerNode { pod_cidr: cidr.parse().expect("cidr"), node_ip: ip(via) };
-    na.net.set_peers(&[peer("10.42.2.0/24", "198.19.0.2")]).expect("peers a");
-    nb.net.set_peers(&[peer("10.42.1.0/24", "198.19.0.1")]).expect("peers b");
+    assert!(
+        na.ns
+            .ip_out(&["route", "get", "10.42.2.10"])
+            .contains("unreachable")
+            || na
+                .ns
+                .ip_out(&["route", "get", "10.42.2.10"])
+                .contains("No route")
+    );
+    let peer = |cidr: &str, via: &str| PeerNode {
+        pod_cidr: cidr.parse().expect("cidr"),
+        node_ip: ip(via),
+    };
+    na.net
+        .set_peers(&[peer("10.42.2.0/24", "198.19.0.2")])
+        .expect("peers a");
+    nb.net
+        .set_peers(&[peer("10.42.1.0/24", "198.19.0.1")])
+        .expect("peers b");
     let answers = fetch_many(&pod_a, ip("10.42.2.10"), 8080, 3);
     // Pod to pod keeps the source address (no masquerade inside the cluster CIDR).
     assert!(answers.iter().all(|a| a == "b 10.42.1.10"), "{answers:?}");
@@ -51,7 +67,10 @@ fn two_nodes_reach_each_others_pod_cidr() {
     // A node leaving the list takes its route with it.
     na.net.set_peers(&[]).expect("no peers");
     let route = na.ns.ip_out(&["route", "get", "10.42.2.10"]);
-    assert!(route.contains("unreachable") || route.contains("No route"), "{route}");
+    assert!(
+        route.contains("unreachable") || route.contains("No route"),
+        "{route}"
+    );
     na.proxier.uninstall().expect("uninstall a");
     nb.proxier.uninstall().expect("uninstall b");
     drop(pod_a);

@@ -18,7 +18,9 @@ use netns::{fetch, TestNs};
 pub fn fetch_many(ns: &TestNs, addr: Ipv4Addr, port: u16, n: usize) -> Vec<String> {
     ns.run(move || {
         (0..n)
-            .map(|i| fetch(addr, port).unwrap_or_else(|e| panic!("request {i} to {addr}:{port}: {e}")))
+            .map(|i| {
+                fetch(addr, port).unwrap_or_else(|e| panic!("request {i} to {addr}:{port}: {e}"))
+            })
             .collect()
     })
 }
@@ -34,7 +36,10 @@ pub fn try_fetch(ns: &TestNs, addr: Ipv4Addr, port: u16) -> (std::io::Result<Str
 
 /// How many answers came from server `name`.
 pub fn count(answers: &[String], name: &str) -> usize {
-    answers.iter().filter(|a| a.split(' ').next() == Some(name)).count()
+    answers
+        .iter()
+        .filter(|a| a.split(' ').next() == Some(name))
+        .count()
 }
 
 /// `a.b.c.d` → address (test constants only).

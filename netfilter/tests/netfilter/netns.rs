@@ -85,7 +85,9 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -100,7 +102,9 @@ pub fn enter(path: &str) {
 /// Links `a` and `b` with a veth pair: `a_if` in `a` with `a_addr` (CIDR), `b_if` in `b`
 /// with `b_addr`; both up.
 pub fn veth(a: &TestNs, a_if: &str, a_addr: &str, b: &TestNs, b_if: &str, b_addr: &str) {
-    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
     if !a_addr.is_empty() {
         a.ip(&["addr", "add", a_addr, "dev", a_if]);
     }
@@ -174,7 +178,8 @@ impl Drop for EchoServer {
 
 /// One request to `addr:port` from the current thread's namespace: the server's line.
 pub fn fetch(addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(2))?;
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;

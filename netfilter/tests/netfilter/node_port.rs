@@ -13,7 +13,10 @@ fn node_port_answers_an_outside_client() {
     c.sync(&[s]);
     let answers = fetch_many(&c.client, NODE_IP, 30080, 30);
     // Cluster policy: the client is masqueraded to the node's pod-bridge address.
-    assert!(answers.iter().all(|a| a.ends_with(" 10.42.0.1")), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.ends_with(" 10.42.0.1")),
+        "{answers:?}"
+    );
     assert!(count(&answers, "p1") + count(&answers, "p2") + count(&answers, "p3") == 30);
     // The node itself reaches its own node port too.
     assert_eq!(fetch_many(&c.node, NODE_IP, 30080, 3).len(), 3);
@@ -24,7 +27,11 @@ fn external_traffic_policy_local_keeps_the_client_address() {
     let mut c = Cluster::new("etp");
     let mut eps = c.endpoints(&[2]);
     // An endpoint on another node is never used for external traffic here.
-    eps.push(pikube_netfilter::EndpointInfo::ready(ip("10.42.7.7"), 8080, Some("n2")));
+    eps.push(pikube_netfilter::EndpointInfo::ready(
+        ip("10.42.7.7"),
+        8080,
+        Some("n2"),
+    ));
     let mut s = service("web", ip("10.43.0.31"), eps);
     s.ports[0].node_port = Some(30081);
     s.external_traffic_policy = TrafficPolicy::Local;
