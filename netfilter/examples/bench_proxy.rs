@@ -9,35 +9,21 @@ mod netns;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use netns::{fetch, pod, EchoServer, TestNs};
+use netns::{fetch, pod, service, EchoServer, TestNs};
 use pikube_netfilter::{
-    render, DriftCheck, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Protocol, Proxier,
-    ServiceInfo, ServicePortInfo, SyncKind,
+    render, DriftCheck, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier,
+    ServiceInfo, SyncKind,
 };
 
 const SERVICES: u32 = 10_000;
 const ENDPOINTS: u32 = 5;
 const TABLE: &str = "pikube";
 
-fn service(i: u32, endpoints: Vec<EndpointInfo>) -> ServiceInfo {
-    ServiceInfo {
-        namespace: format!("ns{}", i % 50),
-        name: format!("svc{i}"),
-        cluster_ip: Some(Ipv4Addr::new(
-            10,
-            43,
-            1 + (i / 250) as u8,
-            (i % 250 + 1) as u8,
-        )),
-        ports: vec![ServicePortInfo {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            endpoints,
-        }],
-        ..Default::default()
-    }
+fn bench_service(i: u32, endpoints: Vec<EndpointInfo>) -> ServiceInfo {
+    let cluster_ip = Ipv4Addr::new(10, 43, 1 + (i / 250) as u8, (i % 250 + 1) as u8);
+    let mut s = service(&format!("svc{i}"), cluster_ip, endpoints);
+    s.namespace = format!("ns{}", i % 50);
+    s
 }
 
 fn fake_endpoints(i: u32, shift: u32) -> Vec<EndpointInfo> {
@@ -92,10 +78,10 @@ fn main() {
 
     let facts = NodeFacts::new("bench", vec![Ipv4Addr::new(198, 18, 0, 1)]);
     let mut services: Vec<ServiceInfo> = (0..SERVICES)
-        .map(|i| service(i, fake_endpoints(i, 0)))
+        .map(|i| bench_service(i, fake_endpoints(i, 0)))
         .collect();
     // Service 0 is the one the latency measurement goes through: its one endpoint is real.
-    services[0] = service(
+    services[0] = bench_service(
         0,
         vec![EndpointInfo::ready(backend_ip, 8080, Some("bench"))],
     );

@@ -6,10 +6,10 @@
 use std::net::Ipv4Addr;
 
 use pikube_netfilter::{
-    render, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Protocol, Proxier,
-    ServiceInfo, ServicePortInfo, SyncKind,
+    render, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier, ServiceInfo, SyncKind,
 };
 
+pub use crate::netns::service;
 use crate::netns::{pod, veth, EchoServer, TestNs};
 
 /// The proxy's table name inside the node namespace.
@@ -115,22 +115,5 @@ impl Cluster {
             .iter()
             .map(|i| EndpointInfo::ready(self.backends[i - 1].ip, 8080, Some(NODE)))
             .collect()
-    }
-}
-
-/// A TCP service `name` on `cluster_ip:80` with `endpoints`.
-pub fn service(name: &str, cluster_ip: Ipv4Addr, endpoints: Vec<EndpointInfo>) -> ServiceInfo {
-    ServiceInfo {
-        namespace: "default".into(),
-        name: name.into(),
-        cluster_ip: Some(cluster_ip),
-        ports: vec![ServicePortInfo {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            endpoints,
-        }],
-        ..Default::default()
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pikube_netfilter::NetNs;
+use pikube_netfilter::{EndpointInfo, NetNs, Protocol, ServiceInfo, ServicePortInfo};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -184,4 +184,21 @@ pub fn fetch(addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out.trim().to_owned())
+}
+
+/// A TCP service `name` on `cluster_ip:80` with `endpoints`.
+pub fn service(name: &str, cluster_ip: Ipv4Addr, endpoints: Vec<EndpointInfo>) -> ServiceInfo {
+    ServiceInfo {
+        namespace: "default".into(),
+        name: name.into(),
+        cluster_ip: Some(cluster_ip),
+        ports: vec![ServicePortInfo {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            endpoints,
+        }],
+        ..Default::default()
+    }
 }
