@@ -202,6 +202,17 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
+    if !config.disable_agent && !config.is_disabled("proxy") {
+        let client =
+            crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
+        let proxy = crate::proxy::ProxyConfig::from_server(&config)?;
+        let stop = stop_rx.clone();
+        components.spawn(async move {
+            if let Err(e) = crate::proxy::run(client, proxy, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "service proxy stopped");
+            }
+        });
+    }
     let tls = api::http::tls_config(&pki)?;
     let served = api::http::serve(
         listener,

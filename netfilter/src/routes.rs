@@ -84,7 +84,8 @@ fn ignore_missing(r: Result<String, Error>) -> Result<(), Error> {
         Err(Error::Failed { stderr, .. })
             if stderr.contains("Cannot find device")
                 || stderr.contains("No such process")
-                || stderr.contains("No such file") =>
+                || stderr.contains("No such file")
+                || stderr.contains("FIB table does not exist") =>
         {
             Ok(())
         }
