@@ -45,14 +45,20 @@ pub fn services(
             continue;
         }
         let ns = slice.metadata.namespace.as_deref().unwrap_or("");
-        by_service.entry((ns, name.as_str())).or_default().push(slice);
+        by_service
+            .entry((ns, name.as_str()))
+            .or_default()
+            .push(slice);
     }
     services
         .iter()
         .filter_map(|s| {
             let ns = s.metadata.namespace.as_deref().unwrap_or("");
             let name = s.metadata.name.as_deref().unwrap_or("");
-            let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+            let slices = by_service
+                .get(&(ns, name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             service(s, slices, node_ips)
         })
         .collect()
@@ -106,7 +112,12 @@ fn service(s: &Service, slices: &[&EndpointSlice], node_ips: &[Ipv4Addr]) -> Opt
         namespace: s.metadata.namespace.clone().unwrap_or_default(),
         name: s.metadata.name.clone().unwrap_or_default(),
         cluster_ip: Some(cluster_ip),
-        external_ips: spec.external_ips.iter().flatten().filter_map(|i| ipv4(i)).collect(),
+        external_ips: spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|i| ipv4(i))
+            .collect(),
         load_balancer_ips,
         external_traffic_policy: policy(spec.external_traffic_policy.as_deref()),
         internal_traffic_policy: policy(spec.internal_traffic_policy.as_deref()),
@@ -122,9 +133,17 @@ fn endpoints(slices: &[&EndpointSlice], name: &str, protocol: Protocol) -> Vec<E
     for slice in slices {
         let port = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == name
-                && p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>().ok() == Some(protocol)
+                && p.protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .parse::<Protocol>()
+                    .ok()
+                    == Some(protocol)
         });
-        let Some(port) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+        let Some(port) = port
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
             continue;
         };
         for ep in &slice.endpoints {
@@ -228,15 +247,23 @@ mod tests {
         assert_eq!(out.len(), 1);
         let s = &out[0];
         assert_eq!(s.cluster_ip, Some(Ipv4Addr::new(10, 43, 0, 20)));
-        assert_eq!(s.load_balancer_ips, vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 9)]);
+        assert_eq!(
+            s.load_balancer_ips,
+            vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 9)]
+        );
         assert_eq!(s.external_ips, vec![Ipv4Addr::new(198, 51, 100, 7)]);
         assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
         assert_eq!(s.session_affinity_seconds, Some(DEFAULT_AFFINITY_SECONDS));
         let http = &s.ports[0];
-        assert_eq!((http.port, http.node_port, http.protocol), (80, Some(30080), Protocol::Tcp));
+        assert_eq!(
+            (http.port, http.node_port, http.protocol),
+            (80, Some(30080), Protocol::Tcp)
+        );
         assert_eq!(http.endpoints.len(), 2);
         assert_eq!(http.endpoints[0].port, 8080);
-        assert!(http.endpoints[1].terminating && http.endpoints[1].serving && !http.endpoints[1].ready);
+        assert!(
+            http.endpoints[1].terminating && http.endpoints[1].serving && !http.endpoints[1].ready
+        );
         let dns = &s.ports[1];
         assert_eq!((dns.protocol, dns.endpoints[0].port), (Protocol::Udp, 5353));
     }

@@ -33,6 +33,7 @@ pub const TABLE: &str = "pikube";
 pub const BRIDGE: &str = "pikube0";
 const DEBOUNCE: Duration = Duration::from_millis(20);
 const CHAIN_CHECK: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(1);
 const RULE_CHECK_EVERY: u32 = 30;
 
 /// What the proxy of one node needs to know.
@@ -92,7 +93,11 @@ struct Kernel {
 
 /// Runs the proxy until `stop` turns true. The node network is set up before the first
 /// watch, so the cluster's ranges never follow the default route.
-pub async fn run(client: Client, cfg: ProxyConfig, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+pub async fn run(
+    client: Client,
+    cfg: ProxyConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
     let net_cfg = NodeNetworkConfig {
         bridge: BRIDGE.to_owned(),
         service_cidr: cfg.service_cidr,
@@ -104,7 +109,10 @@ pub async fn run(client: Client, cfg: ProxyConfig, mut stop: tokio::sync::watch:
         network: NodeNetwork::new(cfg.netns.clone(), net_cfg),
     };
     let kernel = Arc::new(Mutex::new(kernel));
-    blocking(&kernel, |k| k.network.install().context("node network setup")).await?;
+    blocking(&kernel, |k| {
+        k.network.install().context("node network setup")
+    })
+    .await?;
 
     let changed = Arc::new(Notify::new());
     let services = watch::<Service>(&client, &changed);
@@ -125,27 +133,60 @@ pub async fn run(client: Client, cfg: ProxyConfig, mut stop: tokio::sync::watch:
     }
 
     let mut ticker = tokio::time::interval(CHAIN_CHECK);
+    ticker.tick().await;
     let mut ticks = 0u32;
     loop {
-        let synced = sync(&kernel, &cfg, &services, &slices, &nodes).await;
-        if let Err(e) = synced {
-            tracing::warn!(error = %format!("{e:#}"), "service proxy sync failed; retrying");
-            changed.notify_one();
-        }
-        tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
-            _ = ticker.tick() => {
-                ticks += 1;
-                let depth = if ticks % RULE_CHECK_EVERY == 0 { DriftCheck::Rules } else { DriftCheck::Chains };
-                let drift = blocking(&kernel, move |k| k.proxier.check_drift(depth).context("drift check")).await;
-                match drift {
-                    Ok(false) => continue,
-                    Ok(true) => tracing::warn!(table = TABLE, "nftables table was changed outside pikube; rebuilding"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "drift check failed"),
-                }
+        if let Err(e) = sync(&kernel, &cfg, &services, &slices, &nodes).await {
+            tracing::warn!(error = %format!("{e:#}"), "service proxy sync failed; retrying in 1 s");
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => continue,
+                _ = stopped(&mut stop) => return Ok(()),
             }
-            _ = &mut streams => anyhow::bail!("service proxy watches ended"),
-            _ = stopped(&mut stop) => return Ok(()),
+        }
+        // Wait for a change, or for drift found by the periodic check.
+        loop {
+            tokio::select! {
+                _ = changed.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    break;
+                }
+                _ = ticker.tick() => {
+                    ticks += 1;
+                    if drifted(&kernel, ticks.is_multiple_of(RULE_CHECK_EVERY)).await {
+                        break;
+                    }
+                }
+                _ = &mut streams => anyhow::bail!("service proxy watches ended"),
+                _ = stopped(&mut stop) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Checks the table for drift (its rules too when `rules`); true when it must be rebuilt
+/// (or the check failed, so a sync is the safe answer).
+async fn drifted(kernel: &Arc<Mutex<Kernel>>, rules: bool) -> bool {
+    let depth = if rules {
+        DriftCheck::Rules
+    } else {
+        DriftCheck::Chains
+    };
+    let drift = blocking(kernel, move |k| {
+        k.proxier.check_drift(depth).context("drift check")
+    })
+    .await;
+    match drift {
+        Ok(false) => false,
+        Ok(true) => {
+            tracing::warn!(
+                table = TABLE,
+                "nftables table was changed outside pikube; rebuilding"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "drift check failed");
+            true
         }
     }
 }
@@ -161,16 +202,25 @@ fn watch<K>(
     changed: &Arc<Notify>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let changed = changed.clone();
-    let stream = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |_| {
-            changed.notify_one();
-            futures::future::ready(())
-        });
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(move |_| {
+        changed.notify_one();
+        futures::future::ready(())
+    });
     (store, stream)
 }
 
@@ -183,7 +233,9 @@ async fn sync(
     nodes: &Store<Node>,
 ) -> Result<()> {
     let nodes = nodes.state();
-    let me = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()));
+    let me = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()));
     let mut node_ips = cfg.node_ips.clone();
     node_ips.extend(me.and_then(|n| convert::node_ip(n)));
     node_ips.sort();
@@ -196,7 +248,10 @@ async fn sync(
     let infos = convert::services(&services.state(), &slices.state(), &node_ips);
     let peers = convert::peers(&nodes, &cfg.node_name);
     blocking(kernel, move |k| {
-        let kind = k.proxier.sync(render(TABLE, &facts, &infos)).context("nftables sync")?;
+        let kind = k
+            .proxier
+            .sync(render(TABLE, &facts, &infos))
+            .context("nftables sync")?;
         tracing::debug!(?kind, services = infos.len(), "service proxy synced");
         k.network.set_peers(&peers).context("host-gw routes")
     })

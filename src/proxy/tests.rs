@@ -22,8 +22,12 @@ impl Drop for TestNs {
 }
 
 fn service_ips(ns: &NetNs) -> String {
-    ns.run("nft", &["-j", "list", "map", "inet", TABLE, "service-ips"], None)
-        .unwrap_or_default()
+    ns.run(
+        "nft",
+        &["-j", "list", "map", "inet", TABLE, "service-ips"],
+        None,
+    )
+    .unwrap_or_default()
 }
 
 async fn wait_for(ns: &NetNs, what: impl Fn(&str) -> bool) -> Duration {
@@ -45,7 +49,10 @@ async fn wait_for(ns: &NetNs, what: impl Fn(&str) -> bool) -> Duration {
 async fn services_reach_the_kernel_quickly() {
     let name = format!("pkt-proxy-{}", std::process::id());
     let status = Command::new("ip").args(["netns", "add", &name]).status();
-    assert!(status.is_ok_and(|s| s.success()), "ip netns add (needs root)");
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "ip netns add (needs root)"
+    );
     let guard = TestNs(name.clone());
     let netns = NetNs::named(&name);
 
@@ -61,7 +68,8 @@ async fn services_reach_the_kernel_quickly() {
     crate::server::bootstrap(&api, Ipv4Addr::new(10, 43, 0, 1), 6443)
         .await
         .expect("bootstrap");
-    let client = crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
+    let client =
+        crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
     let cfg = ProxyConfig {
         node_name: "n1".into(),
         node_ips: vec![Ipv4Addr::new(198, 18, 0, 1)],
@@ -75,13 +83,18 @@ async fn services_reach_the_kernel_quickly() {
 
     // The table appears once the caches are filled.
     let t = Instant::now();
-    while !proxy.is_finished() && !service_ips(&netns).contains("\"nftables\"") && t.elapsed() < Duration::from_secs(10) {
+    while !proxy.is_finished()
+        && !service_ips(&netns).contains("\"nftables\"")
+        && t.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if proxy.is_finished() {
         panic!("proxy ended early: {:?}", proxy.await);
     }
-    let route = netns.run("ip", &["route", "get", "10.43.200.1"], None).unwrap_or_default();
+    let route = netns
+        .run("ip", &["route", "get", "10.43.200.1"], None)
+        .unwrap_or_default();
     assert!(route.contains("dev pikube0"), "{route}");
 
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -98,17 +111,29 @@ async fn services_reach_the_kernel_quickly() {
     }))
     .expect("slice");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    slices.create(&PostParams::default(), &slice).await.expect("create slice");
-    let created = services.create(&PostParams::default(), &svc).await.expect("create service");
+    slices
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("create slice");
+    let created = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
     let cip = created
         .spec
         .and_then(|s| s.cluster_ip)
         .expect("allocated ClusterIP");
-    let took = wait_for(&netns, |l| l.contains(&format!("\"{cip}\"")) && l.contains("dnat-tcp-1")).await;
+    let took = wait_for(&netns, |l| {
+        l.contains(&format!("\"{cip}\"")) && l.contains("dnat-tcp-1")
+    })
+    .await;
     eprintln!("service visible in the kernel after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
 
-    services.delete("web", &DeleteParams::default()).await.expect("delete");
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
     wait_for(&netns, |l| !l.contains(&format!("\"{cip}\""))).await;
 
     let _ = stop_tx.send(true);
