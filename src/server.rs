@@ -203,15 +203,7 @@ pub async fn run(
         }));
     }
     if !config.disable_agent && !config.is_disabled("proxy") {
-        let client =
-            crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
-        let proxy = crate::proxy::ProxyConfig::from_server(&config)?;
-        let stop = stop_rx.clone();
-        components.spawn(async move {
-            if let Err(e) = crate::proxy::run(client, proxy, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "service proxy stopped");
-            }
-        });
+        crate::proxy::start(&api, &config, stop_rx.clone(), &mut components);
     }
     let tls = api::http::tls_config(&pki)?;
     let served = api::http::serve(

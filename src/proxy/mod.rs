@@ -85,6 +85,30 @@ impl ProxyConfig {
     }
 }
 
+/// Starts the proxy of a server's own node as one of its `components`; when the server's
+/// ranges are not IPv4 the proxy is logged as not started and the server runs on.
+pub fn start(
+    api: &crate::api::ApiServer,
+    config: &crate::config::ServerConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+    components: &mut tokio::task::JoinSet<()>,
+) {
+    let proxy = match ProxyConfig::from_server(config) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "service proxy not started");
+            return;
+        }
+    };
+    let client =
+        crate::controllers::client::in_process(api, "system:kube-proxy", &["system:masters"]);
+    components.spawn(async move {
+        if let Err(e) = run(client, proxy, stop).await {
+            tracing::error!(error = %format!("{e:#}"), "service proxy stopped");
+        }
+    });
+}
+
 /// The kernel-side state, used from the blocking pool only.
 struct Kernel {
     proxier: Proxier,
