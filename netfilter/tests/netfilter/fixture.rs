@@ -45,11 +45,22 @@ pub struct Cluster {
     pub net: NodeNetwork,
     /// The node.
     pub node: TestNs,
+    /// Whether node ports answer on 127.0.0.1.
+    pub localhost_nodeports: bool,
 }
 
 impl Cluster {
     /// Builds the namespaces, installs the node network and an empty ruleset.
     pub fn new(tag: &str) -> Self {
+        Self::build(tag, false)
+    }
+
+    /// Like [`new`](Self::new), with node ports on 127.0.0.1 too (`route_localnet`).
+    pub fn with_localhost_nodeports(tag: &str) -> Self {
+        Self::build(tag, true)
+    }
+
+    fn build(tag: &str, localhost_nodeports: bool) -> Self {
         let node = TestNs::new(&format!("{tag}n"));
         node.ip(&["link", "add", "cni0", "type", "bridge"]);
         node.ip(&["addr", "add", "10.42.0.1/24", "dev", "cni0"]);
@@ -84,7 +95,11 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut net = NodeNetwork::new(node.netns(), NodeNetworkConfig::new());
+        let net_cfg = NodeNetworkConfig {
+            localhost_nodeports,
+            ..NodeNetworkConfig::new()
+        };
+        let mut net = NodeNetwork::new(node.netns(), net_cfg);
         net.install().expect("install node network");
         let proxier = Proxier::new(node.netns(), TABLE);
         let mut c = Self {
@@ -93,6 +108,7 @@ impl Cluster {
             proxier,
             net,
             node,
+            localhost_nodeports,
         };
         c.sync(&[]);
         c
@@ -100,7 +116,9 @@ impl Cluster {
 
     /// The facts of node `n1`.
     pub fn facts(&self) -> NodeFacts {
-        NodeFacts::new(NODE, vec![NODE_IP])
+        let mut facts = NodeFacts::new(NODE, vec![NODE_IP]);
+        facts.localhost_nodeports = self.localhost_nodeports;
+        facts
     }
 
     /// Renders `services` and applies them.

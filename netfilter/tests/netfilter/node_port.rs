@@ -50,3 +50,20 @@ fn load_balancer_ip_answers_on_the_service_port() {
     let answers = fetch_many(&c.client, NODE_IP, 80, 5);
     assert!(answers.iter().all(|a| a.starts_with("p3 ")), "{answers:?}");
 }
+
+#[test]
+fn node_port_answers_on_localhost_with_route_localnet() {
+    let mut c = Cluster::with_localhost_nodeports("lonp");
+    let mut s = service("web", ip("10.43.0.33"), c.endpoints(&[1]));
+    s.ports[0].node_port = Some(30082);
+    c.sync(&[s]);
+    let answers = fetch_many(&c.node, ip("127.0.0.1"), 30082, 3);
+    // The 127.0.0.1 source is masqueraded so the pod's reply can come back.
+    assert!(answers.iter().all(|a| a == "p1 10.42.0.1"), "{answers:?}");
+    let localnet = c.node.netns().read_sysctl("net.ipv4.conf.all.route_localnet");
+    assert_eq!(localnet.as_deref(), Some("1"));
+    c.net.uninstall().expect("uninstall");
+    let localnet = c.node.netns().read_sysctl("net.ipv4.conf.all.route_localnet");
+    assert_eq!(localnet.as_deref(), Some("0"), "restored");
+}
+
