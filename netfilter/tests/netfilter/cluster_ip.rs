@@ -3,7 +3,9 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use pikube_netfilter::SyncKind;
+use pikube_netfilter::{Protocol, SyncKind};
+
+use crate::netns::{fetch_udp, UdpEcho};
 
 use crate::fixture::{service, Cluster};
 use crate::{count, fetch_many, ip, try_fetch};
@@ -90,4 +92,21 @@ fn pods_reach_services_and_themselves() {
     ]);
     let answers = fetch_many(&c.backends[0].ns, cip, 80, 5);
     assert!(answers.iter().all(|a| a == "p1 10.42.0.1"), "{answers:?}");
+}
+
+#[test]
+fn udp_cluster_ip_reaches_its_backend() {
+    let mut c = Cluster::new("udp");
+    let backend = &c.backends[1];
+    let _udp = UdpEcho::start(&backend.ns, backend.ip, 5353, "u2");
+    let mut s = service("dns", ip("10.43.0.25"), c.endpoints(&[2]));
+    s.ports[0].protocol = Protocol::Udp;
+    s.ports[0].port = 53;
+    s.ports[0].endpoints[0].port = 5353;
+    c.sync(&[s]);
+    let answer = c.node.run(|| fetch_udp(ip("10.43.0.25"), 53));
+    assert_eq!(answer.expect("udp answer"), "u2 10.42.0.1");
+    // A pod keeps its address on UDP too.
+    let answer = c.backends[0].ns.run(|| fetch_udp(ip("10.43.0.25"), 53));
+    assert_eq!(answer.expect("udp answer"), "u2 10.42.0.11");
 }

@@ -176,6 +176,61 @@ impl Drop for EchoServer {
     }
 }
 
+/// A UDP server in a namespace: each datagram is answered with `"<name> <client ip>"`.
+pub struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Listens on `addr:port` inside `ns`.
+    pub fn start(ns: &TestNs, addr: Ipv4Addr, port: u16, name: &str) -> Self {
+        let path = format!("/run/netns/{}", ns.name);
+        let name = name.to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter(&path);
+            let sock = std::net::UdpSocket::bind((addr, port)).expect("bind udp echo");
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("udp timeout");
+            tx.send(()).expect("report start");
+            let mut buf = [0u8; 512];
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+                }
+            }
+        });
+        rx.recv().expect("udp echo started");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One UDP request to `addr:port` from the current thread's namespace: the answer.
+pub fn fetch_udp(addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.connect((addr, port))?;
+    sock.send(b"ping")?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// One request to `addr:port` from the current thread's namespace: the server's line.
 pub fn fetch(addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
     let mut s =

@@ -60,10 +60,15 @@ fn node_port_answers_on_localhost_with_route_localnet() {
     let answers = fetch_many(&c.node, ip("127.0.0.1"), 30082, 3);
     // The 127.0.0.1 source is masqueraded so the pod's reply can come back.
     assert!(answers.iter().all(|a| a == "p1 10.42.0.1"), "{answers:?}");
-    let localnet = c.node.netns().read_sysctl("net.ipv4.conf.all.route_localnet");
+    let localnet = c
+        .node
+        .netns()
+        .read_sysctl("net.ipv4.conf.all.route_localnet");
     assert_eq!(localnet.as_deref(), Some("1"));
     c.net.uninstall().expect("uninstall");
-    let localnet = c.node.netns().read_sysctl("net.ipv4.conf.all.route_localnet");
+    let localnet = c
+        .node
+        .netns()
+        .read_sysctl("net.ipv4.conf.all.route_localnet");
     assert_eq!(localnet.as_deref(), Some("0"), "restored");
 }
-
