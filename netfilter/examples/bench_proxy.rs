@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use netns::{fetch, pod, service, EchoServer, TestNs};
 use pikube_netfilter::{
-    render, DriftCheck, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier,
+    render, DriftCheck, EndpointInfo, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier, Renderer,
     ServiceInfo, SyncKind,
 };
 
@@ -129,6 +129,25 @@ fn main() {
         applies.push(t.elapsed() - rendered);
         assert_eq!(kind, SyncKind::Incremental);
     }
+    // The same through the incremental renderer: only the changed service is rendered.
+    let mut renderer = Renderer::new(TABLE, facts.clone());
+    for s in &services {
+        renderer.upsert(s.clone());
+    }
+    let same = proxier
+        .sync(renderer.ruleset().clone())
+        .expect("same state");
+    assert_eq!(same, SyncKind::Unchanged);
+    let mut incremental = Vec::new();
+    for round in 6..=10u32 {
+        services[5000].ports[0].endpoints = fake_endpoints(5000, round * 7919);
+        let t = Instant::now();
+        renderer.upsert(services[5000].clone());
+        let kind = proxier.sync(renderer.ruleset().clone()).expect("update");
+        incremental.push(t.elapsed());
+        assert_eq!(kind, SyncKind::Incremental);
+    }
+
     let t = Instant::now();
     assert!(!proxier
         .check_drift(DriftCheck::Chains)
@@ -168,6 +187,10 @@ fn main() {
     println!(
         "one-service update:   {:8.1} ms (median of 5, render + diff + nft)",
         median(updates).as_secs_f64() * 1e3
+    );
+    println!(
+        "one-service update:   {:8.1} ms (median of 5, incremental render + clone + diff + nft)",
+        median(incremental).as_secs_f64() * 1e3
     );
     println!(
         "  of which diff + nft:{:8.1} ms",

@@ -4,6 +4,8 @@
 //!
 //! - [`model`]: the plain input types.
 //! - [`render`]: input → [`ruleset::Ruleset`] (pure).
+//! - [`incremental`]: [`incremental::Renderer`] keeps that result up to date service by
+//!   service.
 //! - [`ruleset`]: the model → nftables commands (full replace or incremental update).
 //! - [`apply`]: [`apply::Proxier`] runs those commands through `nft -j` (blocking).
 //! - [`routes`]: [`routes::NodeNetwork`] sets up the port-less bridge, routes and sysctls.
@@ -11,6 +13,7 @@
 
 pub mod apply;
 pub mod host;
+pub mod incremental;
 pub mod model;
 pub mod render;
 pub mod routes;
@@ -19,6 +22,7 @@ pub mod stmt;
 
 pub use apply::{DriftCheck, Proxier, SyncKind};
 pub use host::NetNs;
+pub use incremental::Renderer;
 pub use model::{
     EndpointInfo, Ipv4Cidr, NodeFacts, Protocol, ServiceInfo, ServicePortInfo, TrafficPolicy,
 };

@@ -112,11 +112,22 @@ pub fn render(table: &str, node: &NodeFacts, services: &[ServiceInfo]) -> Rulese
     let mut sorted: Vec<&ServiceInfo> = services.iter().collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for svc in sorted {
-        for port in &svc.ports {
-            render_port(&mut rs, node, svc, port);
-        }
+        render_service(&mut rs, node, svc);
     }
     rs
+}
+
+/// Adds one service's chains, sets and elements to `rs`.
+pub(crate) fn render_service(rs: &mut Ruleset, node: &NodeFacts, svc: &ServiceInfo) {
+    for port in &svc.ports {
+        render_port(rs, node, svc, port);
+    }
+}
+
+/// Whether `chain` is one of the chains services share (`dnat-…`, `ext-…` without a
+/// service name in it), as opposed to a service's own chain.
+pub(crate) fn is_shared_chain(chain: &str) -> bool {
+    (chain.starts_with("dnat-") || chain.starts_with("ext-")) && !chain.contains('/')
 }
 
 fn hook(kind: NfChainType, hook: NfHook, priority: i32, rules: Vec<Rule>) -> Chain {
@@ -154,7 +165,7 @@ fn nodeport_key() -> stmt::Expr {
 }
 
 /// The chains and sets every ruleset has, whatever the services.
-fn base(table: &str, node: &NodeFacts) -> Ruleset {
+pub(crate) fn base(table: &str, node: &NodeFacts) -> Ruleset {
     use NfChainType::{Filter, NAT};
     let mut rs = Ruleset::new(table);
     let cluster = node.cluster_cidr;
