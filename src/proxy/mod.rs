@@ -11,6 +11,7 @@
 
 mod convert;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use pikube_netfilter::{
-    render, DriftCheck, Ipv4Cidr, NetNs, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier,
+    DriftCheck, Ipv4Cidr, NetNs, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier, Renderer,
 };
 use tokio::sync::Notify;
 
@@ -111,6 +112,7 @@ pub fn start(
 
 /// The kernel-side state, used from the blocking pool only.
 struct Kernel {
+    renderer: Renderer,
     proxier: Proxier,
     network: NodeNetwork,
 }
@@ -129,6 +131,7 @@ pub async fn run(
         localhost_nodeports: false,
     };
     let kernel = Kernel {
+        renderer: Renderer::new(TABLE, node_facts(&cfg, cfg.node_ips.clone(), None)),
         proxier: Proxier::new(cfg.netns.clone(), TABLE),
         network: NodeNetwork::new(cfg.netns.clone(), net_cfg),
     };
@@ -264,22 +267,47 @@ async fn sync(
     node_ips.extend(me.and_then(|n| convert::node_ip(n)));
     node_ips.sort();
     node_ips.dedup();
-    let mut facts = NodeFacts::new(&cfg.node_name, node_ips.clone());
-    facts.cluster_cidr = cfg.cluster_cidr;
-    facts.service_cidr = cfg.service_cidr;
-    facts.local_dns = cfg.cluster_dns;
-    facts.pod_cidr = me.and_then(|n| convert::pod_cidr(n));
+    let facts = node_facts(cfg, node_ips.clone(), me.and_then(|n| convert::pod_cidr(n)));
     let infos = convert::services(&services.state(), &slices.state(), &node_ips);
     let peers = convert::peers(&nodes, &cfg.node_name);
     blocking(kernel, move |k| {
+        // Only services whose input changed are rendered again.
+        k.renderer.set_node(facts);
+        let current: HashSet<(&str, &str)> = infos
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let gone: Vec<(String, String)> = k
+            .renderer
+            .keys()
+            .filter(|(ns, name)| !current.contains(&(ns.as_str(), name.as_str())))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            k.renderer.remove(&ns, &name);
+        }
+        let count = infos.len();
+        for info in infos {
+            k.renderer.upsert(info);
+        }
         let kind = k
             .proxier
-            .sync(render(TABLE, &facts, &infos))
+            .sync(k.renderer.ruleset().clone())
             .context("nftables sync")?;
-        tracing::debug!(?kind, services = infos.len(), "service proxy synced");
+        tracing::debug!(?kind, services = count, "service proxy synced");
         k.network.set_peers(&peers).context("host-gw routes")
     })
     .await
+}
+
+/// The facts of this node for the renderer.
+fn node_facts(cfg: &ProxyConfig, node_ips: Vec<Ipv4Addr>, pod_cidr: Option<Ipv4Cidr>) -> NodeFacts {
+    let mut facts = NodeFacts::new(&cfg.node_name, node_ips);
+    facts.cluster_cidr = cfg.cluster_cidr;
+    facts.service_cidr = cfg.service_cidr;
+    facts.local_dns = cfg.cluster_dns;
+    facts.pod_cidr = pod_cidr;
+    facts
 }
 
 /// Runs `f` on the kernel state on the blocking pool.
