@@ -171,36 +171,22 @@ fn main() {
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("services: {SERVICES} x {ENDPOINTS} endpoints");
-    println!(
-        "render:               {:8.1} ms",
-        render_time.as_secs_f64() * 1e3
+    let ms = |label: &str, d: Duration| println!("{label:<58}{:9.1} ms", d.as_secs_f64() * 1e3);
+    ms("render", render_time);
+    println!("full-sync JSON size: {:.1} MB", json_len as f64 / 1e6);
+    ms("full-sync JSON", json_time);
+    ms("full sync (median of 3)", median(full));
+    ms(
+        "one-service update, full render + diff + nft (median of 5)",
+        median(updates),
     );
-    println!(
-        "full-sync JSON:       {:8.1} ms ({:.1} MB)",
-        json_time.as_secs_f64() * 1e3,
-        json_len as f64 / 1e6
+    ms("  of which diff + nft", median(applies));
+    ms(
+        "one-service update, incremental render + diff + nft",
+        median(incremental),
     );
-    println!(
-        "full sync (median/3): {:8.1} ms",
-        median(full).as_secs_f64() * 1e3
-    );
-    println!(
-        "one-service update:   {:8.1} ms (median of 5, render + diff + nft)",
-        median(updates).as_secs_f64() * 1e3
-    );
-    println!(
-        "one-service update:   {:8.1} ms (median of 5, incremental render + clone + diff + nft)",
-        median(incremental).as_secs_f64() * 1e3
-    );
-    println!(
-        "  of which diff + nft:{:8.1} ms",
-        median(applies).as_secs_f64() * 1e3
-    );
-    println!(
-        "drift check:          {:8.1} ms (chains), {:.1} ms (rules)",
-        drift_chains.as_secs_f64() * 1e3,
-        drift_rules.as_secs_f64() * 1e3
-    );
+    ms("drift check (chains)", drift_chains);
+    ms("drift check (rules)", drift_rules);
     let (dm, pm) = (percentile(&direct, 0.5), percentile(&proxied, 0.5));
     println!(
         "connection direct:    median {:7.1} us  p90 {:7.1} us  ({} connections)",
