@@ -33,7 +33,6 @@ pub const TABLE: &str = "pikube";
 /// Name of the port-less bridge the service CIDR is routed to.
 pub const BRIDGE: &str = "pikube0";
 const DEBOUNCE: Duration = Duration::from_millis(20);
-const CHAIN_CHECK: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(1);
 const RULE_CHECK_EVERY: u32 = 30;
 
@@ -52,6 +51,9 @@ pub struct ProxyConfig {
     pub cluster_dns: Option<Ipv4Addr>,
     /// Where `nft` and `ip` run (the host's namespace in production).
     pub netns: NetNs,
+    /// How often the table's chains are checked for drift (10 s; every 30th check also
+    /// looks at its rules).
+    pub drift_check_every: Duration,
 }
 
 impl ProxyConfig {
@@ -82,6 +84,7 @@ impl ProxyConfig {
                 IpAddr::V6(_) => None,
             },
             netns: NetNs::host(),
+            drift_check_every: Duration::from_secs(10),
         })
     }
 }
@@ -159,7 +162,7 @@ pub async fn run(
         _ = stopped(&mut stop) => return Ok(()),
     }
 
-    let mut ticker = tokio::time::interval(CHAIN_CHECK);
+    let mut ticker = tokio::time::interval(cfg.drift_check_every);
     ticker.tick().await;
     let mut ticks = 0u32;
     loop {

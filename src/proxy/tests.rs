@@ -77,6 +77,7 @@ async fn services_reach_the_kernel_quickly() {
         service_cidr: "10.43.0.0/16".parse().expect("cidr"),
         cluster_dns: Some(Ipv4Addr::new(10, 43, 0, 10)),
         netns: netns.clone(),
+        drift_check_every: Duration::from_millis(200),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let proxy = tokio::spawn(run(client.clone(), cfg, stop_rx));
@@ -129,6 +130,13 @@ async fn services_reach_the_kernel_quickly() {
     .await;
     eprintln!("service visible in the kernel after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // Someone deletes the table: the periodic check notices and rebuilds it.
+    netns
+        .run("nft", &["delete", "table", "inet", TABLE], None)
+        .expect("delete table");
+    let took = wait_for(&netns, |l| l.contains(&format!("\"{cip}\""))).await;
+    eprintln!("deleted table rebuilt after {took:?}");
 
     services
         .delete("web", &DeleteParams::default())
