@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip
 
-.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods images release deps run clean
+.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy images release deps run clean
 
 all: build
 
@@ -48,7 +48,7 @@ e2e:
 	$(CARGO) test --test e2e
 
 ## bench: every benchmark (not part of `make test`)
-bench: bench-store bench-scheduler bench-pods bench-runtime
+bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy
 
 ## bench-scheduler: 3,000 pods of 30 Deployments onto 100 simulated nodes
 bench-scheduler:
@@ -63,6 +63,11 @@ bench-pods:
 ## bench-store: pikube's store against etcd 3.4 with the same load, in one run
 bench-store:
 	$(CARGO) run --release -p pikube-raft --example bench_store
+
+## bench-proxy: 10,000 services x 5 endpoints rendered and applied in a network
+## namespace of its own (needs root): full sync, one-service update, added latency
+bench-proxy:
+	$(CARGO) run --release -p pikube-netfilter --example bench_proxy
 
 ## release: stripped, size-optimised binary
 release:

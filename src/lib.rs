@@ -12,5 +12,6 @@ pub mod config;
 pub mod config_file;
 pub mod controllers;
 pub mod pki;
+pub mod proxy;
 pub mod scheduler;
 pub mod server;

@@ -138,8 +138,8 @@ struct ServerArgs {
     /// Seconds pods without their own toleration stay on an unreachable node.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: u64,
-    /// Components not to run (repeatable): controllers, scheduler.
-    #[arg(long, value_parser = ["controllers", "scheduler"])]
+    /// Components not to run (repeatable): controllers, scheduler, proxy.
+    #[arg(long, value_parser = ["controllers", "scheduler", "proxy"])]
     disable: Vec<String>,
     /// File of static bearer tokens, one `token,user,uid[,"group1,group2"]` per line.
     #[arg(long)]

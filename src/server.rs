@@ -225,6 +225,9 @@ pub async fn run(
             }
         });
     }
+    if !config.disable_agent && !config.is_disabled("proxy") {
+        crate::proxy::start(&api, &config, stop_rx.clone(), &mut components);
+    }
     let tls = api::http::tls_config(&pki)?;
     let served = api::http::serve(
         listener,

@@ -62,6 +62,10 @@ impl NodeSettings {
             self.cgroup_root.clone(),
             "--run-dir".into(),
             self.run_dir.to_string_lossy().into_owned(),
+            // The service proxy owns host-wide names (table `inet pikube`, bridge
+            // `pikube0`); its own tests run it in network namespaces.
+            "--disable".into(),
+            "proxy".into(),
         ]
     }
 
