@@ -370,6 +370,7 @@ impl Drop for Cleanup {
                     "--cni-bridge",
                     &self.bridge,
                 ])
+                .arg("--keep-proxy")
                 .status();
         }
     }

@@ -42,6 +42,9 @@ enum Command {
         /// The pods' bridge.
         #[arg(long, default_value = config::DEFAULT_CNI_BRIDGE)]
         cni_bridge: String,
+        /// Leave the service proxy's nftables table, bridge and routes in place.
+        #[arg(long)]
+        keep_proxy: bool,
     },
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
@@ -322,12 +325,14 @@ fn main() {
             run_dir,
             cgroup_root,
             cni_bridge,
+            keep_proxy,
         } => {
             pikube::agent::killall::run(&pikube::agent::killall::Targets {
                 data_dir,
                 run_dir,
                 cgroup_root,
                 bridge: cni_bridge,
+                proxy: !keep_proxy,
             });
             std::process::exit(0);
         }

@@ -16,6 +16,9 @@ pub struct Targets {
     pub cgroup_root: String,
     /// The pods' bridge.
     pub bridge: String,
+    /// Also remove the service proxy's host state: its nftables table, its bridge and
+    /// routes (left in place at shutdown so Services keep working across restarts).
+    pub proxy: bool,
 }
 
 fn pids_in(dir: &Path, out: &mut Vec<i32>) {
@@ -116,6 +119,17 @@ pub fn run(t: &Targets) {
         .status();
     if !rel.is_empty() {
         let _ = pikube_runtime::cgroups::remove(rel);
+    }
+    if t.proxy {
+        use pikube_netfilter::{NetNs, NodeNetwork, NodeNetworkConfig, Proxier};
+        let mut cfg = NodeNetworkConfig::new();
+        cfg.bridge = crate::proxy::BRIDGE.into();
+        if let Err(e) = Proxier::new(NetNs::host(), crate::proxy::TABLE).uninstall() {
+            eprintln!("pikube: cannot remove the nftables table: {e}");
+        }
+        if let Err(e) = NodeNetwork::new(NetNs::host(), cfg).uninstall() {
+            eprintln!("pikube: cannot remove the service routes: {e}");
+        }
     }
     // The CNI plugins' own state for this node's network (`pikube-<bridge>`).
     let network = format!("pikube-{}", t.bridge);

@@ -49,6 +49,9 @@ pub struct ProxyConfig {
     pub service_cidr: Ipv4Cidr,
     /// The cluster DNS address, answered on the node itself.
     pub cluster_dns: Option<Ipv4Addr>,
+    /// Whether node ports also answer on 127.0.0.1 (`route_localnet`), as kube-proxy's
+    /// iptables mode, which k3s uses, does.
+    pub localhost_nodeports: bool,
     /// Where `nft` and `ip` run (the host's namespace in production).
     pub netns: NetNs,
     /// How often the table's chains are checked for drift (10 s; every 30th check also
@@ -63,9 +66,14 @@ impl ProxyConfig {
             s.parse()
                 .with_context(|| format!("{what} {s:?}: the service proxy needs an IPv4 CIDR"))
         };
+        // The same node name and address the agent registers with (hostname and the
+        // default route's address when no flag names them).
+        let agent = config.agent();
+        let agent_ip: Option<IpAddr> = agent.node_ip.parse().ok();
         let mut node_ips: Vec<Ipv4Addr> = config
             .node_ips
             .iter()
+            .chain(agent_ip.iter())
             .chain(config.advertise_address.iter())
             .chain(std::iter::once(&config.bind_address))
             .filter_map(|ip| match ip {
@@ -73,9 +81,10 @@ impl ProxyConfig {
                 _ => None,
             })
             .collect();
-        node_ips.dedup();
+        let mut seen = std::collections::HashSet::new();
+        node_ips.retain(|ip| seen.insert(*ip));
         Ok(Self {
-            node_name: config.node_name.clone(),
+            node_name: agent.node_name,
             node_ips,
             cluster_cidr: cidr(&config.cluster_cidr, "cluster CIDR")?,
             service_cidr: cidr(&config.service_cidr, "service CIDR")?,
@@ -83,6 +92,7 @@ impl ProxyConfig {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,
             },
+            localhost_nodeports: true,
             netns: NetNs::host(),
             drift_check_every: Duration::from_secs(10),
         })
@@ -131,7 +141,7 @@ pub async fn run(
         bridge: BRIDGE.to_owned(),
         service_cidr: cfg.service_cidr,
         cluster_cidr: cfg.cluster_cidr,
-        localhost_nodeports: false,
+        localhost_nodeports: cfg.localhost_nodeports,
     };
     let kernel = Kernel {
         renderer: Renderer::new(TABLE, node_facts(&cfg, cfg.node_ips.clone(), None)),
@@ -309,6 +319,7 @@ fn node_facts(cfg: &ProxyConfig, node_ips: Vec<Ipv4Addr>, pod_cidr: Option<Ipv4C
     facts.cluster_cidr = cfg.cluster_cidr;
     facts.service_cidr = cfg.service_cidr;
     facts.local_dns = cfg.cluster_dns;
+    facts.localhost_nodeports = cfg.localhost_nodeports;
     facts.pod_cidr = pod_cidr;
     facts
 }

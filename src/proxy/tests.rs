@@ -76,6 +76,7 @@ async fn services_reach_the_kernel_quickly() {
         cluster_cidr: "10.42.0.0/16".parse().expect("cidr"),
         service_cidr: "10.43.0.0/16".parse().expect("cidr"),
         cluster_dns: Some(Ipv4Addr::new(10, 43, 0, 10)),
+        localhost_nodeports: true,
         netns: netns.clone(),
         drift_check_every: Duration::from_millis(200),
     };

@@ -82,6 +82,7 @@ impl NodeSettings {
                 "--cni-bridge",
                 &self.bridge,
             ])
+            .arg("--keep-proxy")
             .status();
     }
 }
