@@ -162,6 +162,23 @@ pub async fn run(
     )?;
     tracing::info!(%listen, kubeconfig = %config.write_kubeconfig.display(), "API server ready");
 
+    // Pods reach the API server through `default/kubernetes` at the address other nodes
+    // use for it: the advertised one, else this node's.
+    let endpoint_ip = config
+        .advertise_address
+        .or_else(|| config.agent().node_ip.parse().ok())
+        .unwrap_or(client_host);
+    let apiserver =
+        crate::controllers::client::in_process(&api, "system:apiserver", &["system:masters"]);
+    if let Err(e) = crate::controllers::apiserver_endpoints::publish(
+        &apiserver,
+        endpoint_ip,
+        config.https_listen_port,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "cannot publish the kubernetes Service's endpoints");
+    }
     let compaction = tokio::spawn(crate::compactor::run(
         store.clone(),
         config.compaction_interval,

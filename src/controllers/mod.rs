@@ -3,6 +3,7 @@
 //! client of the API server, with the shared scaffolding here: error type, error policy,
 //! start-up and shutdown.
 
+pub mod apiserver_endpoints;
 pub mod client;
 pub mod deployment;
 pub mod endpoints;
