@@ -344,7 +344,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The benchmark's server: stopped, then `pikube killall` for its node, when dropped.
+/// The benchmark's server: stopped, then everything its node left is removed
+/// (`pikube killall`), when dropped.
 struct Cleanup {
     server: common::Server,
     data_dir: std::path::PathBuf,
@@ -357,21 +358,12 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = self.server.child.kill();
         let _ = self.server.child.wait();
-        if let Ok(bin) = common::pikube_bin() {
-            let _ = std::process::Command::new(bin)
-                .arg("killall")
-                .arg("--data-dir")
-                .arg(&self.data_dir)
-                .arg("--run-dir")
-                .arg(&self.run_dir)
-                .args([
-                    "--cgroup-root",
-                    &self.cgroup_root,
-                    "--cni-bridge",
-                    &self.bridge,
-                ])
-                .arg("--keep-proxy")
-                .status();
-        }
+        pikube::agent::killall::run(&pikube::agent::killall::Targets {
+            data_dir: self.data_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            bridge: self.bridge.clone(),
+            proxy: false,
+        });
     }
 }

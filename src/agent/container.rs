@@ -73,26 +73,7 @@ fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext {
             ..Default::default()
         }),
         privileged: sc.privileged.unwrap_or(false),
-        namespace_options: Some(cri::NamespaceOption {
-            network: if spec.host_network == Some(true) {
-                cri::NamespaceMode::Node as i32
-            } else {
-                cri::NamespaceMode::Pod as i32
-            },
-            pid: if spec.host_pid == Some(true) {
-                cri::NamespaceMode::Node as i32
-            } else if spec.share_process_namespace == Some(true) {
-                cri::NamespaceMode::Pod as i32
-            } else {
-                cri::NamespaceMode::Container as i32
-            },
-            ipc: if spec.host_ipc == Some(true) {
-                cri::NamespaceMode::Node as i32
-            } else {
-                cri::NamespaceMode::Pod as i32
-            },
-            ..Default::default()
-        }),
+        namespace_options: Some(super::sandbox::namespace_options(&spec)),
         run_as_user: sc
             .run_as_user
             .or(psc.run_as_user)

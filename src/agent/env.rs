@@ -214,7 +214,11 @@ fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-async fn config_map(api: &Api<ConfigMap>, name: &str) -> Result<Option<ConfigMap>, ConfigError> {
+/// The ConfigMap `name`, or None when it does not exist.
+pub async fn config_map(
+    api: &Api<ConfigMap>,
+    name: &str,
+) -> Result<Option<ConfigMap>, ConfigError> {
     match api.get(name).await {
         Ok(cm) => Ok(Some(cm)),
         Err(e) if not_found(&e) => Ok(None),
@@ -222,7 +226,8 @@ async fn config_map(api: &Api<ConfigMap>, name: &str) -> Result<Option<ConfigMap
     }
 }
 
-async fn secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, ConfigError> {
+/// The Secret `name`, or None when it does not exist.
+pub async fn secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, ConfigError> {
     match api.get(name).await {
         Ok(s) => Ok(Some(s)),
         Err(e) if not_found(&e) => Ok(None),

@@ -63,6 +63,18 @@ fn key(uid: &str, container: &str) -> String {
     format!("{uid}/{container}")
 }
 
+/// Where and with what a pod's containers start: its sandbox, IP, runtime state,
+/// prepared volumes and managed hosts file.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    pod: &'a Pod,
+    sandbox_id: &'a str,
+    pod_ip: &'a str,
+    obs: &'a Observed,
+    volumes: &'a BTreeMap<String, PathBuf>,
+    hosts: Option<&'a std::path::Path>,
+}
+
 /// Node allocatable CPU and memory.
 #[derive(Clone, Copy, Debug)]
 pub struct Allocatable {
@@ -363,18 +375,29 @@ impl Worker {
         }
     }
 
-    /// Creates and starts the next attempt of `c`; problems become its waiting reason.
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
+    /// Restarts an exited container unless its back-off holds it; returns the wait.
+    async fn restart(
         &self,
-        pod: &Pod,
+        at: &Launch<'_>,
         c: &Container,
-        sandbox_id: &str,
-        pod_ip: &str,
-        obs: &Observed,
-        volumes: &BTreeMap<String, PathBuf>,
-        hosts: Option<&std::path::Path>,
-    ) -> Result<(), Error> {
+        last: &cri::Container,
+    ) -> Result<Option<Duration>, Error> {
+        match self.restart_allowed(at.pod, &c.name, last).await {
+            Some(wait) => Ok(Some(wait)),
+            None => self.start(at, c).await.map(|()| None),
+        }
+    }
+
+    /// Creates and starts the next attempt of `c`; problems become its waiting reason.
+    async fn start(&self, at: &Launch<'_>, c: &Container) -> Result<(), Error> {
+        let Launch {
+            pod,
+            sandbox_id,
+            pod_ip,
+            obs,
+            volumes,
+            hosts,
+        } = *at;
         let uid = pod.uid().unwrap_or_default();
         let k = key(&uid, &c.name);
         let backing_off = self
@@ -622,6 +645,14 @@ impl Worker {
             std::fs::write(&hosts, hosts_text)?;
         }
 
+        let at = Launch {
+            pod,
+            sandbox_id: &sandbox_id,
+            pod_ip: &pod_ip,
+            obs: &obs,
+            volumes: &volumes,
+            hosts: Some(&hosts),
+        };
         let mut initialized = true;
         for c in spec.init_containers.iter().flatten() {
             let latest = obs
@@ -638,28 +669,15 @@ impl Worker {
                     }
                     initialized = false;
                     if policy != "Never" {
-                        match self.restart_allowed(pod, &c.name, x).await {
-                            Some(wait) => requeue = requeue.min(wait),
-                            None => {
-                                self.start(
-                                    pod,
-                                    c,
-                                    &sandbox_id,
-                                    &pod_ip,
-                                    &obs,
-                                    &volumes,
-                                    Some(&hosts),
-                                )
-                                .await?
-                            }
+                        if let Some(wait) = self.restart(&at, c, x).await? {
+                            requeue = requeue.min(wait);
                         }
                     }
                     break;
                 }
                 _ => {
                     initialized = false;
-                    self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts))
-                        .await?;
+                    self.start(&at, c).await?;
                     requeue = requeue.min(Duration::from_secs(2));
                     break;
                 }
@@ -687,20 +705,8 @@ impl Worker {
                             _ => true,
                         };
                         if restart {
-                            match self.restart_allowed(pod, &c.name, x).await {
-                                Some(wait) => requeue = requeue.min(wait),
-                                None => {
-                                    self.start(
-                                        pod,
-                                        c,
-                                        &sandbox_id,
-                                        &pod_ip,
-                                        &obs,
-                                        &volumes,
-                                        Some(&hosts),
-                                    )
-                                    .await?
-                                }
+                            if let Some(wait) = self.restart(&at, c, x).await? {
+                                requeue = requeue.min(wait);
                             }
                         }
                     }
@@ -708,8 +714,7 @@ impl Worker {
                         // First start, or the sandbox was replaced.
                         let finished_never = latest.is_some() && policy == "Never";
                         if !finished_never {
-                            self.start(pod, c, &sandbox_id, &pod_ip, &obs, &volumes, Some(&hosts))
-                                .await?;
+                            self.start(&at, c).await?;
                             requeue = requeue.min(Duration::from_secs(2));
                         }
                     }
@@ -860,9 +865,9 @@ impl Worker {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
         let cgroup = format!("{}/pod{uid}", self.net.cgroup_root.trim_end_matches('/'));
-        match tokio::task::spawn_blocking(move || pikube_runtime::cgroups::remove(&cgroup)).await {
-            Ok(Err(e)) => tracing::debug!(error = %e, "pod cgroup not removed"),
-            Ok(Ok(())) | Err(_) => {}
+        let removed = tokio::task::spawn_blocking(move || pikube_runtime::cgroups::remove(&cgroup));
+        if let Ok(Err(e)) = removed.await {
+            tracing::debug!(error = %e, "pod cgroup not removed");
         }
         let mut st = self.state();
         st.crash.reset_prefix(&format!("{uid}/"));

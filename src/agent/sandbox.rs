@@ -180,6 +180,29 @@ fn protocol(p: Option<&str>) -> i32 {
     }
 }
 
+/// The namespaces a pod's sandbox and containers share with the node or each other
+/// (hostNetwork, hostPID, hostIPC, shareProcessNamespace).
+pub fn namespace_options(spec: &PodSpec) -> cri::NamespaceOption {
+    let mode = |node: Option<bool>, otherwise: cri::NamespaceMode| {
+        if node == Some(true) {
+            cri::NamespaceMode::Node as i32
+        } else {
+            otherwise as i32
+        }
+    };
+    let pid = if spec.share_process_namespace == Some(true) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::NamespaceOption {
+        network: mode(spec.host_network, cri::NamespaceMode::Pod),
+        pid: mode(spec.host_pid, pid),
+        ipc: mode(spec.host_ipc, cri::NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
 /// The sandbox config of `pod`, attempt `attempt`.
 pub fn config(net: &NodeNetwork, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -205,13 +228,6 @@ pub fn config(net: &NodeNetwork, pod: &Pod, attempt: u32) -> cri::PodSandboxConf
             })
         })
         .collect();
-    let ns_mode = |node: bool| {
-        if node {
-            cri::NamespaceMode::Node as i32
-        } else {
-            cri::NamespaceMode::Pod as i32
-        }
-    };
     let psc = spec.security_context.clone().unwrap_or_default();
     let privileged = spec
         .containers
@@ -249,18 +265,7 @@ pub fn config(net: &NodeNetwork, pod: &Pod, attempt: u32) -> cri::PodSandboxConf
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent(&net.cgroup_root, pod),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: ns_mode(hostnet),
-                    pid: if spec.host_pid == Some(true) {
-                        cri::NamespaceMode::Node as i32
-                    } else if spec.share_process_namespace == Some(true) {
-                        cri::NamespaceMode::Pod as i32
-                    } else {
-                        cri::NamespaceMode::Container as i32
-                    },
-                    ipc: ns_mode(spec.host_ipc == Some(true)),
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options(&spec)),
                 run_as_user: psc.run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: psc.run_as_group.map(|value| cri::Int64Value { value }),
                 supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),

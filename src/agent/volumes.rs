@@ -161,17 +161,17 @@ pub struct VolumeContext<'a> {
     pub node_memory: i64,
 }
 
+/// The keys of ConfigMap `name` (data and binaryData); None when it is missing and
+/// `optional`.
 async fn config_map_data(
     client: &Client,
     ns: &str,
     name: &str,
     optional: bool,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
-    match Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-    {
-        Ok(cm) => {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    match super::env::config_map(&api, name).await? {
+        Some(cm) => {
             let mut data: BTreeMap<String, Vec<u8>> = cm
                 .data
                 .unwrap_or_default()
@@ -183,25 +183,21 @@ async fn config_map_data(
             }
             Ok(Some(data))
         }
-        Err(kube::Error::Api(e)) if e.code == 404 && optional => Ok(None),
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            Err(ConfigError(format!("configmap \"{name}\" not found")))
-        }
-        Err(e) => Err(e.into()),
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!("configmap \"{name}\" not found"))),
     }
 }
 
+/// The keys of Secret `name`; None when it is missing and `optional`.
 async fn secret_data(
     client: &Client,
     ns: &str,
     name: &str,
     optional: bool,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
-    match Api::<Secret>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-    {
-        Ok(s) => {
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    match super::env::secret(&api, name).await? {
+        Some(s) => {
             let mut data: BTreeMap<String, Vec<u8>> = s
                 .data
                 .unwrap_or_default()
@@ -213,11 +209,8 @@ async fn secret_data(
             }
             Ok(Some(data))
         }
-        Err(kube::Error::Api(e)) if e.code == 404 && optional => Ok(None),
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            Err(ConfigError(format!("secret \"{name}\" not found")))
-        }
-        Err(e) => Err(e.into()),
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!("secret \"{name}\" not found"))),
     }
 }
 

@@ -86,9 +86,18 @@ fn cluster_ips_and_node_ports_are_checked_and_kept() {
     let ep = get_json(&server, &["get", "endpoints", "kubernetes", "-o", "json"]);
     assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "127.0.0.1", "{ep}");
     assert_eq!(ep["subsets"][0]["ports"][0]["port"], server.port, "{ep}");
-    let slice = get_json(&server, &["get", "endpointslice", "kubernetes", "-o", "json"]);
-    assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "kubernetes");
-    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1", "{slice}");
+    let slice = get_json(
+        &server,
+        &["get", "endpointslice", "kubernetes", "-o", "json"],
+    );
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "kubernetes"
+    );
+    assert_eq!(
+        slice["endpoints"][0]["addresses"][0], "127.0.0.1",
+        "{slice}"
+    );
     let err = create_fails(&svc("noports", "  selector:\n    app: x\n"));
     assert!(err.contains("spec.ports"), "{err}");
 
