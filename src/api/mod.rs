@@ -7,6 +7,7 @@ pub mod discovery;
 mod fuzz_tests;
 pub mod http;
 pub mod objects;
+pub mod pod_streams;
 pub mod resources;
 pub mod rest;
 pub mod router;

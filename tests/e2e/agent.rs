@@ -26,7 +26,8 @@ fn condition(pod: &Value, kind: &str) -> Option<String> {
         .and_then(|c| c["status"].as_str().map(String::from))
 }
 
-fn apply(server: &Server, name: &str, yaml: &str) {
+/// Applies `yaml` (saved as `<name>.yaml`) with kubectl 1.33.
+pub fn apply(server: &Server, name: &str, yaml: &str) {
     let f = server.file(&format!("{name}.yaml"), yaml);
     server.ok(
         "1.33",
