@@ -166,7 +166,11 @@ fn tail<'a, 'b>(lines: &'a [LogLine<'b>], n: usize) -> &'a [LogLine<'b>] {
 /// Kubelet's choice of the container whose log is read (validateContainerLogStatus).
 pub fn log_container_id(pod: &Pod, container: &str, previous: bool) -> Result<String, Failure> {
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let bad = |what: String| Failure::bad_request(format!("container {container:?} in pod {pod_name:?} {what}"));
+    let bad = |what: String| {
+        Failure::bad_request(format!(
+            "container {container:?} in pod {pod_name:?} {what}"
+        ))
+    };
     let status = container_status(pod, container).ok_or_else(|| bad("is not available".into()))?;
     let last = status
         .last_state
@@ -227,7 +231,11 @@ async fn log_file(cri: &pikube_runtime::Cri, id: &str) -> Result<(String, bool),
 
 /// Sends `bytes` (cut at the byte limit); false when the client went or the limit is
 /// reached.
-async fn send(tx: &mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>, mut bytes: Vec<u8>, left: &mut Option<usize>) -> bool {
+async fn send(
+    tx: &mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    mut bytes: Vec<u8>,
+    left: &mut Option<usize>,
+) -> bool {
     if let Some(n) = left {
         bytes.truncate(*n);
         *n -= bytes.len();
@@ -251,9 +259,11 @@ pub async fn serve(
     let id = log_container_id(&p, container, opts.previous)?;
     let cri = api.cri().clone();
     let (path, running) = log_file(&cri, &id).await?;
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Failure::not_found(format!("cannot open the log of container {container:?}: {e}")))?;
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+        Failure::not_found(format!(
+            "cannot open the log of container {container:?}: {e}"
+        ))
+    })?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf)
         .await
@@ -333,12 +343,18 @@ mod tests {
     #[test]
     fn lines_parse_join_partials_and_stop_at_the_last_newline() {
         let (lines, used) = complete_lines(LOG, None);
-        assert_eq!(used, LOG.len() - "2026-01-01T10:00:04Z stdout F half-writ".len());
+        assert_eq!(
+            used,
+            LOG.len() - "2026-01-01T10:00:04Z stdout F half-writ".len()
+        );
         assert_eq!(rendered(&lines, false), "one\ntwo\nthree\nfour\n");
         assert_eq!(lines[1].stream, "stderr");
         assert!(rendered(&lines[..1], true).starts_with("2026-01-01T10:00:00.000000001Z one\n"));
         assert!(parse_line(b"garbage").is_none());
-        assert_eq!(parse_line(b"2026-01-01T10:00:00Z stdout F").unwrap().text, b"");
+        assert_eq!(
+            parse_line(b"2026-01-01T10:00:00Z stdout F").unwrap().text,
+            b""
+        );
     }
 
     #[test]
@@ -347,7 +363,9 @@ mod tests {
         assert_eq!(rendered(tail(&lines, 2), false), "three\nfour\n");
         assert_eq!(rendered(tail(&lines, 0), false), "");
         assert_eq!(rendered(tail(&lines, 10), false), "one\ntwo\nthree\nfour\n");
-        let since = DateTime::parse_from_rfc3339("2026-01-01T10:00:01Z").unwrap().with_timezone(&Utc);
+        let since = DateTime::parse_from_rfc3339("2026-01-01T10:00:01Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let (lines, _) = complete_lines(LOG, Some(since));
         assert_eq!(rendered(&lines, false), "two\nthree\nfour\n");
     }
@@ -355,7 +373,11 @@ mod tests {
     #[test]
     fn options_parse_like_kubelet() {
         let now = Utc::now();
-        let o = LogOptions::parse("follow=true&tailLines=3&timestamps=true&previous=false&limitBytes=10&sinceSeconds=5", now).unwrap();
+        let o = LogOptions::parse(
+            "follow=true&tailLines=3&timestamps=true&previous=false&limitBytes=10&sinceSeconds=5",
+            now,
+        )
+        .unwrap();
         assert!(o.follow && o.timestamps && !o.previous);
         assert_eq!((o.tail_lines, o.limit_bytes), (Some(3), Some(10)));
         assert_eq!(o.since, Some(now - chrono::Duration::seconds(5)));

@@ -20,7 +20,8 @@ use hyper_util::rt::TokioIo;
 use pikube_runtime::cri::v1 as cri;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -97,7 +98,7 @@ pub fn pick_protocol(offered: &str) -> Option<&'static str> {
     PROTOCOLS.iter().copied().find(|p| offers.contains(p))
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> &'a str {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -147,7 +148,14 @@ type RuntimeSocket = WebSocketStream<tokio::net::TcpStream>;
 /// Opens containerd's streaming URL with the v4 protocol.
 async fn connect_runtime(url: &str) -> Result<RuntimeSocket, Failure> {
     let fail = |e: String| Failure::internal(format!("cannot reach the runtime's stream: {e}"));
-    let mut request = url.into_client_request().map_err(|e| fail(e.to_string()))?;
+    // containerd hands out `http://…`; the WebSocket client wants `ws://…`.
+    let ws_url = match url.strip_prefix("http") {
+        Some(rest) => format!("ws{rest}"),
+        None => url.to_string(),
+    };
+    let mut request = ws_url
+        .into_client_request()
+        .map_err(|e| fail(e.to_string()))?;
     request.headers_mut().insert(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(RUNTIME_PROTOCOL),
@@ -181,8 +189,8 @@ pub async fn serve(
              (v5.channel.k8s.io, v4.channel.k8s.io); SPDY is not supported",
         ));
     }
-    let protocol = pick_protocol(header_str(&req, header::SEC_WEBSOCKET_PROTOCOL))
-        .ok_or_else(|| {
+    let protocol =
+        pick_protocol(header_str(&req, header::SEC_WEBSOCKET_PROTOCOL)).ok_or_else(|| {
             Failure::bad_request(format!(
                 "no supported WebSocket subprotocol offered (supported: {})",
                 PROTOCOLS.join(", ")
@@ -253,8 +261,8 @@ where
     let mut got_status = false;
     let mut closed_runtime = false;
     loop {
-        let deadline = (stdin_closed_at.is_some() && !closed_runtime)
-            .then(|| last_output + STDIN_CLOSE_QUIET);
+        let deadline =
+            (stdin_closed_at.is_some() && !closed_runtime).then(|| last_output + STDIN_CLOSE_QUIET);
         let quiet = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -302,6 +310,11 @@ where
                     if closed_runtime && !got_status {
                         let _ = caller_tx.send(Message::Binary(unknown_exit_status().into())).await;
                     }
+                    // A normal close code: kubectl reads it as the end of the streams.
+                    let _ = caller_tx.send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    }))).await;
                     let _ = caller_tx.close().await;
                     break;
                 }

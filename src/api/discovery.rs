@@ -82,8 +82,10 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
                 "kind": "Binding", "verbs": ["create"]}),
             );
             for (sub, kind, verbs) in POD_STREAMS {
-                list.push(json!({"name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
-                    "kind": kind, "verbs": verbs}));
+                list.push(
+                    json!({"name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
+                    "kind": kind, "verbs": verbs}),
+                );
             }
         }
         if super::rest::has_scale(d) {

@@ -58,7 +58,11 @@ fn names(v: &Value, pointer: &str) -> Vec<String> {
 }
 
 /// The container a request is for, by kube-apiserver's rules (validateContainer).
-pub fn pick_container(pod: &Value, pod_name: &str, asked: Option<&str>) -> Result<String, ApiError> {
+pub fn pick_container(
+    pod: &Value,
+    pod_name: &str,
+    asked: Option<&str>,
+) -> Result<String, ApiError> {
     let main = names(pod, "/spec/containers");
     let all: Vec<String> = names(pod, "/spec/initContainers")
         .into_iter()
@@ -113,10 +117,13 @@ async fn node_address(api: &ApiServer, name: &str) -> Result<(IpAddr, u16), ApiE
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 /// An HTTP/1.1 connection to the agent at `ip:port`, mutual TLS.
-async fn connect(tls: &Arc<rustls::ClientConfig>, ip: IpAddr, port: u16) -> Result<Sender, ApiError> {
-    let fail = |e: String| {
-        ApiError::internal(format!("cannot reach the node agent at {ip}:{port}: {e}"))
-    };
+async fn connect(
+    tls: &Arc<rustls::ClientConfig>,
+    ip: IpAddr,
+    port: u16,
+) -> Result<Sender, ApiError> {
+    let fail =
+        |e: String| ApiError::internal(format!("cannot reach the node agent at {ip}:{port}: {e}"));
     let connecting = async {
         let tcp = tokio::net::TcpStream::connect((ip, port))
             .await
@@ -160,7 +167,11 @@ fn plain(body: Body) -> Response {
 }
 
 /// Serves `pods/{log,exec,attach}` of the pod `target` names.
-pub async fn handle(api: &ApiServer, target: Target, mut req: Request) -> Result<Response, ApiError> {
+pub async fn handle(
+    api: &ApiServer,
+    target: Target,
+    mut req: Request,
+) -> Result<Response, ApiError> {
     let sub = target.subresource.clone().unwrap_or_default();
     let method = req.method().clone();
     let allowed = if sub == "log" {
@@ -181,9 +192,8 @@ pub async fn handle(api: &ApiServer, target: Target, mut req: Request) -> Result
         ..target
     };
     let pod = rest::get(api.store(), &pod_target, &name).await?;
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let asked = pairs
         .iter()
         .find(|(k, _)| k == "container")
@@ -204,7 +214,10 @@ pub async fn handle(api: &ApiServer, target: Target, mut req: Request) -> Result
         )));
     }
     if sub != "log" {
-        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if matches!(phase, "Succeeded" | "Failed") {
             return Err(ApiError::bad_request(format!(
                 "cannot exec into or attach to a container in a completed pod; current phase is {phase}"

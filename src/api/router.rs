@@ -490,7 +490,12 @@ mod tests {
         );
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/exec"),
-            ("pods", Some("d".into()), Some("p".into()), Some("exec".into()))
+            (
+                "pods",
+                Some("d".into()),
+                Some("p".into()),
+                Some("exec".into())
+            )
         );
         for bad in [
             "/api/v1/namespaces/d/configmaps/c/log",
