@@ -3,15 +3,15 @@
 //! streaming server, which CRI Exec/Attach hand out as a single-use URL and which speaks
 //! `v4.channel.k8s.io`.
 //!
-//! Frames carry a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize) that
-//! v4 and v5 share, so they pass unchanged. v5 adds channel 255 (`[255, 0]`: stdin
-//! ended), which v4 cannot express: containerd's v4 server only ends stdin by closing
-//! the whole connection. The relay therefore waits until the process has been silent
-//! for [`STDIN_CLOSE_QUIET`], then closes containerd's side (the process sees EOF);
-//! should the process exit status not have arrived by then, the caller gets a Failure
-//! status saying the exit status is unknown rather than a made-up success.
-
-use std::time::Duration;
+//! SPDY/3.1 (kubectl up to 1.29, and every kubectl's fallback) and WebSocket v4
+//! (client libraries) are what containerd speaks itself: the upgrade is passed on and
+//! the connections are spliced. WebSocket v5 (kubectl 1.30+) is relayed frame by frame
+//! to a v4 connection: the channel bytes (0 stdin, 1 stdout, 2 stderr, 3 status,
+//! 4 resize) are the same. v5's one addition, channel 255 (`[255, 0]`: stdin ended),
+//! cannot be expressed in v4 (containerd's v4 server ends stdin only by closing the
+//! whole stream, losing output and exit status), so a v5-only request WITH stdin is
+//! refused before anything runs: kubectl then falls back to SPDY by itself, where
+//! stdin can be half-closed and the exit status still arrives.
 
 use futures::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -26,18 +26,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::api::{full, AgentApi, Body, Failure};
+use crate::api::upgrade;
+use http_body_util::BodyExt;
 
-/// Protocols offered to callers, best first.
-const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
-/// The protocol spoken with containerd.
-const RUNTIME_PROTOCOL: &str = "v4.channel.k8s.io";
-/// Channel of the final status.
-const STATUS_CHANNEL: u8 = 3;
+/// The WebSocket protocol relayed frame by frame.
+const V5: &str = "v5.channel.k8s.io";
+/// The WebSocket protocol spoken with containerd.
+const V4: &str = "v4.channel.k8s.io";
 /// Channel of v5's close messages.
 const CLOSE_CHANNEL: u8 = 255;
-/// Silence after stdin ended before containerd's connection is closed.
-pub const STDIN_CLOSE_QUIET: Duration = Duration::from_millis(500);
-
 /// Which stream a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -92,10 +89,43 @@ impl StreamOptions {
     }
 }
 
-/// The protocol picked from the caller's `Sec-WebSocket-Protocol` offers.
-pub fn pick_protocol(offered: &str) -> Option<&'static str> {
+/// How a WebSocket or SPDY request is carried to containerd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relay {
+    /// Upgrade passed on, connections spliced (SPDY, WebSocket v4 and older).
+    Raw,
+    /// WebSocket v5 to the caller, v4 to containerd, frame by frame.
+    V5ToV4,
+}
+
+/// The relay for a request upgrading to `upgrade` and offering WebSocket `offered`
+/// subprotocols; an error for what cannot work (see the module doc).
+pub fn choose_relay(upgrade: &str, offered: &str, stdin: bool) -> Result<Relay, Failure> {
+    if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+        return Ok(Relay::Raw);
+    }
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return Err(Failure::bad_request(
+            "exec and attach need an upgrade to WebSocket or SPDY/3.1",
+        ));
+    }
     let offers: Vec<&str> = offered.split(',').map(str::trim).collect();
-    PROTOCOLS.iter().copied().find(|p| offers.contains(p))
+    match (offers.contains(&V5), stdin) {
+        (true, false) => Ok(Relay::V5ToV4),
+        _ if offers
+            .iter()
+            .any(|o| *o != V5 && o.ends_with("channel.k8s.io")) =>
+        {
+            Ok(Relay::Raw)
+        }
+        (true, true) => Err(Failure::bad_request(
+            "stdin over v5.channel.k8s.io cannot be ended through the container runtime's \
+             v4 stream: use SPDY/3.1 (kubectl falls back to it) or v4.channel.k8s.io",
+        )),
+        (false, _) => Err(Failure::bad_request(format!(
+            "no supported WebSocket subprotocol offered (supported: {V5}, {V4}, channel.k8s.io)"
+        ))),
+    }
 }
 
 fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
@@ -156,10 +186,9 @@ async fn connect_runtime(url: &str) -> Result<RuntimeSocket, Failure> {
     let mut request = ws_url
         .into_client_request()
         .map_err(|e| fail(e.to_string()))?;
-    request.headers_mut().insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(RUNTIME_PROTOCOL),
-    );
+    request
+        .headers_mut()
+        .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(V4));
     let host = request.uri().host().unwrap_or("127.0.0.1").to_string();
     let port = request.uri().port_u16().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -181,26 +210,24 @@ pub async fn serve(
     container: &str,
 ) -> Result<Response<Body>, Failure> {
     let opts = StreamOptions::parse(req.uri().query().unwrap_or(""))?;
-    let websocket = header_str(&req, header::UPGRADE).eq_ignore_ascii_case("websocket");
+    let relay_kind = choose_relay(
+        header_str(&req, header::UPGRADE),
+        header_str(&req, header::SEC_WEBSOCKET_PROTOCOL),
+        opts.stdin,
+    )?;
     let key = header_str(&req, header::SEC_WEBSOCKET_KEY).to_string();
-    if !websocket || key.is_empty() {
+    if relay_kind == Relay::V5ToV4 && key.is_empty() {
         return Err(Failure::bad_request(
-            "pikube's node agent streams exec and attach over WebSocket only \
-             (v5.channel.k8s.io, v4.channel.k8s.io); SPDY is not supported",
+            "a WebSocket upgrade needs Sec-WebSocket-Key",
         ));
     }
-    let protocol =
-        pick_protocol(header_str(&req, header::SEC_WEBSOCKET_PROTOCOL)).ok_or_else(|| {
-            Failure::bad_request(format!(
-                "no supported WebSocket subprotocol offered (supported: {})",
-                PROTOCOLS.join(", ")
-            ))
-        })?;
     let found = api.running(ns, pod, container).await?;
     let url = runtime_url(api, kind, found.id, &opts).await?;
+    if relay_kind == Relay::Raw {
+        return relay_raw(req, &url).await;
+    }
     let runtime = connect_runtime(&url).await?;
     let upgrade = hyper::upgrade::on(&mut req);
-    let v5 = protocol == PROTOCOLS[0];
     tokio::spawn(async move {
         let upgraded = match upgrade.await {
             Ok(u) => u,
@@ -215,17 +242,14 @@ pub async fn serve(
             Some(WebSocketConfig::default()),
         )
         .await;
-        relay(caller, runtime, v5).await;
+        relay(caller, runtime).await;
     });
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(V5));
     let accept = derive_accept_key(key.as_bytes());
     h.insert(
         header::SEC_WEBSOCKET_ACCEPT,
@@ -234,57 +258,72 @@ pub async fn serve(
     Ok(r)
 }
 
-/// The status sent when stdin had to be ended by closing containerd's connection and the
-/// process's exit status was lost with it.
-fn unknown_exit_status() -> Vec<u8> {
-    let status = serde_json::json!({
-        "metadata": {},
-        "status": "Failure",
-        "reason": "InternalError",
-        "message": "stdin was closed: the command's exit status is unknown \
-                    (containerd's v4 stream cannot end stdin without closing the stream)",
-    });
-    let mut frame = vec![STATUS_CHANNEL];
-    frame.extend_from_slice(status.to_string().as_bytes());
-    frame
+/// Passes the caller's upgrade request on to containerd's streaming `url` and, once
+/// containerd switched protocols, splices the two connections (SPDY/3.1 and WebSocket
+/// v4 need no translation).
+async fn relay_raw(mut req: Request<Incoming>, url: &str) -> Result<Response<Body>, Failure> {
+    let fail = |e: String| Failure::internal(format!("cannot reach the runtime's stream: {e}"));
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| fail(format!("no address in {url}")))?;
+    let tcp = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut forward = Request::builder()
+        .method(req.method().clone())
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, authority.as_str())
+        .body(http_body_util::Empty::new())
+        .map_err(|e| fail(e.to_string()))?;
+    upgrade::copy_headers(
+        req.headers(),
+        forward.headers_mut(),
+        upgrade::REQUEST_HEADERS,
+    );
+    let mut resp = upgrade::send(tcp, forward)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let code = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        return Err(Failure {
+            code,
+            message: body,
+        });
+    }
+    let mut answer = Response::new(full(bytes::Bytes::new()));
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    upgrade::copy_headers(
+        resp.headers(),
+        answer.headers_mut(),
+        upgrade::RESPONSE_HEADERS,
+    );
+    upgrade::splice(hyper::upgrade::on(&mut req), hyper::upgrade::on(&mut resp));
+    Ok(answer)
 }
 
 /// Relays frames both ways until either side ends.
-async fn relay<C>(caller: WebSocketStream<C>, runtime: RuntimeSocket, v5: bool)
+async fn relay<C>(caller: WebSocketStream<C>, runtime: RuntimeSocket)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut caller_tx, mut caller_rx) = caller.split();
     let (mut rt_tx, mut rt_rx) = runtime.split();
-    let mut stdin_closed_at: Option<tokio::time::Instant> = None;
-    let mut last_output = tokio::time::Instant::now();
-    let mut got_status = false;
-    let mut closed_runtime = false;
     loop {
-        let deadline =
-            (stdin_closed_at.is_some() && !closed_runtime).then(|| last_output + STDIN_CLOSE_QUIET);
-        let quiet = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             m = caller_rx.next() => match m {
-                Some(Ok(Message::Binary(b))) => {
-                    if v5 && b.first() == Some(&CLOSE_CHANNEL) {
-                        if b.get(1) == Some(&0) && stdin_closed_at.is_none() {
-                            stdin_closed_at = Some(tokio::time::Instant::now());
-                            last_output = tokio::time::Instant::now();
-                        }
-                        continue;
-                    }
-                    if stdin_closed_at.is_none() && rt_tx.send(Message::Binary(b)).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Text(t))) => {
-                    if rt_tx.send(Message::Text(t)).await.is_err() {
+                // v5's close channel has no v4 form (and without stdin nothing to close).
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&CLOSE_CHANNEL) => {}
+                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                    if rt_tx.send(m).await.is_err() {
                         break;
                     }
                 }
@@ -296,35 +335,23 @@ where
             },
             m = rt_rx.next() => match m {
                 Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
-                    let data = m.clone().into_data();
-                    if data.first() == Some(&STATUS_CHANNEL) {
-                        got_status = true;
-                    }
-                    last_output = tokio::time::Instant::now();
                     if caller_tx.send(m).await.is_err() {
                         let _ = rt_tx.close().await;
                         break;
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    if closed_runtime && !got_status {
-                        let _ = caller_tx.send(Message::Binary(unknown_exit_status().into())).await;
-                    }
                     // A normal close code: kubectl reads it as the end of the streams.
-                    let _ = caller_tx.send(Message::Close(Some(CloseFrame {
+                    let normal = CloseFrame {
                         code: CloseCode::Normal,
                         reason: "".into(),
-                    }))).await;
+                    };
+                    let _ = caller_tx.send(Message::Close(Some(normal))).await;
                     let _ = caller_tx.close().await;
                     break;
                 }
                 Some(Ok(_)) => {}
             },
-            _ = quiet => {
-                // v4 cannot end stdin alone: closing the connection is the only way.
-                closed_runtime = true;
-                let _ = rt_tx.close().await;
-            }
         }
     }
 }
@@ -344,14 +371,20 @@ mod tests {
         let t = StreamOptions::parse("command=sh&stdout=true&stderr=true&tty=true").unwrap();
         assert!(t.tty && !t.stderr);
         assert!(StreamOptions::parse("command=sh").is_err());
+        let v5 = "v5.channel.k8s.io";
+        assert_eq!(choose_relay("SPDY/3.1", "", true), Ok(Relay::Raw));
+        assert_eq!(choose_relay("websocket", v5, false), Ok(Relay::V5ToV4));
         assert_eq!(
-            pick_protocol("v4.channel.k8s.io, v5.channel.k8s.io"),
-            Some("v5.channel.k8s.io")
+            choose_relay("websocket", "v5.channel.k8s.io, v4.channel.k8s.io", true),
+            Ok(Relay::Raw)
         );
         assert_eq!(
-            pick_protocol("channel.k8s.io,v4.channel.k8s.io"),
-            Some("v4.channel.k8s.io")
+            choose_relay("websocket", "channel.k8s.io", true),
+            Ok(Relay::Raw)
         );
-        assert_eq!(pick_protocol("SPDY/3.1+portforward.k8s.io"), None);
+        // kubectl 1.30+ offers v5 only: with stdin it must fall back to SPDY.
+        assert_eq!(choose_relay("websocket", v5, true).unwrap_err().code, 400);
+        assert!(choose_relay("websocket", "SPDY/3.1+portforward.k8s.io", false).is_err());
+        assert!(choose_relay("h2c", v5, false).is_err());
     }
 }

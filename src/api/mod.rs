@@ -16,6 +16,7 @@ pub mod services;
 pub mod status;
 pub mod strategic;
 pub mod table;
+pub mod upgrade;
 pub mod watch;
 
 pub use router::{ApiServer, Identity};

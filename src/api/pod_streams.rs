@@ -12,35 +12,17 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::rest::{self, Target};
 use super::status::ApiError;
-use super::{resources, ApiServer};
+use super::{resources, upgrade, ApiServer};
 
 /// Longest time connecting to a node agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest error body read from an agent.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Request headers that make an upgrade, passed on to the agent.
-const UPGRADE_HEADERS: &[header::HeaderName] = &[
-    header::UPGRADE,
-    header::CONNECTION,
-    header::SEC_WEBSOCKET_KEY,
-    header::SEC_WEBSOCKET_VERSION,
-    header::SEC_WEBSOCKET_PROTOCOL,
-];
-/// Response headers of an accepted upgrade, passed back to the client.
-const UPGRADED_HEADERS: &[header::HeaderName] = &[
-    header::UPGRADE,
-    header::CONNECTION,
-    header::SEC_WEBSOCKET_ACCEPT,
-    header::SEC_WEBSOCKET_PROTOCOL,
-];
-
 /// Whether `t` addresses a pod's log, exec or attach.
 pub fn is_stream(t: &Target) -> bool {
     t.def.kind == "Pod" && matches!(t.subresource.as_deref(), Some("log" | "exec" | "attach"))
@@ -114,14 +96,12 @@ async fn node_address(api: &ApiServer, name: &str) -> Result<(IpAddr, u16), ApiE
     Ok((ip, port))
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-/// An HTTP/1.1 connection to the agent at `ip:port`, mutual TLS.
+/// A mutual-TLS connection to the agent at `ip:port`.
 async fn connect(
     tls: &Arc<rustls::ClientConfig>,
     ip: IpAddr,
     port: u16,
-) -> Result<Sender, ApiError> {
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
     let fail =
         |e: String| ApiError::internal(format!("cannot reach the node agent at {ip}:{port}: {e}"));
     let connecting = async {
@@ -134,18 +114,9 @@ async fn connect(
             .await
             .map_err(|e| fail(e.to_string()))
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| fail("timed out".into()))??;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "node agent connection ended with an error");
-        }
-    });
-    Ok(sender)
+        .map_err(|_| fail("timed out".into()))?
 }
 
 /// The agent's non-success answer as a Status error.
@@ -245,21 +216,19 @@ pub async fn handle(
         enc(&name),
         enc(&container)
     );
-    let mut sender = connect(tls, ip, port).await?;
+    let stream = connect(tls, ip, port).await?;
     let mut forward = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, format!("{ip}:{port}"));
-    for h in UPGRADE_HEADERS {
-        if let Some(v) = req.headers().get(h) {
-            forward = forward.header(h, v);
-        }
-    }
-    let forward = forward
+        .header(header::HOST, format!("{ip}:{port}"))
         .body(Empty::new())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut resp = sender
-        .send_request(forward)
+    upgrade::copy_headers(
+        req.headers(),
+        forward.headers_mut(),
+        upgrade::REQUEST_HEADERS,
+    );
+    let mut resp = upgrade::send(stream, forward)
         .await
         .map_err(|e| ApiError::internal(format!("node agent request failed: {e}")))?;
     if sub == "log" {
@@ -271,23 +240,13 @@ pub async fn handle(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(agent_error(resp).await);
     }
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let agent_upgrade = hyper::upgrade::on(&mut resp);
     let mut answer = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    for h in UPGRADED_HEADERS {
-        if let Some(v) = resp.headers().get(h) {
-            answer.headers_mut().insert(h, v.clone());
-        }
-    }
-    tokio::spawn(async move {
-        match tokio::try_join!(client_upgrade, agent_upgrade) {
-            Ok((client, agent)) => {
-                let (mut c, mut a) = (TokioIo::new(client), TokioIo::new(agent));
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut a).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "exec/attach upgrade failed"),
-        }
-    });
+    upgrade::copy_headers(
+        resp.headers(),
+        answer.headers_mut(),
+        upgrade::RESPONSE_HEADERS,
+    );
+    upgrade::splice(hyper::upgrade::on(&mut req), hyper::upgrade::on(&mut resp));
     Ok(answer)
 }
 

@@ -142,10 +142,15 @@ fn kubectl_logs_tail_timestamps_previous_follow_and_attach() {
     );
 }
 
-/// Runs kubectl 1.33 `args` with `input` on stdin; (exit code, stdout, stderr).
-fn kubectl_with_input(server: &Server, args: &[&str], input: &str) -> (i32, String, String) {
+/// Runs kubectl `version` with `args` and `input` on stdin; (exit code, stdout, stderr).
+fn kubectl_with_input(
+    server: &Server,
+    version: &str,
+    args: &[&str],
+    input: &str,
+) -> (i32, String, String) {
     let mut child = server
-        .kubectl_cmd("1.33")
+        .kubectl_cmd(version)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -215,23 +220,64 @@ spec:
     let ok = server.ok("1.33", &["exec", "shell", "-c", "side", "--", "hostname"]);
     assert_eq!(ok, "shell\n");
 
-    // stdin reaches the process; `head -n1` ends by itself, so its status is real.
+    // stdin reaches the process.
     let (code, out, err) = kubectl_with_input(
         &server,
+        "1.33",
         &["exec", "-i", "shell", "-c", "main", "--", "head", "-n1"],
         "hello\nworld\n",
     );
     assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
-    // The end of stdin reaches the process (`cat` ends), but containerd's v4 stream
-    // loses the exit status with it: kubectl is told so, never a made-up success.
-    let (code, out, err) = kubectl_with_input(
-        &server,
-        &["exec", "-i", "shell", "-c", "main", "--", "cat"],
-        "one\ntwo\n",
+    // The end of stdin reaches the process and its exit status comes back (kubectl
+    // 1.33 falls back from WebSocket v5 to SPDY for stdin; 1.27 speaks SPDY only).
+    for v in ["1.27", "1.33"] {
+        let (code, out, err) = kubectl_with_input(
+            &server,
+            v,
+            &["exec", "-i", "shell", "-c", "main", "--", "sort"],
+            "b\na\n",
+        );
+        assert_eq!((code, out.as_str()), (0, "a\nb\n"), "kubectl {v}: {err}");
+        let (code, out, err) = kubectl_with_input(
+            &server,
+            v,
+            &[
+                "exec",
+                "-i",
+                "shell",
+                "-c",
+                "main",
+                "--",
+                "sh",
+                "-c",
+                "cat; exit 4",
+            ],
+            "one\ntwo\n",
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (4, "one\ntwo\n"),
+            "kubectl {v}: {err}"
+        );
+    }
+    let out = server.kubectl(
+        "1.27",
+        &[
+            "exec",
+            "shell",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "echo old; exit 5",
+        ],
     );
-    assert_eq!(out, "one\ntwo\n", "{err}");
-    assert_ne!(code, 0);
-    assert!(err.contains("exit status is unknown"), "{err}");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(5), &b"old\n"[..]),
+        "{out:?}"
+    );
 
     // Errors.
     let err = server.fails("1.33", &["exec", "nosuch", "--", "true"]);
