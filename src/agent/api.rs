@@ -1,4 +1,4 @@
-//! The agent API (kubelet's port 10250): container logs, exec and attach, for the API
+//! The agent API (kubelet's port 10250): container logs, exec, attach and port-forward, for the API
 //! server only. HTTPS with a serving certificate signed by the cluster CA; every client
 //! must present a certificate signed by that CA, and only the API server's identity
 //! ([`crate::pki::KUBELET_CLIENT_USER`]) is served.
@@ -191,6 +191,14 @@ impl AgentApi {
                 };
                 let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
                 super::stream::serve(self, req, kind, &ns, &pod, &container)
+                    .await
+                    .unwrap_or_else(|f| f.response())
+            }
+            ["portForward", ns, pod]
+                if matches!(*req.method(), http::Method::GET | http::Method::POST) =>
+            {
+                let (ns, pod) = (ns.to_string(), pod.to_string());
+                super::portforward::serve(self, req, &ns, &pod)
                     .await
                     .unwrap_or_else(|f| f.response())
             }

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod node;
 pub mod pleg;
 pub mod pods;
+pub mod portforward;
 pub mod probes;
 pub mod sandbox;
 pub mod status;

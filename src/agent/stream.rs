@@ -128,7 +128,8 @@ pub fn choose_relay(upgrade: &str, offered: &str, stdin: bool) -> Result<Relay, 
     }
 }
 
-fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
+/// A request header as text ("" when absent or not text).
+pub fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -261,7 +262,7 @@ pub async fn serve(
 /// Passes the caller's upgrade request on to containerd's streaming `url` and, once
 /// containerd switched protocols, splices the two connections (SPDY/3.1 and WebSocket
 /// v4 need no translation).
-async fn relay_raw(mut req: Request<Incoming>, url: &str) -> Result<Response<Body>, Failure> {
+pub async fn relay_raw(mut req: Request<Incoming>, url: &str) -> Result<Response<Body>, Failure> {
     let fail = |e: String| Failure::internal(format!("cannot reach the runtime's stream: {e}"));
     let uri: http::Uri = url
         .parse()

@@ -155,6 +155,7 @@ const POD_STREAMS: &[(&str, &str, &[&str])] = &[
     ("log", "Pod", &["get"]),
     ("exec", "PodExecOptions", &["create", "get"]),
     ("attach", "PodAttachOptions", &["create", "get"]),
+    ("portforward", "PodPortForwardOptions", &["create", "get"]),
 ];
 
 fn aggregated_resource(d: &ResourceDef) -> Value {

@@ -1,8 +1,8 @@
-//! The pods' streaming subresources `log`, `exec` and `attach`: checked here with
-//! kube-apiserver's messages, then proxied to the agent of the pod's node (its
+//! The pods' streaming subresources `log`, `exec`, `attach` and `portforward`: checked
+//! here with kube-apiserver's messages, then proxied to the agent of the pod's node (its
 //! InternalIP and `daemonEndpoints.kubeletEndpoint.Port`) over mutual TLS. Logs stream
-//! back as the agent writes them (chunked when following); exec and attach are upgraded
-//! connections (WebSocket) relayed byte for byte once the agent answered 101.
+//! back as the agent writes them (chunked when following); the others are upgraded
+//! connections (WebSocket, SPDY) relayed byte for byte once the agent answered 101.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,7 +25,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Whether `t` addresses a pod's log, exec or attach.
 pub fn is_stream(t: &Target) -> bool {
-    t.def.kind == "Pod" && matches!(t.subresource.as_deref(), Some("log" | "exec" | "attach"))
+    t.def.kind == "Pod"
+        && matches!(
+            t.subresource.as_deref(),
+            Some("log" | "exec" | "attach" | "portforward")
+        )
 }
 
 fn names(v: &Value, pointer: &str) -> Vec<String> {
@@ -169,7 +173,11 @@ pub async fn handle(
         .iter()
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.as_str());
-    let container = pick_container(&pod, &name, asked)?;
+    let container = if sub == "portforward" {
+        String::new()
+    } else {
+        pick_container(&pod, &name, asked)?
+    };
     let node = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -184,7 +192,7 @@ pub async fn handle(
             "pod {name} does not have a host assigned"
         )));
     }
-    if sub != "log" {
+    if sub == "exec" || sub == "attach" {
         let phase = pod
             .pointer("/status/phase")
             .and_then(Value::as_str)
@@ -209,13 +217,17 @@ pub async fn handle(
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
-    let path = format!(
-        "/{}/{}/{}/{}?{rest_query}",
-        if sub == "log" { "containerLogs" } else { &sub },
-        enc(&ns),
-        enc(&name),
-        enc(&container)
-    );
+    let path = match sub.as_str() {
+        "log" => format!(
+            "/containerLogs/{}/{}/{}",
+            enc(&ns),
+            enc(&name),
+            enc(&container)
+        ),
+        "portforward" => format!("/portForward/{}/{}", enc(&ns), enc(&name)),
+        _ => format!("/{sub}/{}/{}/{}", enc(&ns), enc(&name), enc(&container)),
+    } + "?"
+        + &rest_query;
     let stream = connect(tls, ip, port).await?;
     let mut forward = hyper::Request::builder()
         .method(method)

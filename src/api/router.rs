@@ -155,7 +155,7 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
             "status" => objects::has_status(def),
             "scale" => rest::has_scale(def),
             "binding" => def.kind == "Pod",
-            "log" | "exec" | "attach" => def.kind == "Pod",
+            "log" | "exec" | "attach" | "portforward" => def.kind == "Pod",
             _ => false,
         };
         if !served {

@@ -36,7 +36,7 @@ pub fn apply(server: &Server, name: &str, yaml: &str) {
 }
 
 /// One HTTP GET to `ip:port` from the host; the body.
-fn http_get(ip: &str, port: u16, path: &str) -> String {
+pub fn http_get(ip: &str, port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect_timeout(
         &format!("{ip}:{port}").parse().expect("address"),
         Duration::from_secs(3),

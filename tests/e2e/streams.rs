@@ -1,4 +1,5 @@
-//! `kubectl logs`, `exec` and `attach` through the API server and the node agent's API,
+//! `kubectl logs`, `exec`, `attach` and `port-forward` through the API server and the
+//! node agent's API,
 //! with real containerd and the real kubectl; and the agent API's client-certificate
 //! check.
 
@@ -172,7 +173,7 @@ fn kubectl_with_input(
 }
 
 #[test]
-fn kubectl_exec_streams_and_exit_codes_and_the_agent_port_wants_the_api_server() {
+fn kubectl_exec_port_forward_and_exit_codes_and_the_agent_port_wants_the_api_server() {
     let server = Server::start_node(6, &[]);
     server.wait_node_ready("node6");
     apply(
@@ -186,6 +187,16 @@ spec:
   containers:
   - {name: main, image: localhost/busybox:1.35, command: ["sleep", "3600"]}
   - {name: side, image: localhost/busybox:1.35, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: httpd
+    image: localhost/busybox:1.35
+    command: ["sh", "-c", "echo hello through a tunnel > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 "#,
     );
     server.ok(
@@ -194,6 +205,7 @@ spec:
             "wait",
             "--for=condition=Ready",
             "pod/shell",
+            "pod/web",
             "--timeout=90s",
         ],
     );
@@ -278,6 +290,26 @@ spec:
         (Some(5), &b"old\n"[..]),
         "{out:?}"
     );
+
+    // Port-forward: SPDY in every kubectl (1.33 tries SPDY-in-WebSocket first).
+    for v in ["1.27", "1.33"] {
+        let mut cmd = server.kubectl_cmd(v);
+        cmd.args(["port-forward", "pod/web", ":8080"]);
+        let (_pf, lines) = spawn_lines(cmd);
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("kubectl port-forward starts");
+        // "Forwarding from 127.0.0.1:40123 -> 8080"
+        let port: u16 = line
+            .split_once("127.0.0.1:")
+            .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("kubectl {v}: {line}"));
+        let page = crate::agent::http_get("127.0.0.1", port, "/index.html");
+        assert!(
+            page.contains("hello through a tunnel"),
+            "kubectl {v}: {page}"
+        );
+    }
 
     // Errors.
     let err = server.fails("1.33", &["exec", "nosuch", "--", "true"]);
