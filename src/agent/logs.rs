@@ -19,6 +19,8 @@ use super::api::{container_status, runtime_id, AgentApi, Body, Failure};
 
 /// How often a followed log is checked for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(150);
+/// Largest piece of a log file read at once (CRI lines are at most 16 KiB).
+const CHUNK: u64 = 1 << 20;
 /// How often a followed container is checked for having exited.
 const STATE_POLL: Duration = Duration::from_secs(1);
 
@@ -229,6 +231,37 @@ async fn log_file(cri: &pikube_runtime::Cri, id: &str) -> Result<(String, bool),
     ))
 }
 
+/// Up to `max` bytes of `file` from `offset`.
+async fn read_at(file: &mut tokio::fs::File, offset: u64, max: u64) -> std::io::Result<Vec<u8>> {
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = Vec::new();
+    (&mut *file).take(max).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Where the line starts from which the last `n` whole lines of a `len`-byte log are
+/// found: the file is read backwards in growing steps, not whole.
+async fn tail_start(file: &mut tokio::fs::File, len: u64, n: usize) -> std::io::Result<u64> {
+    let mut back = CHUNK;
+    loop {
+        let start = len.saturating_sub(back);
+        let buf = read_at(file, start, len - start).await?;
+        // Past the first newline: the first line may be cut.
+        let skip = if start == 0 {
+            0
+        } else {
+            buf.iter()
+                .position(|b| *b == b'\n')
+                .map_or(buf.len(), |i| i + 1)
+        };
+        let (lines, _) = complete_lines(&buf[skip..], None);
+        if start == 0 || lines.iter().filter(|l| !l.partial).count() > n {
+            return Ok(start + skip as u64);
+        }
+        back = back.saturating_mul(4);
+    }
+}
+
 /// Sends `bytes` (cut at the byte limit); false when the client went or the limit is
 /// reached.
 async fn send(
@@ -264,42 +297,63 @@ pub async fn serve(
             "cannot open the log of container {container:?}: {e}"
         ))
     })?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)
+    let len = file
+        .metadata()
         .await
-        .map_err(|e| Failure::internal(format!("cannot read {path}: {e}")))?;
+        .map_err(|e| Failure::internal(format!("cannot read {path}: {e}")))?
+        .len();
+    // With tailLines only the end of the file is read.
+    let (mut offset, first) = match opts.tail_lines {
+        Some(n) => {
+            let start = tail_start(&mut file, len, n)
+                .await
+                .map_err(|e| Failure::internal(format!("cannot read {path}: {e}")))?;
+            let buf = read_at(&mut file, start, len - start)
+                .await
+                .map_err(|e| Failure::internal(format!("cannot read {path}: {e}")))?;
+            (start, Some((buf, n)))
+        }
+        None => (0, None),
+    };
     let (tx, rx) = mpsc::channel(16);
     let follow = opts.follow && running && !opts.previous;
     tokio::spawn(async move {
         let mut left = opts.limit_bytes;
-        let (lines, used) = complete_lines(&buf, opts.since);
-        let lines = match opts.tail_lines {
-            Some(n) => tail(&lines, n),
-            None => &lines[..],
-        };
-        let mut out = Vec::new();
-        render(lines, opts.timestamps, &mut out);
-        if !send(&tx, out, &mut left).await || !follow {
-            return;
+        if let Some((buf, n)) = first {
+            let (lines, used) = complete_lines(&buf, opts.since);
+            let mut out = Vec::new();
+            render(tail(&lines, n), opts.timestamps, &mut out);
+            offset += used as u64;
+            if !send(&tx, out, &mut left).await {
+                return;
+            }
         }
-        let mut offset = used as u64;
         let mut checked = tokio::time::Instant::now();
         let mut exited = false;
         loop {
-            let mut more = Vec::new();
-            let read = async {
-                file.seek(std::io::SeekFrom::Start(offset)).await?;
-                file.read_to_end(&mut more).await
+            let chunk = match read_at(&mut file, offset, CHUNK).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
             };
-            if let Err(e) = read.await {
-                let _ = tx.send(Err(e)).await;
-                return;
+            let full = chunk.len() as u64 == CHUNK;
+            let (lines, mut used) = complete_lines(&chunk, opts.since);
+            if used == 0 && full {
+                // No newline in a whole chunk: not a CRI log; skip it.
+                used = chunk.len();
             }
-            let (lines, used) = complete_lines(&more, opts.since);
             offset += used as u64;
             let mut out = Vec::new();
             render(&lines, opts.timestamps, &mut out);
-            if !send(&tx, out, &mut left).await || exited {
+            if !send(&tx, out, &mut left).await {
+                return;
+            }
+            if full {
+                continue;
+            }
+            if !follow || exited {
                 return;
             }
             if checked.elapsed() >= STATE_POLL {
@@ -368,6 +422,35 @@ mod tests {
             .with_timezone(&Utc);
         let (lines, _) = complete_lines(LOG, Some(since));
         assert_eq!(rendered(&lines, false), "two\nthree\nfour\n");
+    }
+
+    #[tokio::test]
+    async fn tail_reads_only_the_end_of_a_big_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut text = String::new();
+        for i in 0..40_000 {
+            text.push_str(&format!("2026-01-01T10:00:00Z stdout F line number {i}\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let mut f = tokio::fs::File::open(&path).await.unwrap();
+        let len = text.len() as u64;
+        assert!(len > CHUNK);
+        let start = tail_start(&mut f, len, 3).await.unwrap();
+        assert!(
+            start > 0 && len - start <= CHUNK,
+            "only the last chunk is read"
+        );
+        let buf = read_at(&mut f, start, len - start).await.unwrap();
+        let (lines, used) = complete_lines(&buf, None);
+        assert_eq!(used as u64, len - start);
+        let mut out = Vec::new();
+        render(tail(&lines, 3), false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "line number 39997\nline number 39998\nline number 39999\n"
+        );
+        assert_eq!(tail_start(&mut f, len, 1_000_000).await.unwrap(), 0);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! `kubectl logs`, `exec`, `attach` and `port-forward` through the API server and the
-//! node agent's API,
-//! with real containerd and the real kubectl; and the agent API's client-certificate
-//! check.
+//! node agent's API, with real containerd and the real kubectl; and the agent API's
+//! client-certificate check.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
