@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip
 
-.PHONY: all build test lint unit e2e bench bench-store bench-scheduler release deps run clean
+.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-streams release deps run clean
 
 all: build
 
@@ -52,6 +52,11 @@ bench: bench-store bench-scheduler
 bench-scheduler:
 	$(CARGO) build --release --bin pikube --example bench_scheduler
 	$(CARGO) run --release --example bench_scheduler
+
+## bench-streams: kubectl logs/exec latency and log throughput through the API server and agent
+bench-streams:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_streams.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
 
 ## bench-store: pikube's store against etcd 3.4 with the same load, in one run
 bench-store:
