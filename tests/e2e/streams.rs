@@ -33,6 +33,19 @@ spec:
   volumes: [{name: data, emptyDir: {}}]
 "#;
 
+/// A pod that prints, waits five seconds, prints and ends.
+const BRIEF: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: brief}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: localhost/busybox:1.35
+    command: ["sh", "-c", "echo start; sleep 5; echo end"]
+"#;
+
 /// The highest `tick N` in `text`.
 fn last_tick(text: &str) -> u64 {
     text.lines()
@@ -105,6 +118,34 @@ fn kubectl_logs_tail_timestamps_previous_follow_and_attach() {
             .unwrap_or_else(|_| panic!("logs -f stalled at tick {seen} (started at {now})"));
         seen = seen.max(last_tick(&line));
     }
+
+    // Follow, started while the container runs, ends when it exits, with its last line.
+    apply(&server, "brief", BRIEF);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/brief",
+            "--timeout=60s",
+        ],
+    );
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .arg("40")
+        .arg(crate::harness::kubectl_path("1.33"))
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["logs", "-f", "brief"])
+        .output()
+        .expect("kubectl logs -f");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "start\nend\n");
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(1) && took < Duration::from_secs(30),
+        "followed until the exit: {took:?}"
+    );
 
     // Attach: the main process's output, live.
     let mut cmd = server.kubectl_cmd("1.33");
@@ -309,6 +350,25 @@ spec:
             "kubectl {v}: {page}"
         );
     }
+
+    // Client libraries: the Python client's WebSocket exec and port-forward.
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/python/streams_check.py"
+    );
+    let out = Command::new("timeout")
+        .args(["60", "python3", script])
+        .arg(server.kubeconfig())
+        .args(["shell", "web"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python streams check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python streams: ok"));
 
     // Errors.
     let err = server.fails("1.33", &["exec", "nosuch", "--", "true"]);
