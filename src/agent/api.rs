@@ -207,9 +207,6 @@ impl AgentApi {
     }
 }
 
-/// Longest time a client may take for the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Whether a verified peer certificate names the allowed user.
 fn allowed(conn: &rustls::ServerConnection, user: &str) -> bool {
     conn.peer_certificates()
@@ -254,13 +251,8 @@ pub async fn serve(
         };
         let (acceptor, api, user) = (acceptor.clone(), api.clone(), user.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "agent API: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let Some(stream) = crate::api::http::accept_tls(&acceptor, tcp, peer).await else {
+                return;
             };
             let ok = allowed(stream.get_ref().1, &user);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -27,7 +27,6 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::api::{full, AgentApi, Body, Failure};
 use crate::api::upgrade;
-use http_body_util::BodyExt;
 
 /// The WebSocket protocol relayed frame by frame.
 const V5: &str = "v5.channel.k8s.io";
@@ -274,41 +273,21 @@ pub async fn relay_raw(mut req: Request<Incoming>, url: &str) -> Result<Response
     let tcp = tokio::net::TcpStream::connect(authority.as_str())
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let mut forward = Request::builder()
-        .method(req.method().clone())
-        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(header::HOST, authority.as_str())
-        .body(http_body_util::Empty::new())
-        .map_err(|e| fail(e.to_string()))?;
-    upgrade::copy_headers(
+    let forward = upgrade::request(
+        req.method().clone(),
+        uri.path_and_query().map_or("/", |p| p.as_str()),
+        &authority,
         req.headers(),
-        forward.headers_mut(),
-        upgrade::REQUEST_HEADERS,
-    );
-    let mut resp = upgrade::send(tcp, forward)
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let resp = upgrade::send(tcp, forward)
         .await
         .map_err(|e| fail(e.to_string()))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let code = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-            .unwrap_or_default();
-        return Err(Failure {
-            code,
-            message: body,
-        });
+        let (code, message) = upgrade::error_text(resp).await;
+        return Err(Failure { code, message });
     }
-    let mut answer = Response::new(full(bytes::Bytes::new()));
-    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    upgrade::copy_headers(
-        resp.headers(),
-        answer.headers_mut(),
-        upgrade::RESPONSE_HEADERS,
-    );
-    upgrade::splice(hyper::upgrade::on(&mut req), hyper::upgrade::on(&mut resp));
-    Ok(answer)
+    Ok(upgrade::switch(&mut req, resp, full(bytes::Bytes::new())))
 }
 
 /// Relays frames both ways until either side ends.

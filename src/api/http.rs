@@ -60,6 +60,27 @@ pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
 /// Longest time a client may take for the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The TLS handshake of an accepted connection; None (logged) when it fails or takes
+/// longer than [`HANDSHAKE_TIMEOUT`], so a peer that never completes it does not hold a
+/// task forever.
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -85,17 +106,8 @@ pub async fn serve(
         let router = router.clone();
         let tokens = tokens.clone();
         tokio::spawn(async move {
-            // A peer that never completes the handshake does not hold a task forever.
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(stream) = accept_tls(&acceptor, tcp, peer).await else {
+                return;
             };
             let identity = stream
                 .get_ref()

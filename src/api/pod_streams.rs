@@ -11,8 +11,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Empty, Limited};
+use axum::response::Response;
 use serde_json::Value;
 
 use super::rest::{self, Target};
@@ -21,8 +20,6 @@ use super::{resources, upgrade, ApiServer};
 
 /// Longest time connecting to a node agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest error body read from an agent.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Whether `t` addresses a pod's log, exec or attach.
 pub fn is_stream(t: &Target) -> bool {
     t.def.kind == "Pod"
@@ -125,13 +122,8 @@ async fn connect(
 
 /// The agent's non-success answer as a Status error.
 async fn agent_error(resp: hyper::Response<hyper::body::Incoming>) -> ApiError {
-    let code = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_ERROR_BODY)
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-        .unwrap_or_default();
-    ApiError::from_node(code, body)
+    let (code, text) = upgrade::error_text(resp).await;
+    ApiError::from_node(code.as_u16(), text)
 }
 
 fn plain(body: Body) -> Response {
@@ -229,18 +221,9 @@ pub async fn handle(
     } + "?"
         + &rest_query;
     let stream = connect(tls, ip, port).await?;
-    let mut forward = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, format!("{ip}:{port}"))
-        .body(Empty::new())
+    let forward = upgrade::request(method, &path, &format!("{ip}:{port}"), req.headers())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    upgrade::copy_headers(
-        req.headers(),
-        forward.headers_mut(),
-        upgrade::REQUEST_HEADERS,
-    );
-    let mut resp = upgrade::send(stream, forward)
+    let resp = upgrade::send(stream, forward)
         .await
         .map_err(|e| ApiError::internal(format!("node agent request failed: {e}")))?;
     if sub == "log" {
@@ -252,14 +235,7 @@ pub async fn handle(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(agent_error(resp).await);
     }
-    let mut answer = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    upgrade::copy_headers(
-        resp.headers(),
-        answer.headers_mut(),
-        upgrade::RESPONSE_HEADERS,
-    );
-    upgrade::splice(hyper::upgrade::on(&mut req), hyper::upgrade::on(&mut resp));
-    Ok(answer)
+    Ok(upgrade::switch(&mut req, resp, Body::empty()))
 }
 
 #[cfg(test)]

@@ -39,6 +39,37 @@ pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]
     }
 }
 
+/// A bodiless request for `path` on `host`, with the upgrade headers of `from`.
+pub fn request(
+    method: http::Method,
+    path: &str,
+    host: &str,
+    from: &HeaderMap,
+) -> Result<Request<Empty<Bytes>>, http::Error> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, host)
+        .body(Empty::new())?;
+    copy_headers(from, r.headers_mut(), REQUEST_HEADERS);
+    Ok(r)
+}
+
+/// Largest error body read from a backend.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A backend's non-success answer: its status and (the start of) its text.
+pub async fn error_text(resp: Response<Incoming>) -> (http::StatusCode, String) {
+    use http_body_util::BodyExt;
+    let code = resp.status();
+    let text = http_body_util::Limited::new(resp.into_body(), MAX_ERROR_BODY)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+        .unwrap_or_default();
+    (code, text)
+}
+
 /// Sends `request` over a new HTTP/1.1 connection on `io` (upgrades allowed).
 pub async fn send<IO>(
     io: IO,
@@ -54,6 +85,20 @@ where
         }
     });
     sender.send_request(request).await
+}
+
+/// The client's 101 answer for a backend that switched protocols (its upgrade headers
+/// passed back, with `body`), and the two connections spliced once upgraded.
+pub fn switch<B, C>(
+    client: &mut Request<C>,
+    mut backend: Response<Incoming>,
+    body: B,
+) -> Response<B> {
+    let mut answer = Response::new(body);
+    *answer.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    copy_headers(backend.headers(), answer.headers_mut(), RESPONSE_HEADERS);
+    splice(hyper::upgrade::on(client), hyper::upgrade::on(&mut backend));
+    answer
 }
 
 /// Once both sides are upgraded, copies bytes between them until either ends.

@@ -212,6 +212,14 @@ fn kubectl_with_input(
     )
 }
 
+/// `kubectl exec shell -c main -- sh -c <script>` with kubectl `version`.
+fn sh_in_main(server: &Server, version: &str, script: &str) -> std::process::Output {
+    server.kubectl(
+        version,
+        &["exec", "shell", "-c", "main", "--", "sh", "-c", script],
+    )
+}
+
 #[test]
 fn kubectl_exec_port_forward_and_exit_codes_and_the_agent_port_wants_the_api_server() {
     let server = Server::start_node(6, &[]);
@@ -250,19 +258,7 @@ spec:
         ],
     );
 
-    let out = server.kubectl(
-        "1.33",
-        &[
-            "exec",
-            "shell",
-            "-c",
-            "main",
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; exit 3",
-        ],
-    );
+    let out = sh_in_main(&server, "1.33", "echo out; echo err >&2; exit 3");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(
@@ -312,19 +308,7 @@ spec:
             "kubectl {v}: {err}"
         );
     }
-    let out = server.kubectl(
-        "1.27",
-        &[
-            "exec",
-            "shell",
-            "-c",
-            "main",
-            "--",
-            "sh",
-            "-c",
-            "echo old; exit 5",
-        ],
-    );
+    let out = sh_in_main(&server, "1.27", "echo old; exit 5");
     assert_eq!(
         (out.status.code(), out.stdout.as_slice()),
         (Some(5), &b"old\n"[..]),
