@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agent::apply;
-use crate::harness::{get_json, spawn_lines, wait_for, Server};
+use crate::harness::{get_json, s, spawn_lines, wait_for, Server};
 
 /// A pod printing three lines and one to stderr, then a numbered tick every 300 ms; and
 /// a pod whose first run exits 1 and whose second keeps running.
@@ -314,6 +314,17 @@ spec:
         (Some(5), &b"old\n"[..]),
         "{out:?}"
     );
+
+    // kubectl cp both ways (tar over exec, stdin ended by SPDY).
+    for v in ["1.27", "1.33"] {
+        let body = format!("copied by kubectl {v}\n").repeat(1000);
+        let local = server.file(&format!("cp-{v}.txt"), &body);
+        let remote = format!("shell:/tmp/cp-{v}.txt");
+        server.ok(v, &["cp", "-c", "main", s(&local), &remote]);
+        let back = local.with_extension("back");
+        server.ok(v, &["cp", "-c", "main", &remote, s(&back)]);
+        assert_eq!(std::fs::read_to_string(&back).expect("copied back"), body);
+    }
 
     // Port-forward: SPDY in every kubectl (1.33 tries SPDY-in-WebSocket first).
     for v in ["1.27", "1.33"] {
