@@ -245,6 +245,14 @@ spec:
     image: localhost/busybox:1.35
     command: ["sh", "-c", "echo hello through a tunnel > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unplaced}
+spec:
+  nodeSelector: {no-such-label: x}
+  containers:
+  - {name: c, image: localhost/busybox:1.35, command: ["sleep", "3600"]}
 "#,
     );
     server.ok(
@@ -368,6 +376,23 @@ spec:
     // Errors.
     let err = server.fails("1.33", &["exec", "nosuch", "--", "true"]);
     assert!(err.contains("pods \"nosuch\" not found"), "{err}");
+    let err = server.fails("1.33", &["exec", "unplaced", "--", "true"]);
+    assert!(
+        err.contains("pod unplaced does not have a host assigned"),
+        "{err}"
+    );
+    assert_eq!(server.ok("1.33", &["logs", "unplaced"]), "");
+    // kubectl picks a default container itself; the API's own answer without one:
+    let err = server.fails(
+        "1.33",
+        &["get", "--raw", "/api/v1/namespaces/default/pods/shell/log"],
+    );
+    assert!(
+        err.contains(
+            "a container name must be specified for pod shell, choose one of: [main side]"
+        ),
+        "{err}"
+    );
     let err = server.fails("1.33", &["exec", "shell", "-c", "nope", "--", "true"]);
     assert!(
         err.contains("container nope is not valid for pod shell"),
