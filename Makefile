@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip
 
-.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy images release deps run clean
+.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy bench-streams images release deps run clean
 
 all: build
 
@@ -48,7 +48,7 @@ e2e:
 	$(CARGO) test --test e2e
 
 ## bench: every benchmark (not part of `make test`)
-bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy
+bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy bench-streams
 
 ## bench-scheduler: 3,000 pods of 30 Deployments onto 100 simulated nodes
 bench-scheduler:
@@ -59,6 +59,11 @@ bench-scheduler:
 bench-pods:
 	$(CARGO) build --release --bin pikube --example bench_pods
 	$(CARGO) run --release --example bench_pods
+
+## bench-streams: kubectl logs/exec latency and log throughput through the API server and agent
+bench-streams:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_streams.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
 
 ## bench-store: pikube's store against etcd 3.4 with the same load, in one run
 bench-store:

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub container_runtime_endpoint: Option<String>,
     /// Run no agent on this server.
     pub disable_agent: bool,
+    /// Port of the node agent's API (logs, exec, attach), k3s's `--kubelet-port`.
+    pub agent_port: u16,
     /// Sockets and runtime state of the agent's containerd.
     pub run_dir: PathBuf,
     /// Parent cgroup of the pods.
@@ -134,7 +136,8 @@ impl ServerConfig {
             node_taints: self.node_taints.clone(),
             cgroup_root: self.cgroup_root.clone(),
             cni_bridge: self.cni_bridge.clone(),
-            agent_port: DEFAULT_AGENT_PORT,
+            agent_port: self.agent_port,
+            tls: None,
         }
     }
 

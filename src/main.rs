@@ -116,6 +116,9 @@ struct ServerArgs {
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
+    /// Port of the node agent's API (logs, exec, attach), on the node IP.
+    #[arg(long, default_value_t = config::DEFAULT_AGENT_PORT)]
+    agent_port: u16,
     /// CRI socket of an existing containerd (default: pikube runs its own).
     #[arg(long)]
     container_runtime_endpoint: Option<String>,
@@ -217,6 +220,7 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         cluster_domain: a.cluster_domain,
         container_runtime_endpoint: a.container_runtime_endpoint,
         disable_agent: a.disable_agent,
+        agent_port: a.agent_port,
         run_dir: a.run_dir,
         cgroup_root: a.cgroup_root,
         cni_bridge: a.cni_bridge,

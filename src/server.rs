@@ -138,7 +138,10 @@ pub async fn run(
         &config.service_cidr,
         config.service_node_port_range.clone(),
     )?;
-    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges);
+    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges).with_node_tls(
+        pki::tls::mutual_client(&pki.ca.cert_pem, &pki.kubelet_client)
+            .context("client TLS towards node agents")?,
+    );
     match api::services::repair(&store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),
@@ -229,7 +232,19 @@ pub async fn run(
         }));
     }
     if !config.disable_agent {
-        let agent = config.agent();
+        let mut agent = config.agent();
+        let mut agent_sans = vec![agent.node_name.clone(), agent.node_ip.clone()];
+        let host = hostname();
+        if !host.is_empty() {
+            agent_sans.push(host);
+        }
+        agent_sans.sort();
+        agent_sans.dedup();
+        agent.tls = Some(crate::agent::api::AgentTls {
+            ca_cert_pem: pki.ca.cert_pem.clone(),
+            serving: pki.agent_serving(&tls_dir, &agent_sans)?,
+            allowed_user: pki::KUBELET_CLIENT_USER.to_string(),
+        });
         let client = crate::controllers::client::in_process(
             &api,
             &format!("system:node:{}", agent.node_name),

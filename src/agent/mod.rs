@@ -3,17 +3,21 @@
 //! client, so the same code runs inside `pikube server` (in-process client) and in
 //! `pikube agent` (HTTPS client).
 
+pub mod api;
 pub mod backoff;
 pub mod container;
 pub mod env;
 pub mod images;
 pub mod killall;
+pub mod logs;
 pub mod node;
 pub mod pleg;
 pub mod pods;
+pub mod portforward;
 pub mod probes;
 pub mod sandbox;
 pub mod status;
+pub mod stream;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -77,6 +81,8 @@ pub struct AgentConfig {
     pub cni_bridge: String,
     /// Agent API port (reported in the Node's daemonEndpoints).
     pub agent_port: u16,
+    /// Certificates of the agent API; None = no agent API.
+    pub tls: Option<api::AgentTls>,
 }
 
 impl AgentConfig {
@@ -156,6 +162,29 @@ pub async fn run(
         }
     }
 
+    let agent_api = match &cfg.tls {
+        Some(tls) => {
+            let addr = std::net::SocketAddr::new(
+                cfg.node_ip.parse().map_err(|_| {
+                    Error::Config(format!("node IP {:?} is not an address", cfg.node_ip))
+                })?,
+                cfg.agent_port,
+            );
+            let listener = api::bind(addr).await?;
+            tracing::info!(%addr, "agent API listening");
+            let handlers = api::AgentApi::new(client.clone(), cri.clone());
+            let (tls, stop) = (tls.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = api::serve(listener, &tls, handlers, stop).await {
+                    tracing::error!(error = %e, "agent API stopped");
+                }
+            }))
+        }
+        None => {
+            tracing::warn!("no agent API certificates: logs, exec and attach are not served");
+            None
+        }
+    };
     let taints = cfg
         .node_taints
         .iter()
@@ -185,6 +214,7 @@ pub async fn run(
         c = wait_pod_cidr(&client, &cfg.node_name) => c,
         _ = shutdown.changed() => {
             heartbeat.abort();
+            if let Some(a) = agent_api { a.abort(); }
             if let Some(c) = managed { c.stop().await; }
             return Ok(());
         }
@@ -233,6 +263,9 @@ pub async fn run(
     .await;
     pleg.abort();
     heartbeat.abort();
+    if let Some(a) = agent_api {
+        a.abort();
+    }
     if let Some(c) = managed {
         c.stop().await;
     }

@@ -81,6 +81,12 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
                 json!({"name": "pods/binding", "singularName": "", "namespaced": true,
                 "kind": "Binding", "verbs": ["create"]}),
             );
+            for (sub, kind, verbs) in POD_STREAMS {
+                list.push(
+                    json!({"name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
+                    "kind": kind, "verbs": verbs}),
+                );
+            }
         }
         if super::rest::has_scale(d) {
             list.push(json!({"name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
@@ -144,6 +150,14 @@ pub fn negotiate_aggregated(accept: &str) -> Option<Aggregated> {
     None
 }
 
+/// The pods' streaming subresources (served through the node agent): name, kind, verbs.
+const POD_STREAMS: &[(&str, &str, &[&str])] = &[
+    ("log", "Pod", &["get"]),
+    ("exec", "PodExecOptions", &["create", "get"]),
+    ("attach", "PodAttachOptions", &["create", "get"]),
+    ("portforward", "PodPortForwardOptions", &["create", "get"]),
+];
+
 fn aggregated_resource(d: &ResourceDef) -> Value {
     let mut subresources = Vec::new();
     if super::objects::has_status(d) {
@@ -153,6 +167,10 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
     if d.kind == "Pod" {
         subresources.push(json!({"subresource": "binding",
             "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+        for (sub, kind, verbs) in POD_STREAMS {
+            subresources.push(json!({"subresource": sub,
+                "responseKind": {"group": "", "version": "v1", "kind": kind}, "verbs": verbs}));
+        }
     }
     if super::rest::has_scale(d) {
         subresources.push(json!({"subresource": "scale",

@@ -9,36 +9,19 @@ use anyhow::{Context, Result};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use super::authn::Tokens;
 use super::router::Identity;
-use crate::pki::Pki;
-
-fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("unreadable certificate PEM")
-}
-
-fn key(pem: &str) -> Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .context("unreadable key PEM")?
-        .context("no private key in PEM")
-}
+use crate::pki::{tls, Pki};
 
 /// The TLS configuration of the API server: its serving certificate, and client
 /// certificates verified against the cluster CA when a client offers one.
 pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&pki.ca.cert_pem)? {
-        roots.add(c).context("cannot trust the cluster CA")?;
-    }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
+        tls::roots(&pki.ca.cert_pem)?,
         provider.clone(),
     )
     .allow_unauthenticated()
@@ -48,7 +31,10 @@ pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&pki.serving.cert_pem)?, key(&pki.serving.key_pem)?)
+        .with_single_cert(
+            tls::certs(&pki.serving.cert_pem)?,
+            tls::private_key(&pki.serving.key_pem)?,
+        )
         .context("serving certificate")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -73,6 +59,27 @@ pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
 
 /// Longest time a client may take for the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The TLS handshake of an accepted connection; None (logged) when it fails or takes
+/// longer than [`HANDSHAKE_TIMEOUT`], so a peer that never completes it does not hold a
+/// task forever.
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
 
 /// Serves `router` on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -99,17 +106,8 @@ pub async fn serve(
         let router = router.clone();
         let tokens = tokens.clone();
         tokio::spawn(async move {
-            // A peer that never completes the handshake does not hold a task forever.
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(stream) = accept_tls(&acceptor, tcp, peer).await else {
+                return;
             };
             let identity = stream
                 .get_ref()

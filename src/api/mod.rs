@@ -7,6 +7,7 @@ pub mod discovery;
 mod fuzz_tests;
 pub mod http;
 pub mod objects;
+pub mod pod_streams;
 pub mod resources;
 pub mod rest;
 pub mod router;
@@ -15,6 +16,7 @@ pub mod services;
 pub mod status;
 pub mod strategic;
 pub mod table;
+pub mod upgrade;
 pub mod watch;
 
 pub use router::{ApiServer, Identity};

@@ -37,6 +37,7 @@ pub struct Identity {
 pub struct ApiServer {
     registry: Registry,
     server_address: String,
+    node_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiServer {
@@ -49,7 +50,19 @@ impl ApiServer {
                 services: Arc::new(services),
             },
             server_address,
+            node_tls: None,
         }
+    }
+
+    /// The same server, reaching node agents (pods' log, exec, attach) with `tls`.
+    pub fn with_node_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.node_tls = Some(tls);
+        self
+    }
+
+    /// TLS towards node agents, when configured.
+    pub fn node_tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.node_tls.as_ref()
     }
 
     /// The store this API server writes to.
@@ -142,6 +155,7 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
             "status" => objects::has_status(def),
             "scale" => rest::has_scale(def),
             "binding" => def.kind == "Pod",
+            "log" | "exec" | "attach" | "portforward" => def.kind == "Pod",
             _ => false,
         };
         if !served {
@@ -216,6 +230,11 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
     let method = req.method().clone();
     let q = query_map(&req)?;
     let route = parse_path(&path)?;
+    if let Route::Resource(t) = &route {
+        if super::pod_streams::is_stream(t) {
+            return super::pod_streams::handle(&api, t.clone(), req).await;
+        }
+    }
     let target = match route {
         Route::ApiVersions | Route::GroupList => {
             let core = matches!(route, Route::ApiVersions);
@@ -469,7 +488,17 @@ mod tests {
                 Some("scale".into())
             )
         );
+        assert_eq!(
+            t("/api/v1/namespaces/d/pods/p/exec"),
+            (
+                "pods",
+                Some("d".into()),
+                Some("p".into()),
+                Some("exec".into())
+            )
+        );
         for bad in [
+            "/api/v1/namespaces/d/configmaps/c/log",
             "/api/v1/pods/p",
             "/api/v1/namespaces/d/nodes",
             "/api/v1/bogus",

@@ -152,6 +152,16 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
 
+    /// An error answered by a node agent (plain text), as kube-apiserver passes it on.
+    pub fn from_node(code: u16, message: impl Into<String>) -> Self {
+        match code {
+            400 => Self::bad_request(message),
+            403 => Self::forbidden(message),
+            404 => Self::new(404, "NotFound", message),
+            _ => Self::internal(message),
+        }
+    }
+
     /// The metav1.Status object.
     pub fn to_status(&self) -> Value {
         let mut s = json!({

@@ -3,6 +3,8 @@
 //! Created on a server's first start under `<data-dir>/server/tls/` and reused afterwards,
 //! so clients keep trusting the server across restarts.
 
+pub mod tls;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -13,12 +15,21 @@ use rcgen::{
 };
 
 /// PEM material of one certificate and its key.
-#[derive(Clone, Debug)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct CertKey {
     /// Certificate, PEM.
     pub cert_pem: String,
     /// Private key, PEM.
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("CertKey")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The server's certificates.
@@ -30,7 +41,13 @@ pub struct Pki {
     pub serving: CertKey,
     /// The admin client certificate (CN=system:admin, O=system:masters).
     pub admin: CertKey,
+    /// The API server's client certificate for node agents' APIs (logs, exec, attach).
+    pub kubelet_client: CertKey,
 }
+
+/// Common name of the API server's client certificate towards node agents; agents
+/// accept only this identity.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// Names and addresses the serving certificate is valid for.
 pub fn serving_sans(
@@ -169,6 +186,42 @@ fn issue(
     })
 }
 
+/// A serving certificate pair `name` in `dir`, reissued when `sans` changed.
+fn load_or_issue_serving(
+    dir: &Path,
+    name: &str,
+    ca: &CertKey,
+    common_name: &str,
+    sans: &[String],
+) -> Result<CertKey> {
+    let sans_file = dir.join(format!("{name}.sans"));
+    let wanted = sans.join(",");
+    match (
+        read_pair(dir, name)?,
+        std::fs::read_to_string(&sans_file).ok(),
+    ) {
+        (Some(s), Some(old)) if old == wanted => Ok(s),
+        _ => {
+            let s = issue(ca, common_name, &[], sans, true)?;
+            write_pair(dir, name, &s)?;
+            write_private(&sans_file, &wanted)?;
+            Ok(s)
+        }
+    }
+}
+
+/// A client certificate pair `name` in `dir` (CN `user`, O system:masters), created once.
+fn load_or_issue_client(dir: &Path, name: &str, ca: &CertKey, user: &str) -> Result<CertKey> {
+    match read_pair(dir, name)? {
+        Some(a) => Ok(a),
+        None => {
+            let a = issue(ca, user, &["system:masters"], &[], false)?;
+            write_pair(dir, name, &a)?;
+            Ok(a)
+        }
+    }
+}
+
 impl Pki {
     /// Loads the certificates from `dir`, creating what is missing. The serving
     /// certificate is reissued when `sans` changed (e.g. a new node IP).
@@ -182,29 +235,22 @@ impl Pki {
                 ca
             }
         };
-        let sans_file = dir.join("serving.sans");
-        let wanted = sans.join(",");
-        let serving = match (
-            read_pair(dir, "serving")?,
-            std::fs::read_to_string(&sans_file).ok(),
-        ) {
-            (Some(s), Some(old)) if old == wanted => s,
-            _ => {
-                let s = issue(&ca, "pikube-apiserver", &[], sans, true)?;
-                write_pair(dir, "serving", &s)?;
-                write_private(&sans_file, &wanted)?;
-                s
-            }
-        };
-        let admin = match read_pair(dir, "admin")? {
-            Some(a) => a,
-            None => {
-                let a = issue(&ca, "system:admin", &["system:masters"], &[], false)?;
-                write_pair(dir, "admin", &a)?;
-                a
-            }
-        };
-        Ok(Pki { ca, serving, admin })
+        let serving = load_or_issue_serving(dir, "serving", &ca, "pikube-apiserver", sans)?;
+        let admin = load_or_issue_client(dir, "admin", &ca, "system:admin")?;
+        let kubelet_client =
+            load_or_issue_client(dir, "apiserver-kubelet-client", &ca, KUBELET_CLIENT_USER)?;
+        Ok(Pki {
+            ca,
+            serving,
+            admin,
+            kubelet_client,
+        })
+    }
+
+    /// The serving certificate of a node agent's API (`agent-serving.*` in `dir`), valid
+    /// for the node's name and IPs; reissued when they change.
+    pub fn agent_serving(&self, dir: &Path, sans: &[String]) -> Result<CertKey> {
+        load_or_issue_serving(dir, "agent-serving", &self.ca, "pikube-agent", sans)
     }
 
     /// Issues a client certificate for `user` in `groups`, signed by the cluster CA.
@@ -257,6 +303,10 @@ mod tests {
         assert_eq!(a.ca.cert_pem, b.ca.cert_pem);
         assert_eq!(a.serving.cert_pem, b.serving.cert_pem);
         assert_eq!(a.admin.cert_pem, b.admin.cert_pem);
+        assert_eq!(a.kubelet_client.cert_pem, b.kubelet_client.cert_pem);
+        let agent = a.agent_serving(dir.path(), &["node1".into()]).unwrap();
+        let again = b.agent_serving(dir.path(), &["node1".into()]).unwrap();
+        assert_eq!(agent.cert_pem, again.cert_pem);
         // A new SAN reissues the serving certificate only.
         let mut more = sans.clone();
         more.push("pi1.example".into());

@@ -26,7 +26,8 @@ fn condition(pod: &Value, kind: &str) -> Option<String> {
         .and_then(|c| c["status"].as_str().map(String::from))
 }
 
-fn apply(server: &Server, name: &str, yaml: &str) {
+/// Applies `yaml` (saved as `<name>.yaml`) with kubectl 1.33.
+pub fn apply(server: &Server, name: &str, yaml: &str) {
     let f = server.file(&format!("{name}.yaml"), yaml);
     server.ok(
         "1.33",
@@ -35,7 +36,7 @@ fn apply(server: &Server, name: &str, yaml: &str) {
 }
 
 /// One HTTP GET to `ip:port` from the host; the body.
-fn http_get(ip: &str, port: u16, path: &str) -> String {
+pub fn http_get(ip: &str, port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect_timeout(
         &format!("{ip}:{port}").parse().expect("address"),
         Duration::from_secs(3),

@@ -156,6 +156,8 @@ impl Server {
             std::fs::copy(test_images().join(tar), images.join(tar)).expect("copy test image");
         }
         let mut all: Vec<String> = node.flags();
+        // Tests run side by side on 127.0.0.1: each agent API gets its own port.
+        all.extend(["--agent-port".to_string(), free_port().to_string()]);
         all.extend(extra.iter().map(|s| s.to_string()));
         all.push("--agent".into());
         let child = Self::spawn(dir.path(), port, &all);

@@ -10,4 +10,5 @@ mod kube_client;
 mod python_client;
 mod services;
 mod sim;
+mod streams;
 mod workloads;
