@@ -171,6 +171,26 @@ spec:
     assert_eq!(after["restartCount"], 0);
     assert!(http_get(&ip, 8080, "/index.html").contains("hello from a configmap"));
 
+    // A pod deleted while no agent runs is cleaned up when the agent comes back: its
+    // containers stop and its cgroup goes.
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
+    let cgroup = format!("/sys/fs/cgroup/memory/pikube-test-1/pod{uid}");
+    assert!(std::path::Path::new(&cgroup).exists(), "the pod runs in {cgroup}");
+    server.restart_without_agent();
+    server.ok(
+        "1.33",
+        &["delete", "pod", "web", "--grace-period=0", "--force"],
+    );
+    server.restart();
+    wait_for(30, "the deleted pod's containers to go", || {
+        let gone = std::net::TcpStream::connect_timeout(
+            &format!("{ip}:8080").parse().expect("address"),
+            Duration::from_millis(500),
+        )
+        .is_err();
+        (gone && !std::path::Path::new(&cgroup).exists()).then_some(())
+    });
+
     // A Deployment's pods run too.
     server.ok(
         "1.27",

@@ -179,6 +179,20 @@ impl Server {
         self.wait_ready();
     }
 
+    /// Stops the server and starts it again without its node agent (same data dir and
+    /// port): the API serves while nothing runs the node's pods.
+    pub fn restart_without_agent(&mut self) {
+        self.stop();
+        let extra: Vec<String> = self
+            .extra
+            .iter()
+            .filter(|a| *a != "--agent")
+            .cloned()
+            .collect();
+        self.child = Self::spawn(self.dir.path(), self.port, &extra);
+        self.wait_ready();
+    }
+
     fn spawn(dir: &Path, port: u16, extra: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
