@@ -10,6 +10,7 @@ pub mod compactor;
 pub mod config;
 pub mod config_file;
 pub mod controllers;
+pub mod dns;
 pub mod pki;
 pub mod scheduler;
 pub mod server;
