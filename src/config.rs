@@ -26,6 +26,8 @@ pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
 pub const DEFAULT_CLUSTER_DNS: &str = "10.43.0.10";
 /// Default cluster domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Default resolv.conf of the node (upstream resolvers of the cluster DNS).
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Everything `pikube server` needs to start.
 #[derive(Clone, Debug)]
@@ -64,6 +66,10 @@ pub struct ServerConfig {
     pub cluster_dns: IpAddr,
     /// Cluster domain.
     pub cluster_domain: String,
+    /// Where the cluster DNS answers; None = the cluster DNS address, port 53, put on `lo`.
+    pub dns_listen_address: Option<std::net::SocketAddr>,
+    /// The resolv.conf whose nameservers get the names outside the cluster domain.
+    pub resolv_conf: PathBuf,
     /// CRI endpoint of an existing containerd; None = pikube starts its own.
     pub container_runtime_endpoint: Option<String>,
     /// Run no agent on this server.

@@ -91,6 +91,16 @@ struct ServerArgs {
     /// Cluster domain.
     #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
+    /// Cluster DNS address (what pods get as their nameserver).
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_DNS)]
+    cluster_dns: IpAddr,
+    /// Where the cluster DNS listens (IP:PORT, UDP and TCP); default: the cluster DNS
+    /// address, port 53, put on `lo` while pikube runs.
+    #[arg(long)]
+    dns_listen_address: Option<std::net::SocketAddr>,
+    /// resolv.conf whose nameservers resolve names outside the cluster domain.
+    #[arg(long, default_value = config::DEFAULT_RESOLV_CONF)]
+    resolv_conf: PathBuf,
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
@@ -101,8 +111,12 @@ struct ServerArgs {
     /// Seconds pods without their own toleration stay on an unreachable node.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: u64,
-    /// Components not to run (repeatable): controllers, scheduler.
-    #[arg(long, value_parser = ["controllers", "scheduler"])]
+    /// Components not to run (repeatable): controllers, scheduler, dns.
+    #[arg(long, value_parser = [
+        "controllers",
+        "scheduler",
+        "dns",
+    ])]
     disable: Vec<String>,
     /// File of static bearer tokens, one `token,user,uid[,"group1,group2"]` per line.
     #[arg(long)]
@@ -148,8 +162,10 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         cluster_cidr: config::DEFAULT_CLUSTER_CIDR.into(),
         service_cidr: a.service_cidr,
         service_node_port_range: a.service_node_port_range,
-        cluster_dns: IpAddr::from([10, 43, 0, 10]),
+        cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
+        dns_listen_address: a.dns_listen_address,
+        resolv_conf: a.resolv_conf,
         container_runtime_endpoint: None,
         disable_agent: a.disable_agent,
         disable: a.disable,
