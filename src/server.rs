@@ -64,8 +64,9 @@ pub struct BootstrapAddresses {
     pub kubernetes_ip: Ipv4Addr,
     /// The API server's HTTPS port (target port of `default/kubernetes`).
     pub https_port: u16,
-    /// ClusterIP of `kube-system/kube-dns` (the cluster DNS address).
-    pub cluster_dns: IpAddr,
+    /// ClusterIP of `kube-system/kube-dns` (the cluster DNS address); None when the DNS
+    /// is disabled (as k3s leaves out CoreDNS's Service with `--disable coredns`).
+    pub cluster_dns: Option<IpAddr>,
 }
 
 /// Creates what every cluster has from the start, if it is missing: the system
@@ -92,8 +93,11 @@ pub async fn bootstrap(api: &ApiServer, addrs: &BootstrapAddresses) -> Result<()
         },
     });
     create_if_missing(api, "services", Some("default"), svc, "service default/kubernetes").await?;
-    let dns_ip = addrs.cluster_dns.to_string();
-    let family = if addrs.cluster_dns.is_ipv4() { "IPv4" } else { "IPv6" };
+    let Some(cluster_dns) = addrs.cluster_dns else {
+        return Ok(());
+    };
+    let dns_ip = cluster_dns.to_string();
+    let family = if cluster_dns.is_ipv4() { "IPv4" } else { "IPv6" };
     let dns = json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -180,7 +184,7 @@ pub async fn run(
         &BootstrapAddresses {
             kubernetes_ip,
             https_port: config.https_listen_port,
-            cluster_dns: config.cluster_dns,
+            cluster_dns: (!config.is_disabled("dns")).then_some(config.cluster_dns),
         },
     )
     .await?;

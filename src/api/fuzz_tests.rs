@@ -114,7 +114,7 @@ async fn random_requests_never_get_a_server_error() {
         &crate::server::BootstrapAddresses {
             kubernetes_ip: std::net::Ipv4Addr::new(10, 43, 0, 1),
             https_port: 6443,
-            cluster_dns: std::net::IpAddr::from([10, 43, 0, 10]),
+            cluster_dns: Some(std::net::IpAddr::from([10, 43, 0, 10])),
         },
     )
     .await

@@ -29,11 +29,22 @@ pub struct Server {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 for TCP.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A port free on 127.0.0.1 for both TCP and UDP (a DNS listen port).
+pub fn free_dual_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Server {
@@ -66,6 +77,20 @@ impl Server {
     }
 
     fn spawn(dir: &Path, port: u16, extra: &[String]) -> Child {
+        // The cluster DNS of a server under test never takes the host's cluster DNS
+        // address or its resolvers: a free loopback port and an empty resolv.conf,
+        // unless the test chooses.
+        let mut dns = Vec::new();
+        if !extra.iter().any(|a| a == "--dns-listen-address") {
+            dns.push("--dns-listen-address".to_string());
+            dns.push(format!("127.0.0.1:{}", free_dual_port()));
+        }
+        if !extra.iter().any(|a| a == "--resolv-conf") {
+            let resolv = dir.join("resolv.conf");
+            std::fs::write(&resolv, "").expect("empty resolv.conf");
+            dns.push("--resolv-conf".to_string());
+            dns.push(resolv.to_str().expect("utf-8 path").to_string());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -87,6 +112,7 @@ impl Server {
             .arg(dir.join("data"))
             .arg("--write-kubeconfig")
             .arg(dir.join("kubeconfig"))
+            .args(&dns)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod dns;
 mod harness;
 mod kube_client;
 mod python_client;
