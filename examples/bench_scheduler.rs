@@ -7,31 +7,22 @@
 //! There is no kube-scheduler on this machine to run beside it; its published range
 //! (100-300 pods/s with API round trips) is printed for comparison.
 
+mod support;
+
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
-use kube::{Client, Config, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 
 const NODES: usize = 100;
 const DEPLOYMENTS: usize = 30;
 const REPLICAS: usize = 100;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -47,50 +38,7 @@ fn rss_mb(pid: u32) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let bin = std::env::current_exe()?
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("pikube"))
-        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    let child = Command::new(&bin)
-        .args([
-            "server",
-            "--config",
-            "/dev/null",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-        ])
-        .arg("--https-listen-port")
-        .arg(port.to_string())
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot start {} ({e}); run `cargo build --release` first",
-                bin.display()
-            )
-        })?;
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !kubeconfig.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let kc = Kubeconfig::read_from(&kubeconfig)?;
-    let client =
-        Client::try_from(Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)?;
+    let (server, client) = support::start_server(&["--disable", "dns"]).await?;
 
     eprintln!("bench-scheduler: registering {NODES} nodes");
     let nodes = Api::<Node>::all(client.clone());
@@ -211,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let bind_secs = (last_bound - start).as_secs_f64();
-    let rss = rss_mb(server.0.id());
+    let rss = rss_mb(server.child.id());
     let _ = pods;
     println!("bench-scheduler: {NODES} simulated nodes, {DEPLOYMENTS} Deployments x {REPLICAS} replicas = {total} pods");
     println!(

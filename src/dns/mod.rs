@@ -5,6 +5,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`records`] | pure: cluster facts → the records of the Kubernetes DNS specification |
+//! | [`cache`] | encoded replies of one zone version, keyed by the wire question |
 //! | [`watch`] | reflectors → a new zone after every change, swapped atomically |
 //! | [`forward`] | upstreams from resolv.conf, loop check, bounded TTL cache |
 //! | [`server`] | the wire protocol on UDP and TCP |
@@ -13,6 +14,7 @@
 //! address, pikube puts that address on `lo` as a /32 (a dummy link is not available on
 //! every kernel) and removes it again at shutdown.
 
+pub mod cache;
 pub mod forward;
 pub mod records;
 pub mod server;

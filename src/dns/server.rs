@@ -16,6 +16,7 @@ use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+use super::cache;
 use super::forward::{Forwarder, EDNS_PAYLOAD};
 use super::records::Lookup;
 use super::watch::SharedZone;
@@ -118,6 +119,13 @@ impl Handler {
     }
 
     fn answer(&self, packet: &[u8], udp: bool) -> Reply {
+        let snapshot = self.zone.current();
+        let plain = cache::plain_query(packet);
+        if let Some(q) = &plain {
+            if let Some(reply) = snapshot.answers.reply(packet, q) {
+                return Reply::Now(reply);
+            }
+        }
         let req = match Message::from_vec(packet) {
             Ok(m) => m,
             Err(_) => return header_error(packet, ResponseCode::FormErr),
@@ -150,10 +158,9 @@ impl Handler {
         {
             return reply(response_to(&req, ResponseCode::Refused));
         }
-        let name = LowerName::from(question.name());
-        let zone = self.zone.current();
+        let zone = &snapshot.zone;
         let mut response = response_to(&req, ResponseCode::NoError);
-        match zone.lookup(&name, qtype) {
+        match zone.lookup(&LowerName::from(question.name()), qtype) {
             Lookup::Outside => {
                 return Reply::Forward(Box::new(Pending {
                     response,
@@ -173,10 +180,10 @@ impl Handler {
             Lookup::Answer(records) => {
                 response.metadata.authoritative = true;
                 response.add_answers(records.into_iter().cloned());
-                self.add_glue(&zone, &mut response);
+                add_glue(zone, &mut response);
                 // An ExternalName's target is outside the cluster: resolve it upstream so
                 // stub resolvers that do not chase CNAMEs get the addresses too.
-                if let Some(target) = external_target(&response, qtype, &zone) {
+                if let Some(target) = external_target(&response, qtype, zone) {
                     let mut question = question.clone();
                     question.set_name(target);
                     return Reply::Forward(Box::new(Pending {
@@ -187,26 +194,13 @@ impl Handler {
                 }
             }
         }
-        reply(response)
-    }
-
-    /// Addresses of in-zone SRV targets go to the additional section.
-    fn add_glue(&self, zone: &super::records::Zone, response: &mut Message) {
-        let targets: Vec<LowerName> = response
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::SRV(srv) => Some(LowerName::from(&srv.target)),
-                _ => None,
-            })
-            .collect();
-        for t in targets {
-            for qtype in [RecordType::A, RecordType::AAAA] {
-                if let Lookup::Answer(glue) = zone.lookup(&t, qtype) {
-                    response.add_additionals(glue.into_iter().cloned());
-                }
-            }
+        let Some(bytes) = encode(&response, limit) else {
+            return Reply::Drop;
+        };
+        if let Some(q) = plain {
+            snapshot.answers.store(q, &bytes);
         }
+        Reply::Now(bytes)
     }
 
     async fn forward(&self, p: Pending) -> Vec<u8> {
@@ -334,6 +328,25 @@ impl Handler {
             framed.extend_from_slice(&reply);
             if stream.write_all(&framed).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// Addresses of in-zone SRV targets go to the additional section.
+fn add_glue(zone: &super::records::Zone, response: &mut Message) {
+    let targets: Vec<LowerName> = response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(LowerName::from(&srv.target)),
+            _ => None,
+        })
+        .collect();
+    for t in targets {
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            if let Lookup::Answer(glue) = zone.lookup(&t, qtype) {
+                response.add_additionals(glue.into_iter().cloned());
             }
         }
     }

@@ -15,6 +15,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
+use super::cache::AnswerCache;
 use super::records::{
     EndpointData, PodData, PortData, ServiceData, ServiceKind, Zone, ZoneConfig, ZoneData,
 };
@@ -24,17 +25,32 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// How long changes are collected before the zone is rebuilt.
 const COALESCE: Duration = Duration::from_millis(20);
 
+/// One version of the zone with the encoded answers given from it.
+pub struct Snapshot {
+    /// The records.
+    pub zone: Zone,
+    /// Replies already encoded from `zone`.
+    pub answers: AnswerCache,
+}
+
 /// The zone in use, replaced as a whole on every rebuild.
-pub struct SharedZone(RwLock<Arc<Zone>>);
+pub struct SharedZone(RwLock<Arc<Snapshot>>);
+
+fn snapshot(zone: Zone) -> Arc<Snapshot> {
+    Arc::new(Snapshot {
+        zone,
+        answers: AnswerCache::default(),
+    })
+}
 
 impl SharedZone {
     /// Starts with `zone`.
     pub fn new(zone: Zone) -> SharedZone {
-        SharedZone(RwLock::new(Arc::new(zone)))
+        SharedZone(RwLock::new(snapshot(zone)))
     }
 
     /// The zone in use now.
-    pub fn current(&self) -> Arc<Zone> {
+    pub fn current(&self) -> Arc<Snapshot> {
         match self.0.read() {
             Ok(z) => z.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -43,7 +59,7 @@ impl SharedZone {
 
     /// Puts `zone` in use.
     pub fn set(&self, zone: Zone) {
-        let zone = Arc::new(zone);
+        let zone = snapshot(zone);
         match self.0.write() {
             Ok(mut z) => *z = zone,
             Err(poisoned) => *poisoned.into_inner() = zone,
