@@ -48,7 +48,16 @@ fn dnsperf(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<Run> {
         .args(["-s", "127.0.0.1", "-p", &port.to_string()])
         .arg("-d")
         .arg(queries)
-        .args(["-l", &seconds.to_string(), "-c", "4", "-T", "2", "-q", "256"])
+        .args([
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            "4",
+            "-T",
+            "2",
+            "-q",
+            "256",
+        ])
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run dnsperf ({e}); apt-get install dnsperf"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -70,13 +79,24 @@ async fn wait_answer(port: u16, name: &str, want: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = tokio::process::Command::new("dig")
-            .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+tries=1", "+time=1", name])
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "+short",
+                "+tries=1",
+                "+time=1",
+                name,
+            ])
             .output()
             .await?;
         if String::from_utf8_lossy(&out.stdout).trim() == want {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{name} never answered {want} on port {port}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} never answered {want} on port {port}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -92,12 +92,23 @@ pub async fn bootstrap(api: &ApiServer, addrs: &BootstrapAddresses) -> Result<()
             "ipFamilyPolicy": "SingleStack",
         },
     });
-    create_if_missing(api, "services", Some("default"), svc, "service default/kubernetes").await?;
+    create_if_missing(
+        api,
+        "services",
+        Some("default"),
+        svc,
+        "service default/kubernetes",
+    )
+    .await?;
     let Some(cluster_dns) = addrs.cluster_dns else {
         return Ok(());
     };
     let dns_ip = cluster_dns.to_string();
-    let family = if cluster_dns.is_ipv4() { "IPv4" } else { "IPv6" };
+    let family = if cluster_dns.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
     let dns = json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -117,7 +128,14 @@ pub async fn bootstrap(api: &ApiServer, addrs: &BootstrapAddresses) -> Result<()
             "ipFamilyPolicy": "SingleStack",
         },
     });
-    create_if_missing(api, "services", Some("kube-system"), dns, "service kube-system/kube-dns").await
+    create_if_missing(
+        api,
+        "services",
+        Some("kube-system"),
+        dns,
+        "service kube-system/kube-dns",
+    )
+    .await
 }
 
 fn hostname() -> String {

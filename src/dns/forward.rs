@@ -303,7 +303,10 @@ mod tests {
     fn resolv_conf_parsing_skips_self() {
         let text = "# comment\nsearch example.com\nnameserver 127.0.0.53\nnameserver 10.43.0.10\n\
                     nameserver fe80::1%eth0\nnameserver bogus\nnameserver 127.0.0.53\noptions ndots:5\n";
-        let is_self = self_check("127.0.0.1:5353".parse().unwrap(), "10.43.0.10".parse().unwrap());
+        let is_self = self_check(
+            "127.0.0.1:5353".parse().unwrap(),
+            "10.43.0.10".parse().unwrap(),
+        );
         let (up, skipped) = upstreams_from_resolv_conf(text, is_self);
         assert_eq!(
             up,
@@ -312,7 +315,10 @@ mod tests {
                 "[fe80::1]:53".parse().unwrap()
             ]
         );
-        assert_eq!(skipped, vec!["10.43.0.10:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            skipped,
+            vec!["10.43.0.10:53".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]

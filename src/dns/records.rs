@@ -302,7 +302,11 @@ impl Zone {
         }
 
         let mut ready_counts: HashMap<(&str, &str), u16> = HashMap::new();
-        for ep in data.endpoints.iter().filter(|e| e.ready && !e.ips.is_empty()) {
+        for ep in data
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && !e.ips.is_empty())
+        {
             *ready_counts
                 .entry((ep.namespace.as_str(), ep.service.as_str()))
                 .or_default() += 1;

@@ -212,7 +212,9 @@ impl Handler {
         let chased = !response.answers.is_empty();
         let upstream = match self.forwards.try_acquire() {
             Ok(_permit) => self.forwarder.resolve(&question).await,
-            Err(_) => Err(super::forward::ForwardError::Failed("too many in flight".into())),
+            Err(_) => Err(super::forward::ForwardError::Failed(
+                "too many in flight".into(),
+            )),
         };
         match upstream {
             Ok(answer) => {

@@ -71,6 +71,20 @@ fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
     ips.into_iter().filter_map(|s| s.parse().ok()).collect()
 }
 
+/// A port of a Service or EndpointSlice (protocol TCP when unset); None without a valid
+/// number.
+fn port_data(
+    name: &Option<String>,
+    protocol: &Option<String>,
+    port: Option<i32>,
+) -> Option<PortData> {
+    Some(PortData {
+        name: name.clone().unwrap_or_default(),
+        protocol: protocol.clone().unwrap_or_else(|| "TCP".into()),
+        port: u16::try_from(port?).ok()?,
+    })
+}
+
 /// The DNS facts of a Service (None for one without addresses yet).
 pub fn service_data(svc: &Service) -> Option<ServiceData> {
     let spec = svc.spec.as_ref()?;
@@ -92,13 +106,7 @@ pub fn service_data(svc: &Service) -> Option<ServiceData> {
         .ports
         .iter()
         .flatten()
-        .filter_map(|p| {
-            Some(PortData {
-                name: p.name.clone().unwrap_or_default(),
-                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                port: u16::try_from(p.port).ok()?,
-            })
-        })
+        .filter_map(|p| port_data(&p.name, &p.protocol, Some(p.port)))
         .collect();
     Some(ServiceData {
         namespace: svc.namespace()?,
@@ -110,7 +118,8 @@ pub fn service_data(svc: &Service) -> Option<ServiceData> {
 
 /// The DNS facts of the endpoints of an EndpointSlice.
 pub fn endpoint_data(slice: &EndpointSlice) -> Vec<EndpointData> {
-    let (Some(namespace), Some(service)) = (slice.namespace(), slice.labels().get(SERVICE_NAME_LABEL))
+    let (Some(namespace), Some(service)) =
+        (slice.namespace(), slice.labels().get(SERVICE_NAME_LABEL))
     else {
         return Vec::new();
     };
@@ -118,13 +127,7 @@ pub fn endpoint_data(slice: &EndpointSlice) -> Vec<EndpointData> {
         .ports
         .iter()
         .flatten()
-        .filter_map(|p| {
-            Some(PortData {
-                name: p.name.clone().unwrap_or_default(),
-                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                port: u16::try_from(p.port?).ok()?,
-            })
-        })
+        .filter_map(|p| port_data(&p.name, &p.protocol, p.port))
         .collect();
     slice
         .endpoints
@@ -218,8 +221,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
-        .default_backoff();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
     tasks.spawn(async move {
         stream
             .for_each(|event| {
@@ -266,8 +272,7 @@ pub async fn run(
             .unwrap_or(u32::MAX);
             serial = now.max(serial.wrapping_add(1));
             let (c, cfg) = (caches.clone(), config.clone());
-            match tokio::task::spawn_blocking(move || Zone::build(&cfg, serial, &c.data())).await
-            {
+            match tokio::task::spawn_blocking(move || Zone::build(&cfg, serial, &c.data())).await {
                 Ok(z) => {
                     tracing::debug!(names = z.len(), serial, "dns zone rebuilt");
                     zone.set(z);

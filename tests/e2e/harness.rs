@@ -220,6 +220,23 @@ impl Drop for Server {
     }
 }
 
+/// Calls `f` every `every` until it returns Some, or panics with `what` after `secs`.
+pub fn wait_for_every<T>(
+    every: Duration,
+    secs: u64,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(every);
+    }
+}
+
 /// Path as &str for kubectl arguments.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -32,15 +32,8 @@ fn ready_pods(list: &Value) -> Vec<Value> {
 }
 
 /// Polls until `f` returns Some, or panics with `what` after `secs`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    crate::harness::wait_for_every(Duration::from_millis(200), secs, what, f)
 }
 
 fn images(server: &Server) -> Vec<String> {

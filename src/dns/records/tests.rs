@@ -129,7 +129,11 @@ fn names_are_case_insensitive() {
 fn srv_for_named_ports_only() {
     let z = zone();
     assert_eq!(
-        answer(&z, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        answer(
+            &z,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         ["0 100 80 web.default.svc.cluster.local."]
     );
     // The unnamed UDP port has no SRV name at all.
@@ -172,7 +176,11 @@ fn headless_service_answers_ready_endpoints() {
         Lookup::NxDomain
     );
     assert_eq!(
-        answer(&z, "_http._tcp.db.default.svc.cluster.local.", RecordType::SRV),
+        answer(
+            &z,
+            "_http._tcp.db.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         [
             "0 50 8080 10-42-0-6.db.default.svc.cluster.local.",
             "0 50 8080 db-0.db.default.svc.cluster.local."
@@ -223,17 +231,11 @@ fn pod_records() {
     );
     // Only pods that exist, in their own namespace.
     assert_eq!(
-        z.lookup(
-            &name("10-42-0-5.other.pod.cluster.local."),
-            RecordType::A
-        ),
+        z.lookup(&name("10-42-0-5.other.pod.cluster.local."), RecordType::A),
         Lookup::NxDomain
     );
     assert_eq!(
-        z.lookup(
-            &name("10-42-9-9.default.pod.cluster.local."),
-            RecordType::A
-        ),
+        z.lookup(&name("10-42-9-9.default.pod.cluster.local."), RecordType::A),
         Lookup::NxDomain
     );
 }

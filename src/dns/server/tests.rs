@@ -23,7 +23,9 @@ fn handler(endpoints: usize) -> Handler {
             .map(|i| EndpointData {
                 namespace: "default".into(),
                 service: "many".into(),
-                ips: vec![format!("10.42.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
+                ips: vec![format!("10.42.{}.{}", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap()],
                 hostname: None,
                 ready: true,
                 ports: vec![],
@@ -64,10 +66,20 @@ async fn answers_cluster_names_authoritatively() {
 #[tokio::test]
 async fn negative_answers_carry_the_soa() {
     let h = handler(0);
-    let r = ask(&h, &query("nope.default.svc.cluster.local.", RecordType::A), true).await;
+    let r = ask(
+        &h,
+        &query("nope.default.svc.cluster.local.", RecordType::A),
+        true,
+    )
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
-    let r = ask(&h, &query("default.svc.cluster.local.", RecordType::A), true).await;
+    let r = ask(
+        &h,
+        &query("default.svc.cluster.local.", RecordType::A),
+        true,
+    )
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert!(r.answers.is_empty());
     assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
@@ -91,17 +103,32 @@ async fn bad_input_gets_error_codes_or_nothing() {
     // Other opcodes: NOTIMP.
     let mut notify = query("cluster.local.", RecordType::SOA);
     notify.metadata.op_code = OpCode::Notify;
-    assert_eq!(ask(&h, &notify, true).await.metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(
+        ask(&h, &notify, true).await.metadata.response_code,
+        ResponseCode::NotImp
+    );
     // Two questions: FORMERR.
     let mut two = query("web.default.svc.cluster.local.", RecordType::A);
-    two.add_query(Query::query(Name::from_ascii("cluster.local.").unwrap(), RecordType::A));
-    assert_eq!(ask(&h, &two, true).await.metadata.response_code, ResponseCode::FormErr);
+    two.add_query(Query::query(
+        Name::from_ascii("cluster.local.").unwrap(),
+        RecordType::A,
+    ));
+    assert_eq!(
+        ask(&h, &two, true).await.metadata.response_code,
+        ResponseCode::FormErr
+    );
     // Zone transfers and other classes: REFUSED.
     let axfr = query("cluster.local.", RecordType::AXFR);
-    assert_eq!(ask(&h, &axfr, false).await.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        ask(&h, &axfr, false).await.metadata.response_code,
+        ResponseCode::Refused
+    );
     let mut chaos = query("version.bind.", RecordType::TXT);
     chaos.queries[0].set_query_class(DNSClass::CH);
-    assert_eq!(ask(&h, &chaos, true).await.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        ask(&h, &chaos, true).await.metadata.response_code,
+        ResponseCode::Refused
+    );
 }
 
 #[tokio::test]
