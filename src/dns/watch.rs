@@ -205,11 +205,40 @@ impl Caches {
     }
 }
 
-/// Runs a reflector of `K` into a new store, waking `changed` on every event.
+/// Drops what DNS never reads from a cached object (managed fields, annotations).
+fn slim_meta(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+/// Keeps only what [`pod_data`] reads of a Pod: a node holds many pods, and a Pi little
+/// memory.
+fn slim_pod(pod: &mut Pod) {
+    slim_meta(&mut pod.metadata);
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network);
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        host_network,
+        ..Default::default()
+    });
+    if let Some(status) = pod.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// Runs a reflector of `K` (each object trimmed by `slim` before it is stored) into a
+/// new store, waking `changed` on every event.
 fn reflect<K>(
     client: &Client,
     changed: Arc<Notify>,
     tasks: &mut tokio::task::JoinSet<()>,
+    slim: fn(&mut K),
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -223,7 +252,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).modify(slim),
     )
     .default_backoff();
     tasks.spawn(async move {
@@ -252,9 +281,17 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let caches = Caches {
-        services: reflect(&client, changed.clone(), &mut tasks),
-        slices: reflect(&client, changed.clone(), &mut tasks),
-        pods: reflect(&client, changed.clone(), &mut tasks),
+        services: reflect(&client, changed.clone(), &mut tasks, |s: &mut Service| {
+            slim_meta(&mut s.metadata);
+            s.status = None;
+        }),
+        slices: reflect(
+            &client,
+            changed.clone(),
+            &mut tasks,
+            |s: &mut EndpointSlice| slim_meta(&mut s.metadata),
+        ),
+        pods: reflect(&client, changed.clone(), &mut tasks, slim_pod),
     };
     let rebuild = async {
         if !caches.wait_until_ready().await {
@@ -291,4 +328,107 @@ pub async fn run(
         _ = shutdown => {}
     }
     tasks.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(extra: serde_json::Value) -> Pod {
+        let mut v = json!({
+            "metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.7", "podIPs": [{"ip": "10.42.0.7"}, {"ip": "fd00::7"}]},
+        });
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, e) in extra {
+                v.insert(k.clone(), e.clone());
+            }
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pods_give_their_ips_and_slimming_keeps_them() {
+        let p = pod(json!({}));
+        let d = pod_data(&p).unwrap();
+        assert_eq!(d.namespace, "ns");
+        assert_eq!(d.ips.len(), 2);
+        let mut slim = p.clone();
+        slim_pod(&mut slim);
+        assert_eq!(pod_data(&slim).unwrap().ips, d.ips);
+        assert!(slim.metadata.annotations.is_none());
+        assert!(slim.spec.unwrap().containers.is_empty());
+
+        let host = pod(json!({"spec": {"hostNetwork": true, "containers": []}}));
+        let mut slim_host = host.clone();
+        slim_pod(&mut slim_host);
+        assert!(pod_data(&host).is_none() && pod_data(&slim_host).is_none());
+        let done = pod(json!({"status": {"phase": "Succeeded", "podIP": "10.42.0.8"}}));
+        assert!(pod_data(&done).is_none());
+        let pending = pod(json!({"status": {"phase": "Pending"}}));
+        assert!(pod_data(&pending).is_none());
+    }
+
+    #[test]
+    fn services_by_type() {
+        let svc = |spec: serde_json::Value| -> Service {
+            serde_json::from_value(
+                json!({"metadata": {"name": "s", "namespace": "ns"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let d = service_data(&svc(
+            json!({"clusterIP": "10.43.0.5", "clusterIPs": ["10.43.0.5", "fd00::5"],
+            "ports": [{"name": "http", "port": 80}, {"port": 81, "protocol": "UDP"}]}),
+        ))
+        .unwrap();
+        assert_eq!(
+            d.kind,
+            ServiceKind::ClusterIp(vec![
+                "10.43.0.5".parse().unwrap(),
+                "fd00::5".parse().unwrap()
+            ])
+        );
+        assert_eq!(d.ports[0].protocol, "TCP");
+        assert_eq!(d.ports[1].name, "");
+        let h = service_data(&svc(json!({"clusterIP": "None"}))).unwrap();
+        assert_eq!(h.kind, ServiceKind::Headless);
+        let e = service_data(&svc(
+            json!({"type": "ExternalName", "externalName": "example.org"}),
+        ));
+        assert_eq!(
+            e.unwrap().kind,
+            ServiceKind::ExternalName("example.org".into())
+        );
+        assert!(service_data(&svc(json!({}))).is_none(), "no address yet");
+    }
+
+    #[test]
+    fn slices_give_endpoints_with_readiness() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "db-abc", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.5"], "hostname": "db-0", "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.6"], "conditions": {"ready": false}},
+                {"addresses": ["10.42.0.7"]},
+            ],
+        }))
+        .unwrap();
+        let eps = endpoint_data(&slice);
+        assert_eq!(eps.len(), 3);
+        assert_eq!(eps[0].service, "db");
+        assert_eq!(eps[0].hostname.as_deref(), Some("db-0"));
+        assert_eq!(
+            eps.iter().map(|e| e.ready).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert_eq!(eps[0].ports[0].port, 5432);
+        let mut orphan = slice.clone();
+        orphan.metadata.labels = None;
+        assert!(endpoint_data(&orphan).is_empty());
+    }
 }
