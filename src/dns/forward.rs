@@ -110,17 +110,23 @@ impl Forwarder {
         }
     }
 
-    /// Reads the upstreams from a resolv.conf file, skipping this server's own addresses.
+    /// Reads the upstreams from a resolv.conf file, skipping this server's own addresses
+    /// (a missing file means no upstreams).
     pub async fn from_resolv_conf(
         path: &std::path::Path,
         is_self: impl Fn(&SocketAddr) -> bool + Send + 'static,
     ) -> Result<Forwarder, Error> {
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|source| Error::ResolvConf {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let text = match tokio::fs::read_to_string(path).await {
+            Ok(text) => text,
+            // A node without resolv.conf still answers the cluster domain.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(Error::ResolvConf {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
         let (upstreams, skipped) =
             tokio::task::spawn_blocking(move || upstreams_from_resolv_conf(&text, is_self))
                 .await
@@ -358,6 +364,18 @@ mod tests {
             RData::SOA(SOA::new(n.clone(), n.clone(), 1, 1, 1, 1, 4)),
         ));
         assert_eq!(cache_ttl(&neg), Some(4));
+    }
+
+    #[tokio::test]
+    async fn a_missing_resolv_conf_means_no_upstreams() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Forwarder::from_resolv_conf(&dir.path().join("none"), |_| false)
+            .await
+            .unwrap();
+        assert!(f.upstreams().is_empty());
+        assert!(Forwarder::from_resolv_conf(dir.path(), |_| false)
+            .await
+            .is_err());
     }
 
     #[tokio::test]

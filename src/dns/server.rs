@@ -114,7 +114,7 @@ impl Handler {
         match self.answer(packet, udp) {
             Reply::Now(b) => Some(b),
             Reply::Drop => None,
-            Reply::Forward(p) => Some(self.forward(*p).await),
+            Reply::Forward(p) => self.forward(*p).await,
         }
     }
 
@@ -203,7 +203,7 @@ impl Handler {
         Reply::Now(bytes)
     }
 
-    async fn forward(&self, p: Pending) -> Vec<u8> {
+    async fn forward(&self, p: Pending) -> Option<Vec<u8>> {
         let Pending {
             mut response,
             question,
@@ -236,7 +236,7 @@ impl Handler {
                 }
             }
         }
-        encode(&response, limit).unwrap_or_default()
+        encode(&response, limit)
     }
 
     /// Serves UDP on `socket` with `workers` receiving tasks until `shutdown` completes.
@@ -271,8 +271,9 @@ impl Handler {
                     let handler = self.clone();
                     let socket = socket.clone();
                     tokio::spawn(async move {
-                        let bytes = handler.forward(*p).await;
-                        let _ = socket.send_to(&bytes, peer).await;
+                        if let Some(bytes) = handler.forward(*p).await {
+                            let _ = socket.send_to(&bytes, peer).await;
+                        }
                     });
                 }
             }
