@@ -181,16 +181,25 @@ impl Handler {
                 response.metadata.authoritative = true;
                 response.add_answers(records.into_iter().cloned());
                 add_glue(zone, &mut response);
-                // An ExternalName's target is outside the cluster: resolve it upstream so
-                // stub resolvers that do not chase CNAMEs get the addresses too.
-                if let Some(target) = external_target(&response, qtype, zone) {
-                    let mut question = question.clone();
-                    question.set_name(target);
-                    return Reply::Forward(Box::new(Pending {
-                        response,
-                        question,
-                        limit,
-                    }));
+                // An ExternalName's target is resolved too (in the zone, or upstream), so
+                // stub resolvers that do not chase CNAMEs get the addresses.
+                if let Some(target) = cname_target(&response, qtype) {
+                    let key = LowerName::from(&target);
+                    if !zone.contains(&key) {
+                        let mut question = question.clone();
+                        question.set_name(target);
+                        return Reply::Forward(Box::new(Pending {
+                            response,
+                            question,
+                            limit,
+                        }));
+                    }
+                    if let Lookup::Answer(more) = zone.lookup(&key, qtype) {
+                        // One step only: a CNAME answer again is not followed further.
+                        if more.iter().all(|r| r.record_type() == qtype) {
+                            response.add_answers(more.into_iter().cloned());
+                        }
+                    }
                 }
             }
         }
@@ -355,13 +364,8 @@ fn add_glue(zone: &super::records::Zone, response: &mut Message) {
     }
 }
 
-/// The target of a CNAME answer that lies outside the cluster domain, when the question
-/// was for another type.
-fn external_target(
-    response: &Message,
-    qtype: RecordType,
-    zone: &super::records::Zone,
-) -> Option<hickory_proto::rr::Name> {
+/// The target of an answer that is one CNAME, when the question was for another type.
+fn cname_target(response: &Message, qtype: RecordType) -> Option<hickory_proto::rr::Name> {
     if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
         return None;
     }
@@ -369,9 +373,7 @@ fn external_target(
         return None;
     };
     match &record.data {
-        RData::CNAME(target) if !zone.contains(&LowerName::from(&target.0)) => {
-            Some(target.0.clone())
-        }
+        RData::CNAME(target) => Some(target.0.clone()),
         _ => None,
     }
 }

@@ -14,6 +14,18 @@ fn handler(endpoints: usize) -> Handler {
             },
             ServiceData {
                 namespace: "default".into(),
+                name: "alias".into(),
+                kind: ServiceKind::ExternalName("web.default.svc.cluster.local".into()),
+                ports: vec![],
+            },
+            ServiceData {
+                namespace: "default".into(),
+                name: "loop".into(),
+                kind: ServiceKind::ExternalName("loop.default.svc.cluster.local".into()),
+                ports: vec![],
+            },
+            ServiceData {
+                namespace: "default".into(),
                 name: "many".into(),
                 kind: ServiceKind::Headless,
                 ports: vec![],
@@ -61,6 +73,28 @@ async fn answers_cluster_names_authoritatively() {
     assert!(r.metadata.authoritative && r.metadata.recursion_desired);
     assert_eq!(r.answers.len(), 1);
     assert_eq!(r.queries, q.queries);
+}
+
+#[tokio::test]
+async fn cnames_into_the_zone_are_followed_once() {
+    let h = handler(0);
+    let r = ask(
+        &h,
+        &query("alias.default.svc.cluster.local.", RecordType::A),
+        true,
+    )
+    .await;
+    let types: Vec<RecordType> = r.answers.iter().map(|a| a.record_type()).collect();
+    assert_eq!(types, [RecordType::CNAME, RecordType::A]);
+    // A CNAME to itself is answered as it is, not followed forever.
+    let r = ask(
+        &h,
+        &query("loop.default.svc.cluster.local.", RecordType::A),
+        true,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
 }
 
 #[tokio::test]
