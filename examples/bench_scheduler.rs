@@ -26,7 +26,8 @@ mod common;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server = common::start(&["--disable-agent".to_string()], |_| {}).await?;
+    let flags = ["--disable-agent", "--disable", "dns"].map(String::from);
+    let server = common::start(&flags, |_| {}).await?;
     let client = server.client.clone();
 
     eprintln!("bench-scheduler: registering {NODES} nodes");

@@ -32,6 +32,8 @@ pub const DEFAULT_CGROUP_ROOT: &str = "/kubepods";
 pub const DEFAULT_CNI_BRIDGE: &str = "cni0";
 /// Default cluster domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Default resolv.conf of the node (upstream resolvers of the cluster DNS).
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Everything `pikube server` needs to start.
 #[derive(Clone, Debug)]
@@ -70,6 +72,10 @@ pub struct ServerConfig {
     pub cluster_dns: IpAddr,
     /// Cluster domain.
     pub cluster_domain: String,
+    /// Where the cluster DNS answers; None = the cluster DNS address, port 53, put on `lo`.
+    pub dns_listen_address: Option<std::net::SocketAddr>,
+    /// The resolv.conf whose nameservers get the names outside the cluster domain.
+    pub resolv_conf: PathBuf,
     /// CRI endpoint of an existing containerd; None = pikube starts its own.
     pub container_runtime_endpoint: Option<String>,
     /// Run no agent on this server.
@@ -124,7 +130,7 @@ impl ServerConfig {
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
             cluster_dns: self.cluster_dns,
             cluster_domain: self.cluster_domain.clone(),
-            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            resolv_conf: self.resolv_conf.clone(),
             node_labels: self
                 .node_labels
                 .iter()

@@ -11,6 +11,7 @@ pub mod compactor;
 pub mod config;
 pub mod config_file;
 pub mod controllers;
+pub mod dns;
 pub mod pki;
 pub mod proxy;
 pub mod scheduler;

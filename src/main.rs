@@ -113,6 +113,16 @@ struct ServerArgs {
     /// Cluster domain.
     #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
+    /// Cluster DNS address (what pods get as their nameserver).
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_DNS)]
+    cluster_dns: IpAddr,
+    /// Where the cluster DNS listens (IP:PORT, UDP and TCP); default: the cluster DNS
+    /// address, port 53, put on `lo` while pikube runs.
+    #[arg(long)]
+    dns_listen_address: Option<std::net::SocketAddr>,
+    /// resolv.conf whose nameservers resolve names outside the cluster domain.
+    #[arg(long, default_value = config::DEFAULT_RESOLV_CONF)]
+    resolv_conf: PathBuf,
     /// Run no node agent on this server.
     #[arg(long)]
     disable_agent: bool,
@@ -144,8 +154,13 @@ struct ServerArgs {
     /// Seconds pods without their own toleration stay on an unreachable node.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: u64,
-    /// Components not to run (repeatable): controllers, scheduler, proxy.
-    #[arg(long, value_parser = ["controllers", "scheduler", "proxy"])]
+    /// Components not to run (repeatable): controllers, scheduler, dns, proxy.
+    #[arg(long, value_parser = [
+        "controllers",
+        "scheduler",
+        "dns",
+        "proxy",
+    ])]
     disable: Vec<String>,
     /// File of static bearer tokens, one `token,user,uid[,"group1,group2"]` per line.
     #[arg(long)]
@@ -216,8 +231,10 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         service_node_port_range: a.service_node_port_range,
-        cluster_dns: IpAddr::from([10, 43, 0, 10]),
+        cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
+        dns_listen_address: a.dns_listen_address,
+        resolv_conf: a.resolv_conf,
         container_runtime_endpoint: a.container_runtime_endpoint,
         disable_agent: a.disable_agent,
         agent_port: a.agent_port,

@@ -35,52 +35,108 @@ pub fn kubernetes_service_ip(service_cidr: &str) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::from((u32::from(addr) & mask) + 1))
 }
 
-/// Creates what every cluster has from the start, if it is missing.
-pub async fn bootstrap(api: &ApiServer, kubernetes_ip: Ipv4Addr, https_port: u16) -> Result<()> {
-    let ns_def =
-        api::resources::lookup("", "v1", "namespaces").context("namespaces are not served")?;
-    for ns in SYSTEM_NAMESPACES {
-        let target = rest::Target {
-            def: ns_def,
-            namespace: None,
-            name: None,
-            subresource: None,
-        };
-        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
-        match rest::create(api.registry(), &target, obj, false).await {
-            Ok(_) => tracing::info!(namespace = ns, "created"),
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(e) => anyhow::bail!("cannot create namespace {ns}: {}", e.message),
-        }
-    }
-    let svc_def =
-        api::resources::lookup("", "v1", "services").context("services are not served")?;
+/// Creates `obj` through the registry unless it exists already.
+async fn create_if_missing(
+    api: &ApiServer,
+    resource: &str,
+    namespace: Option<&str>,
+    obj: serde_json::Value,
+    what: &str,
+) -> Result<()> {
+    let def = api::resources::lookup("", "v1", resource)
+        .with_context(|| format!("{resource} are not served"))?;
     let target = rest::Target {
-        def: svc_def,
-        namespace: Some("default".into()),
+        def,
+        namespace: namespace.map(String::from),
         name: None,
         subresource: None,
     };
+    match rest::create(api.registry(), &target, obj, false).await {
+        Ok(_) => tracing::info!(object = what, "created"),
+        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) => anyhow::bail!("cannot create {what}: {}", e.message),
+    }
+    Ok(())
+}
+
+/// The addresses the bootstrap objects point at.
+pub struct BootstrapAddresses {
+    /// ClusterIP of `default/kubernetes`.
+    pub kubernetes_ip: Ipv4Addr,
+    /// The API server's HTTPS port (target port of `default/kubernetes`).
+    pub https_port: u16,
+    /// ClusterIP of `kube-system/kube-dns` (the cluster DNS address); None when the DNS
+    /// is disabled (as k3s leaves out CoreDNS's Service with `--disable coredns`).
+    pub cluster_dns: Option<IpAddr>,
+}
+
+/// Creates what every cluster has from the start, if it is missing: the system
+/// namespaces, `default/kubernetes`, and `kube-system/kube-dns` (no selector: the DNS is
+/// answered on every node itself, as k3s users expect to find it under that name).
+pub async fn bootstrap(api: &ApiServer, addrs: &BootstrapAddresses) -> Result<()> {
+    for ns in SYSTEM_NAMESPACES {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+        create_if_missing(api, "namespaces", None, obj, &format!("namespace {ns}")).await?;
+    }
+    let kubernetes_ip = addrs.kubernetes_ip.to_string();
     let svc = json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {
             "type": "ClusterIP",
-            "clusterIP": kubernetes_ip.to_string(),
-            "clusterIPs": [kubernetes_ip.to_string()],
-            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": https_port}],
+            "clusterIP": kubernetes_ip,
+            "clusterIPs": [kubernetes_ip],
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addrs.https_port}],
             "sessionAffinity": "None",
             "ipFamilies": ["IPv4"],
             "ipFamilyPolicy": "SingleStack",
         },
     });
-    match rest::create(api.registry(), &target, svc, false).await {
-        Ok(_) => tracing::info!("created service default/kubernetes"),
-        Err(e) if e.reason == "AlreadyExists" => {}
-        Err(e) => anyhow::bail!("cannot create the kubernetes service: {}", e.message),
-    }
-    Ok(())
+    create_if_missing(
+        api,
+        "services",
+        Some("default"),
+        svc,
+        "service default/kubernetes",
+    )
+    .await?;
+    let Some(cluster_dns) = addrs.cluster_dns else {
+        return Ok(());
+    };
+    let dns_ip = cluster_dns.to_string();
+    let family = if cluster_dns.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
+    let dns = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {
+            "k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": dns_ip,
+            "clusterIPs": [dns_ip],
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
+            ],
+            "sessionAffinity": "None",
+            "ipFamilies": [family],
+            "ipFamilyPolicy": "SingleStack",
+        },
+    });
+    create_if_missing(
+        api,
+        "services",
+        Some("kube-system"),
+        dns,
+        "service kube-system/kube-dns",
+    )
+    .await
 }
 
 fn hostname() -> String {
@@ -147,7 +203,15 @@ pub async fn run(
         Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),
         Err(e) => tracing::warn!(error = %e.message, "cannot check service reservations"),
     }
-    bootstrap(&api, kubernetes_ip, config.https_listen_port).await?;
+    bootstrap(
+        &api,
+        &BootstrapAddresses {
+            kubernetes_ip,
+            https_port: config.https_listen_port,
+            cluster_dns: (!config.is_disabled("dns")).then_some(config.cluster_dns),
+        },
+    )
+    .await?;
 
     let listen = SocketAddr::new(config.bind_address, config.https_listen_port);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -260,6 +324,9 @@ pub async fn run(
     if !config.disable_agent && !config.is_disabled("proxy") {
         crate::proxy::start(&api, &config, stop_rx.clone(), &mut components);
     }
+    if !config.is_disabled("dns") {
+        components.spawn(run_dns(&api, &config, stop_rx.clone())?);
+    }
     let tls = api::http::tls_config(&pki)?;
     let served = api::http::serve(
         listener,
@@ -282,6 +349,38 @@ pub async fn run(
     served?;
     store.shutdown().await.context("store shutdown")?;
     Ok(())
+}
+
+/// The cluster DNS of this node as a task (errors are logged: the control plane keeps
+/// running without it).
+fn run_dns(
+    api: &ApiServer,
+    config: &ServerConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let zone = crate::dns::records::ZoneConfig::new(
+        &config.cluster_domain,
+        crate::dns::DEFAULT_TTL,
+        Some(config.cluster_dns),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("--cluster-domain")?;
+    let dns = crate::dns::DnsConfig {
+        listen: config
+            .dns_listen_address
+            .unwrap_or(SocketAddr::new(config.cluster_dns, 53)),
+        cluster_dns: config.cluster_dns,
+        zone,
+        resolv_conf: config.resolv_conf.clone(),
+        local_address: config.dns_listen_address.is_none(),
+    };
+    let client =
+        crate::controllers::client::in_process(api, "system:pikube-dns", &["system:masters"]);
+    Ok(async move {
+        if let Err(e) = crate::dns::run(client, dns, stop).await {
+            tracing::error!(error = %e, "cluster DNS stopped");
+        }
+    })
 }
 
 #[cfg(test)]

@@ -37,6 +37,13 @@ pub fn pikube_bin() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no target dir"))
 }
 
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Resident memory of process `pid` in MB.
 pub fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

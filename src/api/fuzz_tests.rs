@@ -109,9 +109,16 @@ async fn random_requests_never_get_a_server_error() {
         crate::api::services::ServiceRanges::new("10.43.0.0/16", 30000..=32767)
             .expect("valid ranges"),
     );
-    crate::server::bootstrap(&api, std::net::Ipv4Addr::new(10, 43, 0, 1), 6443)
-        .await
-        .unwrap();
+    crate::server::bootstrap(
+        &api,
+        &crate::server::BootstrapAddresses {
+            kubernetes_ip: std::net::Ipv4Addr::new(10, 43, 0, 1),
+            https_port: 6443,
+            cluster_dns: Some(std::net::IpAddr::from([10, 43, 0, 10])),
+        },
+    )
+    .await
+    .unwrap();
     let router = api.router();
     let admin = Identity {
         user: "system:admin".into(),

@@ -65,9 +65,16 @@ async fn services_reach_the_kernel_quickly() {
         "127.0.0.1:6443".into(),
         crate::api::services::ServiceRanges::new("10.43.0.0/16", 30000..=32767).expect("ranges"),
     );
-    crate::server::bootstrap(&api, Ipv4Addr::new(10, 43, 0, 1), 6443)
-        .await
-        .expect("bootstrap");
+    crate::server::bootstrap(
+        &api,
+        &crate::server::BootstrapAddresses {
+            kubernetes_ip: Ipv4Addr::new(10, 43, 0, 1),
+            https_port: 6443,
+            cluster_dns: None,
+        },
+    )
+    .await
+    .expect("bootstrap");
     let client =
         crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
     let cfg = ProxyConfig {

@@ -175,7 +175,10 @@ spec:
     // containers stop and its cgroup goes.
     let uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
     let cgroup = format!("/sys/fs/cgroup/memory/pikube-test-1/pod{uid}");
-    assert!(std::path::Path::new(&cgroup).exists(), "the pod runs in {cgroup}");
+    assert!(
+        std::path::Path::new(&cgroup).exists(),
+        "the pod runs in {cgroup}"
+    );
     server.restart_without_agent();
     server.ok(
         "1.33",
@@ -490,4 +493,65 @@ spec:
     assert_eq!(prestop.trim(), "prestop", "the preStop hook ran");
     let term = std::fs::read_to_string(marker_dir.path().join("term")).unwrap_or_default();
     assert_eq!(term.trim(), "term", "the container got SIGTERM");
+}
+
+#[test]
+fn pods_resolve_cluster_names_through_the_node_local_dns() {
+    // The cluster DNS answers on its own address (put on `lo`), as on a real node.
+    let server = Server::start_node(8, &["--cluster-dns", "10.43.0.58"]);
+    server.wait_node_ready("node8");
+    apply(
+        &server,
+        "cart",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cart}
+spec:
+  ports: [{port: 80}]
+"#,
+    );
+    let cart = get_json(&server, &["get", "service", "cart", "-o", "json"]);
+    let cart_ip = cart["spec"]["clusterIP"]
+        .as_str()
+        .expect("cluster IP")
+        .to_string();
+    apply(
+        &server,
+        "resolver",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: resolver}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: localhost/busybox:1.35
+    command:
+    - sh
+    - -c
+    - |
+      set -e
+      grep -x 'nameserver 10.43.0.58' /etc/resolv.conf
+      grep -x 'search default.svc.cluster.local svc.cluster.local cluster.local' /etc/resolv.conf
+      grep -x 'options ndots:5' /etc/resolv.conf
+      nslookup kubernetes.default.svc.cluster.local | grep 10.43.0.1
+      nslookup cart.default.svc.cluster.local | grep '{cart_ip}'
+      if nslookup nosuch.default.svc.cluster.local; then exit 9; fi
+"#
+        ),
+    );
+    let pod = wait_for(60, "the resolver pod to finish", || {
+        let p = pod_json(&server, "resolver");
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
+    });
+    assert_eq!(
+        pod["status"]["phase"],
+        "Succeeded",
+        "the pod resolved the cluster's names: {}\n{}",
+        container_status(&pod),
+        server.ok("1.33", &["logs", "resolver"])
+    );
 }

@@ -105,11 +105,22 @@ pub fn test_images() -> PathBuf {
         .clone()
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 for TCP.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A port free on 127.0.0.1 for both TCP and UDP (a DNS listen port).
+pub fn free_dual_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Server {
@@ -194,6 +205,22 @@ impl Server {
     }
 
     fn spawn(dir: &Path, port: u16, extra: &[String]) -> Child {
+        // The cluster DNS of a server under test never takes the host's cluster DNS
+        // address or its resolvers: a free loopback port and an empty resolv.conf,
+        // unless the test chooses (a test that names its own `--cluster-dns` gets it
+        // answered on that address, as a real node does).
+        let mut dns = Vec::new();
+        let chosen = |flag: &str| extra.iter().any(|a| a == flag);
+        if !chosen("--dns-listen-address") && !chosen("--cluster-dns") {
+            dns.push("--dns-listen-address".to_string());
+            dns.push(format!("127.0.0.1:{}", free_dual_port()));
+        }
+        if !extra.iter().any(|a| a == "--resolv-conf") {
+            let resolv = dir.join("resolv.conf");
+            std::fs::write(&resolv, "").expect("empty resolv.conf");
+            dns.push("--resolv-conf".to_string());
+            dns.push(resolv.to_str().expect("utf-8 path").to_string());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,6 +240,7 @@ impl Server {
             .arg(dir.join("data"))
             .arg("--write-kubeconfig")
             .arg(dir.join("kubeconfig"))
+            .args(&dns)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -334,6 +362,15 @@ impl Drop for Server {
         if let Some(node) = &self.node {
             node.killall(&self.data_dir());
         }
+        // A server killed before its shutdown leaves its cluster DNS address on `lo`.
+        if let Some(i) = self.extra.iter().position(|a| a == "--cluster-dns") {
+            if let Some(ip) = self.extra.get(i + 1) {
+                let _ = Command::new("ip")
+                    .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 
@@ -344,14 +381,24 @@ pub fn get_json(server: &Server, args: &[&str]) -> serde_json::Value {
 }
 
 /// Polls until `f` returns Some, or panics with `what` after `secs`.
-pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_every(Duration::from_millis(200), secs, what, f)
+}
+
+/// Calls `f` every `every` until it returns Some, or panics with `what` after `secs`.
+pub fn wait_for_every<T>(
+    every: Duration,
+    secs: u64,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
 }
 

@@ -5,6 +5,7 @@
 mod agent;
 mod api;
 mod cli;
+mod dns;
 mod harness;
 mod kube_client;
 mod python_client;
