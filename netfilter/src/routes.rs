@@ -18,6 +18,9 @@ use crate::Error;
 
 /// The routing protocol number tagging pikube's routes (`ip route … proto 152`).
 pub const ROUTE_PROTO: &str = "152";
+/// Metric of the cluster range's `unreachable` route, so any other route for the same
+/// range takes precedence.
+const UNREACHABLE_METRIC: &str = "4096";
 
 /// What the node network looks like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +149,8 @@ impl NodeNetwork {
             "proto",
             ROUTE_PROTO,
         ])?;
+        // A high metric: a route for exactly the same range (the node's own pod bridge
+        // when the cluster is one node's range) wins over it.
         self.ip(&[
             "route",
             "replace",
@@ -153,6 +158,8 @@ impl NodeNetwork {
             &cluster,
             "proto",
             ROUTE_PROTO,
+            "metric",
+            UNREACHABLE_METRIC,
         ])?;
         self.peers.clear();
         Ok(())

@@ -555,3 +555,126 @@ spec:
         server.ok("1.33", &["logs", "resolver"])
     );
 }
+
+#[test]
+fn services_reach_pods_through_the_service_proxy() {
+    // The only e2e test with the proxy on the host: table `inet pikube`, bridge
+    // `pikube0` and the service routes are removed when it ends.
+    let server = Server::start_node_with_proxy(9, &[]);
+    server.wait_node_ready("node9");
+    apply(
+        &server,
+        "web",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: httpd
+        image: localhost/busybox:1.35
+        command: [sh, -c, 'hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']
+        ports: [{containerPort: 8080}]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30999}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  containers: [{name: c, image: localhost/busybox:1.35, command: [sleep, "3600"]}]
+"#,
+    );
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=60s",
+        ],
+    );
+    let svc = get_json(&server, &["get", "service", "web", "-o", "json"]);
+    let ip = svc["spec"]["clusterIP"]
+        .as_str()
+        .expect("cluster IP")
+        .to_string();
+    let pods = get_json(&server, &["get", "pods", "-l", "app=web", "-o", "json"]);
+    let names: std::collections::BTreeSet<String> = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names.len(), 2, "{pods}");
+
+    // From a pod, the ClusterIP reaches both backends.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = server.ok(
+            "1.33",
+            &[
+                "exec",
+                "client",
+                "--",
+                "timeout",
+                "5",
+                "wget",
+                "-qO-",
+                &format!("http://{ip}/"),
+            ],
+        );
+        seen.insert(out.trim().to_string());
+        if seen == names {
+            break;
+        }
+    }
+    assert_eq!(seen, names, "the ClusterIP spreads over both pods");
+
+    // From the node, the node port answers on 127.0.0.1.
+    let answer = http_get("127.0.0.1", 30999, "/");
+    assert!(
+        names.iter().any(|n| answer.contains(n.as_str())),
+        "{answer}"
+    );
+
+    // An address that no Service holds is refused at once, not sent anywhere.
+    let out = server.kubectl(
+        "1.33",
+        &[
+            "exec",
+            "client",
+            "--",
+            "timeout",
+            "5",
+            "wget",
+            "-qO-",
+            "http://10.43.255.254/",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an unallocated ClusterIP does not answer"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused"),
+        "refused at once, not timed out: {err}"
+    );
+}

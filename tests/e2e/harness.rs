@@ -45,6 +45,20 @@ pub struct NodeSettings {
     pub cgroup_root: String,
     /// The agent's run dir (containerd socket and state).
     pub run_dir: PathBuf,
+    /// Whether the node runs the service proxy on the host (host-wide names: one such
+    /// test at a time); the host sysctls it changes are put back afterwards.
+    pub proxy: Option<Vec<(String, String)>>,
+}
+
+/// Host sysctls the service proxy sets.
+const PROXY_SYSCTLS: &[&str] = &[
+    "net.ipv4.ip_forward",
+    "net.ipv4.conf.all.route_localnet",
+    "net.bridge.bridge-nf-call-iptables",
+];
+
+fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
 }
 
 impl NodeSettings {
@@ -62,11 +76,18 @@ impl NodeSettings {
             self.cgroup_root.clone(),
             "--run-dir".into(),
             self.run_dir.to_string_lossy().into_owned(),
-            // The service proxy owns host-wide names (table `inet pikube`, bridge
-            // `pikube0`); its own tests run it in network namespaces.
-            "--disable".into(),
-            "proxy".into(),
         ]
+        .into_iter()
+        // The service proxy owns host-wide names (table `inet pikube`, bridge
+        // `pikube0`): off unless the test asks for it.
+        .chain(
+            self.proxy
+                .is_none()
+                .then(|| ["--disable".to_string(), "proxy".to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect()
     }
 
     fn killall(&self, data_dir: &Path) {
@@ -82,8 +103,11 @@ impl NodeSettings {
                 "--cni-bridge",
                 &self.bridge,
             ])
-            .arg("--keep-proxy")
+            .args(self.proxy.is_none().then_some("--keep-proxy"))
             .status();
+        for (key, value) in self.proxy.iter().flatten() {
+            let _ = std::fs::write(sysctl_path(key), value);
+        }
     }
 }
 
@@ -150,6 +174,16 @@ impl Server {
     /// images in its air-gap directory; `index` (0-99) picks the test's own pod range,
     /// bridge and cgroup.
     pub fn start_node(index: u8, extra: &[&str]) -> Server {
+        Self::node(index, extra, false)
+    }
+
+    /// As [`Server::start_node`], with the service proxy on the host (its nftables
+    /// table, bridge and routes are removed afterwards).
+    pub fn start_node_with_proxy(index: u8, extra: &[&str]) -> Server {
+        Self::node(index, extra, true)
+    }
+
+    fn node(index: u8, extra: &[&str], proxy: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let node = NodeSettings {
@@ -158,6 +192,15 @@ impl Server {
             bridge: format!("pkt{index}"),
             cgroup_root: format!("/pikube-test-{index}"),
             run_dir: dir.path().join("run"),
+            proxy: proxy.then(|| {
+                PROXY_SYSCTLS
+                    .iter()
+                    .filter_map(|k| {
+                        let v = std::fs::read_to_string(sysctl_path(k)).ok()?;
+                        Some((k.to_string(), v.trim().to_string()))
+                    })
+                    .collect()
+            }),
         };
         // Whatever an earlier, killed run of this test left behind goes first.
         node.killall(&dir.path().join("data"));
