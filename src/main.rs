@@ -16,8 +16,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a server: the API server and the store (the control plane).
+    /// Run a server: the API server and the store (the control plane), and a node.
     Server(Box<ServerArgs>),
+    /// Run an agent: a node that joins a server with its token.
+    Agent(Box<AgentArgs>),
     /// Check that this machine has what a pikube node needs (pass/fail list; exit 1 on a failure).
     CheckConfig {
         /// Data directory that must be writable.
@@ -73,49 +75,35 @@ fn exec_kubectl(args: Vec<std::ffi::OsString>) -> ! {
 }
 
 #[derive(Args, Debug)]
-struct ServerArgs {
+struct AgentArgs {
     /// Config file whose keys are these flags' names (flags given here win).
     #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
     config: PathBuf,
+    /// URL of the server to join (`https://host:6443`).
+    #[arg(long)]
+    server: String,
+    /// The server's join token (its <data-dir>/server/token).
+    #[arg(long)]
+    token: String,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Components not to run (repeatable): dns, proxy.
+    #[arg(long, value_parser = ["dns", "proxy"])]
+    disable: Vec<String>,
+}
+
+/// What every node has, server or agent.
+#[derive(Args, Debug)]
+struct NodeArgs {
     /// Directory for all state (store, certificates).
     #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind_address: IpAddr,
-    /// Address other nodes and clients use for this server.
-    #[arg(long)]
-    advertise_address: Option<IpAddr>,
-    /// HTTPS port of the API server.
-    #[arg(long, default_value_t = config::DEFAULT_HTTPS_PORT)]
-    https_listen_port: u16,
     /// Name of this node (defaults to the hostname).
     #[arg(long, default_value = "")]
     node_name: String,
     /// IP address of this node (repeatable; also put into the serving certificate).
     #[arg(long)]
     node_ip: Vec<IpAddr>,
-    /// Where to write the admin kubeconfig.
-    #[arg(long, default_value = config::DEFAULT_KUBECONFIG)]
-    write_kubeconfig: PathBuf,
-    /// File mode of the written kubeconfig, in octal.
-    #[arg(long, default_value = "0600", value_parser = parse_mode)]
-    write_kubeconfig_mode: u32,
-    /// Pod CIDR of the cluster; each node gets a /24 of it.
-    #[arg(long, default_value = config::DEFAULT_CLUSTER_CIDR)]
-    cluster_cidr: String,
-    /// Service CIDR of the cluster.
-    #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR)]
-    service_cidr: String,
-    /// Port range for NodePort Services (`low-high`).
-    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
-    service_node_port_range: std::ops::RangeInclusive<u16>,
-    /// Cluster domain.
-    #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
-    cluster_domain: String,
-    /// Cluster DNS address (what pods get as their nameserver).
-    #[arg(long, default_value = config::DEFAULT_CLUSTER_DNS)]
-    cluster_dns: IpAddr,
     /// Where the cluster DNS listens (IP:PORT, UDP and TCP); default: the cluster DNS
     /// address, port 53, put on `lo` while pikube runs.
     #[arg(long)]
@@ -123,9 +111,6 @@ struct ServerArgs {
     /// resolv.conf whose nameservers resolve names outside the cluster domain.
     #[arg(long, default_value = config::DEFAULT_RESOLV_CONF)]
     resolv_conf: PathBuf,
-    /// Run no node agent on this server.
-    #[arg(long)]
-    disable_agent: bool,
     /// Port of the node agent's API (logs, exec, attach), on the node IP.
     #[arg(long, default_value_t = config::DEFAULT_AGENT_PORT)]
     agent_port: u16,
@@ -147,6 +132,52 @@ struct ServerArgs {
     /// Name of the bridge the pods attach to.
     #[arg(long, default_value = config::DEFAULT_CNI_BRIDGE, value_parser = parse_bridge)]
     cni_bridge: String,
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Config file whose keys are these flags' names (flags given here win).
+    #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+    config: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Secret that agents join with (default: generated once; the full token is kept in
+    /// <data-dir>/server/token).
+    #[arg(long)]
+    token: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Address other nodes and clients use for this server.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = config::DEFAULT_HTTPS_PORT)]
+    https_listen_port: u16,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, default_value = config::DEFAULT_KUBECONFIG)]
+    write_kubeconfig: PathBuf,
+    /// File mode of the written kubeconfig, in octal.
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    write_kubeconfig_mode: u32,
+    /// Pod CIDR of the cluster; each node gets a /24 of it.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: String,
+    /// Service CIDR of the cluster.
+    #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR)]
+    service_cidr: String,
+    /// Port range for NodePort Services (`low-high`).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// Cluster domain.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
+    /// Cluster DNS address (what pods get as their nameserver).
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_DNS)]
+    cluster_dns: IpAddr,
+    /// Run no node agent on this server.
+    #[arg(long)]
+    disable_agent: bool,
     /// Seconds without a heartbeat after which a node is unreachable (as
     /// kube-controller-manager's --node-monitor-grace-period).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
@@ -215,17 +246,18 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 }
 
 fn server_config(a: ServerArgs) -> ServerConfig {
+    let n = a.node;
     ServerConfig {
-        data_dir: a.data_dir,
+        data_dir: n.data_dir,
         bind_address: a.bind_address,
         advertise_address: a.advertise_address,
         https_listen_port: a.https_listen_port,
         peer_port: config::DEFAULT_PEER_PORT,
-        node_name: a.node_name,
-        node_ips: a.node_ip,
+        node_name: n.node_name,
+        node_ips: n.node_ip,
         write_kubeconfig: a.write_kubeconfig,
         write_kubeconfig_mode: a.write_kubeconfig_mode,
-        token: None,
+        token: a.token,
         server: None,
         cluster_init: false,
         cluster_cidr: a.cluster_cidr,
@@ -233,17 +265,17 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         service_node_port_range: a.service_node_port_range,
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
-        dns_listen_address: a.dns_listen_address,
-        resolv_conf: a.resolv_conf,
-        container_runtime_endpoint: a.container_runtime_endpoint,
+        dns_listen_address: n.dns_listen_address,
+        resolv_conf: n.resolv_conf,
+        container_runtime_endpoint: n.container_runtime_endpoint,
         disable_agent: a.disable_agent,
-        agent_port: a.agent_port,
-        run_dir: a.run_dir,
-        cgroup_root: a.cgroup_root,
-        cni_bridge: a.cni_bridge,
+        agent_port: n.agent_port,
+        run_dir: n.run_dir,
+        cgroup_root: n.cgroup_root,
+        cni_bridge: n.cni_bridge,
         disable: a.disable,
-        node_labels: a.node_label,
-        node_taints: a.node_taint,
+        node_labels: n.node_label,
+        node_taints: n.node_taint,
         compaction_interval: std::time::Duration::from_secs(a.etcd_compaction_interval),
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
         default_unreachable_toleration: std::time::Duration::from_secs(
@@ -251,6 +283,26 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         ),
         token_auth_file: a.token_auth_file,
     }
+}
+
+/// An agent's settings: the node-level flags over a server's defaults (the cluster's
+/// ranges, DNS address and domain come from the server when joining).
+fn worker_config(a: AgentArgs) -> Result<pikube::worker::WorkerConfig, clap::Error> {
+    use clap::FromArgMatches;
+    let matches =
+        ServerArgs::augment_args(clap::Command::new("server")).try_get_matches_from(["server"])?;
+    let defaults = ServerArgs::from_arg_matches(&matches)?;
+    let mut node = server_config(ServerArgs {
+        node: a.node,
+        disable: a.disable,
+        ..defaults
+    });
+    node.server = Some(a.server.clone());
+    Ok(pikube::worker::WorkerConfig {
+        server: a.server,
+        token: a.token,
+        node,
+    })
 }
 
 async fn shutdown_signal() {
@@ -288,9 +340,14 @@ fn args_with_config_file() -> anyhow::Result<Vec<std::ffi::OsString>> {
     use anyhow::Context;
     use clap::CommandFactory;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).and_then(|a| a.to_str()) != Some("server") {
+    let Some(sub) = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .filter(|a| matches!(*a, "server" | "agent"))
+        .map(String::from)
+    else {
         return Ok(args);
-    }
+    };
     let explicit = args
         .iter()
         .position(|a| a == "--config")
@@ -315,7 +372,7 @@ fn args_with_config_file() -> anyhow::Result<Vec<std::ffi::OsString>> {
     };
     let cmd = Cli::command();
     let known: Vec<String> = cmd
-        .find_subcommand("server")
+        .find_subcommand(&sub)
         .map(|s| {
             s.get_arguments()
                 .filter_map(|a| a.get_long().map(String::from))
@@ -338,9 +395,18 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let server = match Cli::parse_from(args).command {
+    /// What runs on the async runtime.
+    enum Node {
+        Server(ServerConfig),
+        Agent(pikube::worker::WorkerConfig),
+    }
+    let node = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
-        Command::Server(args) => *args,
+        Command::Server(args) => Node::Server(server_config(*args)),
+        Command::Agent(args) => match worker_config(*args) {
+            Ok(c) => Node::Agent(c),
+            Err(e) => e.exit(),
+        },
         Command::Killall {
             data_dir,
             run_dir,
@@ -379,10 +445,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(pikube::server::run(
-        server_config(server),
-        shutdown_signal(),
-    ));
+    let result = runtime.block_on(async {
+        match node {
+            Node::Server(c) => pikube::server::run(c, shutdown_signal()).await,
+            Node::Agent(c) => pikube::worker::run(c, shutdown_signal()).await,
+        }
+    });
     if let Err(e) = result {
         eprintln!("pikube: error: {e:#}");
         std::process::exit(1);

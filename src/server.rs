@@ -170,6 +170,11 @@ pub async fn run(
     );
     let tls_dir = config.data_dir.join("server").join("tls");
     let pki = pki::Pki::load_or_create(&tls_dir, &sans)?;
+    let token = crate::join::load_or_create(
+        &config.data_dir.join("server"),
+        config.token.as_deref(),
+        &pki.ca.cert_pem,
+    )?;
 
     let store_config = pikube_raft::Config::single_node(config.data_dir.join("server").join("db"));
     let store = pikube_raft::Store::open(store_config)
@@ -322,16 +327,31 @@ pub async fn run(
         });
     }
     if !config.disable_agent && !config.is_disabled("proxy") {
-        crate::proxy::start(&api, &config, stop_rx.clone(), &mut components);
+        let client =
+            crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
+        crate::proxy::start(client, &config, stop_rx.clone(), &mut components);
     }
     if !config.is_disabled("dns") {
-        components.spawn(run_dns(&api, &config, stop_rx.clone())?);
+        let client =
+            crate::controllers::client::in_process(&api, "system:pikube-dns", &["system:masters"]);
+        components.spawn(dns_component(client, &config, stop_rx.clone())?);
     }
     let tls = api::http::tls_config(&pki)?;
+    let join = crate::join::router(
+        Arc::new(pki.clone()),
+        &token,
+        crate::join::ClusterSettings {
+            cluster_cidr: config.cluster_cidr.clone(),
+            service_cidr: config.service_cidr.clone(),
+            cluster_dns: config.cluster_dns,
+            cluster_domain: config.cluster_domain.clone(),
+        },
+    );
+    tracing::info!(token = %config.data_dir.join("server/token").display(), "agents join with the token in this file");
     let served = api::http::serve(
         listener,
         tls,
-        api.router(),
+        api.router().merge(join),
         std::sync::Arc::new(tokens),
         shutdown,
     )
@@ -351,10 +371,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The cluster DNS of this node as a task (errors are logged: the control plane keeps
-/// running without it).
-fn run_dns(
-    api: &ApiServer,
+/// The cluster DNS of this node as a task, answering from `client`'s watches (errors
+/// are logged: the rest of the node keeps running without it).
+pub fn dns_component(
+    client: kube::Client,
     config: &ServerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<impl std::future::Future<Output = ()>> {
@@ -374,8 +394,6 @@ fn run_dns(
         resolv_conf: config.resolv_conf.clone(),
         local_address: config.dns_listen_address.is_none(),
     };
-    let client =
-        crate::controllers::client::in_process(api, "system:pikube-dns", &["system:masters"]);
     Ok(async move {
         if let Err(e) = crate::dns::run(client, dns, stop).await {
             tracing::error!(error = %e, "cluster DNS stopped");

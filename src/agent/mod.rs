@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod container;
 pub mod env;
 pub mod images;
+pub mod join;
 pub mod killall;
 pub mod logs;
 pub mod node;

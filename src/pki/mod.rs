@@ -253,6 +253,20 @@ impl Pki {
         load_or_issue_serving(dir, "agent-serving", &self.ca, "pikube-agent", sans)
     }
 
+    /// The certificates of a joining node: its client certificate (`system:node:<name>`
+    /// in `system:nodes`) and its agent API's serving certificate for `sans`.
+    pub fn node_certs(&self, node: &str, sans: &[String]) -> Result<(CertKey, CertKey)> {
+        let client = issue(
+            &self.ca,
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            &[],
+            false,
+        )?;
+        let serving = issue(&self.ca, "pikube-agent", &[], sans, true)?;
+        Ok((client, serving))
+    }
+
     /// Issues a client certificate for `user` in `groups`, signed by the cluster CA.
     pub fn client_cert(&self, user: &str, groups: &[&str]) -> Result<CertKey> {
         issue(&self.ca, user, groups, &[], false)
@@ -272,6 +286,11 @@ pub fn kubeconfig(server_url: &str, ca_pem: &str, client: &CertKey) -> String {
 }
 
 /// Writes a kubeconfig file with the given mode (0600 by default: it holds a key).
+/// Writes a file only its owner may read (mode 0600), atomically; creates its directory.
+pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
+    write_kubeconfig(path, 0o600, contents).map(|_| ())
+}
+
 pub fn write_kubeconfig(path: &Path, mode: u32, contents: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {

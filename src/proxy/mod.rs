@@ -102,7 +102,7 @@ impl ProxyConfig {
 /// Starts the proxy of a server's own node as one of its `components`; when the server's
 /// ranges are not IPv4 the proxy is logged as not started and the server runs on.
 pub fn start(
-    api: &crate::api::ApiServer,
+    client: kube::Client,
     config: &crate::config::ServerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
     components: &mut tokio::task::JoinSet<()>,
@@ -114,8 +114,6 @@ pub fn start(
             return;
         }
     };
-    let client =
-        crate::controllers::client::in_process(api, "system:kube-proxy", &["system:masters"]);
     components.spawn(async move {
         if let Err(e) = run(client, proxy, stop).await {
             tracing::error!(error = %format!("{e:#}"), "service proxy stopped");

@@ -1,0 +1,298 @@
+//! Joining nodes to a server, the k3s way: the server's token (`K10<sha256 of the CA>::
+//! server:<secret>`, kept in `<data-dir>/server/token`) lets an agent check the cluster
+//! CA it downloads from `/cacerts` and then get its node certificates and the cluster's
+//! settings from `/v1-pikube/node`, both on the API server's HTTPS port.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::status::ApiError;
+use crate::pki::{CertKey, Pki};
+
+/// Path of the CA download (no authentication: the token carries its hash).
+pub const CACERTS_PATH: &str = "/cacerts";
+/// Path of the node certificate request (bearer token = the join secret).
+pub const NODE_PATH: &str = "/v1-pikube/node";
+
+/// A join token: the CA hash (when given in the full form) and the shared secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// sha256 of the cluster CA certificate (PEM), hex; None for a bare secret.
+    pub ca_hash: Option<String>,
+    /// The shared secret.
+    pub secret: String,
+}
+
+impl Token {
+    /// Parses `K10<hash>::server:<secret>` or a bare secret.
+    pub fn parse(text: &str) -> Result<Token, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if let Some(rest) = text.strip_prefix("K10") {
+            let (hash, creds) = rest
+                .split_once("::")
+                .ok_or("a K10 token has the form K10<ca-hash>::server:<secret>")?;
+            let secret = creds.split_once(':').map_or(creds, |(_, s)| s);
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || secret.is_empty()
+            {
+                return Err("a K10 token has the form K10<ca-hash>::server:<secret>".into());
+            }
+            return Ok(Token {
+                ca_hash: Some(hash.to_ascii_lowercase()),
+                secret: secret.to_string(),
+            });
+        }
+        if text.contains(char::is_whitespace) {
+            return Err("the token contains white space".into());
+        }
+        Ok(Token {
+            ca_hash: None,
+            secret: text.to_string(),
+        })
+    }
+
+    /// The full form for `ca_pem`.
+    pub fn full(&self, ca_pem: &str) -> String {
+        format!("K10{}::server:{}", ca_hash(ca_pem), self.secret)
+    }
+}
+
+/// sha256 of a CA certificate's PEM text, hex (what a K10 token carries).
+pub fn ca_hash(ca_pem: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(ca_pem.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The server's token: `given` (from `--token`), else the one kept in `dir/token`, else
+/// a new random one. The full form is written to `dir/token` (mode 0600).
+pub fn load_or_create(dir: &Path, given: Option<&str>, ca_pem: &str) -> Result<Token> {
+    let path = dir.join("token");
+    let token = match given {
+        Some(t) => Token::parse(t)
+            .map_err(anyhow::Error::msg)
+            .context("--token")?,
+        None => match std::fs::read_to_string(&path) {
+            Ok(text) => Token::parse(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{} is damaged", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Token {
+                ca_hash: None,
+                secret: uuid::Uuid::new_v4().simple().to_string(),
+            },
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        },
+    };
+    if let Some(hash) = &token.ca_hash {
+        anyhow::ensure!(
+            *hash == ca_hash(ca_pem),
+            "the token names another cluster's CA (its hash does not match this server's)"
+        );
+    }
+    crate::pki::write_secret(&path, &format!("{}\n", token.full(ca_pem)))?;
+    Ok(token)
+}
+
+/// What a joining node sends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRequest {
+    /// The node's name.
+    pub node_name: String,
+    /// Its IP addresses (for its agent API's serving certificate).
+    pub node_ips: Vec<IpAddr>,
+    /// Its hostname.
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// What a joining node gets: certificates and the cluster settings agents need.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeResponse {
+    /// Cluster CA, PEM.
+    pub ca: String,
+    /// Client certificate of the node (`system:node:<name>`).
+    pub client: CertKey,
+    /// Serving certificate of the node's agent API.
+    pub serving: CertKey,
+    /// The CN of the API server's client certificate, the only caller of agent APIs.
+    pub api_server_user: String,
+    /// Cluster (pod) CIDR.
+    pub cluster_cidr: String,
+    /// Service CIDR.
+    pub service_cidr: String,
+    /// Cluster DNS address.
+    pub cluster_dns: IpAddr,
+    /// Cluster domain.
+    pub cluster_domain: String,
+}
+
+/// The cluster settings a server hands to joining nodes.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// Cluster (pod) CIDR.
+    pub cluster_cidr: String,
+    /// Service CIDR.
+    pub service_cidr: String,
+    /// Cluster DNS address.
+    pub cluster_dns: IpAddr,
+    /// Cluster domain.
+    pub cluster_domain: String,
+}
+
+struct Joiner {
+    pki: Arc<Pki>,
+    secret: String,
+    settings: ClusterSettings,
+}
+
+/// The join endpoints, merged into the API server's HTTPS router.
+pub fn router(pki: Arc<Pki>, token: &Token, settings: ClusterSettings) -> Router {
+    let state = Arc::new(Joiner {
+        pki,
+        secret: token.secret.clone(),
+        settings,
+    });
+    Router::new()
+        .route(CACERTS_PATH, get(cacerts))
+        .route(NODE_PATH, post(node))
+        .with_state(state)
+}
+
+async fn cacerts(State(j): State<Arc<Joiner>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        j.pki.ca.cert_pem.clone(),
+    )
+        .into_response()
+}
+
+/// Constant-time comparison, so the secret cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+async fn node(
+    State(j): State<Arc<Joiner>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| Token::parse(t).ok());
+    if !presented.is_some_and(|t| same(t.secret.as_bytes(), j.secret.as_bytes())) {
+        return ApiError::unauthorized().into_response();
+    }
+    let req: NodeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(format!("invalid node request: {e}")).into_response()
+        }
+    };
+    if !valid_node_name(&req.node_name) {
+        return ApiError::bad_request(format!(
+            "node name {:?} is not a valid DNS subdomain (lower case letters, digits, '-' and '.')",
+            req.node_name
+        ))
+        .into_response();
+    }
+    let mut sans: Vec<String> = req.node_ips.iter().map(IpAddr::to_string).collect();
+    sans.push(req.node_name.clone());
+    if !req.hostname.is_empty() && valid_node_name(&req.hostname.to_lowercase()) {
+        sans.push(req.hostname.to_lowercase());
+    }
+    sans.sort();
+    sans.dedup();
+    let (client, serving) = match j.pki.node_certs(&req.node_name, &sans) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(node = %req.node_name, error = %format!("{e:#}"), "cannot issue node certificates");
+            return ApiError::bad_request(format!("cannot issue certificates: {e:#}"))
+                .into_response();
+        }
+    };
+    tracing::info!(node = %req.node_name, "issued node certificates");
+    let s = &j.settings;
+    (
+        StatusCode::OK,
+        Json(NodeResponse {
+            ca: j.pki.ca.cert_pem.clone(),
+            client,
+            serving,
+            api_server_user: crate::pki::KUBELET_CLIENT_USER.to_string(),
+            cluster_cidr: s.cluster_cidr.clone(),
+            service_cidr: s.service_cidr.clone(),
+            cluster_dns: s.cluster_dns,
+            cluster_domain: s.cluster_domain.clone(),
+        }),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_in_both_forms() {
+        let hash = "a".repeat(64);
+        let t = Token::parse(&format!("K10{hash}::server:s3cret")).unwrap();
+        assert_eq!(
+            (t.ca_hash.as_deref(), t.secret.as_str()),
+            (Some(hash.as_str()), "s3cret")
+        );
+        let bare = Token::parse("s3cret\n").unwrap();
+        assert_eq!((bare.ca_hash.as_deref(), bare.secret.as_str()), (None, "s3cret"));
+        assert!(Token::parse("").is_err());
+        assert!(Token::parse("K10abc::server:x").is_err());
+        assert!(Token::parse(&format!("K10{hash}::server:")).is_err());
+        assert!(Token::parse("two words").is_err());
+        assert_eq!(bare.full("pem").len(), 3 + 64 + "::server:s3cret".len());
+    }
+
+    #[test]
+    fn node_names_are_dns_subdomains() {
+        assert!(valid_node_name("pi-4.lan"));
+        assert!(!valid_node_name("Pi"));
+        assert!(!valid_node_name("-a"));
+        assert!(!valid_node_name(""));
+        assert!(!valid_node_name("a..b"));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,221 @@
+//! `pikube agent`: a second node joins a server with the server's token and runs pods;
+//! the API server reaches its agent API for logs; bad tokens are refused.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{free_dual_port, free_port, get_json, test_images, wait_for, Server};
+
+/// A `pikube agent` process on this machine, with its own dirs, bridge and cgroup;
+/// stopped and cleaned up when dropped.
+struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn args(dir: &std::path::Path, server: &Server, token: &str) -> Vec<String> {
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, "").expect("empty resolv.conf");
+        [
+            "agent",
+            "--config",
+            "/dev/null",
+            "--node-name",
+            "agent11",
+            "--node-ip",
+            "127.0.0.1",
+            "--cgroup-root",
+            "/pikube-test-11",
+            "--cni-bridge",
+            "pkt11",
+            "--disable",
+            "proxy",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--server".into(),
+            format!("https://127.0.0.1:{}", server.port),
+            "--token".into(),
+            token.to_string(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--run-dir".into(),
+            dir.join("run").display().to_string(),
+            "--agent-port".into(),
+            free_port().to_string(),
+            "--dns-listen-address".into(),
+            format!("127.0.0.1:{}", free_dual_port()),
+            "--resolv-conf".into(),
+            resolv.display().to_string(),
+        ])
+        .collect()
+    }
+
+    fn start(server: &Server, token: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let images = dir.path().join("data/agent/images");
+        std::fs::create_dir_all(&images).expect("images dir");
+        for tar in ["pause.tar", "busybox.tar"] {
+            std::fs::copy(test_images().join(tar), images.join(tar)).expect("copy test image");
+        }
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .args(Self::args(dir.path(), server, token))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pikube agent");
+        Agent { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data: PathBuf = self.dir.path().join("data");
+        let _ = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .arg("killall")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--run-dir")
+            .arg(self.dir.path().join("run"))
+            .args([
+                "--cgroup-root",
+                "/pikube-test-11",
+                "--cni-bridge",
+                "pkt11",
+                "--keep-proxy",
+            ])
+            .status();
+    }
+}
+
+/// Runs `pikube agent` with `token` and expects it to stop with an error; its stderr.
+fn refused(server: &Server, token: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_pikube"))
+        .args(Agent::args(dir.path(), server, token))
+        .output()
+        .expect("run pikube agent");
+    assert!(!out.status.success(), "a bad token must not join");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
+    // Two /24s: the server's own node gets the first, the agent the second.
+    let server = Server::start_node(10, &["--cluster-cidr", "10.42.110.0/23"]);
+    server.wait_node_ready("node10");
+    let token_file = server.data_dir().join("server/token");
+    let token = std::fs::read_to_string(&token_file).expect("the server keeps its token");
+    let token = token.trim().to_string();
+    assert!(
+        token.starts_with("K10") && token.contains("::server:"),
+        "{token}"
+    );
+
+    let secret = token.rsplit(':').next().unwrap_or_default().to_string();
+    let err = refused(&server, "not-the-secret");
+    assert!(
+        err.contains("refused to join") && err.contains("401"),
+        "{err}"
+    );
+    let wrong_ca = format!("K10{}::server:{secret}", "0".repeat(64));
+    let err = refused(&server, &wrong_ca);
+    assert!(err.contains("does not match the token"), "{err}");
+
+    let agent = Agent::start(&server, &token);
+    wait_for(90, "agent11 to join and be Ready", || {
+        server
+            .kubectl(
+                "1.33",
+                &[
+                    "wait",
+                    "--for=condition=Ready",
+                    "node/agent11",
+                    "--timeout=20s",
+                ],
+            )
+            .status
+            .success()
+            .then_some(())
+    });
+    let node = get_json(&server, &["get", "node", "agent11", "-o", "json"]);
+    assert_eq!(
+        node["spec"]["podCIDR"],
+        "10.42.111.0/24",
+        "{node}\n{}",
+        agent.log()
+    );
+    let nodes = server.ok("1.27", &["get", "nodes"]);
+    assert!(
+        nodes.contains("node10") && nodes.contains("agent11"),
+        "{nodes}"
+    );
+
+    let pod = server.file(
+        "on-agent.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: on-agent}
+spec:
+  nodeSelector: {kubernetes.io/hostname: agent11}
+  containers:
+  - name: c
+    image: localhost/busybox:1.35
+    command: [sh, -c, 'echo hello from the agent; hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']
+"#,
+    );
+    server.ok(
+        "1.33",
+        &["apply", "--validate=false", "-f", crate::harness::s(&pod)],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/on-agent",
+            "--timeout=90s",
+        ],
+    );
+    let p = get_json(&server, &["get", "pod", "on-agent", "-o", "json"]);
+    assert_eq!(p["spec"]["nodeName"], "agent11");
+    let ip = p["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ip.starts_with("10.42.111."),
+        "the pod has an address of the agent's range: {p}"
+    );
+    assert!(crate::agent::http_get(&ip, 8080, "/index.html").contains("on-agent"));
+    let logs = server.ok("1.27", &["logs", "on-agent"]);
+    assert_eq!(
+        logs.trim(),
+        "hello from the agent",
+        "logs through the agent's API"
+    );
+
+    server.ok("1.33", &["delete", "pod", "on-agent", "--timeout=60s"]);
+}
