@@ -272,7 +272,10 @@ mod tests {
             (Some(hash.as_str()), "s3cret")
         );
         let bare = Token::parse("s3cret\n").unwrap();
-        assert_eq!((bare.ca_hash.as_deref(), bare.secret.as_str()), (None, "s3cret"));
+        assert_eq!(
+            (bare.ca_hash.as_deref(), bare.secret.as_str()),
+            (None, "s3cret")
+        );
         assert!(Token::parse("").is_err());
         assert!(Token::parse("K10abc::server:x").is_err());
         assert!(Token::parse(&format!("K10{hash}::server:")).is_err());

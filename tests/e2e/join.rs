@@ -12,10 +12,12 @@ use crate::harness::{free_dual_port, free_port, get_json, test_images, wait_for,
 struct Agent {
     child: Child,
     dir: tempfile::TempDir,
+    /// Where the agent's own cluster DNS answers.
+    dns_port: u16,
 }
 
 impl Agent {
-    fn args(dir: &std::path::Path, server: &Server, token: &str) -> Vec<String> {
+    fn args(dir: &std::path::Path, server: &Server, token: &str, dns_port: u16) -> Vec<String> {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, "").expect("empty resolv.conf");
         [
@@ -47,7 +49,7 @@ impl Agent {
             "--agent-port".into(),
             free_port().to_string(),
             "--dns-listen-address".into(),
-            format!("127.0.0.1:{}", free_dual_port()),
+            format!("127.0.0.1:{dns_port}"),
             "--resolv-conf".into(),
             resolv.display().to_string(),
         ])
@@ -62,13 +64,18 @@ impl Agent {
             std::fs::copy(test_images().join(tar), images.join(tar)).expect("copy test image");
         }
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+        let dns_port = free_dual_port();
         let child = Command::new(env!("CARGO_BIN_EXE_pikube"))
-            .args(Self::args(dir.path(), server, token))
+            .args(Self::args(dir.path(), server, token, dns_port))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start pikube agent");
-        Agent { child, dir }
+        Agent {
+            child,
+            dir,
+            dns_port,
+        }
     }
 
     fn log(&self) -> String {
@@ -113,7 +120,7 @@ fn refused(server: &Server, token: &str) -> String {
     let out = Command::new("timeout")
         .arg("20")
         .arg(env!("CARGO_BIN_EXE_pikube"))
-        .args(Agent::args(dir.path(), server, token))
+        .args(Agent::args(dir.path(), server, token, free_dual_port()))
         .output()
         .expect("run pikube agent");
     assert!(!out.status.success(), "a bad token must not join");
@@ -216,6 +223,14 @@ spec:
         "hello from the agent",
         "logs through the agent's API"
     );
+
+    // The agent's own cluster DNS answers from its own watch of the server.
+    let dig = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &agent.dns_port.to_string(), "+short"])
+        .arg("kubernetes.default.svc.cluster.local")
+        .output()
+        .expect("run dig");
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "10.43.0.1");
 
     server.ok("1.33", &["delete", "pod", "on-agent", "--timeout=60s"]);
 }
