@@ -324,7 +324,9 @@ pub async fn serve(
             let mut out = Vec::new();
             render(tail(&lines, n), opts.timestamps, &mut out);
             offset += used as u64;
-            if !send(&tx, out, &mut left).await {
+            // Without follow, the tail is the last `n` lines at the time of the request,
+            // not counting lines written since.
+            if !send(&tx, out, &mut left).await || !follow {
                 return;
             }
         }
