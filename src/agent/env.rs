@@ -196,7 +196,7 @@ fn service_link_vars(svc: &Service, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// Facts about the node and pod that env values may refer to.
+/// Facts about the node and pod that env values and volume contents may refer to.
 pub struct EnvContext<'a> {
     /// API client for ConfigMaps, Secrets and Services.
     pub client: &'a Client,

@@ -25,7 +25,7 @@ use super::images::{self, Pull};
 use super::probes::Probes;
 use super::sandbox::{self, NodeNetwork, LABEL_NODE, LABEL_POD_UID};
 use super::status::{self, ContainerFacts, Facts, Waiting};
-use super::volumes::{self, VolumeContext};
+use super::volumes;
 use super::{container, Error};
 
 /// How often every pod is looked at even when nothing signals a change.
@@ -187,20 +187,7 @@ impl Worker {
             }
         }
         if let Some((_, id)) = newest {
-            let st = self
-                .cri
-                .runtime()
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: id.clone(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner();
-            let ip = st
-                .status
-                .and_then(|s| s.network)
-                .map(|n| n.ip)
-                .unwrap_or_default();
+            let ip = self.sandbox_ip(&id).await?;
             obs.sandbox = Some((id, ip));
         }
         let containers = self
@@ -236,6 +223,23 @@ impl Worker {
         } else {
             sandbox_ip.to_string()
         }
+    }
+
+    /// The IP CNI gave sandbox `id` (empty for host-network sandboxes).
+    async fn sandbox_ip(&self, id: &str) -> Result<String, Error> {
+        Ok(self
+            .cri
+            .runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_string(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default())
     }
 
     async fn container_status(&self, id: &str) -> Option<cri::ContainerStatus> {
@@ -319,19 +323,7 @@ impl Worker {
             .await?
             .into_inner()
             .pod_sandbox_id;
-        let ip = self
-            .cri
-            .runtime()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default();
+        let ip = self.sandbox_ip(&id).await?;
         tracing::info!(pod = %ObjectRef::from_obj(pod), sandbox = %id, %ip, "sandbox started");
         Ok((id, ip))
     }
@@ -342,7 +334,7 @@ impl Worker {
         pod: &Pod,
         pod_ip: &str,
     ) -> Result<BTreeMap<String, PathBuf>, env::ConfigError> {
-        let ctx = VolumeContext {
+        let ctx = EnvContext {
             client: &self.client,
             host_ip: &self.host_ip,
             pod_ip,

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 use kube::{Api, Client, ResourceExt};
 use pikube_runtime::cri::v1 as cri;
 
-use super::env::{field_value, resource_value, ConfigError};
+use super::env::{field_value, resource_value, ConfigError, EnvContext};
 
 /// Files of a projected volume: relative path → (contents, mode).
 type Files = BTreeMap<String, (Vec<u8>, u32)>;
@@ -147,20 +147,6 @@ fn items(
     Ok(())
 }
 
-/// Facts a volume's contents may name.
-pub struct VolumeContext<'a> {
-    /// API client for ConfigMaps and Secrets.
-    pub client: &'a Client,
-    /// The node's IP.
-    pub host_ip: &'a str,
-    /// The pod's IP.
-    pub pod_ip: &'a str,
-    /// Node allocatable CPU in millicores.
-    pub node_cpu_millis: i64,
-    /// Node allocatable memory in bytes.
-    pub node_memory: i64,
-}
-
 /// The keys of ConfigMap `name` (data and binaryData); None when it is missing and
 /// `optional`.
 async fn config_map_data(
@@ -215,7 +201,7 @@ async fn secret_data(
 }
 
 fn downward_files(
-    ctx: &VolumeContext<'_>,
+    ctx: &EnvContext<'_>,
     pod: &Pod,
     list: &[DownwardAPIVolumeFile],
     mode: u32,
@@ -257,7 +243,7 @@ fn downward_files(
 }
 
 async fn projection_files(
-    ctx: &VolumeContext<'_>,
+    ctx: &EnvContext<'_>,
     pod: &Pod,
     source: &VolumeProjection,
     mode: u32,
@@ -290,7 +276,7 @@ async fn projection_files(
 /// Makes one volume ready on disk and returns its host path. Content volumes are
 /// rewritten (atomically) when their source changed.
 pub async fn prepare(
-    ctx: &VolumeContext<'_>,
+    ctx: &EnvContext<'_>,
     pod: &Pod,
     pod_dir: &Path,
     v: &Volume,

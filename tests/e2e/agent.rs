@@ -625,22 +625,21 @@ spec:
     assert_eq!(names.len(), 2, "{pods}");
 
     // From a pod, the ClusterIP reaches both backends.
+    let fetch = |url: &str| {
+        server.kubectl(
+            "1.33",
+            &["exec", "client", "--", "timeout", "5", "wget", "-qO-", url],
+        )
+    };
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let out = server.ok(
-            "1.33",
-            &[
-                "exec",
-                "client",
-                "--",
-                "timeout",
-                "5",
-                "wget",
-                "-qO-",
-                &format!("http://{ip}/"),
-            ],
+        let out = fetch(&format!("http://{ip}/"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        seen.insert(out.trim().to_string());
+        seen.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
         if seen == names {
             break;
         }
@@ -655,19 +654,7 @@ spec:
     );
 
     // An address that no Service holds is refused at once, not sent anywhere.
-    let out = server.kubectl(
-        "1.33",
-        &[
-            "exec",
-            "client",
-            "--",
-            "timeout",
-            "5",
-            "wget",
-            "-qO-",
-            "http://10.43.255.254/",
-        ],
-    );
+    let out = fetch("http://10.43.255.254/");
     assert!(
         !out.status.success(),
         "an unallocated ClusterIP does not answer"
