@@ -136,6 +136,9 @@ fn server_flags_come_from_the_config_file_and_the_command_line_wins() {
             s(&config),
             "--https-listen-port",
             &cli_port.to_string(),
+            // Killed at the end: no cluster DNS address left on the host's `lo`.
+            "--disable",
+            "dns",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
