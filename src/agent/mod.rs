@@ -12,6 +12,7 @@ pub mod join;
 pub mod killall;
 pub mod logs;
 pub mod node;
+mod observe;
 pub mod pleg;
 pub mod pods;
 pub mod portforward;
@@ -19,6 +20,7 @@ pub mod probes;
 pub mod sandbox;
 pub mod status;
 pub mod stream;
+mod teardown;
 pub mod volumes;
 
 use std::path::PathBuf;

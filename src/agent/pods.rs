@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -22,9 +22,11 @@ use pikube_runtime::cri::{v1 as cri, Cri};
 use super::backoff::Backoff;
 use super::env::{self, EnvContext};
 use super::images::{self, Pull};
+use super::observe::{attempt, is_running, Observed};
 use super::probes::Probes;
-use super::sandbox::{self, NodeNetwork, LABEL_NODE, LABEL_POD_UID};
-use super::status::{self, ContainerFacts, Facts, Waiting};
+use super::sandbox::{self, NodeNetwork};
+use super::status::{self, Facts, Waiting};
+use super::teardown::{grace_seconds, housekeeping};
 use super::volumes;
 use super::{container, Error};
 
@@ -59,6 +61,7 @@ struct State {
     started: HashMap<String, Timestamp>,
 }
 
+/// The key of a container in the agent's bookkeeping.
 fn key(uid: &str, container: &str) -> String {
     format!("{uid}/{container}")
 }
@@ -82,31 +85,6 @@ pub struct Allocatable {
     pub cpu_millis: i64,
     /// Memory in bytes.
     pub memory: i64,
-}
-
-/// What the runtime holds of one pod.
-#[derive(Default)]
-struct Observed {
-    /// The newest ready sandbox: id and IP.
-    sandbox: Option<(String, String)>,
-    /// Every sandbox of the pod (id, attempt, ready).
-    sandboxes: Vec<(String, u32, bool)>,
-    /// Every container of the pod, newest attempt first per name.
-    containers: BTreeMap<String, Vec<cri::Container>>,
-}
-
-impl Observed {
-    fn latest(&self, name: &str) -> Option<&cri::Container> {
-        self.containers.get(name).and_then(|v| v.first())
-    }
-}
-
-fn attempt(c: &cri::Container) -> u32 {
-    c.metadata.as_ref().map_or(0, |m| m.attempt)
-}
-
-fn is_running(c: &cri::Container) -> bool {
-    c.state == cri::ContainerState::ContainerRunning as i32
 }
 
 /// Wall-clock nanoseconds → the matching `Instant` (for back-off bookkeeping).
@@ -157,65 +135,6 @@ impl Worker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn observe(&self, uid: &str) -> Result<Observed, Error> {
-        let labels: HashMap<String, String> = [(LABEL_POD_UID.to_string(), uid.to_string())]
-            .into_iter()
-            .collect();
-        let sandboxes = self
-            .cri
-            .runtime()
-            .list_pod_sandbox(cri::ListPodSandboxRequest {
-                filter: Some(cri::PodSandboxFilter {
-                    label_selector: labels.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .items;
-        let mut obs = Observed::default();
-        let mut newest: Option<(i64, String)> = None;
-        for s in &sandboxes {
-            let ready = s.state == cri::PodSandboxState::SandboxReady as i32;
-            obs.sandboxes.push((
-                s.id.clone(),
-                s.metadata.as_ref().map_or(0, |m| m.attempt),
-                ready,
-            ));
-            if ready && newest.as_ref().is_none_or(|(t, _)| s.created_at > *t) {
-                newest = Some((s.created_at, s.id.clone()));
-            }
-        }
-        if let Some((_, id)) = newest {
-            let ip = self.sandbox_ip(&id).await?;
-            obs.sandbox = Some((id, ip));
-        }
-        let containers = self
-            .cri
-            .runtime()
-            .list_containers(cri::ListContainersRequest {
-                filter: Some(cri::ContainerFilter {
-                    label_selector: labels,
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .containers;
-        for c in containers {
-            let name = c
-                .metadata
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_default();
-            obs.containers.entry(name).or_default().push(c);
-        }
-        for list in obs.containers.values_mut() {
-            list.sort_by_key(|c| std::cmp::Reverse(attempt(c)));
-        }
-        Ok(obs)
-    }
-
     /// The pod's IP: its sandbox's, or the node's for host-network pods.
     fn pod_ip(&self, pod: &Pod, sandbox_ip: &str) -> String {
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
@@ -223,80 +142,6 @@ impl Worker {
         } else {
             sandbox_ip.to_string()
         }
-    }
-
-    /// The IP CNI gave sandbox `id` (empty for host-network sandboxes).
-    async fn sandbox_ip(&self, id: &str) -> Result<String, Error> {
-        Ok(self
-            .cri
-            .runtime()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.to_string(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default())
-    }
-
-    async fn container_status(&self, id: &str) -> Option<cri::ContainerStatus> {
-        self.cri
-            .runtime()
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose: false,
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .status
-    }
-
-    /// Facts per container name: the two newest attempts with full status, probe results
-    /// and the waiting reason the agent holds.
-    async fn facts(&self, pod: &Pod, obs: &Observed) -> HashMap<String, ContainerFacts> {
-        let uid = pod.uid().unwrap_or_default();
-        let mut out = HashMap::new();
-        let spec = pod.spec.clone().unwrap_or_default();
-        for c in spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-        {
-            let list = obs.containers.get(&c.name);
-            let latest = match list.and_then(|l| l.first()) {
-                Some(x) => self.container_status(&x.id).await,
-                None => None,
-            };
-            let previous = match list.and_then(|l| l.get(1)) {
-                Some(x) => self.container_status(&x.id).await,
-                None => None,
-            };
-            let running_id = latest
-                .as_ref()
-                .filter(|s| s.state == cri::ContainerState::ContainerRunning as i32)
-                .map(|s| s.id.clone());
-            let (ready, started) = match &running_id {
-                Some(id) => self.probes.results(id, c),
-                None => (false, false),
-            };
-            let waiting = self.state().waiting.get(&key(&uid, &c.name)).cloned();
-            out.insert(
-                c.name.clone(),
-                ContainerFacts {
-                    latest,
-                    previous,
-                    waiting,
-                    ready,
-                    started,
-                },
-            );
-        }
-        out
     }
 
     async fn run_sandbox(&self, pod: &Pod, obs: &Observed) -> Result<(String, String), Error> {
@@ -353,6 +198,21 @@ impl Worker {
             out.insert(v.name.clone(), path);
         }
         Ok(out)
+    }
+
+    /// The waiting reason the agent holds for container `name` of pod `uid`.
+    pub(super) fn held(&self, uid: &str, name: &str) -> Option<Waiting> {
+        self.state().waiting.get(&key(uid, name)).cloned()
+    }
+
+    /// Forgets the back-off and waiting bookkeeping of pod `uid` (a pod that is gone).
+    pub(super) fn forget(&self, uid: &str) {
+        let prefix = format!("{uid}/");
+        let mut st = self.state();
+        st.crash.reset_prefix(&prefix);
+        st.pulls.reset_prefix(&prefix);
+        st.waiting.retain(|k, _| !k.starts_with(&prefix));
+        st.started.remove(uid);
     }
 
     fn hold(&self, uid: &str, name: &str, w: Option<Waiting>) {
@@ -565,10 +425,6 @@ impl Worker {
         }
     }
 
-    async fn exit_code(&self, c: &cri::Container) -> Option<i32> {
-        self.container_status(&c.id).await.map(|s| s.exit_code)
-    }
-
     /// Brings the runtime in line with a live pod; returns when to look again.
     async fn sync(&self, pod: &Pod) -> Result<Duration, Error> {
         let uid = pod.uid().unwrap_or_default();
@@ -728,7 +584,7 @@ impl Worker {
         Ok(requeue.max(Duration::from_millis(100)))
     }
 
-    async fn write_status(
+    pub(super) async fn write_status(
         &self,
         pod: &Pod,
         obs: &Observed,
@@ -774,138 +630,6 @@ impl Worker {
             Err(e) => Err(e.into()),
         }
     }
-
-    async fn stop_container(&self, pod: &Pod, c: &Container, x: &cri::Container, grace: i64) {
-        let started = Instant::now();
-        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-            let timeout = Duration::from_secs(grace.max(1) as u64);
-            if let Err(e) = self.probes.run_hook(hook, &x.id, timeout).await {
-                tracing::info!(pod = %ObjectRef::from_obj(pod), container = %c.name, error = %e, "preStop hook failed");
-            }
-        }
-        let left = (grace - started.elapsed().as_secs() as i64).max(0);
-        self.probes.stop(&x.id);
-        let _ = self
-            .cri
-            .runtime()
-            .stop_container(cri::StopContainerRequest {
-                container_id: x.id.clone(),
-                timeout: left,
-            })
-            .await;
-    }
-
-    /// Stops every running container of the pod (preStop hooks first, then SIGTERM and
-    /// SIGKILL after `grace` seconds), then the sandbox.
-    async fn stop_all(&self, pod: &Pod, obs: &Observed, grace: i64) {
-        let spec = pod.spec.clone().unwrap_or_default();
-        let mut stops = Vec::new();
-        for (name, list) in &obs.containers {
-            let c = spec
-                .containers
-                .iter()
-                .chain(spec.init_containers.iter().flatten())
-                .find(|c| &c.name == name)
-                .cloned()
-                .unwrap_or_default();
-            for x in list.iter().filter(|x| is_running(x)) {
-                let c = c.clone();
-                stops.push(async move { self.stop_container(pod, &c, x, grace).await });
-            }
-        }
-        futures::future::join_all(stops).await;
-        for (id, _, ready) in &obs.sandboxes {
-            if *ready {
-                let _ = self
-                    .cri
-                    .runtime()
-                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-            }
-        }
-    }
-
-    /// Removes everything the node holds for pod `uid`: sandboxes (with their
-    /// containers), volumes, logs, cgroup, agent state.
-    pub async fn remove(&self, uid: &str, log_dir: Option<PathBuf>) {
-        if let Ok(obs) = self.observe(uid).await {
-            for list in obs.containers.values() {
-                for x in list {
-                    self.probes.stop(&x.id);
-                }
-            }
-            for (id, _, _) in &obs.sandboxes {
-                let rt = self.cri.runtime();
-                let _ = rt
-                    .clone()
-                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-                let _ = rt
-                    .clone()
-                    .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-            }
-        }
-        volumes::remove_pod_dir(&volumes::pod_dir(&self.pods_dir, uid)).await;
-        if let Some(dir) = log_dir {
-            let _ = tokio::fs::remove_dir_all(dir).await;
-        }
-        let cgroup = format!("{}/pod{uid}", self.net.cgroup_root.trim_end_matches('/'));
-        let removed = tokio::task::spawn_blocking(move || pikube_runtime::cgroups::remove(&cgroup));
-        if let Ok(Err(e)) = removed.await {
-            tracing::debug!(error = %e, "pod cgroup not removed");
-        }
-        let mut st = self.state();
-        st.crash.reset_prefix(&format!("{uid}/"));
-        st.pulls.reset_prefix(&format!("{uid}/"));
-        st.waiting.retain(|k, _| !k.starts_with(&format!("{uid}/")));
-        st.started.remove(uid);
-    }
-
-    /// A pod being deleted: stop it within its grace period, clean up, and let the API
-    /// server remove it.
-    async fn terminate(&self, pod: &Pod) -> Result<(), Error> {
-        let uid = pod.uid().unwrap_or_default();
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .unwrap_or_else(|| grace_seconds(pod));
-        let obs = self.observe(&uid).await?;
-        self.stop_all(pod, &obs, grace).await;
-        let obs = self.observe(&uid).await?;
-        self.write_status(pod, &obs, false).await?;
-        self.remove(&uid, Some(sandbox::log_dir(&self.net.log_root, pod)))
-            .await;
-        let api = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pod.name_any(), &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => {}
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(pod = %ObjectRef::from_obj(pod), "pod stopped and removed");
-        Ok(())
-    }
-}
-
-fn grace_seconds(pod: &Pod) -> i64 {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(30)
 }
 
 /// "10s", "1m20s", "5m0s" as Go prints durations in kubelet's messages.
@@ -967,50 +691,6 @@ pub async fn run(
         _ = housekeeping => {}
     }
     tracing::info!("pod worker stopped");
-}
-
-/// Every few seconds: sandboxes of this node whose pod no longer exists (deleted while
-/// the agent was down, or force-deleted) are removed with everything they hold.
-async fn housekeeping(worker: Arc<Worker>, store: kube::runtime::reflector::Store<Pod>) {
-    if store.wait_until_ready().await.is_err() {
-        return;
-    }
-    loop {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let live: std::collections::HashSet<String> =
-            store.state().iter().filter_map(|p| p.uid()).collect();
-        let listed = worker
-            .cri
-            .runtime()
-            .list_pod_sandbox(cri::ListPodSandboxRequest {
-                filter: Some(cri::PodSandboxFilter {
-                    label_selector: [(LABEL_NODE.to_string(), worker.net.node_name.clone())]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
-            })
-            .await;
-        let Ok(listed) = listed else { continue };
-        let mut gone = HashMap::new();
-        for s in listed.into_inner().items {
-            if let Some(uid) = s.labels.get(LABEL_POD_UID) {
-                if !live.contains(uid) {
-                    gone.insert(uid.clone(), s.metadata.clone());
-                }
-            }
-        }
-        for (uid, meta) in gone {
-            let log_dir = meta.map(|m| {
-                worker
-                    .net
-                    .log_root
-                    .join(format!("{}_{}_{}", m.namespace, m.name, m.uid))
-            });
-            tracing::info!(%uid, "removing the containers of a pod that no longer exists");
-            worker.remove(&uid, log_dir).await;
-        }
-    }
 }
 
 #[cfg(test)]
