@@ -14,6 +14,7 @@ pub mod ownership;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod servicelb;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,5 +110,6 @@ pub fn start(
     set.spawn(replicaset::run(ctx.clone(), stop()));
     set.spawn(deployment::run(ctx.clone(), stop()));
     set.spawn(endpoints::run(ctx.clone(), stop()));
+    set.spawn(servicelb::run(ctx.clone(), stop()));
     set
 }

@@ -655,6 +655,22 @@ spec:
         "{answer}"
     );
 
+    // A LoadBalancer Service gets the nodes' addresses, as k3s's servicelb gives them.
+    let lb = server.file(
+        "lb.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-lb}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports: [{port: 8081, targetPort: 8080}]\n",
+    );
+    server.ok(
+        "1.33",
+        &["apply", "--validate=false", "-f", crate::harness::s(&lb)],
+    );
+    wait_for(30, "the LoadBalancer Service's ingress", || {
+        let svc = get_json(&server, &["get", "service", "web-lb", "-o", "json"]);
+        (svc["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.1").then_some(())
+    });
+    let table = server.ok("1.33", &["get", "service", "web-lb"]);
+    assert!(table.contains("127.0.0.1"), "EXTERNAL-IP: {table}");
+
     // An address that no Service holds is refused at once, not sent anywhere.
     let out = fetch("http://10.43.255.254/");
     assert!(
