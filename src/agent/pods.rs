@@ -147,13 +147,7 @@ impl Worker {
     async fn run_sandbox(&self, pod: &Pod, obs: &Observed) -> Result<(String, String), Error> {
         // Old sandboxes (a pod whose sandbox died) are stopped first.
         for (id, _, _) in &obs.sandboxes {
-            let _ = self
-                .cri
-                .runtime()
-                .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
+            self.stop_sandbox(id).await;
         }
         let attempt = obs.sandboxes.iter().map(|s| s.1 + 1).max().unwrap_or(0);
         let config = sandbox::config(&self.net, pod, attempt);

@@ -19,6 +19,16 @@ use super::sandbox::{self, LABEL_NODE, LABEL_POD_UID};
 use super::{volumes, Error};
 
 impl Worker {
+    /// Stops sandbox `id` (idempotent in CRI; failures are left to the next pass).
+    pub(super) async fn stop_sandbox(&self, id: &str) {
+        let request = cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        };
+        if let Err(e) = self.cri.runtime().stop_pod_sandbox(request).await {
+            tracing::debug!(sandbox = %id, error = %e.message(), "cannot stop sandbox");
+        }
+    }
+
     pub(super) async fn stop_container(
         &self,
         pod: &Pod,
@@ -66,13 +76,7 @@ impl Worker {
         futures::future::join_all(stops).await;
         for (id, _, ready) in &obs.sandboxes {
             if *ready {
-                let _ = self
-                    .cri
-                    .runtime()
-                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
+                self.stop_sandbox(id).await;
             }
         }
     }
@@ -87,15 +91,10 @@ impl Worker {
                 }
             }
             for (id, _, _) in &obs.sandboxes {
-                let rt = self.cri.runtime();
-                let _ = rt
-                    .clone()
-                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-                let _ = rt
-                    .clone()
+                self.stop_sandbox(id).await;
+                let _ = self
+                    .cri
+                    .runtime()
                     .remove_pod_sandbox(cri::RemovePodSandboxRequest {
                         pod_sandbox_id: id.clone(),
                     })
