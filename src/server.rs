@@ -162,6 +162,13 @@ pub async fn run(
         ips.push(config.bind_address);
     }
     ips.extend(config.advertise_address);
+    // The node's own address (the default route's when no flag names one), so agents on
+    // other machines can reach the API server by it.
+    if let Ok(ip) = config.agent().node_ip.parse::<IpAddr>() {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
     let sans = pki::serving_sans(
         &hostname(),
         &ips,
