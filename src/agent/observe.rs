@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use pikube_runtime::cri::v1 as cri;
+use pikube_runtime::cri::{v1 as cri, Cri};
 
 use super::pods::Worker;
 use super::sandbox::LABEL_POD_UID;
@@ -37,23 +37,51 @@ pub(super) fn is_running(c: &cri::Container) -> bool {
     c.state == cri::ContainerState::ContainerRunning as i32
 }
 
+/// The sandboxes whose label `key` is `value` (a pod's uid, a node's name).
+pub(super) async fn sandboxes_labelled(
+    cri: &Cri,
+    key: &str,
+    value: &str,
+) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
+    let filter = cri::PodSandboxFilter {
+        label_selector: [(key.to_string(), value.to_string())].into_iter().collect(),
+        ..Default::default()
+    };
+    let request = cri::ListPodSandboxRequest {
+        filter: Some(filter),
+    };
+    Ok(cri
+        .runtime()
+        .list_pod_sandbox(request)
+        .await?
+        .into_inner()
+        .items)
+}
+
+/// The containers whose label `key` is `value`.
+pub(super) async fn containers_labelled(
+    cri: &Cri,
+    key: &str,
+    value: &str,
+) -> Result<Vec<cri::Container>, tonic::Status> {
+    let filter = cri::ContainerFilter {
+        label_selector: [(key.to_string(), value.to_string())].into_iter().collect(),
+        ..Default::default()
+    };
+    let request = cri::ListContainersRequest {
+        filter: Some(filter),
+    };
+    Ok(cri
+        .runtime()
+        .list_containers(request)
+        .await?
+        .into_inner()
+        .containers)
+}
+
 impl Worker {
     pub(super) async fn observe(&self, uid: &str) -> Result<Observed, Error> {
-        let labels: HashMap<String, String> = [(LABEL_POD_UID.to_string(), uid.to_string())]
-            .into_iter()
-            .collect();
-        let sandboxes = self
-            .cri
-            .runtime()
-            .list_pod_sandbox(cri::ListPodSandboxRequest {
-                filter: Some(cri::PodSandboxFilter {
-                    label_selector: labels.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .items;
+        let sandboxes = sandboxes_labelled(&self.cri, LABEL_POD_UID, uid).await?;
         let mut obs = Observed::default();
         let mut newest: Option<(i64, String)> = None;
         for s in &sandboxes {
@@ -71,18 +99,7 @@ impl Worker {
             let ip = self.sandbox_ip(&id).await?;
             obs.sandbox = Some((id, ip));
         }
-        let containers = self
-            .cri
-            .runtime()
-            .list_containers(cri::ListContainersRequest {
-                filter: Some(cri::ContainerFilter {
-                    label_selector: labels,
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .containers;
+        let containers = containers_labelled(&self.cri, LABEL_POD_UID, uid).await?;
         for c in containers {
             let name = c
                 .metadata

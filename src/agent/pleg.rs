@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
-use pikube_runtime::cri::{v1 as cri, Cri};
+use pikube_runtime::cri::Cri;
 
+use super::observe::{containers_labelled, sandboxes_labelled};
 use super::sandbox::{LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 
 /// Relist period.
@@ -28,31 +29,8 @@ type Snapshot = HashMap<String, (ObjectRef<Pod>, Vec<(String, i32)>)>;
 
 /// One relist: per pod uid, its name and a fingerprint of its runtime state.
 async fn relist(cri: &Cri, node: &str) -> Result<Snapshot, tonic::Status> {
-    let selector: HashMap<String, String> = [(LABEL_NODE.to_string(), node.to_string())]
-        .into_iter()
-        .collect();
-    let sandboxes = cri
-        .runtime()
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter {
-                label_selector: selector.clone(),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .items;
-    let containers = cri
-        .runtime()
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: selector,
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers;
+    let sandboxes = sandboxes_labelled(cri, LABEL_NODE, node).await?;
+    let containers = containers_labelled(cri, LABEL_NODE, node).await?;
     let mut out = Snapshot::new();
     let entries = sandboxes
         .iter()

@@ -13,7 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use pikube_runtime::cri::v1 as cri;
 
-use super::observe::{is_running, Observed};
+use super::observe::{is_running, sandboxes_labelled, Observed};
 use super::pods::Worker;
 use super::sandbox::{self, LABEL_NODE, LABEL_POD_UID};
 use super::{volumes, Error};
@@ -163,21 +163,10 @@ pub(super) async fn housekeeping(worker: Arc<Worker>, store: kube::runtime::refl
         tokio::time::sleep(Duration::from_secs(3)).await;
         let live: std::collections::HashSet<String> =
             store.state().iter().filter_map(|p| p.uid()).collect();
-        let listed = worker
-            .cri
-            .runtime()
-            .list_pod_sandbox(cri::ListPodSandboxRequest {
-                filter: Some(cri::PodSandboxFilter {
-                    label_selector: [(LABEL_NODE.to_string(), worker.net.node_name.clone())]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
-            })
-            .await;
+        let listed = sandboxes_labelled(&worker.cri, LABEL_NODE, &worker.net.node_name).await;
         let Ok(listed) = listed else { continue };
         let mut gone = HashMap::new();
-        for s in listed.into_inner().items {
+        for s in listed {
             if let Some(uid) = s.labels.get(LABEL_POD_UID) {
                 if !live.contains(uid) {
                     gone.insert(uid.clone(), s.metadata.clone());

@@ -9,6 +9,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{container_config, image_spec, Node};
 
+type RuntimeClient = v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// CRI ContainerStatus of `id` (None when the runtime has no status for it).
+async fn container_status(rt: &mut RuntimeClient, id: &str) -> Option<v1::ContainerStatus> {
+    rt.container_status(v1::ContainerStatusRequest {
+        container_id: id.to_string(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+}
+
 /// GET `path` from `ip:port` over plain HTTP/1.0, retrying while the server starts.
 async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> String {
     let start = Instant::now();
@@ -116,16 +130,7 @@ async fn busybox_pod_serves_http_execs_and_logs() {
     })
     .await
     .expect("StopContainer");
-    let status = rt
-        .container_status(v1::ContainerStatusRequest {
-            container_id: ctr.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = container_status(&mut rt, &ctr).await.expect("status");
     assert_eq!(status.state, v1::ContainerState::ContainerExited as i32);
     rt.remove_container(v1::RemoveContainerRequest {
         container_id: ctr.clone(),
@@ -282,16 +287,7 @@ async fn pause_reaps_orphans_and_stops_on_sigterm() {
         .await;
     let start = Instant::now();
     loop {
-        let state = rt
-            .container_status(v1::ContainerStatusRequest {
-                container_id: ctr.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .map(|s| s.state);
+        let state = container_status(&mut rt, &ctr).await.map(|s| s.state);
         if state == Some(v1::ContainerState::ContainerExited as i32) {
             break;
         }
