@@ -20,8 +20,6 @@ pub const LATEST: u8 = b'l';
 pub const HISTORY: u8 = b'h';
 /// Prefix of events by revision.
 pub const EVENTS: u8 = b'e';
-/// Prefix of the write-ahead log.
-pub const WAL: u8 = b'w';
 /// Prefix of leases.
 pub const LEASES: u8 = b'L';
 /// Prefix of metadata.
@@ -119,14 +117,6 @@ pub fn event_rev_start(rev: Revision) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(EVENTS);
     k.extend_from_slice(&rev.to_be_bytes());
-    k
-}
-
-/// `w` + index.
-pub fn wal_key(index: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(WAL);
-    k.extend_from_slice(&index.to_be_bytes());
     k
 }
 

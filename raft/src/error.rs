@@ -3,7 +3,7 @@
 use crate::types::{LeaseId, Revision};
 
 /// Everything a store operation can fail with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// A key must not be empty.
     #[error("key must not be empty")]

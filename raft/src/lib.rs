@@ -1,19 +1,31 @@
 //! An etcd-v3-like key-value store for pikube: MVCC revisions, transactions, watch,
-//! compaction and TTL leases, kept in sled.
+//! compaction and TTL leases, kept in sled and replicated with openraft.
 //!
-//! Knows nothing of Kubernetes: keys and values are bytes. Every write goes through one
-//! writer that logs it durably (one fsync per group of concurrent writes) and then applies
-//! it together with the record of what was applied, so a crash neither loses an
-//! acknowledged write nor applies one twice.
+//! Knows nothing of Kubernetes: keys and values are bytes. Every write is a Raft log entry;
+//! the log is made durable with one fsync per group of concurrent appends, and each
+//! committed entry is applied together with the record of its log id, so a crash neither
+//! loses an acknowledged write nor applies one twice. A single node (the default) is its own
+//! quorum and pays no network cost; several nodes talk through a [`Transport`].
 
+mod cluster;
 mod codec;
+pub mod consensus;
 pub mod error;
+mod log_store;
+pub mod memnet;
 mod mvcc;
+pub mod network;
+mod open;
+mod snapshot;
+mod state_machine;
 mod store;
 pub mod types;
 pub mod watch;
 
+pub use consensus::NodeId;
 pub use error::{Error, Result};
-pub use store::{Config, Store, IDENTITY_FILE};
+pub use network::{NoPeers, Transport, TransportError, TransportFuture};
+pub use open::IDENTITY_FILE;
+pub use store::{Config, Member, Store, Timing};
 pub use types::*;
 pub use watch::Watcher;

@@ -27,7 +27,7 @@ pub enum WriteRequest {
 }
 
 /// The answer to an applied [`WriteRequest`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WriteResponse {
     /// A transaction's result.
     Txn(TxnResponse),

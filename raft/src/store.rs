@@ -1,225 +1,143 @@
-//! The store handle: opens (and checks) the data directory, runs the single writer that
-//! logs, fsyncs and applies writes in groups, serves reads, watches and leases.
+//! The store handle: opens the data directory, runs the Raft node over it, and serves
+//! reads (linearizable through read-index, or serializable from local state), writes
+//! (forwarded to the leader when this node is not it), watches and leases.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
 
-use crate::codec;
+use crate::consensus::{NodeId, Raft};
 use crate::error::{Error, Result};
+use crate::log_store::LogStore;
 use crate::mvcc::{self, Revisions, WriteRequest, WriteResponse};
+use crate::network::{
+    Network, NoPeers, Peer, PeerRequest, PeerResponse, Transport, TransportError,
+};
+use crate::open::open_blocking;
+use crate::state_machine::{Shared, StateMachine};
 use crate::types::*;
-use crate::watch::{EventSource, Hub, KeyRange, Watcher};
+use crate::watch::{Hub, KeyRange, Watcher};
+use crate::{snapshot, state_machine};
 
-/// Name of the file that marks a directory as a pikube store and records whose it is.
-pub const IDENTITY_FILE: &str = "pikube-store.json";
+/// Raft timing, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_max_ms: u64,
+}
 
-/// Format version of the on-disk layout.
-const FORMAT: u32 = 1;
-
-/// Largest number of writes logged and fsynced together.
-const MAX_GROUP: usize = 256;
-
-/// Proposals waiting for the writer before callers are made to wait.
-const PROPOSAL_QUEUE: usize = 4096;
+impl Default for Timing {
+    /// Tolerant of Wi-Fi and busy Raspberry Pis: a leader is replaced within 1-2 s.
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        }
+    }
+}
 
 /// How to open a store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// This node's id in the cluster.
-    pub node_id: u64,
-    /// Directory holding the sled database and the identity file.
+    pub node_id: NodeId,
+    /// Directory holding the sled database, snapshots and the identity file.
     pub data_dir: PathBuf,
     /// sled page cache size; small, because a Raspberry Pi has little memory.
     pub cache_capacity_bytes: u64,
     /// Expected cluster id; `None` accepts the directory's (or creates a new one).
     pub cluster_id: Option<String>,
+    /// Address (host:port) at which peers reach this node.
+    pub advertise_addr: String,
+    /// Start a new one-member cluster when this store is not part of one yet; otherwise
+    /// the node waits until a leader adds it.
+    pub bootstrap: bool,
+    /// How messages reach the other nodes.
+    pub transport: Arc<dyn Transport>,
+    /// Raft timing.
+    pub timing: Timing,
+    /// Log entries between snapshots (older entries are then dropped from the log).
+    pub snapshot_every: u64,
+    /// How long a request waits for a leader, a quorum or a forwarded answer.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node_id", &self.node_id)
+            .field("data_dir", &self.data_dir)
+            .field("cluster_id", &self.cluster_id)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("bootstrap", &self.bootstrap)
+            .finish()
+    }
 }
 
 impl Config {
-    /// A single-node store in `data_dir` with a 16 MiB cache.
+    /// A single-node store in `data_dir` with a 16 MiB cache: the default, with no peer
+    /// transport and no network cost.
     pub fn single_node(data_dir: impl Into<PathBuf>) -> Config {
         Config {
             node_id: 1,
             data_dir: data_dir.into(),
             cache_capacity_bytes: 16 << 20,
             cluster_id: None,
+            advertise_addr: "127.0.0.1:6444".into(),
+            bootstrap: true,
+            transport: Arc::new(NoPeers),
+            timing: Timing::default(),
+            snapshot_every: 10_000,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// What the identity file records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
-    format: u32,
-    cluster_id: String,
-    node_id: u64,
-}
-
-struct Proposal {
-    request: WriteRequest,
-    reply: oneshot::Sender<Result<WriteResponse>>,
-}
-
-enum Msg {
-    Propose(Proposal),
-    Stop,
-}
-
-struct Shared {
-    db: sled::Db,
-    tree: sled::Tree,
-    revs: RwLock<Revisions>,
-    current: AtomicI64,
-    compacted: AtomicI64,
-    hub: Mutex<Hub>,
-    leases: Mutex<HashMap<LeaseId, (Instant, i64)>>,
-    proposals: mpsc::Sender<Msg>,
-    closed: AtomicBool,
-    cluster_id: String,
-}
-
-impl EventSource for Shared {
-    fn tree(&self) -> &sled::Tree {
-        &self.tree
-    }
-    fn compacted(&self) -> Revision {
-        self.compacted.load(Ordering::SeqCst)
-    }
+/// A member of the store's cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub id: NodeId,
+    /// Peer address.
+    pub addr: String,
+    /// Whether it votes (otherwise a learner that only follows the log).
+    pub voter: bool,
 }
 
 /// A handle on the store; cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Store {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) raft: Raft,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) timeout: Duration,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-fn storage(e: sled::Error) -> Error {
-    match e {
-        sled::Error::Corruption { .. } => Error::Corrupt(e.to_string()),
-        other => Error::Storage(other.to_string()),
-    }
-}
-
-fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(format!("{what} {}: {e}", path.display()))
-}
-
-/// Checks (or creates) the identity of the data directory before sled touches it.
-fn check_identity(config: &Config) -> Result<Identity> {
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
-    let id_path = dir.join(IDENTITY_FILE);
-    match std::fs::read(&id_path) {
-        Ok(bytes) => {
-            let id: Identity = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", id_path.display())))?;
-            if id.format != FORMAT {
-                return Err(Error::Corrupt(format!(
-                    "{} has format {}, expected {FORMAT}",
-                    id_path.display(),
-                    id.format
-                )));
-            }
-            if let Some(want) = &config.cluster_id {
-                if *want != id.cluster_id {
-                    return Err(Error::ForeignCluster(format!(
-                        "{} belongs to cluster {}, not {want}",
-                        dir.display(),
-                        id.cluster_id
-                    )));
-                }
-            }
-            if id.node_id != config.node_id {
-                return Err(Error::ForeignCluster(format!(
-                    "{} belongs to node {}, not {}",
-                    dir.display(),
-                    id.node_id,
-                    config.node_id
-                )));
-            }
-            Ok(id)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut entries = std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))?;
-            if entries.next().is_some() {
-                return Err(Error::Corrupt(format!(
-                    "{} is not empty but has no {IDENTITY_FILE}: refusing to use it as a store",
-                    dir.display()
-                )));
-            }
-            let cluster_id = config
-                .cluster_id
-                .clone()
-                .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-            let id = Identity {
-                format: FORMAT,
-                cluster_id,
-                node_id: config.node_id,
-            };
-            let bytes = serde_json::to_vec(&id).map_err(|e| Error::Storage(e.to_string()))?;
-            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-            std::fs::write(&tmp, bytes).map_err(|e| io("cannot write", &tmp, e))?;
-            std::fs::rename(&tmp, &id_path).map_err(|e| io("cannot write", &id_path, e))?;
-            Ok(id)
-        }
-        Err(e) => Err(io("cannot read", &id_path, e)),
-    }
-}
-
-fn read_meta_i64(tree: &sled::Tree, name: &str) -> Result<Option<i64>> {
-    match tree.get(codec::meta_key(name)).map_err(storage)? {
-        Some(v) => Ok(Some(codec::decode_i64(&v)?)),
-        None => Ok(None),
-    }
-}
-
-fn open_blocking(config: &Config) -> Result<(sled::Db, sled::Tree, Identity, Revisions, u64)> {
-    let id = check_identity(config)?;
-    let db_path = config.data_dir.join("db");
-    let fresh = !db_path.exists();
-    let db = sled::Config::new()
-        .path(&db_path)
-        .cache_capacity(config.cache_capacity_bytes)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| Error::Corrupt(format!("cannot open {}: {e}", db_path.display())))?;
-    let tree = db.open_tree("store").map_err(storage)?;
-    match tree.get(codec::meta_key("cluster")).map_err(storage)? {
-        Some(c) if c.as_ref() == id.cluster_id.as_bytes() => {}
-        Some(c) => {
-            return Err(Error::ForeignCluster(format!(
-                "database in {} belongs to cluster {}, identity file says {}",
-                db_path.display(),
-                String::from_utf8_lossy(&c),
-                id.cluster_id
-            )))
-        }
-        None if fresh => {
-            tree.insert(codec::meta_key("cluster"), id.cluster_id.as_bytes())
-                .map_err(storage)?;
-            db.flush().map_err(storage)?;
-        }
-        None => {
-            return Err(Error::Corrupt(format!(
-                "database in {} has lost its metadata: refusing to start from an empty store",
-                db_path.display()
-            )))
-        }
-    }
-    let revs = Revisions {
-        current: read_meta_i64(&tree, "revision")?.unwrap_or(0),
-        compacted: read_meta_i64(&tree, "compacted")?.unwrap_or(0),
+fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>> {
+    let rc = openraft::Config {
+        cluster_name: cluster_id.to_string(),
+        heartbeat_interval: config.timing.heartbeat_ms,
+        election_timeout_min: config.timing.election_min_ms,
+        election_timeout_max: config.timing.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: (config.snapshot_every / 10).max(1),
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
     };
-    let applied = read_meta_i64(&tree, "applied")?.unwrap_or(0) as u64;
-    Ok((db, tree, id, revs, applied))
+    rc.validate()
+        .map(Arc::new)
+        .map_err(|e| Error::InvalidArgument(format!("raft configuration: {e}")))
 }
 
 impl Store {
@@ -227,67 +145,73 @@ impl Store {
     /// A damaged directory, or one of another cluster or node, is refused.
     pub async fn open(config: Config) -> Result<Store> {
         let cfg = config.clone();
-        let (db, tree, id, mut revs, mut applied) =
-            tokio::task::spawn_blocking(move || open_blocking(&cfg))
-                .await
-                .map_err(|e| Error::Storage(format!("open task: {e}")))??;
-
-        // Apply logged writes that a crash left unapplied.
-        let mut pending = Vec::new();
-        for item in tree.scan_prefix([codec::WAL]) {
-            let (k, v) = item.map_err(storage)?;
-            let idx = u64::from_be_bytes(
-                k[1..]
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad log key".into()))?,
-            );
-            pending.push((idx, codec::decode::<WriteRequest>(&v)?));
-        }
-        for (idx, req) in pending {
-            if idx <= applied {
-                tree.remove(codec::wal_key(idx)).map_err(storage)?;
-                continue;
-            }
-            let (_, mut batch) = mvcc::apply(&tree, &mut revs, &req, sled::Batch::default())?;
-            batch.remove(codec::wal_key(idx));
-            batch.insert(codec::meta_key("applied"), &(idx as i64).to_be_bytes()[..]);
-            tree.apply_batch(batch).map_err(storage)?;
-            applied = idx;
-        }
-        db.flush().map_err(storage)?;
-
-        let mut leases = HashMap::new();
-        let now = Instant::now();
-        for item in tree.scan_prefix([codec::LEASES]) {
-            let (k, v) = item.map_err(storage)?;
-            let lid = codec::decode_i64(&k[1..])?;
-            let ttl = codec::decode_i64(&v)?;
-            leases.insert(lid, (now + Duration::from_secs(ttl.max(1) as u64), ttl));
-        }
-
-        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let opened = tokio::task::spawn_blocking(move || open_blocking(&cfg))
+            .await
+            .map_err(|e| Error::Storage(format!("open task: {e}")))??;
         let shared = Arc::new(Shared {
-            db,
-            tree,
-            current: AtomicI64::new(revs.current),
-            compacted: AtomicI64::new(revs.compacted),
-            revs: RwLock::new(revs),
+            db: opened.db,
+            tree: opened.tree,
+            revs: RwLock::new(Revisions::default()),
+            current: AtomicI64::new(0),
+            compacted: AtomicI64::new(0),
             hub: Mutex::new(Hub::default()),
-            leases: Mutex::new(leases),
-            proposals: tx,
+            leases: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-            cluster_id: id.cluster_id,
+            cluster_id: opened.cluster_id,
+            node_id: config.node_id,
+            snapshot_dir: config.data_dir.join("snapshots"),
         });
-        let writer_shared = shared.clone();
-        let writer = std::thread::Builder::new()
-            .name("pikube-store-writer".into())
-            .spawn(move || writer_loop(writer_shared, rx, applied + 1))
-            .map_err(|e| Error::Storage(format!("cannot start writer thread: {e}")))?;
+        let prep = shared.clone();
+        tokio::task::spawn_blocking(move || prepare(&prep))
+            .await
+            .map_err(|e| Error::Storage(format!("open task: {e}")))??;
+
+        let log_store = LogStore::open(&shared.db)?;
+        let network = Network {
+            transport: config.transport.clone(),
+            cluster_id: shared.cluster_id.clone(),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            raft_config(&config, &shared.cluster_id)?,
+            network,
+            log_store,
+            StateMachine {
+                shared: shared.clone(),
+            },
+        )
+        .await
+        .map_err(|e| Error::Storage(format!("cannot start raft: {e}")))?;
         let store = Store {
             shared,
+            raft,
+            transport: config.transport.clone(),
+            timeout: config.request_timeout,
             tasks: Arc::new(Mutex::new(Vec::new())),
-            writer: Arc::new(Mutex::new(Some(writer))),
         };
+        let initialized = store
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        if config.bootstrap && !initialized {
+            let members =
+                BTreeMap::from([(config.node_id, BasicNode::new(&config.advertise_addr))]);
+            store
+                .raft
+                .initialize(members)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot start the cluster: {e}")))?;
+        }
+        if store.single_voter() {
+            // Alone, this node becomes leader after one election timeout; wait for it so
+            // the first requests do not pay for it.
+            let _ = store
+                .raft
+                .wait(Some(config.request_timeout))
+                .current_leader(config.node_id, "single node leader")
+                .await;
+        }
         let expiry = tokio::spawn(lease_expiry_loop(store.clone_weak()));
         if let Ok(mut t) = store.tasks.lock() {
             t.push(expiry);
@@ -295,8 +219,13 @@ impl Store {
         Ok(store)
     }
 
-    fn clone_weak(&self) -> std::sync::Weak<Shared> {
-        Arc::downgrade(&self.shared)
+    fn clone_weak(&self) -> WeakStore {
+        WeakStore {
+            shared: Arc::downgrade(&self.shared),
+            raft: self.raft.clone(),
+            transport: self.transport.clone(),
+            timeout: self.timeout,
+        }
     }
 
     /// The id of the cluster this store belongs to.
@@ -304,14 +233,222 @@ impl Store {
         &self.shared.cluster_id
     }
 
-    async fn propose(&self, request: WriteRequest) -> Result<WriteResponse> {
-        propose(&self.shared, request).await
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
     }
 
-    /// Reads a key or range, at the current revision or a past one.
+    /// Whether this node is the cluster's only voter (then it is its own quorum).
+    fn single_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let mut voters = m.membership_config.membership().voter_ids();
+        voters.next() == Some(self.shared.node_id) && voters.next().is_none()
+    }
+
+    /// The current leader, if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.shared.node_id)
+    }
+
+    /// The members of the cluster as this node knows them.
+    pub fn members(&self) -> Vec<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    pub(crate) fn peer(&self, to: NodeId, addr: &str) -> Peer {
+        Peer {
+            transport: self.transport.clone(),
+            cluster_id: self.shared.cluster_id.clone(),
+            to,
+            addr: addr.to_string(),
+        }
+    }
+
+    /// The leader's id and address, waiting a little for an election to finish.
+    pub(crate) async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, String)> {
+        loop {
+            {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                if let Some(id) = m.current_leader {
+                    if let Some(node) = m.membership_config.membership().get_node(&id) {
+                        return Ok((id, node.addr.clone()));
+                    }
+                }
+            }
+            if self.shared.closed.load(Ordering::SeqCst) {
+                return Err(Error::Shutdown);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(
+                    "no leader: the cluster has no quorum".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes a write on this node only; `NotLeader` when it is not the leader.
+    pub(crate) async fn propose_local(&self, request: WriteRequest) -> Result<WriteResponse> {
+        let written = tokio::time::timeout(self.timeout, self.raft.client_write(request)).await;
+        let Ok(written) = written else {
+            return Err(Error::Unavailable(format!(
+                "write not committed within {:?} (no quorum?); it may still be applied",
+                self.timeout
+            )));
+        };
+        match written {
+            Ok(r) => r.data.0,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Error::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(_)) => Err(Error::Shutdown),
+        }
+    }
+
+    /// Proposes a write: here when this node leads, else on the leader.
+    async fn propose(&self, request: WriteRequest) -> Result<WriteResponse> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown);
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.propose_local(request.clone()).await {
+                Err(Error::NotLeader { .. }) => {}
+                other => return other,
+            }
+            let (leader, addr) = self.wait_leader(deadline).await?;
+            if leader != self.shared.node_id {
+                match self
+                    .peer(leader, &addr)
+                    .call(PeerRequest::Write(request.clone()), self.timeout)
+                    .await
+                {
+                    Ok(PeerResponse::Write(Err(Error::NotLeader { .. }))) => {}
+                    Ok(PeerResponse::Write(r)) => return r,
+                    Ok(_) => return Err(Error::Unavailable("leader gave another answer".into())),
+                    // Not delivered: safe to try again.
+                    Err(TransportError::Unreachable { .. }) => {}
+                    // Maybe applied: the caller must find out, not us by retrying.
+                    Err(e @ TransportError::NoAnswer { .. }) => {
+                        return Err(Error::Unavailable(e.to_string()))
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable("no leader accepted the write".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The read index on the leader: the commit index, confirmed by a quorum.
+    pub(crate) async fn read_index_local(&self) -> Result<u64> {
+        let confirmed = tokio::time::timeout(self.timeout, self.raft.ensure_linearizable()).await;
+        let Ok(confirmed) = confirmed else {
+            return Err(Error::Unavailable(format!(
+                "leadership not confirmed by a quorum within {:?}",
+                self.timeout
+            )));
+        };
+        match confirmed {
+            Ok(id) => Ok(id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Error::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(_)) => Err(Error::Shutdown),
+        }
+    }
+
+    /// Waits until this node has applied everything committed before the call, so a read
+    /// that follows sees every write acknowledged before it (read-index).
+    async fn read_barrier(&self) -> Result<()> {
+        if self.single_voter() && self.is_leader() {
+            // Writes are applied before they are acknowledged: local state is current.
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let index = match self.read_index_local().await {
+                Ok(i) => Some(i),
+                Err(Error::NotLeader { .. }) => {
+                    let (leader, addr) = self.wait_leader(deadline).await?;
+                    if leader == self.shared.node_id {
+                        None
+                    } else {
+                        match self
+                            .peer(leader, &addr)
+                            .call(PeerRequest::ReadIndex, self.timeout)
+                            .await
+                        {
+                            Ok(PeerResponse::ReadIndex(Ok(i))) => Some(i),
+                            Ok(PeerResponse::ReadIndex(Err(Error::NotLeader { .. }))) => None,
+                            Ok(PeerResponse::ReadIndex(Err(e))) => return Err(e),
+                            Ok(_) => {
+                                return Err(Error::Unavailable("leader gave another answer".into()))
+                            }
+                            Err(_) => None,
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(index) = index {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self
+                    .raft
+                    .wait(Some(left))
+                    .applied_index_at_least(Some(index), "read index")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::Unavailable(format!("read index not reached: {e}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(
+                    "no leader for a linearizable read".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reads a key or range, at the current revision or a past one. Linearizable unless
+    /// the request asks for a serializable (local, possibly stale) read.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         if req.key.is_empty() {
             return Err(Error::EmptyKey);
+        }
+        if !req.serializable {
+            self.read_barrier().await?;
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
@@ -399,7 +536,8 @@ impl Store {
         }
     }
 
-    /// Watches a key or range from `start_revision` (0 = only future changes).
+    /// Watches a key or range from `start_revision` (0 = only future changes). Served
+    /// from this node's applied state.
     pub async fn watch(&self, req: WatchRequest) -> Result<Watcher> {
         if req.key.is_empty() {
             return Err(Error::EmptyKey);
@@ -472,21 +610,15 @@ impl Store {
             .propose(WriteRequest::LeaseGrant { id, ttl_seconds })
             .await?
         {
-            WriteResponse::Lease(l) => {
-                let deadline = Instant::now() + Duration::from_secs(ttl_seconds as u64);
-                if let Ok(mut leases) = self.shared.leases.lock() {
-                    leases.insert(id, (deadline, ttl_seconds));
-                }
-                Ok(l)
-            }
+            WriteResponse::Lease(l) => Ok(l),
             other => Err(Error::Storage(format!(
                 "unexpected answer to a lease grant: {other:?}"
             ))),
         }
     }
 
-    /// Renews a lease for its full TTL.
-    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Lease> {
+    /// Renews a lease on this node's clock (the leader's, when this node leads).
+    pub(crate) fn keep_alive_local(&self, id: LeaseId) -> Result<Lease> {
         let mut leases = self
             .shared
             .leases
@@ -504,16 +636,33 @@ impl Store {
         }
     }
 
+    /// Renews a lease for its full TTL. Lease clocks run on the leader.
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Lease> {
+        if self.is_leader() {
+            return self.keep_alive_local(id);
+        }
+        let (leader, addr) = self.wait_leader(Instant::now() + self.timeout).await?;
+        if leader == self.shared.node_id {
+            return self.keep_alive_local(id);
+        }
+        match self
+            .peer(leader, &addr)
+            .call(PeerRequest::KeepAlive(id), self.timeout)
+            .await
+        {
+            Ok(PeerResponse::Lease(r)) => r,
+            Ok(_) => Err(Error::Unavailable("leader gave another answer".into())),
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+
     /// Revokes a lease now, deleting its keys.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
         self.propose(WriteRequest::LeaseRevoke { id }).await?;
-        if let Ok(mut leases) = self.shared.leases.lock() {
-            leases.remove(&id);
-        }
         Ok(())
     }
 
-    /// Stops the writer after the writes already queued, flushes, and ends all watches.
+    /// Stops the Raft node, flushes, and ends all watches.
     pub async fn shutdown(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
         if let Ok(mut tasks) = self.tasks.lock() {
@@ -521,18 +670,13 @@ impl Store {
                 t.abort();
             }
         }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        // Writes queued before this point are still applied and answered.
-        let _ = self.shared.proposals.send(Msg::Stop).await;
+        let _ = self.raft.shutdown().await;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            if let Some(h) = handle {
-                let _ = h.join();
-            }
             if let Ok(mut hub) = shared.hub.lock() {
                 hub.close_all();
             }
-            shared.db.flush().map_err(storage)
+            shared.db.flush().map_err(|e| Error::Storage(e.to_string()))
         })
         .await
         .map_err(|e| Error::Storage(format!("shutdown task: {e}")))??;
@@ -541,120 +685,84 @@ impl Store {
 
     /// Size of the database files on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.shared.db.size_on_disk().map_err(storage)
+        self.shared
+            .db
+            .size_on_disk()
+            .map_err(|e| Error::Storage(e.to_string()))
     }
 }
 
-async fn propose(shared: &Shared, request: WriteRequest) -> Result<WriteResponse> {
-    if shared.closed.load(Ordering::SeqCst) {
-        return Err(Error::Shutdown);
+/// Before Raft starts: finish an interrupted snapshot install, then load the in-memory
+/// bookkeeping from the tree.
+fn prepare(shared: &Shared) -> Result<()> {
+    if snapshot::install_interrupted(&shared.tree)? {
+        let path = shared.snapshot_dir.join(snapshot::CURRENT);
+        tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
+        state_machine::install(shared, &path, None)?;
     }
-    let (reply, rx) = oneshot::channel();
-    shared
-        .proposals
-        .send(Msg::Propose(Proposal { request, reply }))
-        .await
-        .map_err(|_| Error::Shutdown)?;
-    rx.await.map_err(|_| Error::Shutdown)?
-}
-
-/// The single writer: logs a group of proposals, fsyncs once, applies them one by one
-/// (each apply also records the applied log index), publishes events, answers.
-fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>, mut next_index: u64) {
-    loop {
-        let first = match rx.blocking_recv() {
-            Some(Msg::Propose(p)) => p,
-            Some(Msg::Stop) | None => return,
-        };
-        let mut group = vec![first];
-        let mut stop = false;
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Msg::Propose(p)) => group.push(p),
-                Ok(Msg::Stop) => {
-                    stop = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        // 1. Make the group durable in the log: one fsync for all of it.
-        let mut log = sled::Batch::default();
-        let mut encoded_ok = Vec::with_capacity(group.len());
-        for (i, p) in group.iter().enumerate() {
-            match codec::encode(&p.request) {
-                Ok(b) => {
-                    log.insert(codec::wal_key(next_index + i as u64), b);
-                    encoded_ok.push(true);
-                }
-                Err(_) => encoded_ok.push(false),
-            }
-        }
-        let logged = shared
-            .tree
-            .apply_batch(log)
-            .and_then(|_| shared.db.flush().map(|_| ()));
-        if let Err(e) = logged {
-            let err = storage(e);
-            for p in group {
-                let _ = p.reply.send(Err(err.clone()));
-            }
-            continue;
-        }
-        // 2. Apply in order; each apply is one atomic batch with its bookkeeping.
-        for (i, p) in group.into_iter().enumerate() {
-            let idx = next_index + i as u64;
-            if !encoded_ok[i] {
-                let _ = p
-                    .reply
-                    .send(Err(Error::Storage("request could not be encoded".into())));
-                continue;
-            }
-            let result = apply_one(&shared, &p.request, idx);
-            let _ = p.reply.send(result);
-        }
-        next_index += encoded_ok.len() as u64;
-        if stop {
-            return;
-        }
-    }
-}
-
-fn apply_one(shared: &Shared, request: &WriteRequest, idx: u64) -> Result<WriteResponse> {
     let mut revs = shared
         .revs
         .write()
         .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
-    let mut next = *revs;
-    let (applied, mut batch) =
-        mvcc::apply(&shared.tree, &mut next, request, sled::Batch::default())?;
-    batch.remove(codec::wal_key(idx));
-    batch.insert(codec::meta_key("applied"), &(idx as i64).to_be_bytes()[..]);
-    shared.tree.apply_batch(batch).map_err(storage)?;
-    *revs = next;
-    shared.current.store(next.current, Ordering::SeqCst);
-    shared.compacted.store(next.compacted, Ordering::SeqCst);
-    if let WriteRequest::LeaseRevoke { id } = request {
-        if let Ok(mut leases) = shared.leases.lock() {
-            leases.remove(id);
+    shared.reload(&mut revs)?;
+    if let Ok(dir) = std::fs::read_dir(&shared.snapshot_dir) {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("incoming-") || name.starts_with("building-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
-    if let Ok(mut hub) = shared.hub.lock() {
-        hub.publish(&applied.events);
-    }
-    drop(revs);
-    applied.response
+    Ok(())
 }
 
-async fn lease_expiry_loop(shared: std::sync::Weak<Shared>) {
+/// What the lease loop holds: it must not keep the store alive.
+struct WeakStore {
+    shared: std::sync::Weak<Shared>,
+    raft: Raft,
+    transport: Arc<dyn Transport>,
+    timeout: Duration,
+}
+
+impl WeakStore {
+    fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            shared: self.shared.upgrade()?,
+            raft: self.raft.clone(),
+            transport: self.transport.clone(),
+            timeout: self.timeout,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+}
+
+/// Expires leases whose deadline passed. Only the leader does; a node that becomes
+/// leader first gives every lease a full TTL (its deadlines were not kept alive here).
+async fn lease_expiry_loop(weak: WeakStore) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut leading = false;
     loop {
         tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(store) = weak.upgrade() else {
             return;
         };
+        let shared = store.shared.clone();
         if shared.closed.load(Ordering::SeqCst) {
             return;
+        }
+        let now_leading = store.is_leader();
+        if now_leading && !leading {
+            if let Ok(mut leases) = shared.leases.lock() {
+                let now = Instant::now();
+                for (deadline, ttl) in leases.values_mut() {
+                    *deadline = now + Duration::from_secs((*ttl).max(1) as u64);
+                }
+            }
+        }
+        leading = now_leading;
+        if !leading {
+            continue;
         }
         let now = Instant::now();
         let expired: Vec<LeaseId> = match shared.leases.lock() {
@@ -666,13 +774,13 @@ async fn lease_expiry_loop(shared: std::sync::Weak<Shared>) {
             Err(_) => return,
         };
         for id in expired {
-            match propose(&shared, WriteRequest::LeaseRevoke { id }).await {
+            match store.propose_local(WriteRequest::LeaseRevoke { id }).await {
                 Ok(_) | Err(Error::LeaseNotFound(_)) => {
                     if let Ok(mut leases) = shared.leases.lock() {
                         leases.remove(&id);
                     }
                 }
-                Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry failed"),
+                Err(e) => tracing::debug!(lease = id, error = %e, "lease expiry deferred"),
             }
         }
     }

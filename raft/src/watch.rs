@@ -98,6 +98,14 @@ impl Hub {
         self.slots.clear();
     }
 
+    /// Cancels every watcher as fallen behind (the state was replaced by a snapshot), so
+    /// each watches again from the revision it had reached.
+    pub fn cancel_all(&mut self) {
+        for slot in self.slots.drain(..) {
+            slot.lagged.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Number of registered watchers.
     pub fn len(&self) -> usize {
         self.slots.len()
