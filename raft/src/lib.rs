@@ -19,6 +19,7 @@ mod open;
 mod snapshot;
 mod state_machine;
 mod store;
+pub mod transport_http;
 pub mod types;
 pub mod watch;
 
@@ -27,5 +28,6 @@ pub use error::{Error, Result};
 pub use network::{NoPeers, Transport, TransportError, TransportFuture};
 pub use open::IDENTITY_FILE;
 pub use store::{Config, Member, Store, Timing};
+pub use transport_http::{serve_peers, HttpTransport};
 pub use types::*;
 pub use watch::Watcher;

@@ -121,6 +121,7 @@ pub struct Store {
     pub(crate) raft: Raft,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) timeout: Duration,
+    advertise_addr: Arc<str>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -187,6 +188,7 @@ impl Store {
             raft,
             transport: config.transport.clone(),
             timeout: config.request_timeout,
+            advertise_addr: config.advertise_addr.as_str().into(),
             tasks: Arc::new(Mutex::new(Vec::new())),
         };
         let initialized = store
@@ -225,7 +227,18 @@ impl Store {
             raft: self.raft.clone(),
             transport: self.transport.clone(),
             timeout: self.timeout,
+            advertise_addr: self.advertise_addr.clone(),
         }
+    }
+
+    /// The address at which peers reach this node.
+    pub fn advertise_addr(&self) -> &str {
+        &self.advertise_addr
+    }
+
+    /// Whether [`Store::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
     }
 
     /// The id of the cluster this store belongs to.
@@ -723,6 +736,7 @@ struct WeakStore {
     raft: Raft,
     transport: Arc<dyn Transport>,
     timeout: Duration,
+    advertise_addr: Arc<str>,
 }
 
 impl WeakStore {
@@ -732,6 +746,7 @@ impl WeakStore {
             raft: self.raft.clone(),
             transport: self.transport.clone(),
             timeout: self.timeout,
+            advertise_addr: self.advertise_addr.clone(),
             tasks: Arc::new(Mutex::new(Vec::new())),
         })
     }

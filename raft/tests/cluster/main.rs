@@ -4,6 +4,7 @@
 
 mod checker;
 mod harness;
+mod https;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
