@@ -4,6 +4,8 @@
 //! Load: W concurrent writers, V-byte values, N puts in all; fsync on both sides (etcd
 //! always fsyncs its WAL; pikube fsyncs its log once per group). pikube is called
 //! in-process, as the API server calls it; etcd over its HTTP/JSON gateway on loopback.
+//! Then the same with three nodes on loopback: pikube's over its HTTPS peer transport,
+//! etcd with three members; the load goes to the leader (pikube) or first member (etcd).
 //! Also measured: RSS while holding 100k 1 KiB keys, and disk use after 100k overwrites
 //! of 1,000 keys followed by compaction.
 
@@ -15,7 +17,7 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pikube_raft::{Config, Store};
+use pikube_raft::{serve_peers, Config, HttpTransport, PeerTls, Store};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
 
@@ -109,16 +111,20 @@ async fn pikube_load(
     .await
 }
 
+/// An etcd cluster of one or more members on loopback; killed on drop.
 struct Etcd {
-    child: Child,
+    children: Vec<Child>,
+    /// Client URL of the first member (the load goes there).
     url: String,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -129,43 +135,48 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-async fn start_etcd(client: &HttpClient) -> Etcd {
+async fn start_etcd(client: &HttpClient, members: usize) -> Etcd {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cp, pp) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{cp}");
-    let peer = format!("http://127.0.0.1:{pp}");
-    let child = Command::new("etcd")
-        .args(["--name", "bench", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("bench={peer}"),
-            "--log-level",
-            "error",
-        ])
-        .args(["--quota-backend-bytes", &(4u64 << 30).to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd from Debian's etcd-server package (make deps)");
+    let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, pp))| format!("m{i}=http://127.0.0.1:{pp}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for (i, (cp, pp)) in ports.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{cp}");
+        let peer = format!("http://127.0.0.1:{pp}");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.path().join(format!("m{i}")))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &cluster, "--log-level", "error"])
+            .args(["--quota-backend-bytes", &(4u64 << 30).to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd from Debian's etcd-server package (make deps)");
+        children.push(child);
+    }
     let etcd = Etcd {
-        child,
-        url,
+        children,
+        url: format!("http://127.0.0.1:{}", ports[0].0),
         _dir: dir,
     };
-    for _ in 0..100 {
+    for _ in 0..200 {
         let req = hyper::Request::get(format!("{}/health", etcd.url))
             .body(Full::default())
             .expect("request");
@@ -177,6 +188,42 @@ async fn start_etcd(client: &HttpClient) -> Etcd {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("etcd did not become healthy");
+}
+
+/// Three pikube store nodes on loopback over the HTTPS peer transport with mutual TLS;
+/// node 1 is the leader the load goes to.
+async fn start_pikube_cluster(dir: &std::path::Path) -> Vec<(Store, tokio::task::JoinHandle<()>)> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).expect("ca");
+    let tls = PeerTls::issue(&ca.pem(), &key.serialize_pem(), &["127.0.0.1".into()]).expect("tls");
+    let mut nodes: Vec<(Store, tokio::task::JoinHandle<()>)> = Vec::new();
+    let mut cluster_id = None;
+    for id in 1..=3u64 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut c = Config::single_node(dir.join(format!("node-{id}")));
+        c.node_id = id;
+        c.advertise_addr = listener.local_addr().expect("addr").to_string();
+        c.bootstrap = id == 1;
+        c.cluster_id = cluster_id.clone();
+        c.transport = Arc::new(HttpTransport::new(tls.client.clone()));
+        let store = Store::open(c).await.expect("open");
+        cluster_id = Some(store.cluster_id().to_string());
+        let server = tokio::spawn(serve_peers(listener, tls.server.clone(), store.clone()));
+        if id > 1 {
+            nodes[0]
+                .0
+                .clone()
+                .add_voter(id, store.advertise_addr())
+                .await
+                .expect("add voter");
+        }
+        nodes.push((store, server));
+    }
+    nodes
 }
 
 async fn etcd_put(client: &HttpClient, url: &str, key: &[u8], value: &[u8]) {
@@ -254,7 +301,7 @@ async fn main() {
     let p = pikube_load(&store, writers, puts, value.clone(), "/bench").await;
     store.shutdown().await.expect("shutdown");
     drop(store);
-    let etcd = start_etcd(&client).await;
+    let etcd = start_etcd(&client, 1).await;
     let e = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
     drop(etcd);
 
@@ -280,12 +327,44 @@ async fn main() {
         p.writes_per_s / e.writes_per_s,
         p.p99.as_secs_f64() / e.p99.as_secs_f64()
     );
-    println!("3 nodes: not measured (replication is not built yet)");
+
+    // Three nodes on loopback: pikube over its HTTPS peer transport, etcd with 3 members.
+    let nodes = start_pikube_cluster(dir.path()).await;
+    let p3 = pikube_load(&nodes[0].0, writers, puts, value.clone(), "/bench3").await;
+    for (store, server) in nodes {
+        server.abort();
+        store.shutdown().await.expect("shutdown");
+    }
+    let etcd = start_etcd(&client, 3).await;
+    let e3 = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
+    drop(etcd);
+    println!();
+    println!(
+        "{:<28} {:>12} {:>10} {:>10}",
+        "3 nodes", "writes/s", "p50 ms", "p99 ms"
+    );
+    for (name, f) in [
+        ("pikube store (HTTPS peers)", &p3),
+        ("etcd 3.4 (3 members)", &e3),
+    ] {
+        println!(
+            "{:<28} {:>12.0} {:>10.2} {:>10.2}",
+            name,
+            f.writes_per_s,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "ratio pikube/etcd, 3 nodes: writes/s {:.2}x, p99 {:.2}x (lower is better)",
+        p3.writes_per_s / e3.writes_per_s,
+        p3.p99.as_secs_f64() / e3.p99.as_secs_f64()
+    );
 
     // etcd's RSS with the same 100k 1 KiB keys.
-    let etcd = start_etcd(&client).await;
+    let etcd = start_etcd(&client, 1).await;
     let _ = etcd_load(&client, &etcd.url, writers, 100_000, kib.clone()).await;
-    let etcd_rss = rss_kib(etcd.child.id());
+    let etcd_rss = rss_kib(etcd.children[0].id());
     drop(etcd);
     println!();
     println!(

@@ -5,18 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pikube_raft::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
+/// A CA as PEM: certificate and key.
+pub struct Ca {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
-fn ca() -> Ca {
+/// A fresh CA.
+pub fn ca() -> Ca {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params
@@ -25,58 +23,14 @@ fn ca() -> Ca {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let cert = params.self_signed(&key).expect("ca cert");
     Ca {
-        der: cert.der().clone(),
-        issuer: Issuer::new(params, key),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Server and client TLS of one node: one certificate for both directions.
 fn node_tls(ca: &Ca) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    tls_signed_by(ca, ca)
-}
-
-/// TLS trusting `trust` with a certificate signed by `signer`.
-fn tls_signed_by(
-    trust: &Ca,
-    signer: &Ca,
-) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    let ca = signer;
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().expect("ip"))];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca.issuer).expect("node cert");
-    let chain = vec![cert.der().clone()];
-    let pk = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trust.der.clone()).expect("root");
-    let roots = Arc::new(roots);
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .expect("verifier");
-    let mut server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.clone(), pk())
-        .expect("server config");
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    let mut client = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, pk())
-        .expect("client config");
-    client.alpn_protocols = vec![b"h2".to_vec()];
-    (Arc::new(server), Arc::new(client))
+    let t = PeerTls::issue(&ca.cert_pem, &ca.key_pem, &["127.0.0.1".to_string()]).expect("tls");
+    (t.server, t.client)
 }
 
 struct Node {
@@ -144,7 +98,12 @@ async fn three_nodes_replicate_over_https_with_mutual_tls() {
     }
     // A peer whose certificate comes from another CA is refused at the handshake, even
     // though it trusts the cluster's CA.
-    let (_, foreign) = tls_signed_by(&ca, &ca_other());
+    let other = self::ca();
+    let mixed = Ca {
+        cert_pem: format!("{}{}", other.cert_pem, ca.cert_pem),
+        key_pem: other.key_pem.clone(),
+    };
+    let (_, foreign) = node_tls(&mixed);
     let t = HttpTransport::new(foreign);
     let err = t
         .send(1, &node_addr(&n1), b"hello".to_vec())
@@ -172,10 +131,6 @@ async fn three_nodes_replicate_over_https_with_mutual_tls() {
         n.server.abort();
         n.store.shutdown().await.expect("shutdown");
     }
-}
-
-fn ca_other() -> Ca {
-    ca()
 }
 
 fn node_addr(n: &Node) -> String {
