@@ -201,3 +201,38 @@ fn carry_over_unreplicated(db: &sled::Db, tree: &sled::Tree) -> Result<()> {
     db.flush().map_err(storage)?;
     Ok(())
 }
+
+/// Creates the store of a new one-node cluster in the empty `config.data_dir` from a saved
+/// snapshot. The identity file is written last: a restore that fails half-way leaves a
+/// directory that open refuses, never a store that silently misses data.
+pub(crate) fn restore_blocking(config: &Config, snapshot_path: &Path) -> Result<()> {
+    let dir = &config.data_dir;
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not empty: a snapshot is restored into an empty data directory",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    let db_path = dir.join("db");
+    let db = sled::Config::new()
+        .path(&db_path)
+        .cache_capacity(config.cache_capacity_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| Error::Storage(format!("cannot create {}: {e}", db_path.display())))?;
+    let tree = db.open_tree("store").map_err(storage)?;
+    let cluster_id = crate::snapshot::restore(&db, &tree, snapshot_path)?;
+    drop(tree);
+    drop(db);
+    write_identity(
+        dir,
+        &Identity {
+            format: FORMAT,
+            cluster_id,
+            node_id: config.node_id,
+        },
+    )
+}

@@ -74,6 +74,26 @@ pub fn build(tree: &sled::Tree, dir: &Path) -> Result<(SnapshotMeta, PathBuf)> {
     Ok((meta, current))
 }
 
+/// Writes a consistent copy of the tree to `path` (through a temporary file next to it),
+/// for `pikube snapshot save`. The caller holds the lock that keeps applies out.
+pub fn save(tree: &sled::Tree, path: &Path) -> Result<SnapshotMeta> {
+    let (applied, membership) = applied_state(tree)?;
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: format!("saved-{:08x}", rand::random::<u32>()),
+    };
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    if let Err(e) = write_file(tree, &meta, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io("cannot write", path, e))?;
+    Ok(meta)
+}
+
 fn write_file(tree: &sled::Tree, meta: &SnapshotMeta, path: &Path) -> Result<()> {
     let f = File::create(path).map_err(|e| io("cannot create", path, e))?;
     let mut w = BufWriter::with_capacity(1 << 16, f);
@@ -167,18 +187,7 @@ pub fn install(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<Snapshot
         }
     }
     tree.apply_batch(batch).map_err(sled_err)?;
-    let mut batch = sled::Batch::default();
-    let mut n = 0;
-    while let Some(k) = read_chunk(&mut r, path)? {
-        let v = read_chunk(&mut r, path)?.ok_or_else(|| corrupt(path, "key without value"))?;
-        batch.insert(k, v);
-        n += 1;
-        if n % INSTALL_BATCH == 0 {
-            tree.apply_batch(std::mem::take(&mut batch))
-                .map_err(sled_err)?;
-        }
-    }
-    tree.apply_batch(batch).map_err(sled_err)?;
+    load_records(tree, &mut r, path, false)?;
     let (applied, _) = applied_state(tree)?;
     if applied != meta.last_log_id {
         return Err(corrupt(path, "its records do not match its header"));
@@ -186,6 +195,47 @@ pub fn install(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<Snapshot
     tree.remove(&mark).map_err(sled_err)?;
     db.flush().map_err(sled_err)?;
     Ok(meta)
+}
+
+/// Inserts the records that follow the header, in batches. With `fresh_cluster`, the
+/// Raft records (applied log id, membership) are left out: the data starts a new cluster.
+fn load_records(
+    tree: &sled::Tree,
+    r: &mut impl Read,
+    path: &Path,
+    fresh_cluster: bool,
+) -> Result<()> {
+    let skip = [codec::meta_key(APPLIED), codec::meta_key(MEMBERSHIP)];
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    while let Some(k) = read_chunk(r, path)? {
+        let v = read_chunk(r, path)?.ok_or_else(|| corrupt(path, "key without value"))?;
+        if fresh_cluster && skip.iter().any(|s| s.as_slice() == k.as_slice()) {
+            continue;
+        }
+        batch.insert(k, v);
+        n += 1;
+        if n % INSTALL_BATCH == 0 {
+            tree.apply_batch(std::mem::take(&mut batch))
+                .map_err(sled_err)?;
+        }
+    }
+    tree.apply_batch(batch).map_err(sled_err)
+}
+
+/// Fills an empty tree from the saved snapshot at `path` as the start of a new cluster
+/// (`pikube snapshot restore`); returns the cluster id recorded in it.
+pub fn restore(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<String> {
+    let f = File::open(path).map_err(|e| io("cannot open", path, e))?;
+    let mut r = BufReader::with_capacity(1 << 16, f);
+    read_header(&mut r, path)?;
+    load_records(tree, &mut r, path, true)?;
+    let cluster = tree
+        .get(codec::meta_key("cluster"))
+        .map_err(sled_err)?
+        .ok_or_else(|| corrupt(path, "it names no cluster"))?;
+    db.flush().map_err(sled_err)?;
+    Ok(String::from_utf8_lossy(&cluster).into_owned())
 }
 
 /// Whether an install was interrupted (the tree must then be reloaded from [`CURRENT`]).

@@ -696,6 +696,33 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a consistent copy of the whole store (history and leases included) to `path`,
+    /// taken at the revision it returns; writes wait meanwhile.
+    pub async fn save_snapshot(&self, path: impl Into<PathBuf>) -> Result<Revision> {
+        let path = path.into();
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let revs = shared
+                .revs
+                .read()
+                .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+            snapshot::save(&shared.tree, &path)?;
+            Ok(revs.current)
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("snapshot task: {e}")))?
+    }
+
+    /// Creates, in the empty `config.data_dir`, the store of a new one-node cluster holding
+    /// what the snapshot at `path` holds (same keys, revisions and history). The store is
+    /// then opened as usual.
+    pub async fn restore(config: &Config, path: impl Into<PathBuf>) -> Result<()> {
+        let (config, path) = (config.clone(), path.into());
+        tokio::task::spawn_blocking(move || crate::open::restore_blocking(&config, &path))
+            .await
+            .map_err(|e| Error::Storage(format!("restore task: {e}")))?
+    }
+
     /// Size of the database files on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.shared
