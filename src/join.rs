@@ -181,6 +181,17 @@ async fn cacerts(State(j): State<Arc<Joiner>>) -> Response {
         .into_response()
 }
 
+/// Whether the request carries `Authorization: Bearer <token>` with `secret` as its
+/// secret (full K10 form or bare).
+pub(crate) fn bearer_is(headers: &HeaderMap, secret: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| Token::parse(t).ok())
+        .is_some_and(|t| same(t.secret.as_bytes(), secret.as_bytes()))
+}
+
 /// Constant-time comparison, so the secret cannot be guessed byte by byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

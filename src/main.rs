@@ -145,6 +145,15 @@ struct ServerArgs {
     /// <data-dir>/server/token).
     #[arg(long)]
     token: Option<String>,
+    /// Start a new cluster that other servers can join (opens the store's peer port).
+    #[arg(long)]
+    cluster_init: bool,
+    /// Join the cluster of the server at this URL as another server (needs --token).
+    #[arg(long)]
+    server: Option<String>,
+    /// Port of the store's peers (servers of one cluster), mutual TLS.
+    #[arg(long, default_value_t = config::DEFAULT_PEER_PORT)]
+    peer_port: u16,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
@@ -252,14 +261,14 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         bind_address: a.bind_address,
         advertise_address: a.advertise_address,
         https_listen_port: a.https_listen_port,
-        peer_port: config::DEFAULT_PEER_PORT,
+        peer_port: a.peer_port,
         node_name: n.node_name,
         node_ips: n.node_ip,
         write_kubeconfig: a.write_kubeconfig,
         write_kubeconfig_mode: a.write_kubeconfig_mode,
         token: a.token,
-        server: None,
-        cluster_init: false,
+        server: a.server,
+        cluster_init: a.cluster_init,
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         service_node_port_range: a.service_node_port_range,

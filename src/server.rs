@@ -176,6 +176,7 @@ pub async fn run(
         IpAddr::V4(kubernetes_ip),
     );
     let tls_dir = config.data_dir.join("server").join("tls");
+    let prepared = crate::cluster::prepare(&config, &tls_dir).await?;
     let pki = pki::Pki::load_or_create(&tls_dir, &sans)?;
     let token = crate::join::load_or_create(
         &config.data_dir.join("server"),
@@ -183,15 +184,7 @@ pub async fn run(
         &pki.ca.cert_pem,
     )?;
 
-    let store_config = pikube_raft::Config::single_node(config.data_dir.join("server").join("db"));
-    let store = pikube_raft::Store::open(store_config)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the store in {}",
-                config.data_dir.join("server/db").display()
-            )
-        })?;
+    let (store, peers) = crate::cluster::open_store(&config, &prepared, &pki).await?;
 
     let client_host = if config.bind_address.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -258,55 +251,19 @@ pub async fn run(
     {
         tracing::warn!(error = %e, "cannot publish the kubernetes Service's endpoints");
     }
-    let compaction = tokio::spawn(crate::compactor::run(
-        store.clone(),
-        config.compaction_interval,
-    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut components = tokio::task::JoinSet::new();
-    if !config.is_disabled("controllers") {
-        let client = crate::controllers::client::in_process(
-            &api,
-            "system:kube-controller-manager",
-            &["system:masters"],
-        );
-        let mut set = crate::controllers::start(client.clone(), stop_rx.clone());
-        set.spawn(crate::controllers::nodelifecycle::run(
-            client.clone(),
-            crate::controllers::nodelifecycle::Timing {
-                grace: config.node_monitor_grace_period,
-                default_toleration: config.default_unreachable_toleration,
-            },
-            stop_rx.clone(),
-        ));
-        let ipam_ctx = Arc::new(crate::controllers::Context {
-            client: client.clone(),
-        });
-        let mut rx = stop_rx.clone();
-        set.spawn(crate::controllers::nodeipam::run(
-            ipam_ctx,
-            pod_cidrs,
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        ));
-        set.spawn(crate::controllers::gc::run(
-            api.registry().clone(),
-            stop_rx.clone(),
-        ));
-        components.spawn(async move { while set.join_next().await.is_some() {} });
-    }
-    if !config.is_disabled("scheduler") {
-        let client = crate::controllers::client::in_process(
-            &api,
-            "system:kube-scheduler",
-            &["system:masters"],
-        );
-        let mut rx = stop_rx.clone();
-        components.spawn(crate::scheduler::run(client, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-    }
+    let loops = {
+        let (api, store, config) = (api.clone(), store.clone(), config.clone());
+        move |stop: tokio::sync::watch::Receiver<bool>| {
+            control_loops(&api, &store, &config, pod_cidrs, stop)
+        }
+    };
+    components.spawn(crate::cluster::while_leader(
+        store.clone(),
+        stop_rx.clone(),
+        loops,
+    ));
     if !config.disable_agent {
         let mut agent = config.agent();
         let mut agent_sans = vec![agent.node_name.clone(), agent.node_ip.clone()];
@@ -344,6 +301,7 @@ pub async fn run(
         components.spawn(dns_component(client, &config, stop_rx.clone())?);
     }
     let tls = api::http::tls_config(&pki)?;
+    let servers = crate::cluster::router(store.clone(), &pki, &token, prepared.clustered());
     let join = crate::join::router(
         Arc::new(pki.clone()),
         &token,
@@ -358,12 +316,11 @@ pub async fn run(
     let served = api::http::serve(
         listener,
         tls,
-        api.router().merge(join),
+        api.router().merge(join).merge(servers),
         std::sync::Arc::new(tokens),
         shutdown,
     )
     .await;
-    compaction.abort();
     let _ = stop_tx.send(true);
     if tokio::time::timeout(std::time::Duration::from_secs(15), async {
         while components.join_next().await.is_some() {}
@@ -374,8 +331,78 @@ pub async fn run(
         components.abort_all();
     }
     served?;
+    if let Some(peers) = peers {
+        peers.abort();
+    }
     store.shutdown().await.context("store shutdown")?;
     Ok(())
+}
+
+/// The control loops of the cluster — controllers, scheduler, compaction — as they run on
+/// the store's leader, until `stop` fires.
+fn control_loops(
+    api: &ApiServer,
+    store: &pikube_raft::Store,
+    config: &ServerConfig,
+    pod_cidrs: crate::controllers::nodeipam::CidrPlan,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let mut set_all = tokio::task::JoinSet::new();
+    {
+        let (store, interval, mut rx) =
+            (store.clone(), config.compaction_interval, stop_rx.clone());
+        set_all.spawn(async move {
+            tokio::select! {
+                _ = crate::compactor::run(store, interval) => {}
+                _ = rx.wait_for(|s| *s) => {}
+            }
+        });
+    }
+    if !config.is_disabled("controllers") {
+        let client = crate::controllers::client::in_process(
+            api,
+            "system:kube-controller-manager",
+            &["system:masters"],
+        );
+        let mut set = crate::controllers::start(client.clone(), stop_rx.clone());
+        set.spawn(crate::controllers::nodelifecycle::run(
+            client.clone(),
+            crate::controllers::nodelifecycle::Timing {
+                grace: config.node_monitor_grace_period,
+                default_toleration: config.default_unreachable_toleration,
+            },
+            stop_rx.clone(),
+        ));
+        let ipam_ctx = Arc::new(crate::controllers::Context {
+            client: client.clone(),
+        });
+        let mut rx = stop_rx.clone();
+        set.spawn(crate::controllers::nodeipam::run(
+            ipam_ctx,
+            pod_cidrs,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+        set.spawn(crate::controllers::gc::run(
+            api.registry().clone(),
+            stop_rx.clone(),
+        ));
+        set_all.spawn(async move { while set.join_next().await.is_some() {} });
+    }
+    if !config.is_disabled("scheduler") {
+        let client = crate::controllers::client::in_process(
+            api,
+            "system:kube-scheduler",
+            &["system:masters"],
+        );
+        let mut rx = stop_rx.clone();
+        set_all.spawn(crate::scheduler::run(client, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+
+    set_all
 }
 
 /// The cluster DNS of this node as a task, answering from `client`'s watches (errors

@@ -27,7 +27,7 @@ pub mod watch;
 pub use consensus::NodeId;
 pub use error::{Error, Result};
 pub use network::{NoPeers, Transport, TransportError, TransportFuture};
-pub use open::IDENTITY_FILE;
+pub use open::{read_identity, IDENTITY_FILE};
 pub use store::{Config, Member, Store, Timing};
 pub use tls::PeerTls;
 pub use transport_http::{serve_peers, HttpTransport};

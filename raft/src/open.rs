@@ -106,6 +106,20 @@ fn read_meta_i64(tree: &sled::Tree, name: &str) -> Result<Option<i64>> {
     }
 }
 
+/// The cluster id and node id recorded in the store directory `dir`, if it holds a store.
+pub fn read_identity(dir: &Path) -> Result<Option<(String, u64)>> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let id: Identity = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", path.display())))?;
+            Ok(Some((id.cluster_id, id.node_id)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("cannot read", &path, e)),
+    }
+}
+
 fn write_identity(dir: &Path, id: &Identity) -> Result<()> {
     let id_path = dir.join(IDENTITY_FILE);
     let bytes = serde_json::to_vec(id).map_err(|e| Error::Storage(e.to_string()))?;

@@ -109,9 +109,9 @@ fn local(e: impl std::fmt::Display) -> JoinError {
     JoinError::Local(e.to_string())
 }
 
-/// Joins the server at `url` with `token`: the certificates and settings of the node.
-pub async fn join(url: &str, token: &str, node: &NodeRequest) -> Result<NodeResponse, JoinError> {
-    let token = Token::parse(token).map_err(JoinError::Token)?;
+/// Downloads the cluster CA from the server at `url` and checks it against the token's
+/// hash (trusted on first use when the token carries none).
+pub async fn trusted_ca(url: &str, token: &Token) -> Result<String, JoinError> {
     let (host, _) = host_port(url)?;
     let get = hyper::Request::get(CACERTS_PATH)
         .header(hyper::header::HOST, host.as_str())
@@ -137,8 +137,21 @@ pub async fn join(url: &str, token: &str, node: &NodeRequest) -> Result<NodeResp
             "the token carries no CA hash: trusting the server's CA on first use (use the K10… token from the server's data dir)"
         ),
     }
-    let body = serde_json::to_vec(node).map_err(local)?;
-    let post = hyper::Request::post(NODE_PATH)
+    Ok(ca)
+}
+
+/// POSTs `body` (JSON) to `path` on the server at `url`, trusting only `ca` and
+/// authenticating with the token's secret; the answer's body, or why it was refused.
+pub async fn post_with_token<T: serde::Serialize>(
+    url: &str,
+    ca: &str,
+    token: &Token,
+    path: &str,
+    body: &T,
+) -> Result<Bytes, JoinError> {
+    let (host, _) = host_port(url)?;
+    let body = serde_json::to_vec(body).map_err(local)?;
+    let post = hyper::Request::post(path)
         .header(hyper::header::HOST, host.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(
@@ -147,14 +160,22 @@ pub async fn join(url: &str, token: &str, node: &NodeRequest) -> Result<NodeResp
         )
         .body(Full::new(Bytes::from(body)))
         .map_err(local)?;
-    let (status, answer) = request(url, crate::pki::tls::client(&ca).map_err(local)?, post).await?;
-    if status != 200 {
+    let (status, answer) = request(url, crate::pki::tls::client(ca).map_err(local)?, post).await?;
+    if !(200..300).contains(&status) {
         let message = serde_json::from_slice::<serde_json::Value>(&answer)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
             .unwrap_or_else(|| String::from_utf8_lossy(&answer).into_owned());
         return Err(JoinError::Refused { status, message });
     }
+    Ok(answer)
+}
+
+/// Joins the server at `url` with `token`: the certificates and settings of the node.
+pub async fn join(url: &str, token: &str, node: &NodeRequest) -> Result<NodeResponse, JoinError> {
+    let token = Token::parse(token).map_err(JoinError::Token)?;
+    let ca = trusted_ca(url, &token).await?;
+    let answer = post_with_token(url, &ca, &token, NODE_PATH, node).await?;
     serde_json::from_slice(&answer).map_err(|e| JoinError::Unreachable {
         url: url.to_string(),
         why: format!("unreadable answer: {e}"),

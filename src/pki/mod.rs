@@ -222,6 +222,20 @@ fn load_or_issue_client(dir: &Path, name: &str, ca: &CertKey, user: &str) -> Res
     }
 }
 
+/// Puts the cluster CA `ca` (received when joining a cluster) into `dir`, unless it is
+/// there already; a different CA there is refused, never replaced.
+pub fn adopt_ca(dir: &Path, ca: &CertKey) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    match read_pair(dir, "ca")? {
+        Some(have) if have.cert_pem == ca.cert_pem => Ok(()),
+        Some(_) => anyhow::bail!(
+            "{} holds another cluster's CA: this data directory belongs to another cluster",
+            dir.display()
+        ),
+        None => write_pair(dir, "ca", ca),
+    }
+}
+
 impl Pki {
     /// Loads the certificates from `dir`, creating what is missing. The serving
     /// certificate is reissued when `sans` changed (e.g. a new node IP).

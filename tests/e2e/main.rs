@@ -6,6 +6,7 @@ mod agent;
 mod api;
 mod cli;
 mod dns;
+mod ha;
 mod harness;
 mod join;
 mod kube_client;
