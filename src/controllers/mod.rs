@@ -5,9 +5,11 @@
 
 pub mod apiserver_endpoints;
 pub mod client;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod ownership;
@@ -15,6 +17,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod statefulset;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +26,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::api::DeleteParams;
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 /// Why a reconcile failed; the object is retried after a short delay.
@@ -52,6 +56,18 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Default watcher configuration of every controller.
 pub fn watch_config() -> watcher::Config {
     watcher::Config::default()
+}
+
+/// Deletes `name`; one that is already gone counts as deleted.
+pub async fn delete<K>(api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs `controller` with `reconcile` until `shutdown` completes; failures are logged
@@ -109,6 +125,8 @@ pub fn start(
     set.spawn(serviceaccount::run(ctx.clone(), stop()));
     set.spawn(replicaset::run(ctx.clone(), stop()));
     set.spawn(deployment::run(ctx.clone(), stop()));
+    set.spawn(daemonset::run(ctx.clone(), stop()));
+    set.spawn(statefulset::run(ctx.clone(), stop()));
     set.spawn(endpoints::run(ctx.clone(), stop()));
     set.spawn(servicelb::run(ctx.clone(), stop()));
     set
