@@ -533,7 +533,19 @@ mod tests {
         );
         assert_eq!(
             t["rows"][0]["cells"],
-            json!(["agent", 3, 3, 2, 1, 2, "arch=arm64", "<unknown>", "c", "i:1", "app=agent"])
+            json!([
+                "agent",
+                3,
+                3,
+                2,
+                1,
+                2,
+                "arch=arm64",
+                "<unknown>",
+                "c",
+                "i:1",
+                "app=agent"
+            ])
         );
         let sts = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3},
             "status": {"readyReplicas": 2}});

@@ -66,8 +66,7 @@ fn default_statefulset(spec: &mut Map<String, Value>) {
             }
         }
     }
-    if let Some(p) =
-        entry(spec, "persistentVolumeClaimRetentionPolicy", json!({})).as_object_mut()
+    if let Some(p) = entry(spec, "persistentVolumeClaimRetentionPolicy", json!({})).as_object_mut()
     {
         entry(p, "whenDeleted", json!("Retain"));
         entry(p, "whenScaled", json!("Retain"));
@@ -81,7 +80,10 @@ fn one_of(causes: &mut Vec<(String, String)>, obj: &Value, field: &str, allowed:
             let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
             causes.push((
                 field.into(),
-                format!("Unsupported value: {v}: supported values: {}", list.join(", ")),
+                format!(
+                    "Unsupported value: {v}: supported values: {}",
+                    list.join(", ")
+                ),
             ));
         }
     }
@@ -161,7 +163,9 @@ fn immutable(kind: &str, old: &Value, obj: &Value, causes: &mut Vec<(String, Str
                 "spec.selector".into(),
                 format!(
                     "Invalid value: {}: field is immutable",
-                    obj.pointer("/spec/selector").cloned().unwrap_or(Value::Null)
+                    obj.pointer("/spec/selector")
+                        .cloned()
+                        .unwrap_or(Value::Null)
                 ),
             ));
         }
@@ -233,13 +237,21 @@ mod tests {
         let e = prepare(sts, None, &mut o).expect_err("invalid").to_status();
         assert_eq!(e["code"], 422);
         let msg = e["message"].as_str().unwrap_or("");
-        assert!(msg.contains("`selector` does not match template `labels`"), "{msg}");
-        assert!(msg.contains("spec.podManagementPolicy: Unsupported value: \"Whenever\""), "{msg}");
+        assert!(
+            msg.contains("`selector` does not match template `labels`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("spec.podManagementPolicy: Unsupported value: \"Whenever\""),
+            "{msg}"
+        );
         let mut no_sel = obj(json!({"template": {}}));
         assert!(prepare(sts, None, &mut no_sel).is_err());
         // Only some fields of a StatefulSet may change.
-        let mut old = obj(json!({"selector": {"matchLabels": {"a": "b"}}, "serviceName": "s",
-            "template": {"metadata": {"labels": {"a": "b"}}}}));
+        let mut old = obj(
+            json!({"selector": {"matchLabels": {"a": "b"}}, "serviceName": "s",
+            "template": {"metadata": {"labels": {"a": "b"}}}}),
+        );
         prepare(sts, None, &mut old).expect("valid");
         let mut scaled = old.clone();
         scaled["spec"]["replicas"] = json!(5);
@@ -247,6 +259,9 @@ mod tests {
         let mut renamed = old.clone();
         renamed["spec"]["serviceName"] = json!("t");
         let e = prepare(sts, Some(&old), &mut renamed).expect_err("immutable");
-        assert!(e.to_status()["message"].as_str().unwrap_or("").contains("Forbidden"));
+        assert!(e.to_status()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Forbidden"));
     }
 }

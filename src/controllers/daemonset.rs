@@ -17,11 +17,10 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodTemplateSpec, Toleration,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::history::{self, HASH_LABEL};
 use super::nodelifecycle::effective_taints;
@@ -155,7 +154,9 @@ pub fn pod_for_node(template: &PodTemplateSpec, hash: &str, node: &str) -> PodTe
         match_expressions: None,
     };
     let affinity = spec.affinity.get_or_insert_with(Affinity::default);
-    let na = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
+    let na = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
     na.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
         node_selector_terms: vec![term],
     });
@@ -255,7 +256,8 @@ pub fn manage(
             }
             oldest_first(&mut running);
             if !surge {
-                plan.delete.extend(running[1..].iter().map(|p| p.name_any()));
+                plan.delete
+                    .extend(running[1..].iter().map(|p| p.name_any()));
                 continue;
             }
             // With surge, an old pod may stay only while the oldest new one is not ready.
@@ -285,8 +287,12 @@ pub fn manage(
     let known: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
     for (node, on_node) in pods {
         if !known.contains(node) {
-            plan.delete
-                .extend(on_node.iter().filter(|p| !deleting(p)).map(|p| p.name_any()));
+            plan.delete.extend(
+                on_node
+                    .iter()
+                    .filter(|p| !deleting(p))
+                    .map(|p| p.name_any()),
+            );
         }
     }
     plan
@@ -299,7 +305,8 @@ pub fn surge_and_unavailable(spec: &DaemonSetSpec, desired: i32) -> (i32, i32) {
         .update_strategy
         .as_ref()
         .and_then(|s| s.rolling_update.as_ref());
-    let surge = super::deployment::scaled(ru.and_then(|r| r.max_surge.as_ref()), desired, "0", true);
+    let surge =
+        super::deployment::scaled(ru.and_then(|r| r.max_surge.as_ref()), desired, "0", true);
     let unavailable = super::deployment::scaled(
         ru.and_then(|r| r.max_unavailable.as_ref()),
         desired,
@@ -445,8 +452,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         .await?
         .items;
     let collision = ds.status.as_ref().and_then(|s| s.collision_count);
-    let hist = history::sync(&api_revs, ds.as_ref(), &spec.selector, &spec.template, collision)
-        .await?;
+    let hist = history::sync(
+        &api_revs,
+        ds.as_ref(),
+        &spec.selector,
+        &spec.template,
+        collision,
+    )
+    .await?;
     let hash = hist
         .update
         .labels()
@@ -455,8 +468,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         .unwrap_or_default();
     let owned = ownership::claim(&api_pods, ds.as_ref(), &spec.selector, pods::is_active).await?;
     let grouped = by_node(&owned);
-    let rolling =
-        spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("OnDelete");
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        != Some("OnDelete");
     let desired = nodes
         .iter()
         .filter(|n| should_run(&spec.template, n).0)
@@ -492,15 +508,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     history::prune(&api_revs, &hist.revisions, &in_use, limit).await?;
 
     let st = status(&ds, &nodes, &grouped, &hash, hist.collision_count, now);
-    if ds.status.as_ref() != Some(&st) {
-        api_ds
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
-            )
-            .await?;
-    }
+    super::write_status(&api_ds, &name, ds.status.as_ref(), &st).await?;
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let waiting = owned
         .iter()

@@ -2,7 +2,7 @@
 //! update steps and status.
 
 use super::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn node(name: &str, extra: Value) -> Node {
     let mut n = json!({
@@ -239,14 +239,7 @@ fn status_counts_like_kubectl_shows() {
         spec: Some(spec(json!({"type": "RollingUpdate"}))),
         status: None,
     };
-    let st = status(
-        &ds,
-        &nodes,
-        &by_node(&pods),
-        "new",
-        None,
-        Timestamp::now(),
-    );
+    let st = status(&ds, &nodes, &by_node(&pods), "new", None, Timestamp::now());
     assert_eq!(st.desired_number_scheduled, 2);
     assert_eq!(st.current_number_scheduled, 2);
     assert_eq!(st.number_ready, 1);

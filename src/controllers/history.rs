@@ -63,9 +63,7 @@ pub fn template_of(rev: &ControllerRevision) -> Option<PodTemplateSpec> {
 pub fn hash(data: &Value, collision_count: Option<i32>) -> String {
     let bytes = serde_json::to_vec(data).unwrap_or_default();
     let probe = collision_count.map(|c| c.to_string());
-    safe_hash(
-        std::iter::once(bytes.as_slice()).chain(probe.as_ref().map(|p| p.as_bytes())),
-    )
+    safe_hash(std::iter::once(bytes.as_slice()).chain(probe.as_ref().map(|p| p.as_bytes())))
 }
 
 /// A revision's name: `<parent>-<hash>`, the parent part cut so the name stays valid.
@@ -115,9 +113,7 @@ where
     sort(&mut revisions);
     let data = patch_of(template);
     let max = revisions.iter().map(|r| r.revision).max().unwrap_or(0);
-    let equal = revisions
-        .iter()
-        .rposition(|r| data_of(r) == Some(&data));
+    let equal = revisions.iter().rposition(|r| data_of(r) == Some(&data));
     let mut collision_count = collision_count;
     match equal {
         Some(i) if revisions[i].revision == max => {}
@@ -152,8 +148,14 @@ where
 
 fn sort(revisions: &mut [ControllerRevision]) {
     revisions.sort_by(|a, b| {
-        (a.revision, a.metadata.creation_timestamp.as_ref().map(|t| t.0))
-            .cmp(&(b.revision, b.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+        (
+            a.revision,
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        )
+            .cmp(&(
+                b.revision,
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            ))
             .then_with(|| a.name_any().cmp(&b.name_any()))
     });
 }
@@ -298,9 +300,7 @@ mod tests {
     #[test]
     fn surplus_keeps_the_limit_and_what_is_in_use() {
         let t = template("v1");
-        let revs: Vec<_> = (1..=5)
-            .map(|i| revision(&format!("r{i}"), i, &t))
-            .collect();
+        let revs: Vec<_> = (1..=5).map(|i| revision(&format!("r{i}"), i, &t)).collect();
         let in_use: HashSet<String> = ["r1".to_string(), "r5".to_string()].into();
         let gone: Vec<String> = surplus(&revs, &in_use, 1)
             .iter()

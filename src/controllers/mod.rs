@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::api::DeleteParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::api::DeleteParams;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
@@ -68,6 +68,30 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes `status` through the status subresource of `name`, unless the object already
+/// reports it (so an unchanged pass causes no write and no new watch event).
+pub async fn write_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    S: PartialEq + serde::Serialize,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs `controller` with `reconcile` until `shutdown` completes; failures are logged

@@ -52,7 +52,10 @@ pub fn effective_taints(node: &Node) -> Vec<Taint> {
         ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
         ("DiskPressure", "node.kubernetes.io/disk-pressure"),
         ("PIDPressure", "node.kubernetes.io/pid-pressure"),
-        ("NetworkUnavailable", "node.kubernetes.io/network-unavailable"),
+        (
+            "NetworkUnavailable",
+            "node.kubernetes.io/network-unavailable",
+        ),
     ] {
         if status(cond) == Some("True") {
             derived.push(key);
@@ -62,7 +65,10 @@ pub fn effective_taints(node: &Node) -> Vec<Taint> {
         derived.push("node.kubernetes.io/unschedulable");
     }
     for key in derived {
-        if !taints.iter().any(|t| t.key == key && t.effect == "NoSchedule") {
+        if !taints
+            .iter()
+            .any(|t| t.key == key && t.effect == "NoSchedule")
+        {
             taints.push(Taint {
                 key: key.into(),
                 effect: "NoSchedule".into(),

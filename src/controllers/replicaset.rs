@@ -9,10 +9,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::{pods, watch_config, Context, Error, Result};
 
@@ -102,15 +101,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         conditions: None,
         terminating_replicas: None,
     };
-    if rs.status.as_ref() != Some(&status) {
-        api_rs
-            .patch_status(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await?;
-    }
+    super::write_status(&api_rs, &rs.name_any(), rs.status.as_ref(), &status).await?;
     // Pods that are ready but not yet available become available on their own.
     let pending = active
         .iter()

@@ -13,7 +13,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetSpec, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, StatefulSet, StatefulSetSpec, StatefulSetStatus,
+};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
@@ -486,11 +488,17 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
         .spec
         .as_ref()
         .ok_or_else(|| Error::Object("statefulset has no spec".into()))?;
-    let set_ref =
-        pods::controller_ref(set.as_ref()).ok_or_else(|| Error::Object("statefulset has no uid".into()))?;
+    let set_ref = pods::controller_ref(set.as_ref())
+        .ok_or_else(|| Error::Object("statefulset has no uid".into()))?;
     let collision = set.status.as_ref().and_then(|s| s.collision_count);
-    let hist = history::sync(&api_revs, set.as_ref(), &spec.selector, &spec.template, collision)
-        .await?;
+    let hist = history::sync(
+        &api_revs,
+        set.as_ref(),
+        &spec.selector,
+        &spec.template,
+        collision,
+    )
+    .await?;
     let update = hist.update.name_any();
     let current = set
         .status
@@ -517,7 +525,11 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
 
     if set.metadata.deletion_timestamp.is_none() {
         let api_claims = Api::<PersistentVolumeClaim>::namespaced(client, &ns);
-        let existing_claims = if spec.volume_claim_templates.as_ref().is_some_and(|v| !v.is_empty()) {
+        let existing_claims = if spec
+            .volume_claim_templates
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+        {
             let lp = ListParams::default().labels(&pods::match_labels_query(&spec.selector));
             api_claims
                 .list(&lp)
@@ -566,7 +578,10 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Step::Delete { name: pod_name, condemned } => {
+                Step::Delete {
+                    name: pod_name,
+                    condemned,
+                } => {
                     if condemned {
                         if let Some(p) = owned.iter().find(|p| p.name_any() == pod_name) {
                             if let Some(ord) = ordinal(&name, &pod_name) {
@@ -590,15 +605,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
     history::prune(&api_revs, &hist.revisions, &in_use, limit).await?;
 
     let st = status(&set, &owned, revs, hist.collision_count, now);
-    if set.status.as_ref() != Some(&st) {
-        api_sets
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
-            )
-            .await?;
-    }
+    super::write_status(&api_sets, &name, set.status.as_ref(), &st).await?;
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let waiting = owned
         .iter()

@@ -191,8 +191,10 @@ fn status_completes_a_rollout() {
 
 #[test]
 fn pods_get_identity_and_claims() {
-    let mut s = spec(json!({"volumeClaimTemplates": [{"metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}));
+    let mut s = spec(
+        json!({"volumeClaimTemplates": [{"metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}),
+    );
     s.template.spec.as_mut().unwrap().volumes = Some(vec![Volume {
         name: "data".into(),
         ..Default::default()
@@ -240,24 +242,64 @@ fn claim_owners_follow_the_retention_policy() {
     };
     let (set, pod) = (r("set", "StatefulSet"), r("pod", "Pod"));
     let policy = |deleted: &str, scaled: &str| {
-        spec(json!({"persistentVolumeClaimRetentionPolicy": {"whenDeleted": deleted, "whenScaled": scaled}}))
+        spec(
+            json!({"persistentVolumeClaimRetentionPolicy": {"whenDeleted": deleted, "whenScaled": scaled}}),
+        )
     };
-    let uids = |v: Option<Vec<OwnerReference>>| v.map(|v| v.into_iter().map(|r| r.uid).collect::<Vec<_>>());
+    let uids = |v: Option<Vec<OwnerReference>>| {
+        v.map(|v| v.into_iter().map(|r| r.uid).collect::<Vec<_>>())
+    };
     // Retain/Retain: no owners.
-    assert_eq!(uids(claim_refs(&policy("Retain", "Retain"), &[], &set, &pod, false)), None);
     assert_eq!(
-        uids(claim_refs(&policy("Retain", "Retain"), &[set.clone()], &set, &pod, false)),
+        uids(claim_refs(
+            &policy("Retain", "Retain"),
+            &[],
+            &set,
+            &pod,
+            false
+        )),
+        None
+    );
+    assert_eq!(
+        uids(claim_refs(
+            &policy("Retain", "Retain"),
+            std::slice::from_ref(&set),
+            &set,
+            &pod,
+            false
+        )),
         Some(vec![])
     );
     // whenDeleted: Delete → the set owns the claim.
     assert_eq!(
-        uids(claim_refs(&policy("Delete", "Retain"), &[], &set, &pod, false)),
+        uids(claim_refs(
+            &policy("Delete", "Retain"),
+            &[],
+            &set,
+            &pod,
+            false
+        )),
         Some(vec!["set".into()])
     );
     // whenScaled: Delete → the pod owns it once scaled away.
-    assert_eq!(uids(claim_refs(&policy("Retain", "Delete"), &[], &set, &pod, false)), None);
     assert_eq!(
-        uids(claim_refs(&policy("Delete", "Delete"), &[set.clone()], &set, &pod, true)),
+        uids(claim_refs(
+            &policy("Retain", "Delete"),
+            &[],
+            &set,
+            &pod,
+            false
+        )),
+        None
+    );
+    assert_eq!(
+        uids(claim_refs(
+            &policy("Delete", "Delete"),
+            std::slice::from_ref(&set),
+            &set,
+            &pod,
+            true
+        )),
         Some(vec!["pod".into()])
     );
 }

@@ -461,8 +461,10 @@ mod tests {
         let nodes = vec![node("a", "4", json!({})), node("b", "4", json!({}))];
         let infos = node_infos(&nodes, &[], &HashMap::new());
         let on = |name: &str| {
-            pod(json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [name]}]}]}}}}))
+            pod(
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [name]}]}]}}}}),
+            )
         };
         for _ in 0..10 {
             assert_eq!(pick(&on("b"), &infos).as_deref(), Ok("b"));

@@ -86,11 +86,11 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
     });
     let f = server.file("ds.yaml", DAEMONSET);
     server.ok("1.33", &["apply", "--validate=false", "-f", s(&f)]);
-    let out = server.ok(
-        "1.33",
-        &["rollout", "status", "ds/agent", "--timeout=60s"],
+    let out = server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=60s"]);
+    assert!(
+        out.contains("daemon set \"agent\" successfully rolled out"),
+        "{out}"
     );
-    assert!(out.contains("daemon set \"agent\" successfully rolled out"), "{out}");
     let pods = pods_of(&server, "agent");
     let mut nodes: Vec<&str> = pods.values().map(|(n, _)| n.as_str()).collect();
     nodes.sort();
@@ -130,18 +130,12 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
             .any(|(n, _)| n == "sim-c")
             .then_some(())
     });
-    server.ok(
-        "1.33",
-        &["rollout", "status", "ds/agent", "--timeout=60s"],
-    );
+    server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=60s"]);
     assert_eq!(pods_of(&server, "agent").len(), 3);
 
     // An image change rolls out to every node; history shows both revisions.
     server.ok("1.33", &["set", "image", "ds/agent", "c=busybox:v2"]);
-    let out = server.ok(
-        "1.33",
-        &["rollout", "status", "ds/agent", "--timeout=90s"],
-    );
+    let out = server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=90s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     let pods = pods_of(&server, "agent");
     assert_eq!(pods.len(), 3, "{pods:?}");
@@ -154,10 +148,7 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(revisions, vec!["1", "2"], "{history}");
-    let detail = server.ok(
-        "1.33",
-        &["rollout", "history", "ds/agent", "--revision=1"],
-    );
+    let detail = server.ok("1.33", &["rollout", "history", "ds/agent", "--revision=1"]);
     assert!(detail.contains("busybox:v1"), "{detail}");
     let revs = server.ok("1.33", &["get", "controllerrevisions"]);
     assert!(revs.contains("daemonset.apps/agent"), "{revs}");
@@ -165,10 +156,7 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
     // Undo goes back to v1 as revision 3.
     let out = server.ok("1.33", &["rollout", "undo", "ds/agent"]);
     assert!(out.contains("rolled back"), "{out}");
-    server.ok(
-        "1.33",
-        &["rollout", "status", "ds/agent", "--timeout=90s"],
-    );
+    server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=90s"]);
     wait_for(30, "v1 everywhere", || {
         let pods = pods_of(&server, "agent");
         (pods.len() == 3 && pods.values().all(|(_, i)| i == "busybox:v1")).then_some(())
@@ -179,13 +167,27 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
         "{history}"
     );
 
+    // `rollout restart` changes the template: a fourth revision rolls out.
+    server.ok("1.33", &["rollout", "restart", "ds/agent"]);
+    server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=90s"]);
+    let revs = get_json(&server, &["get", "controllerrevisions", "-o", "json"]);
+    let mut numbers: Vec<i64> = revs["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["revision"].as_i64())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, vec![2, 3, 4], "{revs}");
+
     // A taint the pods do not tolerate with NoExecute takes them off that node.
-    server.ok(
-        "1.33",
-        &["taint", "node", "sim-c", "evict=now:NoExecute"],
-    );
+    server.ok("1.33", &["taint", "node", "sim-c", "evict=now:NoExecute"]);
     wait_for(30, "no pod on sim-c", || {
-        (!pods_of(&server, "agent").values().any(|(n, _)| n == "sim-c")).then_some(())
+        (!pods_of(&server, "agent")
+            .values()
+            .any(|(n, _)| n == "sim-c"))
+        .then_some(())
     });
     assert_eq!(row(&server, "ds", "agent")[1], "2");
 }
@@ -278,10 +280,7 @@ fn statefulset_orders_pods_claims_updates_and_scales_down() {
     let mut seen = Vec::new();
     let f = server.file("sts.yaml", STATEFULSET);
     server.ok("1.33", &["apply", "--validate=false", "-f", s(&f)]);
-    let out = server.ok(
-        "1.33",
-        &["rollout", "status", "sts/web", "--timeout=90s"],
-    );
+    let out = server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=90s"]);
     assert!(out.contains("3 new pods have been updated"), "{out}");
     assert_eq!(row(&server, "sts", "web")[1], "3/3");
 
@@ -342,14 +341,14 @@ fn statefulset_orders_pods_claims_updates_and_scales_down() {
         v.sort();
         v
     };
-    assert_eq!(claims(&server), vec!["data-web-0", "data-web-1", "data-web-2"]);
+    assert_eq!(
+        claims(&server),
+        vec!["data-web-0", "data-web-1", "data-web-2"]
+    );
 
     // An update rolls from the highest ordinal down.
     server.ok("1.33", &["set", "image", "sts/web", "c=busybox:v2"]);
-    let out = server.ok(
-        "1.33",
-        &["rollout", "status", "sts/web", "--timeout=120s"],
-    );
+    let out = server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=120s"]);
     assert!(out.contains("3 new pods have been updated"), "{out}");
     wait_for(10, "update deletions", || {
         events(&rx, &mut seen);
@@ -365,7 +364,10 @@ fn statefulset_orders_pods_claims_updates_and_scales_down() {
     );
     assert_eq!(sts["status"]["updatedReplicas"], 3);
     let history = server.ok("1.33", &["rollout", "history", "sts/web"]);
-    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
 
     // Scaling down to 1 removes web-2, then web-1; the claims stay.
     seen.clear();
@@ -378,18 +380,33 @@ fn statefulset_orders_pods_claims_updates_and_scales_down() {
         (order(&seen, "DELETED").len() == 2).then_some(())
     });
     assert_eq!(order(&seen, "DELETED"), vec!["web-2", "web-1"]);
-    assert_eq!(claims(&server), vec!["data-web-0", "data-web-1", "data-web-2"]);
+    assert_eq!(
+        claims(&server),
+        vec!["data-web-0", "data-web-1", "data-web-2"]
+    );
+    server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=60s"]);
+
+    // With `whenScaled: Delete`, the claim of a pod scaled away goes with it.
     server.ok(
         "1.33",
-        &["rollout", "status", "sts/web", "--timeout=60s"],
+        &[
+            "patch",
+            "sts/web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete"}}}"#,
+        ],
     );
+    server.ok("1.33", &["scale", "sts/web", "--replicas=2"]);
+    server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=60s"]);
+    server.ok("1.33", &["scale", "sts/web", "--replicas=1"]);
+    wait_for(60, "data-web-1 deleted with web-1", || {
+        (claims(&server) == vec!["data-web-0", "data-web-2"]).then_some(())
+    });
 
     // Undo takes the remaining pod back to v1.
     server.ok("1.33", &["rollout", "undo", "sts/web"]);
-    server.ok(
-        "1.33",
-        &["rollout", "status", "sts/web", "--timeout=60s"],
-    );
+    server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=60s"]);
     wait_for(30, "web-0 at v1", || {
         let pods = pods_of(&server, "web");
         (pods.get("web-0").map(|(_, i)| i.as_str()) == Some("busybox:v1")).then_some(())
