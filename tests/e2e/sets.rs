@@ -346,6 +346,31 @@ fn statefulset_orders_pods_claims_updates_and_scales_down() {
         vec!["data-web-0", "data-web-1", "data-web-2"]
     );
 
+    // The headless Service names each pod: endpoints carry the pods' hostnames.
+    wait_for(20, "endpoints with hostnames", || {
+        let slices = get_json(
+            &server,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "json",
+            ],
+        );
+        let mut hosts: Vec<String> = slices["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["hostname"].as_str().map(String::from))
+            .collect();
+        hosts.sort();
+        (hosts == vec!["web-0", "web-1", "web-2"]).then_some(())
+    });
+
     // An update rolls from the highest ordinal down.
     server.ok("1.33", &["set", "image", "sts/web", "c=busybox:v2"]);
     let out = server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=120s"]);
