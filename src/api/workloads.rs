@@ -16,6 +16,12 @@ pub fn prepare(def: &ResourceDef, old: Option<&Value>, obj: &mut Value) -> Resul
     if def.group != "apps" || !matches!(def.kind, "DaemonSet" | "StatefulSet") {
         return Ok(());
     }
+    if obj.get("spec").is_some_and(|s| !s.is_object()) {
+        return Err(ApiError::bad_request(format!(
+            "json: cannot unmarshal {} into Go struct field {}.spec of type v1.{}Spec",
+            obj["spec"], def.kind, def.kind
+        )));
+    }
     let spec = child_map(obj, "spec");
     if def.kind == "DaemonSet" {
         default_daemonset(spec);
@@ -247,6 +253,9 @@ mod tests {
         );
         let mut no_sel = obj(json!({"template": {}}));
         assert!(prepare(sts, None, &mut no_sel).is_err());
+        let mut not_object = obj(json!("x"));
+        let e = prepare(sts, None, &mut not_object).expect_err("bad spec");
+        assert_eq!(e.to_status()["code"], 400);
         // Only some fields of a StatefulSet may change.
         let mut old = obj(
             json!({"selector": {"matchLabels": {"a": "b"}}, "serviceName": "s",

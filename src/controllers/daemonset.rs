@@ -460,12 +460,13 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         collision,
     )
     .await?;
+    // An adopted revision without the label is known by its name, as in kube.
     let hash = hist
         .update
         .labels()
         .get(HASH_LABEL)
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_else(|| hist.update.name_any());
     let owned = ownership::claim(&api_pods, ds.as_ref(), &spec.selector, pods::is_active).await?;
     let grouped = by_node(&owned);
     let rolling = spec
