@@ -3,7 +3,9 @@
 //! ordinal creation and removal, claims from volumeClaimTemplates.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -36,6 +38,25 @@ fn pods_of(server: &Server, app: &str) -> BTreeMap<String, (String, String)> {
             )
         })
         .collect()
+}
+
+/// How many pods of a pod list are Ready and not being deleted.
+fn ready_count(list: &Value) -> usize {
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+                .filter(|p| {
+                    p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The cells of the row of `name` in `kubectl get <kind> <name>`.
@@ -180,6 +201,52 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
         .collect();
     numbers.sort();
     assert_eq!(numbers, vec![2, 3, 4], "{revs}");
+
+    // With maxSurge 1 and maxUnavailable 0 a new pod starts beside each old one:
+    // every node keeps a ready pod throughout the rollout.
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "ds/agent",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"updateStrategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}"#,
+        ],
+    );
+    let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (min_ready, done) = (min_ready.clone(), done.clone());
+        let mut cmd = server.kubectl_cmd("1.33");
+        cmd.args([
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods?labelSelector=app%3Dagent",
+        ]);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let out = cmd.output().expect("kubectl");
+                if let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) {
+                    min_ready.fetch_min(ready_count(&list), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    server.ok("1.33", &["set", "image", "ds/agent", "c=busybox:v3"]);
+    server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=90s"]);
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let min = min_ready.load(Ordering::Relaxed);
+    assert!(
+        min >= 3,
+        "only {min} daemon pods were ready during the surge rollout"
+    );
+    wait_for(30, "v3 everywhere", || {
+        let pods = pods_of(&server, "agent");
+        (pods.len() == 3 && pods.values().all(|(_, i)| i == "busybox:v3")).then_some(())
+    });
 
     // A taint the pods do not tolerate with NoExecute takes them off that node.
     server.ok("1.33", &["taint", "node", "sim-c", "evict=now:NoExecute"]);
