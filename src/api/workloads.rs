@@ -185,6 +185,7 @@ fn immutable(kind: &str, old: &Value, obj: &Value, causes: &mut Vec<(String, Str
                 "ordinals",
                 "template",
                 "updateStrategy",
+                "revisionHistoryLimit",
                 "persistentVolumeClaimRetentionPolicy",
                 "minReadySeconds",
             ] {
@@ -196,7 +197,7 @@ fn immutable(kind: &str, old: &Value, obj: &Value, causes: &mut Vec<(String, Str
     if strip(old) != strip(obj) {
         causes.push((
             "spec".into(),
-            "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".into(),
+            "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".into(),
         ));
     }
 }
