@@ -18,5 +18,6 @@ pub mod strategic;
 pub mod table;
 pub mod upgrade;
 pub mod watch;
+pub mod workloads;
 
 pub use router::{ApiServer, Identity};

@@ -211,6 +211,8 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
         },
     };
     objects::validate_name(def, &name)?;
+    super::workloads::prepare(def, None, obj)?;
+    let m = meta(obj);
     if def.namespaced {
         let url_ns = target
             .namespace
@@ -456,6 +458,9 @@ async fn write_update(
                 None => m.remove(k),
             };
         }
+    }
+    if !status_only {
+        super::workloads::prepare(def, Some(current), &mut obj)?;
     }
     if !status_only && spec_changed(current, &obj) && obj.get("spec").is_some() {
         let g = cur_meta

@@ -218,6 +218,16 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
             ("Ready", "integer", 0),
         ],
         "Node" => vec![("Status", "string", 0), ("Roles", "string", 0)],
+        "DaemonSet" => vec![
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+        ],
+        "StatefulSet" => vec![("Ready", "string", 0)],
+        "ControllerRevision" => vec![("Controller", "string", 0), ("Revision", "integer", 0)],
         _ => vec![],
     });
     cols.push(("Age", "string", 0));
@@ -229,11 +239,12 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
             ("Readiness Gates", "string", 1),
         ],
         "Service" => vec![("Selector", "string", 1)],
-        "Deployment" | "ReplicaSet" => vec![
+        "Deployment" | "ReplicaSet" | "DaemonSet" => vec![
             ("Containers", "string", 1),
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
+        "StatefulSet" => vec![("Containers", "string", 1), ("Images", "string", 1)],
         "Node" => vec![("Version", "string", 0), ("Internal-IP", "string", 1)],
         _ => vec![],
     });
@@ -343,6 +354,45 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             };
             row.extend(wide);
             row
+        }
+        "DaemonSet" => vec![
+            name,
+            json!(int(o, "/status/desiredNumberScheduled")),
+            json!(int(o, "/status/currentNumberScheduled")),
+            json!(int(o, "/status/numberReady")),
+            json!(int(o, "/status/updatedNumberScheduled")),
+            json!(int(o, "/status/numberAvailable")),
+            json!(or_none(selector(o, "/spec/template/spec/nodeSelector"))),
+            age,
+            json!(containers(o, "/spec/template/spec/containers", "name")),
+            json!(containers(o, "/spec/template/spec/containers", "image")),
+            json!(or_none(selector(o, "/spec/selector/matchLabels"))),
+        ],
+        "StatefulSet" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                int(o, "/status/readyReplicas"),
+                int(o, "/spec/replicas")
+            )),
+            age,
+            json!(containers(o, "/spec/template/spec/containers", "name")),
+            json!(containers(o, "/spec/template/spec/containers", "image")),
+        ],
+        "ControllerRevision" => {
+            let owner = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)))
+                .map(|r| {
+                    let group = s(r, "/apiVersion")
+                        .rsplit_once('/')
+                        .map(|(g, _)| format!(".{g}"))
+                        .unwrap_or_default();
+                    format!("{}{group}/{}", s(r, "/kind").to_lowercase(), s(r, "/name"))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(owner), json!(int(o, "/revision")), age]
         }
         "Node" => {
             let ready = o
@@ -466,6 +516,58 @@ mod tests {
         assert!(!wants_table(
             "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
         ));
+    }
+
+    #[test]
+    fn workload_rows() {
+        let ds = json!({"metadata": {"name": "agent"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {"spec": {
+                "nodeSelector": {"arch": "arm64"}, "containers": [{"name": "c", "image": "i:1"}]}}},
+            "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 3, "numberReady": 2,
+                "updatedNumberScheduled": 1, "numberAvailable": 2}});
+        let t = to_table(
+            lookup("apps", "v1", "daemonsets").unwrap(),
+            &[ds],
+            IncludeObject::None,
+            json!({}),
+        );
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "agent",
+                3,
+                3,
+                2,
+                1,
+                2,
+                "arch=arm64",
+                "<unknown>",
+                "c",
+                "i:1",
+                "app=agent"
+            ])
+        );
+        let sts = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3},
+            "status": {"readyReplicas": 2}});
+        let t = to_table(
+            lookup("apps", "v1", "statefulsets").unwrap(),
+            &[sts],
+            IncludeObject::None,
+            json!({}),
+        );
+        assert_eq!(t["rows"][0]["cells"][1], "2/3");
+        let rev = json!({"metadata": {"name": "web-abc", "ownerReferences": [{"apiVersion": "apps/v1",
+            "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true}]}, "revision": 2});
+        let t = to_table(
+            lookup("apps", "v1", "controllerrevisions").unwrap(),
+            &[rev],
+            IncludeObject::None,
+            json!({}),
+        );
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["web-abc", "statefulset.apps/web", 2, "<unknown>"])
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{ownership, pods, watch_config, Context, Error, Result};
+use super::{history, ownership, pods, watch_config, Context, Error, Result};
 
 /// Annotation holding the revision of a ReplicaSet (and of its Deployment).
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -37,24 +37,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 }
 
 /// The template hash kube-controller-manager uses: FNV-1a of the template (and the
-/// collision count), its decimal form mapped onto a vowel-free alphabet.
+/// collision count), in the vowel-free alphabet of [`history::safe_hash`].
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut h: u32 = 0x811c9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= *b as u32;
-            h = h.wrapping_mul(0x01000193);
-        }
-    };
-    feed(&serde_json::to_vec(template).unwrap_or_default());
-    if let Some(c) = collision_count {
-        feed(&c.to_le_bytes());
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string()
-        .bytes()
-        .map(|b| ALPHABET[b as usize % ALPHABET.len()] as char)
-        .collect()
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let probe = collision_count.map(i32::to_le_bytes);
+    history::safe_hash(std::iter::once(bytes.as_slice()).chain(probe.as_ref().map(|p| &p[..])))
 }
 
 /// Whether two templates are the same once the hash label is ignored.
@@ -76,8 +63,8 @@ fn revision_of(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
-/// An int-or-percent of `total`, rounded up or down.
-fn scaled(v: Option<&IntOrString>, total: i32, default: &str, round_up: bool) -> i32 {
+/// An int-or-percent of `total`, rounded up or down (maxSurge, maxUnavailable).
+pub fn scaled(v: Option<&IntOrString>, total: i32, default: &str, round_up: bool) -> i32 {
     let v = v
         .cloned()
         .unwrap_or_else(|| IntOrString::String(default.to_string()));
@@ -303,14 +290,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
         let mut idle = idle;
         idle.sort_by_key(|rs| revision_of(rs));
         for rs in idle.iter().take(idle.len() - limit) {
-            match api_rs
-                .delete(&rs.name_any(), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            super::delete(&api_rs, &rs.name_any(), &DeleteParams::background()).await?;
         }
     }
 

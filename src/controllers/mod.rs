@@ -5,9 +5,11 @@
 
 pub mod apiserver_endpoints;
 pub mod client;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod ownership;
@@ -15,15 +17,17 @@ pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod statefulset;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::api::DeleteParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 /// Why a reconcile failed; the object is retried after a short delay.
@@ -52,6 +56,42 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Default watcher configuration of every controller.
 pub fn watch_config() -> watcher::Config {
     watcher::Config::default()
+}
+
+/// Deletes `name`; one that is already gone counts as deleted.
+pub async fn delete<K>(api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `status` through the status subresource of `name`, unless the object already
+/// reports it (so an unchanged pass causes no write and no new watch event).
+pub async fn write_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    S: PartialEq + serde::Serialize,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs `controller` with `reconcile` until `shutdown` completes; failures are logged
@@ -109,6 +149,8 @@ pub fn start(
     set.spawn(serviceaccount::run(ctx.clone(), stop()));
     set.spawn(replicaset::run(ctx.clone(), stop()));
     set.spawn(deployment::run(ctx.clone(), stop()));
+    set.spawn(daemonset::run(ctx.clone(), stop()));
+    set.spawn(statefulset::run(ctx.clone(), stop()));
     set.spawn(endpoints::run(ctx.clone(), stop()));
     set.spawn(servicelb::run(ctx.clone(), stop()));
     set

@@ -20,6 +20,66 @@ use super::Result;
 /// The taint of a node that stopped reporting.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
+/// A node's taints as Kubernetes would show them: its own, plus the NoSchedule taints
+/// kube's node lifecycle controller derives from conditions and cordoning
+/// (TaintNodesByCondition: `not-ready`, `unreachable`, `memory-pressure`,
+/// `disk-pressure`, `pid-pressure`, `network-unavailable`, `unschedulable`), which
+/// pikube does not write to the Node. DaemonSets decide where to run by these.
+pub fn effective_taints(node: &Node) -> Vec<Taint> {
+    let mut taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let conditions = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let status = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status.as_str())
+    };
+    let mut derived = Vec::new();
+    match status("Ready") {
+        Some("True") => {}
+        Some("Unknown") => derived.push(UNREACHABLE),
+        _ => derived.push("node.kubernetes.io/not-ready"),
+    }
+    for (cond, key) in [
+        ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+        ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+        ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+        (
+            "NetworkUnavailable",
+            "node.kubernetes.io/network-unavailable",
+        ),
+    ] {
+        if status(cond) == Some("True") {
+            derived.push(key);
+        }
+    }
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        derived.push("node.kubernetes.io/unschedulable");
+    }
+    for key in derived {
+        if !taints
+            .iter()
+            .any(|t| t.key == key && t.effect == "NoSchedule")
+        {
+            taints.push(Taint {
+                key: key.into(),
+                effect: "NoSchedule".into(),
+                time_added: None,
+                value: None,
+            });
+        }
+    }
+    taints
+}
+
 /// Timing of the controller.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {

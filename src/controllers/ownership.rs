@@ -16,7 +16,7 @@ pub async fn claim<K, C>(
     api: &Api<C>,
     owner: &K,
     selector: &LabelSelector,
-    adoptable: fn(&C) -> bool,
+    adoptable: impl Fn(&C) -> bool,
 ) -> Result<Vec<C>>
 where
     K: Resource<DynamicType = ()>,

@@ -9,10 +9,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::{pods, watch_config, Context, Error, Result};
 
@@ -24,19 +23,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     super::run("replicaset", controller, reconcile, ctx, shutdown).await;
 }
 
-/// Creates `count` pods from `owner`'s template, a few at a time.
-pub async fn create_pods(api: &Api<Pod>, template: Pod, count: usize) -> Result<()> {
+/// Creates `pods`, a few at a time: slow start as kube-controller-manager does (1, 2,
+/// 4, … at once), so a failing create stops the burst.
+pub async fn create_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<()> {
     let mut batch = 1usize;
-    let mut left = count;
-    // Slow start, as kube-controller-manager does: a failing create stops the burst.
-    while left > 0 {
-        let n = batch.min(left);
-        let pp = PostParams::default();
-        let results = futures::future::join_all((0..n).map(|_| api.create(&pp, &template))).await;
+    let mut left = pods.into_iter().peekable();
+    let pp = PostParams::default();
+    while left.peek().is_some() {
+        let chunk: Vec<Pod> = left.by_ref().take(batch).collect();
+        let results = futures::future::join_all(chunk.iter().map(|p| api.create(&pp, p))).await;
         for r in results {
             r?;
         }
-        left -= n;
         batch *= 2;
     }
     Ok(())
@@ -63,19 +61,12 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
                 .as_ref()
                 .ok_or_else(|| Error::Object("replicaset has no pod template".into()))?;
             let pod = pods::from_template(template, owner, &rs.name_any());
-            create_pods(&api_pods, pod, want - active.len()).await?;
+            create_pods(&api_pods, vec![pod; want - active.len()]).await?;
         } else if active.len() > want {
             let mut victims = active.clone();
             victims.sort_by_key(|p| pods::deletion_rank(p));
             for p in victims.iter().take(active.len() - want) {
-                match api_pods
-                    .delete(&p.name_any(), &DeleteParams::default())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                super::delete(&api_pods, &p.name_any(), &DeleteParams::default()).await?;
             }
         }
     }
@@ -110,15 +101,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         conditions: None,
         terminating_replicas: None,
     };
-    if rs.status.as_ref() != Some(&status) {
-        api_rs
-            .patch_status(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await?;
-    }
+    super::write_status(&api_rs, &rs.name_any(), rs.status.as_ref(), &status).await?;
     // Pods that are ready but not yet available become available on their own.
     let pending = active
         .iter()

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 use rand::Rng;
 
@@ -168,7 +168,8 @@ pub fn node_infos(
     infos
 }
 
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+/// Whether one of `tolerations` tolerates `taint` (kube's `ToleratesTaint`).
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
         let effect_ok = t
             .effect
@@ -229,6 +230,31 @@ fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
         && fields.iter().all(|r| requirement_matches(r, &name_labels))
 }
 
+/// Whether `node` satisfies a pod's nodeSelector and required node affinity
+/// (matchExpressions on labels, matchFields on `metadata.name`).
+pub fn fits_node_affinity(spec: &PodSpec, node: &Node) -> bool {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let selector_ok = spec
+        .node_selector
+        .as_ref()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    selector_ok
+        && spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|na| {
+                na.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .is_none_or(|req| {
+                req.node_selector_terms
+                    .iter()
+                    .any(|t| term_matches(t, node))
+            })
+}
+
 /// Why `node` cannot run `pod`, or None when it can.
 fn unfit(pod: &Pod, req: &Usage, info: &NodeInfo) -> Option<String> {
     let spec = pod.spec.as_ref()?;
@@ -248,26 +274,7 @@ fn unfit(pod: &Pod, req: &Usage, info: &NodeInfo) -> Option<String> {
             return Some("node(s) were unschedulable".into());
         }
     }
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let selector_ok = spec
-        .node_selector
-        .as_ref()
-        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let affinity_ok = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_none_or(|req| {
-            req.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, node))
-        });
-    if !selector_ok || !affinity_ok {
+    if !fits_node_affinity(spec, node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
     let tolerations = spec.tolerations.clone().unwrap_or_default();
@@ -447,6 +454,26 @@ mod tests {
         assert_eq!(pick(&tolerant, &infos).as_deref(), Ok("tainted"));
         let selected = pod(json!({"nodeSelector": {"kubernetes.io/hostname": "small"}}));
         assert_eq!(pick(&selected, &infos).as_deref(), Ok("small"));
+    }
+
+    #[test]
+    fn daemon_pods_bind_to_the_node_their_affinity_names() {
+        let nodes = vec![node("a", "4", json!({})), node("b", "4", json!({}))];
+        let infos = node_infos(&nodes, &[], &HashMap::new());
+        let on = |name: &str| {
+            pod(
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [name]}]}]}}}}),
+            )
+        };
+        for _ in 0..10 {
+            assert_eq!(pick(&on("b"), &infos).as_deref(), Ok("b"));
+        }
+        let err = pick(&on("gone"), &infos).expect_err("no such node");
+        assert!(
+            err.contains("2 node(s) didn't match Pod's node affinity/selector"),
+            "{err}"
+        );
     }
 
     #[test]

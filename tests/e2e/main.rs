@@ -12,6 +12,7 @@ mod join;
 mod kube_client;
 mod python_client;
 mod services;
+mod sets;
 mod sim;
 mod streams;
 mod workloads;
