@@ -18,4 +18,5 @@ pub mod pki;
 pub mod proxy;
 pub mod scheduler;
 pub mod server;
+pub mod snapshot;
 pub mod worker;

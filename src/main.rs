@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         keep_proxy: bool,
     },
+    /// Save a consistent copy of the store, or start a new server's store from one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -55,6 +58,72 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Ask the running server for a snapshot of its store (written to
+    /// <data-dir>/server/snapshots/ on the server's machine; its path is printed).
+    Save {
+        /// Name prefix of the snapshot file.
+        #[arg(long)]
+        name: Option<String>,
+        /// Admin kubeconfig of the server.
+        #[arg(long, default_value = config::DEFAULT_KUBECONFIG)]
+        kubeconfig: PathBuf,
+    },
+    /// Create the store of a stopped server from a snapshot: a new one-node cluster with
+    /// the snapshot's objects. The data directory must hold no store yet.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The server's data directory.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs a snapshot command to its end and exits.
+fn snapshot(cmd: SnapshotCommand) -> ! {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pikube: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cmd {
+            SnapshotCommand::Save { name, kubeconfig } => {
+                let saved = pikube::snapshot::save_via(&kubeconfig, name).await?;
+                println!(
+                    "saved {} (revision {})",
+                    saved.path.display(),
+                    saved.revision
+                );
+            }
+            SnapshotCommand::Restore { file, data_dir } => {
+                pikube::snapshot::restore(&data_dir, &file).await?;
+                println!(
+                    "restored {} into {}; start the server with --data-dir {}",
+                    file.display(),
+                    data_dir.join("server/db").display(),
+                    data_dir.display()
+                );
+            }
+        }
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("pikube: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Replaces this process with kubectl, pointed at pikube's kubeconfig.
@@ -411,6 +480,7 @@ fn main() {
     }
     let node = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
+        Command::Snapshot(cmd) => snapshot(cmd),
         Command::Server(args) => Node::Server(server_config(*args)),
         Command::Agent(args) => match worker_config(*args) {
             Ok(c) => Node::Agent(c),

@@ -302,6 +302,10 @@ pub async fn run(
     }
     let tls = api::http::tls_config(&pki)?;
     let servers = crate::cluster::router(store.clone(), &pki, &token, prepared.clustered());
+    let snapshots = crate::snapshot::router(
+        store.clone(),
+        config.data_dir.join("server").join("snapshots"),
+    );
     let join = crate::join::router(
         Arc::new(pki.clone()),
         &token,
@@ -316,7 +320,7 @@ pub async fn run(
     let served = api::http::serve(
         listener,
         tls,
-        api.router().merge(join).merge(servers),
+        api.router().merge(join).merge(servers).merge(snapshots),
         std::sync::Arc::new(tokens),
         shutdown,
     )

@@ -14,5 +14,6 @@ mod python_client;
 mod services;
 mod sets;
 mod sim;
+mod snapshots;
 mod streams;
 mod workloads;
