@@ -5,9 +5,11 @@
 // openraft's StorageError is large by design; these helpers return it as openraft does.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote};
@@ -16,8 +18,11 @@ use serde::Serialize;
 
 use crate::consensus::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
-/// sled tree of log entries, keyed by big-endian index.
-pub const LOG_TREE: &str = "raft-log";
+/// Name prefix of the log segment trees (`raft-log-<first index / SEGMENT, hex>`),
+/// entries keyed by big-endian index.
+const SEGMENT_PREFIX: &str = "raft-log-";
+/// Entries per log segment.
+pub const SEGMENT: u64 = 4096;
 /// sled tree of the vote, the committed and the last purged log id.
 pub const META_TREE: &str = "raft-meta";
 
@@ -48,10 +53,160 @@ fn get_meta<T: DeserializeOwned>(meta: &sled::Tree, name: &str) -> Result<Option
     }
 }
 
+/// The log's segment trees by segment number; cheap to clone.
+#[derive(Clone)]
+struct Segments {
+    db: sled::Db,
+    trees: Arc<Mutex<BTreeMap<u64, sled::Tree>>>,
+}
+
+fn segment_name(seg: u64) -> String {
+    format!("{SEGMENT_PREFIX}{seg:016x}")
+}
+
+impl Segments {
+    fn open(db: &sled::Db) -> Result<Segments, StorageError> {
+        let mut trees = BTreeMap::new();
+        for name in db.tree_names() {
+            let Some(hex) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.strip_prefix(SEGMENT_PREFIX))
+            else {
+                continue;
+            };
+            let seg = u64::from_str_radix(hex, 16).map_err(read_err)?;
+            trees.insert(seg, db.open_tree(&name).map_err(read_err)?);
+        }
+        Ok(Segments {
+            db: db.clone(),
+            trees: Arc::new(Mutex::new(trees)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, sled::Tree>> {
+        match self.trees.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn tree(&self, seg: u64) -> Result<sled::Tree, StorageError> {
+        let mut trees = self.lock();
+        if let Some(t) = trees.get(&seg) {
+            return Ok(t.clone());
+        }
+        let t = self.db.open_tree(segment_name(seg)).map_err(write_err)?;
+        trees.insert(seg, t.clone());
+        Ok(t)
+    }
+
+    fn read<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let last = match range.end_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(i) => i - 1,
+            Bound::Unbounded => u64::MAX,
+        };
+        if last < start {
+            return Ok(Vec::new());
+        }
+        let r = (bound_key(range.start_bound()), bound_key(range.end_bound()));
+        let trees: Vec<sled::Tree> = self
+            .lock()
+            .range(start / SEGMENT..=last / SEGMENT)
+            .map(|(_, t)| t.clone())
+            .collect();
+        let mut out = Vec::new();
+        for t in trees {
+            for item in t.range::<[u8; 8], _>(r) {
+                let (_, v) = item.map_err(read_err)?;
+                out.push(decode::<Entry>(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn last(&self) -> Result<Option<Entry>, StorageError> {
+        let trees: Vec<sled::Tree> = self.lock().values().rev().cloned().collect();
+        for t in trees {
+            if let Some((_, v)) = t.last().map_err(read_err)? {
+                return Ok(Some(decode(&v)?));
+            }
+        }
+        Ok(None)
+    }
+
+    fn append(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+        // Segments in index order, so a crash never keeps a later entry without an
+        // earlier one.
+        let mut batches: BTreeMap<u64, sled::Batch> = BTreeMap::new();
+        for e in entries {
+            let index = e.get_log_id().index;
+            batches
+                .entry(index / SEGMENT)
+                .or_default()
+                .insert(&index.to_be_bytes()[..], encode(&e)?);
+        }
+        for (seg, batch) in batches {
+            self.tree(seg)?.apply_batch(batch).map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entries from `from` on.
+    fn truncate(&self, from: u64) -> Result<(), StorageError> {
+        let segs: Vec<(u64, sled::Tree)> = self
+            .lock()
+            .range(from / SEGMENT..)
+            .map(|(s, t)| (*s, t.clone()))
+            .collect();
+        for (seg, t) in segs.into_iter().rev() {
+            if seg > from / SEGMENT {
+                self.drop_segment(seg)?;
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for item in t.range(from.to_be_bytes()..) {
+                let (k, _) = item.map_err(read_err)?;
+                batch.remove(k);
+            }
+            t.apply_batch(batch).map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every segment whose entries all lie at or before `upto`.
+    fn purge(&self, upto: u64) -> Result<(), StorageError> {
+        let done: Vec<u64> = self
+            .lock()
+            .keys()
+            .copied()
+            .filter(|seg| (seg + 1) * SEGMENT - 1 <= upto)
+            .collect();
+        for seg in done {
+            self.drop_segment(seg)?;
+        }
+        Ok(())
+    }
+
+    fn drop_segment(&self, seg: u64) -> Result<(), StorageError> {
+        self.lock().remove(&seg);
+        self.db
+            .drop_tree(segment_name(seg))
+            .map(|_| ())
+            .map_err(write_err)
+    }
+}
+
 /// Reads log entries; cheap to clone, used by openraft's replication tasks.
 #[derive(Clone)]
 pub struct LogReader {
-    log: sled::Tree,
+    segments: Segments,
 }
 
 fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
@@ -62,25 +217,12 @@ fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
     }
 }
 
-fn read_range<RB: RangeBounds<u64>>(
-    log: &sled::Tree,
-    range: RB,
-) -> Result<Vec<Entry>, StorageError> {
-    let r = (bound_key(range.start_bound()), bound_key(range.end_bound()));
-    let mut out = Vec::new();
-    for item in log.range::<[u8; 8], _>(r) {
-        let (_, v) = item.map_err(read_err)?;
-        out.push(decode::<Entry>(&v)?);
-    }
-    Ok(out)
-}
-
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_range(&self.log, range)
+        self.segments.read(range)
     }
 }
 
@@ -91,7 +233,7 @@ enum Flush {
 /// The log store handed to openraft.
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
+    segments: Segments,
     meta: sled::Tree,
     flusher: std_mpsc::Sender<Flush>,
 }
@@ -100,7 +242,7 @@ impl LogStore {
     /// Opens the log trees of `db` and starts the flusher thread.
     pub fn open(db: &sled::Db) -> crate::Result<LogStore> {
         let storage = |e: sled::Error| crate::Error::Storage(e.to_string());
-        let log = db.open_tree(LOG_TREE).map_err(storage)?;
+        let segments = Segments::open(db).map_err(|e| crate::Error::Storage(e.to_string()))?;
         let meta = db.open_tree(META_TREE).map_err(storage)?;
         let (tx, rx) = std_mpsc::channel::<Flush>();
         let flush_db = db.clone();
@@ -110,7 +252,7 @@ impl LogStore {
             .map_err(|e| crate::Error::Storage(format!("cannot start log flusher: {e}")))?;
         Ok(LogStore {
             db: db.clone(),
-            log,
+            segments,
             meta,
             flusher: tx,
         })
@@ -145,7 +287,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_range(&self.log, range)
+        self.segments.read(range)
     }
 }
 
@@ -154,8 +296,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = get_meta(&self.meta, "purged")?;
-        let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(*decode::<Entry>(&v)?.get_log_id()),
+        let last = match self.segments.last()? {
+            Some(e) => Some(*e.get_log_id()),
             None => last_purged,
         };
         Ok(LogState {
@@ -166,7 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_reader(&mut self) -> LogReader {
         LogReader {
-            log: self.log.clone(),
+            segments: self.segments.clone(),
         }
     }
 
@@ -200,11 +342,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            batch.insert(&e.get_log_id().index.to_be_bytes()[..], encode(&e)?);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.segments.append(entries)?;
         self.flusher
             .send(Flush::Appended(callback))
             .map_err(|_| write_err("log flusher has stopped"))?;
@@ -212,23 +350,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(write_err)
+        self.segments.truncate(log_id.index)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.meta
             .insert("purged", encode(&Some(log_id))?)
             .map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(write_err)
+        self.segments.purge(log_id.index)
     }
 }
