@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -26,20 +26,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 /// Creates `count` pods from `owner`'s template, a few at a time.
 pub async fn create_pods(api: &Api<Pod>, template: Pod, count: usize) -> Result<()> {
-    let mut batch = 1usize;
-    let mut left = count;
-    // Slow start, as kube-controller-manager does: a failing create stops the burst.
-    while left > 0 {
-        let n = batch.min(left);
-        let pp = PostParams::default();
-        let results = futures::future::join_all((0..n).map(|_| api.create(&pp, &template))).await;
-        for r in results {
-            r?;
-        }
-        left -= n;
-        batch *= 2;
-    }
-    Ok(())
+    pods::create_slow_start(api, vec![template; count]).await
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
