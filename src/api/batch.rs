@@ -97,7 +97,9 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
         spec.insert("completions".into(), json!(1));
     }
     spec.entry("parallelism").or_insert(json!(1));
-    let per_index = spec.get("backoffLimitPerIndex").is_some_and(|v| !v.is_null());
+    let per_index = spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
     spec.entry("backoffLimit")
         .or_insert(json!(if per_index { i32::MAX } else { 6 }));
     spec.entry("completionMode").or_insert(json!("NonIndexed"));
@@ -107,7 +109,8 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
     } else {
         "TerminatingOrFailed"
     };
-    spec.entry("podReplacementPolicy").or_insert(json!(replacement));
+    spec.entry("podReplacementPolicy")
+        .or_insert(json!(replacement));
     match old {
         None if !manual => {
             let generated = json!({"matchLabels": {UID_LABELS[0]: uid}});
@@ -132,7 +135,10 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
             }
             for f in ["selector", "completionMode"] {
                 if spec.get(f) != old_spec.get(f) {
-                    causes.push((format!("spec.{f}"), "Invalid value: field is immutable".into()));
+                    causes.push((
+                        format!("spec.{f}"),
+                        "Invalid value: field is immutable".into(),
+                    ));
                 }
             }
             let suspended = old_spec.get("suspend").and_then(Value::as_bool) == Some(true);
@@ -152,7 +158,13 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
     check_restart_policy(template, "spec.template", causes);
     check_non_negative(
         &spec,
-        &["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"],
+        &[
+            "parallelism",
+            "completions",
+            "backoffLimit",
+            "activeDeadlineSeconds",
+            "ttlSecondsAfterFinished",
+        ],
         "spec",
         causes,
     );
@@ -185,7 +197,9 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
             "spec.completionMode".into(),
             format!(
                 "Unsupported value: {}: supported values: \"NonIndexed\", \"Indexed\"",
-                other.map(|s| format!("\"{s}\"")).unwrap_or_else(|| "null".into())
+                other
+                    .map(|s| format!("\"{s}\""))
+                    .unwrap_or_else(|| "null".into())
             ),
         )),
     }
@@ -216,14 +230,20 @@ fn prepare_cronjob(cj: &mut Value, causes: &mut Causes) {
         None | Some("") => causes.push(("spec.schedule".into(), "Required value".into())),
         Some(s) => {
             if let Err(e) = Schedule::parse(s) {
-                causes.push(("spec.schedule".into(), format!("Invalid value: \"{s}\": {e}")));
+                causes.push((
+                    "spec.schedule".into(),
+                    format!("Invalid value: \"{s}\": {e}"),
+                ));
             }
         }
     }
     if let Some(tz) = spec.get("timeZone").filter(|v| !v.is_null()) {
         let name = tz.as_str().unwrap_or_default();
         if let Err(e) = schedule::time_zone(name) {
-            causes.push(("spec.timeZone".into(), format!("Invalid value: \"{name}\": {e}")));
+            causes.push((
+                "spec.timeZone".into(),
+                format!("Invalid value: \"{name}\": {e}"),
+            ));
         }
     }
     let policy = spec
@@ -238,7 +258,11 @@ fn prepare_cronjob(cj: &mut Value, causes: &mut Causes) {
     }
     check_non_negative(
         &spec,
-        &["startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"],
+        &[
+            "startingDeadlineSeconds",
+            "successfulJobsHistoryLimit",
+            "failedJobsHistoryLimit",
+        ],
         "spec",
         causes,
     );
@@ -284,7 +308,10 @@ mod tests {
     fn jobs_get_a_generated_selector_and_defaults() {
         let mut j = job(json!({"template": template()}));
         prepare("Job", None, &mut j).expect("valid");
-        assert_eq!(j["spec"]["selector"], json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}}));
+        assert_eq!(
+            j["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
         let labels = &j["spec"]["template"]["metadata"]["labels"];
         assert_eq!(labels["controller-uid"], "u-1");
         assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
@@ -305,7 +332,10 @@ mod tests {
         let old = j.clone();
         let mut new = old.clone();
         new["spec"]["parallelism"] = json!(1);
-        new["spec"].as_object_mut().expect("spec").remove("selector");
+        new["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("selector");
         prepare("Job", Some(&old), &mut new).expect("valid update");
         assert_eq!(new["spec"]["selector"], old["spec"]["selector"]);
         new["spec"]["selector"] = json!({"matchLabels": {"a": "b"}});
@@ -317,12 +347,26 @@ mod tests {
         let mut j = job(json!({"template": {"spec": {"containers": []}}}));
         let e = prepare("Job", None, &mut j).expect_err("Always is refused");
         assert_eq!(e.code, 422);
-        assert!(e.message.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""), "{}", e.message);
+        assert!(
+            e.message
+                .contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
+            "{}",
+            e.message
+        );
         let mut j = job(json!({"selector": {"matchLabels": {"a": "b"}}, "template": template()}));
-        assert!(prepare("Job", None, &mut j).expect_err("selector").message.contains("not auto-generated"));
-        let mut j = job(json!({"manualSelector": true, "selector": {"matchLabels": {"a": "b"}}, "template": template()}));
-        assert!(prepare("Job", None, &mut j).expect_err("labels").message.contains("does not match"));
-        let mut j = job(json!({"completionMode": "Indexed", "parallelism": 2, "template": template()}));
+        assert!(prepare("Job", None, &mut j)
+            .expect_err("selector")
+            .message
+            .contains("not auto-generated"));
+        let mut j = job(
+            json!({"manualSelector": true, "selector": {"matchLabels": {"a": "b"}}, "template": template()}),
+        );
+        assert!(prepare("Job", None, &mut j)
+            .expect_err("labels")
+            .message
+            .contains("does not match"));
+        let mut j =
+            job(json!({"completionMode": "Indexed", "parallelism": 2, "template": template()}));
         assert!(prepare("Job", None, &mut j).is_err());
         let mut j = job(json!({"backoffLimit": -1, "template": template()}));
         assert!(prepare("Job", None, &mut j).is_err());
@@ -339,11 +383,23 @@ mod tests {
         assert_eq!(c["spec"]["failedJobsHistoryLimit"], 1);
         assert_eq!(c["spec"]["suspend"], false);
         for (spec, msg) in [
-            (json!({"schedule": "61 * * * *", "jobTemplate": jt}), "spec.schedule: Invalid value"),
+            (
+                json!({"schedule": "61 * * * *", "jobTemplate": jt}),
+                "spec.schedule: Invalid value",
+            ),
             (json!({"jobTemplate": jt}), "spec.schedule: Required value"),
-            (json!({"schedule": "@daily", "timeZone": "Nowhere/Land", "jobTemplate": jt}), "unknown time zone"),
-            (json!({"schedule": "@daily", "concurrencyPolicy": "Sometimes", "jobTemplate": jt}), "concurrencyPolicy"),
-            (json!({"schedule": "@daily", "jobTemplate": {"spec": {"template": {"spec": {}}}}}), "restartPolicy"),
+            (
+                json!({"schedule": "@daily", "timeZone": "Nowhere/Land", "jobTemplate": jt}),
+                "unknown time zone",
+            ),
+            (
+                json!({"schedule": "@daily", "concurrencyPolicy": "Sometimes", "jobTemplate": jt}),
+                "concurrencyPolicy",
+            ),
+            (
+                json!({"schedule": "@daily", "jobTemplate": {"spec": {"template": {"spec": {}}}}}),
+                "restartPolicy",
+            ),
         ] {
             let mut c = cj(spec);
             let e = prepare("CronJob", None, &mut c).expect_err(msg);

@@ -408,13 +408,20 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
 
 fn time_at(o: &Value, pointer: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let t = o.pointer(pointer)?.as_str()?;
-    Some(chrono::DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&chrono::Utc))
+    Some(
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()?
+            .with_timezone(&chrono::Utc),
+    )
 }
 
 /// Job and CronJob rows, as kube-apiserver's printers make them.
 fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
     let (template, sel) = if kind == "Job" {
-        ("/spec/template/spec/containers", "/spec/selector/matchLabels")
+        (
+            "/spec/template/spec/containers",
+            "/spec/selector/matchLabels",
+        )
     } else {
         (
             "/spec/jobTemplate/spec/template/spec/containers",
@@ -430,7 +437,10 @@ fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
         let has = |t: &str| {
             o.pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .is_some_and(|cs| cs.iter().any(|c| s(c, "/type") == t && s(c, "/status") == "True"))
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| s(c, "/type") == t && s(c, "/status") == "True")
+                })
         };
         let status = if has("Complete") {
             "Complete"
@@ -456,12 +466,21 @@ fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
                 _ => format!("{succeeded}/1"),
             },
         };
-        let duration = match (time_at(o, "/status/startTime"), time_at(o, "/status/completionTime")) {
+        let duration = match (
+            time_at(o, "/status/startTime"),
+            time_at(o, "/status/completionTime"),
+        ) {
             (None, _) => String::new(),
             (Some(start), None) => human_duration((chrono::Utc::now() - start).num_seconds()),
             (Some(start), Some(end)) => human_duration((end - start).num_seconds()),
         };
-        vec![name, json!(status), json!(completions), json!(duration), age]
+        vec![
+            name,
+            json!(status),
+            json!(completions),
+            json!(duration),
+            age,
+        ]
     } else {
         let suspend = match o.pointer("/spec/suspend").and_then(Value::as_bool) {
             Some(true) => "True",

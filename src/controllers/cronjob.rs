@@ -197,7 +197,10 @@ pub fn beyond_history(jobs: &[Job], successful: Option<i32>, failed: Option<i32>
             .collect();
         done.sort_by_key(|j| {
             let start = j.status.as_ref().and_then(|s| s.start_time.as_ref());
-            (start.map(|t| t.0), j.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            (
+                start.map(|t| t.0),
+                j.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            )
         });
         let extra = done.len().saturating_sub(limit.max(0) as usize);
         out.extend(done.iter().take(extra).map(|j| j.name_any()));
@@ -243,8 +246,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
             None => active.push(r),
             Some(c) if c.type_ == "Complete" => {
                 let done = job.status.as_ref().and_then(|s| s.completion_time.clone());
-                if done.as_ref().map(|t| t.0) > status.last_successful_time.as_ref().map(|t| t.0)
-                {
+                if done.as_ref().map(|t| t.0) > status.last_successful_time.as_ref().map(|t| t.0) {
                     status.last_successful_time = done;
                 }
             }
@@ -326,7 +328,9 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
             .replace_status(&name, &PostParams::default(), &updated)
             .await?;
     }
-    Ok(wake.map(Action::requeue).unwrap_or_else(Action::await_change))
+    Ok(wake
+        .map(Action::requeue)
+        .unwrap_or_else(Action::await_change))
 }
 
 #[cfg(test)]
@@ -381,7 +385,10 @@ mod tests {
 
     #[test]
     fn starting_deadline_and_concurrency() {
-        let cj = cronjob(json!({"timeZone": "UTC", "startingDeadlineSeconds": 60}), json!({}));
+        let cj = cronjob(
+            json!({"timeZone": "UTC", "startingDeadlineSeconds": 60}),
+            json!({}),
+        );
         assert_eq!(
             step(&cj, "2024-01-01T00:05:30Z").0,
             Step::Run(at("2024-01-01T00:05:00Z"))
@@ -390,7 +397,10 @@ mod tests {
         assert_eq!(step(&cj, "2024-01-01T00:07:00Z").0, Step::Wait);
         let active = json!({"active": [{"name": "cj-1", "uid": "u"}],
             "lastScheduleTime": "2024-01-01T00:00:00Z"});
-        let forbid = cronjob(json!({"timeZone": "UTC", "concurrencyPolicy": "Forbid"}), active.clone());
+        let forbid = cronjob(
+            json!({"timeZone": "UTC", "concurrencyPolicy": "Forbid"}),
+            active.clone(),
+        );
         assert_eq!(
             step(&forbid, "2024-01-01T00:05:10Z").0,
             Step::Forbidden(at("2024-01-01T00:05:00Z"))
@@ -404,7 +414,10 @@ mod tests {
 
     #[test]
     fn time_zone_names_and_jobs() {
-        let cj = cronjob(json!({"schedule": "0 9 * * *", "timeZone": "Asia/Tokyo"}), json!({}));
+        let cj = cronjob(
+            json!({"schedule": "0 9 * * *", "timeZone": "Asia/Tokyo"}),
+            json!({}),
+        );
         // 09:00 in Tokyo is 00:00 UTC.
         assert_eq!(
             step(&cj, "2024-01-02T00:00:30Z").0,
@@ -418,9 +431,16 @@ mod tests {
             "2024-01-02T09:00:00+09:00"
         );
         let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("CronJob", Some(true)));
         assert_eq!(
-            next_wake(&Schedule::parse("* * * * *").expect("s"), &tz, at("2024-01-01T00:00:30Z")),
+            (owner.kind.as_str(), owner.controller),
+            ("CronJob", Some(true))
+        );
+        assert_eq!(
+            next_wake(
+                &Schedule::parse("* * * * *").expect("s"),
+                &tz,
+                at("2024-01-01T00:00:30Z")
+            ),
             Some(Duration::from_millis(30_100))
         );
     }

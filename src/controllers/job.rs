@@ -60,7 +60,11 @@ async fn strip_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<()> {
         "resourceVersion": pod.resource_version(),
     }});
     match api
-        .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -98,8 +102,7 @@ fn new_pod(job: &Job, index: Option<i32>) -> Result<Pod> {
         .spec
         .as_ref()
         .ok_or_else(|| Error::Object("job has no spec".into()))?;
-    let owner =
-        pods::controller_ref(job).ok_or_else(|| Error::Object("job has no uid".into()))?;
+    let owner = pods::controller_ref(job).ok_or_else(|| Error::Object("job has no uid".into()))?;
     let name = job.name_any();
     let prefix = match index {
         Some(i) => format!("{name}-{i}"),

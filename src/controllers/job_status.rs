@@ -157,7 +157,13 @@ pub fn finished_condition(job: &Job) -> Option<JobCondition> {
     condition_true(status, "Complete").or_else(|| condition_true(status, "Failed"))
 }
 
-fn condition(type_: &str, status: &str, reason: &str, message: &str, now: Timestamp) -> JobCondition {
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> JobCondition {
     JobCondition {
         type_: type_.into(),
         status: status.into(),
@@ -220,8 +226,18 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
 
     // Count finished pods that still carry the finalizer (see the module docs).
     let prev = old.uncounted_terminated_pods.clone().unwrap_or_default();
-    let mut unc_s: BTreeSet<String> = prev.succeeded.clone().unwrap_or_default().into_iter().collect();
-    let mut unc_f: BTreeSet<String> = prev.failed.clone().unwrap_or_default().into_iter().collect();
+    let mut unc_s: BTreeSet<String> = prev
+        .succeeded
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut unc_f: BTreeSet<String> = prev
+        .failed
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut fresh = false;
     for p in pod_list.iter().filter(|p| is_tracked(p)) {
         let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -276,15 +292,24 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
     let terminating = pod_list
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some() && pod_state(p) != PodState::Succeeded)
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed")))
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Failed")
+            )
+        })
         .count() as i32;
     st.active = Some(active.len() as i32);
     st.ready = Some(active.iter().filter(|p| pods::is_ready(p)).count() as i32);
     st.terminating = Some(terminating);
 
     if finished || deleting {
-        out.delete = active.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
-        if let (Some(ttl), Some(done)) = (spec.ttl_seconds_after_finished, finished_condition(job)) {
+        out.delete = active
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        if let (Some(ttl), Some(done)) = (spec.ttl_seconds_after_finished, finished_condition(job))
+        {
             let since = done.last_transition_time.map(|t| t.0).unwrap_or(now);
             let expire = since
                 .checked_add(SignedDuration::from_secs(ttl.max(0) as i64))
@@ -347,24 +372,47 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
                 (_, None) => succeeded > 0 && active.is_empty(),
             });
     if failure.is_some() || success {
-        out.delete = active.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+        out.delete = active
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
         let done = active.is_empty() && terminating == 0;
         if let Some((reason, message)) = failure {
-            set_condition(&mut st, condition("FailureTarget", "True", &reason, &message, now), false);
+            set_condition(
+                &mut st,
+                condition("FailureTarget", "True", &reason, &message, now),
+                false,
+            );
             if done {
-                set_condition(&mut st, condition("Failed", "True", &reason, &message, now), false);
+                set_condition(
+                    &mut st,
+                    condition("Failed", "True", &reason, &message, now),
+                    false,
+                );
             }
         } else {
-            let (reason, message) = ("CompletionsReached", "Reached expected number of succeeded pods");
-            set_condition(&mut st, condition("SuccessCriteriaMet", "True", reason, message, now), false);
+            let (reason, message) = (
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            );
+            set_condition(
+                &mut st,
+                condition("SuccessCriteriaMet", "True", reason, message, now),
+                false,
+            );
             if done {
-                set_condition(&mut st, condition("Complete", "True", reason, message, now), false);
+                set_condition(
+                    &mut st,
+                    condition("Complete", "True", reason, message, now),
+                    false,
+                );
                 st.completion_time = Some(Time(now));
             }
         }
         if done {
             if let Some(ttl) = spec.ttl_seconds_after_finished {
-                out.requeue = Some(Duration::from_secs(ttl.max(0) as u64) + Duration::from_millis(50));
+                out.requeue =
+                    Some(Duration::from_secs(ttl.max(0) as u64) + Duration::from_millis(50));
             }
         }
         out.status = st;
@@ -372,13 +420,24 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
     }
 
     if suspended {
-        out.delete = active.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
-        set_condition(&mut st, condition("Suspended", "True", "JobSuspended", "Job suspended", now), false);
+        out.delete = active
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        set_condition(
+            &mut st,
+            condition("Suspended", "True", "JobSuspended", "Job suspended", now),
+            false,
+        );
         out.status = st;
         return out;
     }
     let was_suspended = condition_true(&old, "Suspended").is_some();
-    set_condition(&mut st, condition("Suspended", "False", "JobResumed", "Job resumed", now), true);
+    set_condition(
+        &mut st,
+        condition("Suspended", "False", "JobResumed", "Job resumed", now),
+        true,
+    );
     if was_suspended {
         // activeDeadlineSeconds counts the time the Job is continuously active.
         st.start_time = Some(Time(now));
@@ -412,13 +471,20 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
         let mut surplus: Vec<&Pod> = Vec::new();
         for p in &active {
             match pod_index(p) {
-                Some(i) if (0..n).contains(&i) && !completed.contains(&i) && !by_index.contains_key(&i) => {
+                Some(i)
+                    if (0..n).contains(&i)
+                        && !completed.contains(&i)
+                        && !by_index.contains_key(&i) =>
+                {
                     by_index.insert(i, p);
                 }
                 _ => surplus.push(p),
             }
         }
-        out.delete = surplus.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+        out.delete = surplus
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
         let room = (parallelism as usize).saturating_sub(by_index.len());
         if may_create {
             out.create = (0..n)
@@ -461,205 +527,5 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn job(spec: serde_json::Value, status: serde_json::Value) -> Job {
-        serde_json::from_value(json!({
-            "metadata": {"name": "j", "namespace": "default", "uid": "job-uid"},
-            "spec": spec,
-            "status": status,
-        }))
-        .expect("job")
-    }
-
-    fn pod(name: &str, phase: &str, tracked: bool, extra: serde_json::Value) -> Pod {
-        let mut p = json!({
-            "metadata": {"name": name, "uid": format!("uid-{name}"),
-                "creationTimestamp": "2024-01-01T00:00:00Z",
-                "finalizers": if tracked { json!([TRACKING_FINALIZER]) } else { json!([]) }},
-            "status": {"phase": phase},
-        });
-        json_patch::merge(&mut p, &extra);
-        serde_json::from_value(p).expect("pod")
-    }
-
-    fn at(s: &str) -> Timestamp {
-        s.parse().expect("timestamp")
-    }
-
-    fn spec(extra: serde_json::Value) -> serde_json::Value {
-        let mut s = json!({"completions": 3, "parallelism": 2, "backoffLimit": 6,
-            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}});
-        json_patch::merge(&mut s, &extra);
-        s
-    }
-
-    fn types(st: &JobStatus) -> Vec<String> {
-        st.conditions.iter().flatten().map(|c| format!("{}={}", c.type_, c.status)).collect()
-    }
-
-    #[test]
-    fn starts_parallelism_pods_and_counts_finished_ones_once() {
-        let now = at("2024-01-01T00:01:00Z");
-        let s = sync(&job(spec(json!({})), json!({})), &[], now);
-        assert_eq!(s.create, vec![None, None]);
-        assert_eq!(s.status.start_time, Some(Time(now)));
-        assert_eq!(s.status.active, Some(0));
-
-        // One pod succeeded (still tracked), one runs: record, strip, count, replace.
-        let j = job(spec(json!({})), json!({"startTime": "2024-01-01T00:00:00Z", "succeeded": 0}));
-        let pods = [pod("a", "Succeeded", true, json!({})), pod("b", "Running", true, json!({}))];
-        let s = sync(&j, &pods, now);
-        let unc = s.uncounted.expect("uncounted written first");
-        assert_eq!(unc.succeeded, Some(vec!["uid-a".to_string()]));
-        assert_eq!(s.strip, vec!["a"]);
-        assert_eq!(s.status.succeeded, Some(1));
-        assert_eq!(s.status.active, Some(1));
-        assert_eq!(s.create, vec![None]);
-
-        // Once counted (finalizer gone), the pod is not counted again.
-        let j = job(spec(json!({})), json!({"startTime": "2024-01-01T00:00:00Z", "succeeded": 1}));
-        let pods = [
-            pod("a", "Succeeded", false, json!({})),
-            pod("b", "Running", true, json!({})),
-            pod("c", "Running", true, json!({})),
-        ];
-        let s = sync(&j, &pods, now);
-        assert!(s.uncounted.is_none() && s.strip.is_empty() && s.create.is_empty());
-        assert_eq!(s.status.succeeded, Some(1));
-
-        // A crash after recording but before stripping: the uid is counted from the
-        // status, and its finalizer removed.
-        let j = job(
-            spec(json!({})),
-            json!({"startTime": "2024-01-01T00:00:00Z", "succeeded": 2,
-                "uncountedTerminatedPods": {"succeeded": ["uid-c"]}}),
-        );
-        let pods = [pod("b", "Succeeded", false, json!({})), pod("c", "Succeeded", true, json!({}))];
-        let s = sync(&j, &pods, now);
-        assert!(s.uncounted.is_none());
-        assert_eq!(s.strip, vec!["c"]);
-        assert_eq!(s.status.succeeded, Some(3));
-        assert_eq!(types(&s.status), ["SuccessCriteriaMet=True", "Complete=True"]);
-        assert_eq!(s.status.completion_time, Some(Time(now)));
-    }
-
-    #[test]
-    fn backoff_limit_with_never_and_on_failure() {
-        let now = at("2024-01-01T00:01:00Z");
-        let j = job(spec(json!({"backoffLimit": 1})), json!({"startTime": "2024-01-01T00:00:00Z", "failed": 1}));
-        // Second failure: failed 2 > 1.
-        let pods = [
-            pod("a", "Failed", false, json!({})),
-            pod("b", "Failed", true, json!({})),
-            pod("c", "Running", true, json!({})),
-        ];
-        let s = sync(&j, &pods, now);
-        assert_eq!(s.status.failed, Some(2));
-        assert_eq!(s.delete, vec!["c"]);
-        assert_eq!(types(&s.status), ["FailureTarget=True"]);
-        // Once the running pod is gone the Job is Failed.
-        let pods = [pod("a", "Failed", false, json!({})), pod("b", "Failed", false, json!({}))];
-        let j = job(
-            spec(json!({"backoffLimit": 1})),
-            serde_json::to_value(&s.status).expect("status"),
-        );
-        let s = sync(&j, &pods, now);
-        assert_eq!(types(&s.status), ["FailureTarget=True", "Failed=True"]);
-        let failed = s.status.conditions.as_ref().expect("conditions")[1].clone();
-        assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
-        assert!(s.status.completion_time.is_none());
-
-        // OnFailure: container restarts count against the limit.
-        let j = job(
-            spec(json!({"backoffLimit": 2, "template": {"spec": {"restartPolicy": "OnFailure"}}})),
-            json!({"startTime": "2024-01-01T00:00:00Z"}),
-        );
-        let restarted = |n: i32| {
-            pod("a", "Running", true, json!({"status": {"containerStatuses": [
-                {"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": n}]}}))
-        };
-        assert!(types(&sync(&j, &[restarted(1)], now).status).is_empty());
-        assert_eq!(types(&sync(&j, &[restarted(2)], now).status), ["FailureTarget=True"]);
-    }
-
-    #[test]
-    fn failed_pods_are_replaced_after_a_growing_backoff() {
-        let j = job(spec(json!({"parallelism": 1})), json!({"startTime": "2024-01-01T00:00:00Z", "failed": 2}));
-        let failed = |name: &str, t: &str| {
-            pod(name, "Failed", false, json!({"status": {"containerStatuses": [
-                {"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                 "state": {"terminated": {"exitCode": 1, "finishedAt": t}}}]}}))
-        };
-        let pods = [failed("a", "2024-01-01T00:00:10Z"), failed("b", "2024-01-01T00:00:30Z")];
-        // Two failures: 20 s after the last one.
-        let s = sync(&j, &pods, at("2024-01-01T00:00:45Z"));
-        assert!(s.create.is_empty());
-        let r = s.requeue.expect("requeue");
-        assert!(r >= Duration::from_secs(5) && r < Duration::from_secs(6), "{r:?}");
-        let s = sync(&j, &pods, at("2024-01-01T00:00:50Z"));
-        assert_eq!(s.create, vec![None]);
-    }
-
-    #[test]
-    fn deadline_suspend_and_resume() {
-        let j = job(
-            spec(json!({"activeDeadlineSeconds": 30})),
-            json!({"startTime": "2024-01-01T00:00:00Z"}),
-        );
-        let pods = [pod("a", "Running", true, json!({}))];
-        let s = sync(&j, &pods, at("2024-01-01T00:00:20Z"));
-        assert_eq!(s.requeue.map(|d| d.as_secs()), Some(10));
-        let s = sync(&j, &pods, at("2024-01-01T00:00:31Z"));
-        assert_eq!(s.delete, vec!["a"]);
-        assert_eq!(
-            s.status.conditions.as_ref().expect("conditions")[0].reason.as_deref(),
-            Some("DeadlineExceeded")
-        );
-
-        let j = job(spec(json!({"suspend": true})), json!({"startTime": "2024-01-01T00:00:00Z"}));
-        let s = sync(&j, &pods, at("2024-01-01T00:00:20Z"));
-        assert_eq!(s.delete, vec!["a"]);
-        assert_eq!(types(&s.status), ["Suspended=True"]);
-        let j = job(spec(json!({})), serde_json::to_value(&s.status).expect("status"));
-        let now = at("2024-01-01T00:05:00Z");
-        let s = sync(&j, &[], now);
-        assert_eq!(types(&s.status), ["Suspended=False"]);
-        assert_eq!(s.status.start_time, Some(Time(now)));
-        assert_eq!(s.create.len(), 2);
-    }
-
-    #[test]
-    fn ttl_after_finished() {
-        let j = job(
-            spec(json!({"ttlSecondsAfterFinished": 5})),
-            json!({"conditions": [{"type": "Complete", "status": "True",
-                "lastTransitionTime": "2024-01-01T00:00:00Z"}]}),
-        );
-        let s = sync(&j, &[], at("2024-01-01T00:00:03Z"));
-        assert!(!s.delete_job);
-        assert_eq!(s.requeue.map(|d| d.as_secs()), Some(2));
-        assert!(sync(&j, &[], at("2024-01-01T00:00:05Z")).delete_job);
-    }
-
-    #[test]
-    fn indexed_jobs_run_each_index_once() {
-        let j = job(
-            spec(json!({"completionMode": "Indexed", "completions": 4, "parallelism": 2})),
-            json!({"startTime": "2024-01-01T00:00:00Z", "completedIndexes": "1"}),
-        );
-        let indexed = |name: &str, i: i32, phase: &str| {
-            pod(name, phase, true, json!({"metadata": {"annotations": {INDEX_ANNOTATION: i.to_string()}}}))
-        };
-        let pods = [indexed("a", 0, "Succeeded"), indexed("b", 2, "Running"), indexed("c", 2, "Running")];
-        let s = sync(&j, &pods, at("2024-01-01T00:00:10Z"));
-        assert_eq!(s.status.completed_indexes.as_deref(), Some("0-1"));
-        assert_eq!(s.status.succeeded, Some(2));
-        assert_eq!(s.delete, vec!["c"]);
-        assert_eq!(s.create, vec![Some(3)]);
-        assert_eq!(format_indexes(&[0, 2, 3, 4, 7].into()), "0,2-4,7");
-        assert_eq!(parse_indexes("0,2-4,7", 5), BTreeSet::from([0, 2, 3, 4]));
-    }
-}
+#[path = "job_status_tests.rs"]
+mod tests;

@@ -113,13 +113,21 @@ fn field(expr: &str, b: &Bounds) -> Result<(u64, bool), String> {
             end = b.max;
         }
         if start < b.min {
-            return Err(format!("beginning of range ({start}) below minimum ({}): {part}", b.min));
+            return Err(format!(
+                "beginning of range ({start}) below minimum ({}): {part}",
+                b.min
+            ));
         }
         if end > b.max {
-            return Err(format!("end of range ({end}) above maximum ({}): {part}", b.max));
+            return Err(format!(
+                "end of range ({end}) above maximum ({}): {part}",
+                b.max
+            ));
         }
         if start > end {
-            return Err(format!("beginning of range ({start}) beyond end of range ({end}): {part}"));
+            return Err(format!(
+                "beginning of range ({start}) beyond end of range ({end}): {part}"
+            ));
         }
         star |= is_star && step == 1;
         while start <= end {
@@ -171,9 +179,7 @@ impl Schedule {
             return Err("empty spec string".into());
         }
         if spec.starts_with("TZ=") || spec.starts_with("CRON_TZ=") {
-            return Err(
-                "cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into(),
-            );
+            return Err("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
         }
         if let Some(d) = spec.strip_prefix("@every ") {
             return Ok(Schedule::Every(go_duration(d)?));
@@ -250,7 +256,12 @@ impl Fields {
                 return None;
             }
             if self.months & (1 << dt.month()) == 0 {
-                dt = dt.last_of_month().date().tomorrow().ok()?.to_datetime(Time::midnight());
+                dt = dt
+                    .last_of_month()
+                    .date()
+                    .tomorrow()
+                    .ok()?
+                    .to_datetime(Time::midnight());
                 continue;
             }
             if !self.day_matches(dt) {
@@ -341,10 +352,7 @@ mod tests {
             Schedule::parse("@every 1m30s"),
             Ok(Schedule::Every(SignedDuration::from_secs(90)))
         );
-        assert_eq!(
-            Schedule::parse("@hourly"),
-            Schedule::parse("0 * * * *")
-        );
+        assert_eq!(Schedule::parse("@hourly"), Schedule::parse("0 * * * *"));
         assert_eq!(Schedule::parse("@daily"), Schedule::parse("0 0 * * *"));
         assert_eq!(Schedule::parse("@weekly"), Schedule::parse("0 0 * * sun"));
     }

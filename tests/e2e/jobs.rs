@@ -36,7 +36,14 @@ fn job_json(server: &Server, name: &str) -> Value {
 fn pods_of(server: &Server, job: &str) -> Vec<Value> {
     let list = get_json(
         server,
-        &["get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "json"],
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("batch.kubernetes.io/job-name={job}"),
+            "-o",
+            "json",
+        ],
     );
     list["items"].as_array().cloned().unwrap_or_default()
 }
@@ -50,14 +57,27 @@ fn condition(obj: &Value, kind: &str) -> Option<Value> {
 }
 
 fn sim(server: &Server) -> Sim {
-    Sim::start(server, vec![SimNode::new("sim-a"), SimNode::new("sim-b")], Duration::from_millis(300))
+    Sim::start(
+        server,
+        vec![SimNode::new("sim-a"), SimNode::new("sim-b")],
+        Duration::from_millis(300),
+    )
 }
 
 #[test]
 fn job_runs_completions_with_parallelism_and_kubectl_waits() {
     let server = Server::start();
     let _sim = sim(&server);
-    apply(&server, "pi", &job_yaml("pi", "  completions: 3\n  parallelism: 2\n", Some((0, 1500)), "Never"));
+    apply(
+        &server,
+        "pi",
+        &job_yaml(
+            "pi",
+            "  completions: 3\n  parallelism: 2\n",
+            Some((0, 1500)),
+            "Never",
+        ),
+    );
 
     // Sample the pods that run at once while the Job works.
     let stop = Arc::new(AtomicBool::new(false));
@@ -77,7 +97,9 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+                        .filter(|p| {
+                            !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                        })
                         .count() as i64;
                     most.fetch_max(running, Ordering::Relaxed);
                 }
@@ -85,21 +107,45 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
             }
         })
     };
-    let out = server.ok("1.33", &["wait", "--for=condition=complete", "job/pi", "--timeout=60s"]);
+    let out = server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/pi",
+            "--timeout=60s",
+        ],
+    );
     stop.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
     assert!(out.contains("condition met"), "{out}");
-    assert_eq!(most.load(Ordering::Relaxed), 2, "parallelism 2 at most and at least");
+    assert_eq!(
+        most.load(Ordering::Relaxed),
+        2,
+        "parallelism 2 at most and at least"
+    );
 
     let job = job_json(&server, "pi");
     let uid = job["metadata"]["uid"].as_str().expect("uid");
     let st = &job["status"];
     assert_eq!(st["succeeded"], 3, "{job}");
-    assert!(st["failed"].as_i64().unwrap_or(0) == 0 && st["active"].as_i64().unwrap_or(0) == 0, "{job}");
-    assert!(st["startTime"].is_string() && st["completionTime"].is_string(), "{job}");
-    assert!(condition(&job, "Complete").is_some_and(|c| c["lastTransitionTime"].is_string()), "{job}");
+    assert!(
+        st["failed"].as_i64().unwrap_or(0) == 0 && st["active"].as_i64().unwrap_or(0) == 0,
+        "{job}"
+    );
+    assert!(
+        st["startTime"].is_string() && st["completionTime"].is_string(),
+        "{job}"
+    );
+    assert!(
+        condition(&job, "Complete").is_some_and(|c| c["lastTransitionTime"].is_string()),
+        "{job}"
+    );
     // The generated selector and template labels, and the other defaults.
-    assert_eq!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid
+    );
     let labels = &job["spec"]["template"]["metadata"]["labels"];
     for (k, v) in [
         ("batch.kubernetes.io/controller-uid", uid),
@@ -119,7 +165,12 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
         assert_eq!(p["status"]["phase"], "Succeeded");
         assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], uid);
         assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Job");
-        assert!(p["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()), "{p}");
+        assert!(
+            p["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty()),
+            "{p}"
+        );
     }
     let table = server.ok("1.33", &["get", "jobs"]);
     let row = table.lines().find(|l| l.starts_with("pi ")).expect("row");
@@ -132,32 +183,54 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
     // A bad Job is refused with the API server's reasons.
     let bad = server.file("bad.yaml", &job_yaml("bad", "", Some((0, 0)), "Always"));
     let err = server.fails("1.33", &["apply", "--validate=false", "-f", s(&bad)]);
-    assert!(err.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""), "{err}");
+    assert!(
+        err.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn failing_job_backs_off_then_fails_at_the_backoff_limit() {
     let server = Server::start();
     let _sim = sim(&server);
-    apply(&server, "bad", &job_yaml("bad", "  backoffLimit: 1\n", Some((3, 200)), "Never"));
-    let out = server.ok("1.33", &["wait", "--for=condition=failed", "job/bad", "--timeout=60s"]);
+    apply(
+        &server,
+        "bad",
+        &job_yaml("bad", "  backoffLimit: 1\n", Some((3, 200)), "Never"),
+    );
+    let out = server.ok(
+        "1.33",
+        &["wait", "--for=condition=failed", "job/bad", "--timeout=60s"],
+    );
     assert!(out.contains("condition met"), "{out}");
     let job = job_json(&server, "bad");
     assert_eq!(job["status"]["failed"], 2, "{job}");
     let failed = condition(&job, "Failed").expect("Failed");
     assert_eq!(failed["reason"], "BackoffLimitExceeded");
-    assert_eq!(failed["message"], "Job has reached the specified backoff limit");
+    assert_eq!(
+        failed["message"],
+        "Job has reached the specified backoff limit"
+    );
     assert!(job["status"].get("completionTime").is_none(), "{job}");
     let mut pods = pods_of(&server, "bad");
     assert_eq!(pods.len(), 2, "one pod and one replacement: {pods:?}");
-    pods.sort_by_key(|p| p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+    pods.sort_by_key(|p| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    });
     let time = |v: &Value| {
         chrono::DateTime::parse_from_rfc3339(v.as_str().expect("time")).expect("rfc3339")
     };
-    let first_done = time(&pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]);
+    let first_done =
+        time(&pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]);
     let second = time(&pods[1]["metadata"]["creationTimestamp"]);
     let gap = (second - first_done).num_seconds();
-    assert!((9..=15).contains(&gap), "replacement after the 10 s back-off, not {gap} s");
+    assert!(
+        (9..=15).contains(&gap),
+        "replacement after the 10 s back-off, not {gap} s"
+    );
     let table = server.ok("1.33", &["get", "job", "bad"]);
     assert!(table.contains("Failed") && table.contains("0/1"), "{table}");
 }
@@ -169,30 +242,71 @@ fn deadline_suspend_ttl_and_indexed_jobs() {
     apply(
         &server,
         "slow",
-        &job_yaml("slow", "  parallelism: 2\n  completions: 4\n  activeDeadlineSeconds: 3\n", None, "Never"),
+        &job_yaml(
+            "slow",
+            "  parallelism: 2\n  completions: 4\n  activeDeadlineSeconds: 3\n",
+            None,
+            "Never",
+        ),
     );
     apply(
         &server,
         "later",
-        &job_yaml("later", "  suspend: true\n  ttlSecondsAfterFinished: 2\n", Some((0, 200)), "OnFailure"),
+        &job_yaml(
+            "later",
+            "  suspend: true\n  ttlSecondsAfterFinished: 2\n",
+            Some((0, 200)),
+            "OnFailure",
+        ),
     );
     apply(
         &server,
         "idx",
-        &job_yaml("idx", "  completionMode: Indexed\n  completions: 3\n  parallelism: 3\n", Some((0, 300)), "Never"),
+        &job_yaml(
+            "idx",
+            "  completionMode: Indexed\n  completions: 3\n  parallelism: 3\n",
+            Some((0, 300)),
+            "Never",
+        ),
     );
 
     // activeDeadlineSeconds: Failed with DeadlineExceeded, its running pods deleted.
-    wait_for(10, "two running pods of slow", || (pods_of(&server, "slow").len() == 2).then_some(()));
-    server.ok("1.33", &["wait", "--for=condition=failed", "job/slow", "--timeout=30s"]);
+    wait_for(10, "two running pods of slow", || {
+        (pods_of(&server, "slow").len() == 2).then_some(())
+    });
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/slow",
+            "--timeout=30s",
+        ],
+    );
     let job = job_json(&server, "slow");
-    assert_eq!(condition(&job, "Failed").expect("Failed")["reason"], "DeadlineExceeded");
-    wait_for(20, "slow's pods deleted", || pods_of(&server, "slow").is_empty().then_some(()));
+    assert_eq!(
+        condition(&job, "Failed").expect("Failed")["reason"],
+        "DeadlineExceeded"
+    );
+    wait_for(20, "slow's pods deleted", || {
+        pods_of(&server, "slow").is_empty().then_some(())
+    });
     let job = job_json(&server, "slow");
-    assert_eq!(job["status"]["failed"], 2, "deleted pods count as failed: {job}");
+    assert_eq!(
+        job["status"]["failed"], 2,
+        "deleted pods count as failed: {job}"
+    );
 
     // Indexed: one pod per index, completedIndexes, the index in env and hostname.
-    server.ok("1.33", &["wait", "--for=condition=complete", "job/idx", "--timeout=30s"]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/idx",
+            "--timeout=30s",
+        ],
+    );
     let job = job_json(&server, "idx");
     assert_eq!(job["status"]["completedIndexes"], "0-2", "{job}");
     assert_eq!(job["status"]["succeeded"], 3);
@@ -217,17 +331,44 @@ fn deadline_suspend_ttl_and_indexed_jobs() {
     assert!(condition(&job, "Suspended").is_some(), "{job}");
     assert!(job["status"].get("startTime").is_none(), "{job}");
     assert!(pods_of(&server, "later").is_empty());
-    assert!(server.ok("1.33", &["get", "job", "later"]).contains("Suspended"));
-    server.ok("1.33", &["patch", "job", "later", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
-    server.ok("1.33", &["wait", "--for=condition=complete", "job/later", "--timeout=30s"]);
+    assert!(server
+        .ok("1.33", &["get", "job", "later"])
+        .contains("Suspended"));
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "job",
+            "later",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/later",
+            "--timeout=30s",
+        ],
+    );
     let finished = Instant::now();
     // ttlSecondsAfterFinished: the Job goes 2 s after it finished, its pod with it.
     wait_for(20, "later deleted", || {
         let out = server.kubectl("1.33", &["get", "job", "later"]);
-        String::from_utf8_lossy(&out.stderr).contains("NotFound").then_some(())
+        String::from_utf8_lossy(&out.stderr)
+            .contains("NotFound")
+            .then_some(())
     });
-    assert!(finished.elapsed() >= Duration::from_millis(1500), "deleted too early");
-    wait_for(20, "later's pod deleted", || pods_of(&server, "later").is_empty().then_some(()));
+    assert!(
+        finished.elapsed() >= Duration::from_millis(1500),
+        "deleted too early"
+    );
+    wait_for(20, "later's pod deleted", || {
+        pods_of(&server, "later").is_empty().then_some(())
+    });
 }
 
 fn jobs_of(server: &Server, cronjob: &str) -> Vec<Value> {
@@ -275,17 +416,45 @@ fn cronjob_manual_runs_history_limits_and_validation() {
         .expect("row")
         .split_whitespace()
         .collect();
-    assert_eq!(&row[1..10], ["0", "3", "*", "*", "*", "Europe/Berlin", "False", "0", "<none>"], "{table}");
+    assert_eq!(
+        &row[1..10],
+        [
+            "0",
+            "3",
+            "*",
+            "*",
+            "*",
+            "Europe/Berlin",
+            "False",
+            "0",
+            "<none>"
+        ],
+        "{table}"
+    );
 
     // Manual runs are Jobs controlled by the CronJob (kubectl 1.31 marks the owner as
     // controller; older ones do not, and such Jobs are not pruned, as in Kubernetes);
     // finished ones beyond the limit go.
     for (i, name) in ["manual-1", "manual-2"].iter().enumerate() {
         server.ok("1.31", &["create", "job", name, "--from=cronjob/nightly"]);
-        server.ok("1.33", &["wait", "--for=condition=complete", &format!("job/{name}"), "--timeout=30s"]);
+        server.ok(
+            "1.33",
+            &[
+                "wait",
+                "--for=condition=complete",
+                &format!("job/{name}"),
+                "--timeout=30s",
+            ],
+        );
         let job = job_json(&server, name);
-        assert_eq!(job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
-        assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob", "{i}: {job}");
+        assert_eq!(
+            job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+            "manual"
+        );
+        assert_eq!(
+            job["metadata"]["ownerReferences"][0]["kind"], "CronJob",
+            "{i}: {job}"
+        );
     }
     wait_for(20, "manual-1 pruned", || {
         let names: Vec<String> = jobs_of(&server, "nightly")
@@ -296,9 +465,18 @@ fn cronjob_manual_runs_history_limits_and_validation() {
     });
 
     for (spec, msg) in [
-        ("  schedule: \"61 * * * *\"\n", "spec.schedule: Invalid value: \"61 * * * *\""),
-        ("  schedule: \"@daily\"\n  timeZone: Mars/Olympus\n", "unknown time zone Mars/Olympus"),
-        ("  schedule: \"TZ=UTC 0 * * * *\"\n", "use timeZone field instead"),
+        (
+            "  schedule: \"61 * * * *\"\n",
+            "spec.schedule: Invalid value: \"61 * * * *\"",
+        ),
+        (
+            "  schedule: \"@daily\"\n  timeZone: Mars/Olympus\n",
+            "unknown time zone Mars/Olympus",
+        ),
+        (
+            "  schedule: \"TZ=UTC 0 * * * *\"\n",
+            "use timeZone field instead",
+        ),
     ] {
         let f = server.file("bad-cj.yaml", &cronjob_yaml("bad", spec, None));
         let err = server.fails("1.33", &["apply", "--validate=false", "-f", s(&f)]);
@@ -313,12 +491,20 @@ fn cronjob_runs_every_minute_with_forbid_and_history() {
     apply(
         &server,
         "tick",
-        &cronjob_yaml("tick", "  schedule: \"* * * * *\"\n  successfulJobsHistoryLimit: 1\n", Some((0, 200))),
+        &cronjob_yaml(
+            "tick",
+            "  schedule: \"* * * * *\"\n  successfulJobsHistoryLimit: 1\n",
+            Some((0, 200)),
+        ),
     );
     apply(
         &server,
         "solo",
-        &cronjob_yaml("solo", "  schedule: \"* * * * *\"\n  concurrencyPolicy: Forbid\n", None),
+        &cronjob_yaml(
+            "solo",
+            "  schedule: \"* * * * *\"\n  concurrencyPolicy: Forbid\n",
+            None,
+        ),
     );
     // The first minute: each CronJob creates its Job, named by the scheduled minute.
     let first = wait_for_every(Duration::from_secs(1), 70, "solo's first job", || {
@@ -326,25 +512,43 @@ fn cronjob_runs_every_minute_with_forbid_and_history() {
     });
     let cj = get_json(&server, &["get", "cronjob", "solo", "-o", "json"]);
     let scheduled = chrono::DateTime::parse_from_rfc3339(
-        cj["status"]["lastScheduleTime"].as_str().expect("lastScheduleTime"),
+        cj["status"]["lastScheduleTime"]
+            .as_str()
+            .expect("lastScheduleTime"),
     )
     .expect("time");
-    let first_name = first["metadata"]["name"].as_str().expect("name").to_string();
+    let first_name = first["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
     assert_eq!(first_name, format!("solo-{}", scheduled.timestamp() / 60));
-    assert_eq!(cj["status"]["active"][0]["name"], first_name.as_str(), "{cj}");
+    assert_eq!(
+        cj["status"]["active"][0]["name"],
+        first_name.as_str(),
+        "{cj}"
+    );
     let tick_first = wait_for(15, "tick's first success", || {
         let cj = get_json(&server, &["get", "cronjob", "tick", "-o", "json"]);
-        cj["status"]["lastSuccessfulTime"].as_str().map(String::from)
+        cj["status"]["lastSuccessfulTime"]
+            .as_str()
+            .map(String::from)
     });
 
     // The next minute: tick runs again and keeps one finished Job; solo's Job is
     // still running, so Forbid starts none.
-    wait_for_every(Duration::from_secs(1), 75, "tick's second run, first pruned", || {
-        let cj = get_json(&server, &["get", "cronjob", "tick", "-o", "json"]);
-        let last = cj["status"]["lastSuccessfulTime"].as_str().map(String::from);
-        let jobs = jobs_of(&server, "tick");
-        (last.is_some_and(|l| l != tick_first) && jobs.len() == 1).then_some(())
-    });
+    wait_for_every(
+        Duration::from_secs(1),
+        75,
+        "tick's second run, first pruned",
+        || {
+            let cj = get_json(&server, &["get", "cronjob", "tick", "-o", "json"]);
+            let last = cj["status"]["lastSuccessfulTime"]
+                .as_str()
+                .map(String::from);
+            let jobs = jobs_of(&server, "tick");
+            (last.is_some_and(|l| l != tick_first) && jobs.len() == 1).then_some(())
+        },
+    );
     let solo = jobs_of(&server, "solo");
     assert_eq!(solo.len(), 1, "Forbid: {solo:?}");
 
@@ -365,11 +569,22 @@ fn job_runs_a_real_container_to_completion() {
     server.wait_node_ready("node12");
     let yaml = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: real\nspec:\n  completions: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: sh\n        image: localhost/busybox:1.35\n        imagePullPolicy: Never\n        command: [\"sh\", \"-c\", \"exit 0\"]\n";
     apply(&server, "real", yaml);
-    server.ok("1.33", &["wait", "--for=condition=complete", "job/real", "--timeout=90s"]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/real",
+            "--timeout=90s",
+        ],
+    );
     let job = job_json(&server, "real");
     assert_eq!(job["status"]["succeeded"], 2, "{job}");
     for p in pods_of(&server, "real") {
         assert_eq!(p["status"]["phase"], "Succeeded", "{p}");
-        assert_eq!(p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            0
+        );
     }
 }
