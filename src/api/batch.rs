@@ -155,7 +155,11 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
     if template.is_none() {
         causes.push(("spec.template".into(), "Required value".into()));
     }
-    check_restart_policy(template, "spec.template", causes);
+    // Objects stored before these checks existed stay writable (metadata, finalizers).
+    let old_spec = old.and_then(|o| o.get("spec"));
+    if old_spec.is_none_or(|o| o.get("template") != template) {
+        check_restart_policy(template, "spec.template", causes);
+    }
     check_non_negative(
         &spec,
         &[
@@ -169,6 +173,7 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
         causes,
     );
     match spec.get("selector").filter(|s| !s.is_null()) {
+        None if old_spec.is_some_and(|o| o.get("selector").is_none()) => {}
         None => causes.push(("spec.selector".into(), "Required value".into())),
         Some(s) => {
             let labels = spec

@@ -304,10 +304,14 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
     st.terminating = Some(terminating);
 
     if finished || deleting {
-        out.delete = active
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
-            .collect();
+        // A Job being deleted leaves its pods to the garbage collector (they may be
+        // orphaned on purpose); a finished one keeps none running.
+        if finished {
+            out.delete = active
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect();
+        }
         if let (Some(ttl), Some(done)) = (spec.ttl_seconds_after_finished, finished_condition(job))
         {
             let since = done.last_transition_time.map(|t| t.0).unwrap_or(now);

@@ -179,6 +179,11 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
     assert!(cols[3].ends_with('s'), "duration: {table}");
     let old = server.ok("1.27", &["get", "jobs"]);
     assert!(old.contains("3/3"), "{old}");
+    let describe = server.ok("1.33", &["describe", "job", "pi"]);
+    assert!(
+        describe.contains("Pods Statuses:    0 Active (0 Ready) / 3 Succeeded / 0 Failed"),
+        "{describe}"
+    );
 
     // A bad Job is refused with the API server's reasons.
     let bad = server.file("bad.yaml", &job_yaml("bad", "", Some((0, 0)), "Always"));
@@ -499,6 +504,15 @@ fn cronjob_runs_every_minute_with_forbid_and_history() {
     );
     apply(
         &server,
+        "swap",
+        &cronjob_yaml(
+            "swap",
+            "  schedule: \"* * * * *\"\n  concurrencyPolicy: Replace\n",
+            None,
+        ),
+    );
+    apply(
+        &server,
         "solo",
         &cronjob_yaml(
             "solo",
@@ -551,6 +565,17 @@ fn cronjob_runs_every_minute_with_forbid_and_history() {
     );
     let solo = jobs_of(&server, "solo");
     assert_eq!(solo.len(), 1, "Forbid: {solo:?}");
+    // Replace: the running Job of the first minute made way for the second one.
+    let swap = wait_for(10, "swap's Job replaced", || {
+        let jobs = jobs_of(&server, "swap");
+        (jobs.len() == 1 && jobs[0]["metadata"]["name"] != first_name.replace("solo", "swap"))
+            .then_some(jobs)
+    });
+    let cj = get_json(&server, &["get", "cronjob", "swap", "-o", "json"]);
+    assert_eq!(
+        cj["status"]["active"][0]["name"], swap[0]["metadata"]["name"],
+        "{cj}"
+    );
 
     // Once the running Job goes, the missed run starts at once.
     server.ok("1.33", &["delete", "job", &first_name, "--wait=false"]);
