@@ -216,15 +216,23 @@ async fn delete_job(api: &Api<Job>, name: &str) -> Result<()> {
     }
 }
 
-async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
-    if cj.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let ns = cj.namespace().unwrap_or_default();
-    let name = cj.name_any();
+async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let key = format!("{ns}/{name}");
     let api_jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);
     let api_cj = Api::<CronJob>::namespaced(ctx.client.clone(), &ns);
+    // lastScheduleTime and the active list fresh from the API, not the cache.
+    let Some(cj) = api_cj
+        .get_opt(&name)
+        .await?
+        .filter(|c| c.metadata.uid == cached.metadata.uid)
+    else {
+        return Ok(Action::await_change());
+    };
+    if cj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let uid = cj.uid().unwrap_or_default();
     let children: Vec<Job> = api_jobs
         .list(&ListParams::default())
@@ -271,7 +279,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
         }
     };
     if let Some((sched, tz)) = plan.filter(|_| spec.suspend != Some(true)) {
-        let mut view = (*cj).clone();
+        let mut view = cj.clone();
         view.status = Some(CronJobStatus {
             active: Some(active.clone()),
             ..status.clone()
@@ -322,7 +330,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
     }
     status.active = (!active.is_empty()).then_some(active);
     if cj.status.clone().unwrap_or_default() != status {
-        let mut updated = (*cj).clone();
+        let mut updated = cj.clone();
         updated.status = Some(status);
         api_cj
             .replace_status(&name, &PostParams::default(), &updated)

@@ -150,11 +150,20 @@ fn new_pod(job: &Job, index: Option<i32>) -> Result<Pod> {
     Ok(pod)
 }
 
-async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
+async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let api_pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let api_jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);
+    // The status counts what was already done: read it fresh, not from the cache, so a
+    // sync never acts on counts older than its own last write.
+    let Some(job) = api_jobs
+        .get_opt(&name)
+        .await?
+        .filter(|j| j.metadata.uid == cached.metadata.uid)
+    else {
+        return Ok(Action::await_change());
+    };
     let selector = job
         .spec
         .as_ref()
@@ -172,11 +181,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
             .filter(|p| pods::controller_of(&p.metadata).is_some_and(|r| r.uid == uid))
             .collect()
     } else {
-        ownership::claim(&api_pods, job.as_ref(), &selector, pods::is_active).await?
+        ownership::claim(&api_pods, &job, &selector, pods::is_active).await?
     };
     let plan = job_status::sync(&job, &mine, Timestamp::now());
 
-    let mut current = (*job).clone();
+    let mut current = job.clone();
     if let Some(unc) = &plan.uncounted {
         // Record the finished pods before their finalizers go, so none is lost.
         let mut st = current.status.clone().unwrap_or_default();
