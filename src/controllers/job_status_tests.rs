@@ -264,3 +264,20 @@ fn indexed_jobs_run_each_index_once() {
     assert_eq!(format_indexes(&[0, 2, 3, 4, 7].into()), "0,2-4,7");
     assert_eq!(parse_indexes("0,2-4,7", 5), BTreeSet::from([0, 2, 3, 4]));
 }
+
+#[test]
+fn a_job_being_deleted_releases_its_pods_but_deletes_none() {
+    let mut j = job(
+        spec(json!({})),
+        json!({"startTime": "2024-01-01T00:00:00Z"}),
+    );
+    j.metadata.deletion_timestamp = Some(Time(at("2024-01-01T00:00:30Z")));
+    let pods = [
+        pod("a", "Running", true, json!({})),
+        pod("b", "Succeeded", true, json!({})),
+    ];
+    let s = sync(&j, &pods, at("2024-01-01T00:01:00Z"));
+    assert_eq!(s.strip, vec!["a", "b"]);
+    assert!(s.delete.is_empty() && s.create.is_empty());
+    assert_eq!(s.status.succeeded, Some(1));
+}

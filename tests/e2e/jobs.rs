@@ -586,6 +586,11 @@ fn cronjob_runs_every_minute_with_forbid_and_history() {
             .find(|n| *n != first_name)
     });
     assert!(second > first_name, "{second} after {first_name}");
+    // The deleted Job's running pod goes too (garbage collector, then its tracking
+    // finalizer released).
+    wait_for(20, "the deleted Job's pod gone", || {
+        pods_of(&server, &first_name).is_empty().then_some(())
+    });
 }
 
 #[test]
