@@ -467,7 +467,10 @@ pub fn sync(job: &Job, pod_list: &[Pod], now: Timestamp) -> SyncPlan {
             .min(MAX_BACKOFF);
         last.checked_add(delay).unwrap_or(*last)
     });
-    let may_create = backoff_until.is_none_or(|t| t <= now);
+    // podReplacementPolicy Failed: no replacement while a pod is still terminating.
+    let wait_terminating =
+        spec.pod_replacement_policy.as_deref() == Some("Failed") && terminating > 0;
+    let may_create = backoff_until.is_none_or(|t| t <= now) && !wait_terminating;
 
     if indexed {
         let n = completions.unwrap_or(0);

@@ -281,3 +281,27 @@ fn a_job_being_deleted_releases_its_pods_but_deletes_none() {
     assert!(s.delete.is_empty() && s.create.is_empty());
     assert_eq!(s.status.succeeded, Some(1));
 }
+
+#[test]
+fn replacement_policy_failed_waits_for_terminating_pods() {
+    let deleting = pod(
+        "a",
+        "Running",
+        false,
+        json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:10Z"}}),
+    );
+    let status = json!({"startTime": "2024-01-01T00:00:00Z", "failed": 1});
+    let now = at("2024-01-01T00:01:00Z");
+    let j = job(spec(json!({"parallelism": 1})), status.clone());
+    assert_eq!(
+        sync(&j, std::slice::from_ref(&deleting), now).create.len(),
+        1
+    );
+    let j = job(
+        spec(json!({"parallelism": 1, "podReplacementPolicy": "Failed"})),
+        status,
+    );
+    let s = sync(&j, &[deleting], now);
+    assert!(s.create.is_empty());
+    assert_eq!(s.status.terminating, Some(1));
+}
