@@ -89,6 +89,14 @@ fn prepare_job(old: Option<&Value>, job: &mut Value, causes: &mut Causes) {
             labels.entry(l).or_insert(json!(name));
         }
     }
+    // A Job without labels of its own takes its pod template's.
+    let template_labels = job.pointer("/spec/template/metadata/labels").cloned();
+    let own = job.pointer("/metadata/labels").and_then(Value::as_object);
+    if old.is_none() && own.is_none_or(|l| l.is_empty()) {
+        if let (Some(l), Some(m)) = (template_labels, obj_at(job, &["metadata"])) {
+            m.insert("labels".into(), l);
+        }
+    }
     let Some(spec) = obj_at(job, &["spec"]) else {
         causes.push(("spec".into(), "Invalid value: must be an object".into()));
         return;
@@ -321,6 +329,7 @@ mod tests {
         assert_eq!(labels["controller-uid"], "u-1");
         assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
         assert_eq!(labels["job-name"], "pi");
+        assert_eq!(&j["metadata"]["labels"], labels);
         assert_eq!(j["spec"]["completions"], 1);
         assert_eq!(j["spec"]["parallelism"], 1);
         assert_eq!(j["spec"]["backoffLimit"], 6);

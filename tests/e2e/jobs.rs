@@ -155,6 +155,10 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
     ] {
         assert_eq!(labels[k], v, "{labels}");
     }
+    assert_eq!(
+        &job["metadata"]["labels"], labels,
+        "the Job takes its template's labels"
+    );
     assert_eq!(job["spec"]["backoffLimit"], 6);
     assert_eq!(job["spec"]["completionMode"], "NonIndexed");
 
