@@ -2,6 +2,7 @@
 //! watch, patch, authentication by client certificate.
 
 pub mod authn;
+pub mod batch;
 pub mod discovery;
 #[cfg(test)]
 mod fuzz_tests;

@@ -73,6 +73,9 @@ impl Registry {
         old: Option<&Value>,
         obj: &mut Value,
     ) -> Result<services::Reservations, ApiError> {
+        if def.group == "batch" {
+            super::batch::prepare(def.kind, old, obj)?;
+        }
         if self.reserves(def) {
             return services::prepare(&self.store, &self.services, old, obj).await;
         }
@@ -476,12 +479,19 @@ async fn write_update(
         reg.prepare(def, Some(current), &mut obj).await?
     };
     let key = target.key(name);
+    // An object whose last finalizer goes is removed, unless it is a pod still within
+    // its grace period: its agent removes it (with grace 0) once it has stopped.
     let finalizing = obj.pointer("/metadata/deletionTimestamp").is_some()
         && obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .map(|f| f.is_empty())
-            .unwrap_or(true);
+            .unwrap_or(true)
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0;
     if dry_run {
         return Ok(obj);
     }
@@ -726,7 +736,12 @@ pub async fn delete(
             .and_then(Value::as_array)
             .map(|f| !f.is_empty());
         if finalizers == Some(true) {
-            if current.pointer("/metadata/deletionTimestamp").is_none() {
+            let graceful = current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                > 0;
+            if current.pointer("/metadata/deletionTimestamp").is_none() || graceful {
                 meta(&mut current)
                     .insert("deletionTimestamp".into(), json!(objects::now_rfc3339()));
                 meta(&mut current).insert("deletionGracePeriodSeconds".into(), json!(0));

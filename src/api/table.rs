@@ -228,6 +228,18 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
         ],
         "StatefulSet" => vec![("Ready", "string", 0)],
         "ControllerRevision" => vec![("Controller", "string", 0), ("Revision", "integer", 0)],
+        "Job" => vec![
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+        ],
+        "CronJob" => vec![
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+        ],
         _ => vec![],
     });
     cols.push(("Age", "string", 0));
@@ -239,7 +251,7 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
             ("Readiness Gates", "string", 1),
         ],
         "Service" => vec![("Selector", "string", 1)],
-        "Deployment" | "ReplicaSet" | "DaemonSet" => vec![
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "CronJob" => vec![
             ("Containers", "string", 1),
             ("Images", "string", 1),
             ("Selector", "string", 1),
@@ -325,6 +337,7 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                 json!(or_none(selector(o, "/spec/selector"))),
             ]
         }
+        "Job" | "CronJob" => batch_cells(def.kind, o, name, age),
         "Deployment" | "ReplicaSet" => {
             let wide = [
                 json!(containers(o, "/spec/template/spec/containers", "name")),
@@ -441,6 +454,104 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
         }
         _ => vec![name, age],
     }
+}
+
+fn time_at(o: &Value, pointer: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = o.pointer(pointer)?.as_str()?;
+    Some(
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()?
+            .with_timezone(&chrono::Utc),
+    )
+}
+
+/// Job and CronJob rows, as kube-apiserver's printers make them.
+fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let (template, sel) = if kind == "Job" {
+        (
+            "/spec/template/spec/containers",
+            "/spec/selector/matchLabels",
+        )
+    } else {
+        (
+            "/spec/jobTemplate/spec/template/spec/containers",
+            "/spec/jobTemplate/spec/selector/matchLabels",
+        )
+    };
+    let wide = [
+        json!(containers(o, template, "name")),
+        json!(containers(o, template, "image")),
+        json!(or_none(selector(o, sel))),
+    ];
+    let mut row = if kind == "Job" {
+        let has = |t: &str| {
+            o.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| s(c, "/type") == t && s(c, "/status") == "True")
+                })
+        };
+        let status = if has("Complete") {
+            "Complete"
+        } else if has("Failed") {
+            "Failed"
+        } else if o.pointer("/metadata/deletionTimestamp").is_some() {
+            "Terminating"
+        } else if has("Suspended") {
+            "Suspended"
+        } else if has("FailureTarget") {
+            "FailureTarget"
+        } else if has("SuccessCriteriaMet") {
+            "SuccessCriteriaMet"
+        } else {
+            "Running"
+        };
+        let succeeded = int(o, "/status/succeeded");
+        let parallelism = o.pointer("/spec/parallelism").and_then(Value::as_i64);
+        let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
+            Some(c) => format!("{succeeded}/{c}"),
+            None => match parallelism {
+                Some(p) if p > 1 => format!("{succeeded}/1 of {p}"),
+                _ => format!("{succeeded}/1"),
+            },
+        };
+        let duration = match (
+            time_at(o, "/status/startTime"),
+            time_at(o, "/status/completionTime"),
+        ) {
+            (None, _) => String::new(),
+            (Some(start), None) => human_duration((chrono::Utc::now() - start).num_seconds()),
+            (Some(start), Some(end)) => human_duration((end - start).num_seconds()),
+        };
+        vec![
+            name,
+            json!(status),
+            json!(completions),
+            json!(duration),
+            age,
+        ]
+    } else {
+        let suspend = match o.pointer("/spec/suspend").and_then(Value::as_bool) {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "<unset>",
+        };
+        let last = time_at(o, "/status/lastScheduleTime")
+            .map(|t| human_duration((chrono::Utc::now() - t).num_seconds()))
+            .unwrap_or_else(|| "<none>".into());
+        vec![
+            name,
+            json!(s(o, "/spec/schedule")),
+            json!(or_none(s(o, "/spec/timeZone").to_string())),
+            json!(suspend),
+            json!(count(o, "/status/active")),
+            json!(last),
+            age,
+        ]
+    };
+    row.extend(wide);
+    row
 }
 
 /// One table row for `obj`.

@@ -5,16 +5,20 @@
 
 pub mod apiserver_endpoints;
 pub mod client;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod history;
+pub mod job;
+pub mod job_status;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
+pub mod schedule;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
@@ -153,5 +157,8 @@ pub fn start(
     set.spawn(statefulset::run(ctx.clone(), stop()));
     set.spawn(endpoints::run(ctx.clone(), stop()));
     set.spawn(servicelb::run(ctx.clone(), stop()));
+    set.spawn(job::run(ctx.clone(), stop()));
+    set.spawn(job::run_orphans(ctx.clone(), stop()));
+    set.spawn(cronjob::run(ctx.clone(), stop()));
     set
 }

@@ -140,6 +140,24 @@ pub fn from_template(template: &PodTemplateSpec, owner: OwnerReference, prefix: 
     }
 }
 
+/// Creates `new` pods a few at a time: one, then two, four, … (kube-controller-manager's
+/// slow start), so a failing create stops the burst early.
+pub async fn create_slow_start(api: &kube::Api<Pod>, new: Vec<Pod>) -> super::Result<()> {
+    let pp = kube::api::PostParams::default();
+    let mut batch = 1usize;
+    let mut rest = new.as_slice();
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(batch.min(rest.len()));
+        let results = futures::future::join_all(now.iter().map(|p| api.create(&pp, p))).await;
+        for r in results {
+            r?;
+        }
+        rest = later;
+        batch *= 2;
+    }
+    Ok(())
+}
+
 /// Order in which surplus pods are deleted, first = deleted first: unscheduled before
 /// scheduled, pending before running, not ready before ready, ready for less time
 /// before longer, more restarts before fewer, newer before older.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
 
@@ -23,21 +23,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     super::run("replicaset", controller, reconcile, ctx, shutdown).await;
 }
 
-/// Creates `pods`, a few at a time: slow start as kube-controller-manager does (1, 2,
-/// 4, … at once), so a failing create stops the burst.
+/// Creates `pods`, a few at a time (slow start, see [`pods::create_slow_start`]).
 pub async fn create_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<()> {
-    let mut batch = 1usize;
-    let mut left = pods.into_iter().peekable();
-    let pp = PostParams::default();
-    while left.peek().is_some() {
-        let chunk: Vec<Pod> = left.by_ref().take(batch).collect();
-        let results = futures::future::join_all(chunk.iter().map(|p| api.create(&pp, p))).await;
-        for r in results {
-            r?;
-        }
-        batch *= 2;
-    }
-    Ok(())
+    pods::create_slow_start(api, pods).await
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {

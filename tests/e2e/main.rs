@@ -8,6 +8,7 @@ mod cli;
 mod dns;
 mod ha;
 mod harness;
+mod jobs;
 mod join;
 mod kube_client;
 mod python_client;

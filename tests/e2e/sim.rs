@@ -1,6 +1,11 @@
 //! A node simulator for tests of the control plane (in the spirit of kwok): registers
 //! Nodes with capacity and a Ready condition, renews their Leases, and moves pods bound
 //! to them to Running and Ready after a delay, without running any container.
+//!
+//! Pods annotated `sim.pikube.io/exit-code: "<n>"` have their containers exit with that
+//! code once they have run for `sim.pikube.io/run-ms` (default 0); the pod then follows
+//! kubelet's rules for its `restartPolicy`: Never → Succeeded (0) or Failed; OnFailure →
+//! Succeeded (0) or a restart; Always → a restart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,8 +98,80 @@ fn node_status(n: &SimNode) -> serde_json::Value {
     }})
 }
 
+/// Annotation: the exit code the pod's containers end with.
+pub const EXIT_CODE: &str = "sim.pikube.io/exit-code";
+/// Annotation: how long the containers run before they exit, in milliseconds.
+pub const RUN_MS: &str = "sim.pikube.io/run-ms";
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .map_or(0, |c| c.restart_count)
+}
+
+/// The status of a pod whose containers all exited with `code`, by its restart policy.
+fn pod_exit_status(pod: &Pod, code: i32) -> serde_json::Value {
+    let now = now_rfc3339();
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always");
+    let restarts = restart_count(pod);
+    let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+        "startedAt": now, "finishedAt": now});
+    let restart = match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    };
+    if restart {
+        let statuses: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| {
+                json!({"name": c.name, "image": c.image, "imageID": "", "ready": true,
+                    "restartCount": restarts + 1, "started": true,
+                    "state": {"running": {"startedAt": now}}, "lastState": {"terminated": terminated}})
+            })
+            .collect();
+        return json!({"status": {"containerStatuses": statuses}});
+    }
+    let statuses: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                "restartCount": restarts, "started": false, "state": {"terminated": terminated}})
+        })
+        .collect();
+    let (phase, reason) = if code == 0 {
+        ("Succeeded", "PodCompleted")
+    } else {
+        ("Failed", "PodFailed")
+    };
+    json!({"status": {
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": reason, "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": reason, "lastTransitionTime": now},
+        ],
+        "containerStatuses": statuses,
+    }})
+}
+
 fn pod_ready_status(ip: &str, pod: &Pod) -> serde_json::Value {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = now_rfc3339();
     let statuses: Vec<_> = pod
         .spec
         .iter()
@@ -131,6 +208,8 @@ async fn sim_loop(
     let api_leases = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
     let api_pods = Api::<Pod>::all(client.clone());
     let mut seen: std::collections::HashMap<String, Instant> = Default::default();
+    // When each pod's containers last started.
+    let mut started: std::collections::HashMap<String, Instant> = Default::default();
     let mut next_ip: u32 = 2;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) {
@@ -180,25 +259,54 @@ async fn sim_loop(
                         .await;
                     continue;
                 }
-                let running =
-                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-                if running {
-                    continue;
-                }
                 let uid = pod.uid().unwrap_or_default();
+                match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                    Some("Succeeded") | Some("Failed") => continue,
+                    Some("Running") => {
+                        let annotations = pod.annotations();
+                        let Some(code) = annotations.get(EXIT_CODE).and_then(|c| c.parse().ok())
+                        else {
+                            continue;
+                        };
+                        let run = annotations
+                            .get(RUN_MS)
+                            .and_then(|m| m.parse().ok())
+                            .map(Duration::from_millis)
+                            .unwrap_or_default();
+                        let since = *started.entry(uid.clone()).or_insert_with(Instant::now);
+                        if since.elapsed() < run {
+                            continue;
+                        }
+                        let r = api
+                            .patch_status(
+                                &pod.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(pod_exit_status(&pod, code)),
+                            )
+                            .await;
+                        if r.is_ok() {
+                            started.insert(uid, Instant::now());
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
                 let first = *seen.entry(uid).or_insert_with(Instant::now);
                 if first.elapsed() < ready_after {
                     continue;
                 }
                 let ip = format!("10.42.{}.{}", next_ip / 250, next_ip % 250 + 2);
                 next_ip += 1;
-                let _ = api
+                let r = api
                     .patch_status(
                         &pod.name_any(),
                         &PatchParams::default(),
                         &Patch::Merge(pod_ready_status(&ip, &pod)),
                     )
                     .await;
+                if r.is_ok() {
+                    started.insert(pod.uid().unwrap_or_default(), Instant::now());
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
