@@ -66,7 +66,8 @@ pub struct Config {
     pub transport: Arc<dyn Transport>,
     /// Raft timing.
     pub timing: Timing,
-    /// Log entries between snapshots (older entries are then dropped from the log).
+    /// Log entries between snapshots (older entries are then dropped from the log); 100,000
+    /// by default, as etcd's snapshot count.
     pub snapshot_every: u64,
     /// How long a request waits for a leader, a quorum or a forwarded answer.
     pub request_timeout: Duration,
@@ -97,7 +98,7 @@ impl Config {
             bootstrap: true,
             transport: Arc::new(NoPeers),
             timing: Timing::default(),
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
             request_timeout: Duration::from_secs(10),
         }
     }
