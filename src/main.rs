@@ -80,10 +80,10 @@ struct AgentArgs {
     #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
     config: PathBuf,
     /// URL of the server to join (`https://host:6443`).
-    #[arg(long)]
+    #[arg(long, env = "PIKUBE_URL")]
     server: String,
-    /// The server's join token (its <data-dir>/server/token).
-    #[arg(long)]
+    /// The server's join token (its <data-dir>/server/token, or one from `pikube token create`).
+    #[arg(long, env = "PIKUBE_TOKEN", hide_env_values = true)]
     token: String,
     #[command(flatten)]
     node: NodeArgs,
@@ -143,7 +143,7 @@ struct ServerArgs {
     node: NodeArgs,
     /// Secret that agents join with (default: generated once; the full token is kept in
     /// <data-dir>/server/token).
-    #[arg(long)]
+    #[arg(long, env = "PIKUBE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]

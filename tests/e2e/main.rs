@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod dns;
 mod harness;
+mod install;
 mod join;
 mod kube_client;
 mod python_client;
