@@ -17,4 +17,5 @@ pub mod pki;
 pub mod proxy;
 pub mod scheduler;
 pub mod server;
+pub mod token;
 pub mod worker;

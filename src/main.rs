@@ -48,6 +48,8 @@ enum Command {
         #[arg(long)]
         keep_proxy: bool,
     },
+    /// Create, list and delete bootstrap tokens that new nodes join with.
+    Token(pikube::token::TokenArgs),
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -402,6 +404,7 @@ fn main() {
     }
     let node = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
+        Command::Token(args) => std::process::exit(pikube::token::run_cli(args)),
         Command::Server(args) => Node::Server(server_config(*args)),
         Command::Agent(args) => match worker_config(*args) {
             Ok(c) => Node::Agent(c),

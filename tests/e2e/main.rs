@@ -14,4 +14,5 @@ mod python_client;
 mod services;
 mod sim;
 mod streams;
+mod token;
 mod workloads;
