@@ -50,6 +50,13 @@ enum Command {
     },
     /// Create, list and delete bootstrap tokens that new nodes join with.
     Token(pikube::token::TokenArgs),
+    /// Print the shell completion script for bash, zsh or fish (e.g. `pikube completion
+    /// bash > /etc/bash_completion.d/pikube`).
+    Completion {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -405,6 +412,17 @@ fn main() {
     let node = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
         Command::Token(args) => std::process::exit(pikube::token::run_cli(args)),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            use clap_complete::Shell;
+            let shell = match shell.as_str() {
+                "zsh" => Shell::Zsh,
+                "fish" => Shell::Fish,
+                _ => Shell::Bash,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "pikube", &mut std::io::stdout());
+            std::process::exit(0);
+        }
         Command::Server(args) => Node::Server(server_config(*args)),
         Command::Agent(args) => match worker_config(*args) {
             Ok(c) => Node::Agent(c),
