@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip shellcheck
 
-.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy bench-streams bench-dns images release install deps run clean
+.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
 
 all: build
 
@@ -49,7 +49,7 @@ e2e:
 	$(CARGO) test --test e2e
 
 ## bench: every benchmark (not part of `make test`)
-bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy bench-streams bench-dns
+bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy bench-streams bench-dns bench-coldstart
 
 ## bench-scheduler: 3,000 pods of 30 Deployments onto 100 simulated nodes
 bench-scheduler:
@@ -65,6 +65,11 @@ bench-pods:
 bench-streams:
 	$(CARGO) build --release --bin pikube
 	bash examples/bench_streams.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
+## bench-coldstart: time from `pikube server` to its node Ready, with an empty and an existing data dir (root)
+bench-coldstart:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_coldstart.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
 
 ## bench-dns: cluster DNS with 1,000 services against knot (Debian: dnsperf, knot)
 bench-dns:
