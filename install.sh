@@ -85,6 +85,16 @@ setup_env() {
     KUBECONFIG_FILE=$(flag_value --write-kubeconfig "$CONFIG_DIR/pikube.yaml")
     CONFIG_FILE=$(flag_value --config "$CONFIG_DIR/config.yaml")
     API_PORT=$(flag_value --https-listen-port 6443)
+    # The uninstall script deletes these trees: absolute paths other than / only.
+    for dir in "$DATA_DIR" "$RUN_DIR" "$CONFIG_DIR" "$BIN_DIR" "$SYSTEMD_DIR"; do
+        case "$dir" in
+            /*[!/]*) ;;
+            *) fatal "$dir: the installation's directories must be absolute paths other than /" ;;
+        esac
+    done
+    DATA_DIR=$(echo "$DATA_DIR" | sed 's:/*$::')
+    RUN_DIR=$(echo "$RUN_DIR" | sed 's:/*$::')
+    CONFIG_DIR=$(echo "$CONFIG_DIR" | sed 's:/*$::')
 
     # Paths that differ from pikube's own defaults become flags of the service.
     FLAGS=$EXEC

@@ -393,6 +393,18 @@ fn install_sh_downloads_checks_the_sha256_and_installs_agents() {
         ("PIKUBE_TOKEN", "t".into()),
     ]);
     assert!(stderr(&out).contains("must be an https:// URL"));
+    // The uninstall script deletes the data dir: never `/` or a relative path.
+    for bad in ["/", "data"] {
+        let out = l.install(
+            &format!("--data-dir {bad}"),
+            &[("INSTALL_PIKUBE_SKIP_APT", "true")],
+        );
+        assert!(
+            stderr(&out).contains("must be absolute paths other than /"),
+            "{}",
+            stderr(&out)
+        );
+    }
 
     let sum = Command::new("sha256sum")
         .arg(release.join(format!("pikube-{arch}")))
