@@ -516,7 +516,7 @@ start_service() {
 no_systemd() {
     info "Start it by hand (as root; it logs to $LOG_FILE):"
     echo "    $(by_hand_command)"
-    info "Stop it with: kill \$(pidof pikube)"
+    info "Stop it with SIGTERM (kill <pid>); $UNINSTALL stops and removes it"
 }
 
 summary() {
