@@ -4,9 +4,9 @@
 CARGO ?= cargo
 DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc nftables \
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
-	jq curl ca-certificates python3 python3-pip
+	jq curl ca-certificates python3 python3-pip shellcheck
 
-.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy bench-streams bench-dns images release deps run clean
+.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
 
 all: build
 
@@ -37,6 +37,7 @@ run: deps images
 test: lint unit
 
 lint:
+	shellcheck install.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -48,7 +49,7 @@ e2e:
 	$(CARGO) test --test e2e
 
 ## bench: every benchmark (not part of `make test`)
-bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy bench-streams bench-dns
+bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy bench-streams bench-dns bench-coldstart
 
 ## bench-scheduler: 3,000 pods of 30 Deployments onto 100 simulated nodes
 bench-scheduler:
@@ -65,6 +66,11 @@ bench-streams:
 	$(CARGO) build --release --bin pikube
 	bash examples/bench_streams.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
 
+## bench-coldstart: time from `pikube server` to its node Ready, with an empty and an existing data dir (root)
+bench-coldstart:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_coldstart.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
 ## bench-dns: cluster DNS with 1,000 services against knot (Debian: dnsperf, knot)
 bench-dns:
 	$(CARGO) build --release --bin pikube --example bench_dns
@@ -79,10 +85,31 @@ bench-store:
 bench-proxy:
 	$(CARGO) run --release -p pikube-netfilter --example bench_proxy
 
-## release: stripped, size-optimised binary
+## release: stripped, LTO-optimised binaries (profile `dist`) in dist/ as install.sh downloads them
+## (pikube-<arch> and sha256sum-<arch>.txt), with their sizes. Cross builds:
+## RELEASE_TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf" (rustup targets and linkers needed)
+RELEASE_TARGETS ?= host
 release:
+	@set -e; target_dir="$${CARGO_TARGET_DIR:-target}"; mkdir -p dist; \
+	for t in $(RELEASE_TARGETS); do \
+		if [ "$$t" = host ]; then \
+			$(CARGO) build --profile dist --bin pikube; bin="$$target_dir/dist/pikube"; \
+			t=$$(rustc -vV | sed -n 's/^host: //p'); \
+		else \
+			$(CARGO) build --profile dist --bin pikube --target "$$t"; bin="$$target_dir/$$t/dist/pikube"; \
+		fi; \
+		case "$$t" in x86_64-*) arch=amd64;; aarch64-*) arch=arm64;; arm*) arch=armhf;; \
+			*) echo "release: no install.sh architecture for $$t" >&2; exit 1;; esac; \
+		cp "$$bin" "dist/pikube-$$arch"; \
+		(cd dist && sha256sum "pikube-$$arch" > "sha256sum-$$arch.txt"); \
+		stat -c '%s %n' "dist/pikube-$$arch" | awk '{ printf "%s: %d bytes (%.1f MB)\n", $$2, $$1, $$1 / 1048576 }'; \
+	done
+
+## install: build the release binary and install it with install.sh as a service (root or
+## sudo; INSTALL_PIKUBE_* and PIKUBE_URL/PIKUBE_TOKEN are passed through)
+install:
 	$(CARGO) build --release --bin pikube
-	@ls -l target/release/pikube 2>/dev/null || ls -l "$${CARGO_TARGET_DIR}/release/pikube"
+	INSTALL_PIKUBE_BIN_PATH="$${CARGO_TARGET_DIR:-target}/release/pikube" sh install.sh
 
 clean:
 	$(CARGO) clean

@@ -158,14 +158,23 @@ struct Joiner {
     pki: Arc<Pki>,
     secret: String,
     settings: ClusterSettings,
+    /// Reads bootstrap tokens (`pikube token create`) from kube-system.
+    client: kube::Client,
 }
 
-/// The join endpoints, merged into the API server's HTTPS router.
-pub fn router(pki: Arc<Pki>, token: &Token, settings: ClusterSettings) -> Router {
+/// The join endpoints, merged into the API server's HTTPS router. Nodes join with the
+/// server's `token` or with a bootstrap token that `client` finds in kube-system.
+pub fn router(
+    pki: Arc<Pki>,
+    token: &Token,
+    settings: ClusterSettings,
+    client: kube::Client,
+) -> Router {
     let state = Arc::new(Joiner {
         pki,
         secret: token.secret.clone(),
         settings,
+        client,
     });
     Router::new()
         .route(CACERTS_PATH, get(cacerts))
@@ -193,7 +202,7 @@ pub(crate) fn bearer_is(headers: &HeaderMap, secret: &str) -> bool {
 }
 
 /// Constant-time comparison, so the secret cannot be guessed byte by byte.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -211,6 +220,29 @@ fn valid_node_name(name: &str) -> bool {
         })
 }
 
+/// The server's own secret, or a bootstrap token that is known, right and not expired.
+async fn accepted(j: &Joiner, presented: Option<&Token>) -> Result<(), ApiError> {
+    let Some(token) = presented else {
+        return Err(ApiError::unauthorized());
+    };
+    if same(token.secret.as_bytes(), j.secret.as_bytes()) {
+        return Ok(());
+    }
+    let Some(bootstrap) = crate::token::BootstrapToken::parse(&token.secret) else {
+        return Err(ApiError::unauthorized());
+    };
+    match crate::token::check(&j.client, &bootstrap, chrono::Utc::now()).await {
+        Ok(()) => Ok(()),
+        Err(crate::token::Refusal::Invalid(why)) => {
+            tracing::info!(token = %bootstrap.id, reason = %why, "join refused");
+            Err(ApiError::unauthorized().with_message(why))
+        }
+        Err(crate::token::Refusal::Unavailable(why)) => Err(ApiError::unavailable(format!(
+            "cannot check the bootstrap token: {why}"
+        ))),
+    }
+}
+
 async fn node(
     State(j): State<Arc<Joiner>>,
     headers: HeaderMap,
@@ -221,8 +253,8 @@ async fn node(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|t| Token::parse(t).ok());
-    if !presented.is_some_and(|t| same(t.secret.as_bytes(), j.secret.as_bytes())) {
-        return ApiError::unauthorized().into_response();
+    if let Err(refused) = accepted(&j, presented.as_ref()).await {
+        return refused.into_response();
     }
     let req: NodeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

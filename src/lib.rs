@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod scheduler;
 pub mod server;
 pub mod snapshot;
+pub mod token;
 pub mod worker;

@@ -51,6 +51,15 @@ enum Command {
     /// Save a consistent copy of the store, or start a new server's store from one.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Create, list and delete bootstrap tokens that new nodes join with.
+    Token(pikube::token::TokenArgs),
+    /// Print the shell completion script for bash, zsh or fish (e.g. `pikube completion
+    /// bash > /etc/bash_completion.d/pikube`).
+    Completion {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
     /// Run the system kubectl with pikube's kubeconfig (unless KUBECONFIG is set).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -149,10 +158,10 @@ struct AgentArgs {
     #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
     config: PathBuf,
     /// URL of the server to join (`https://host:6443`).
-    #[arg(long)]
+    #[arg(long, env = "PIKUBE_URL")]
     server: String,
-    /// The server's join token (its <data-dir>/server/token).
-    #[arg(long)]
+    /// The server's join token (its <data-dir>/server/token, or one from `pikube token create`).
+    #[arg(long, env = "PIKUBE_TOKEN", hide_env_values = true)]
     token: String,
     #[command(flatten)]
     node: NodeArgs,
@@ -212,7 +221,7 @@ struct ServerArgs {
     node: NodeArgs,
     /// Secret that agents join with (default: generated once; the full token is kept in
     /// <data-dir>/server/token).
-    #[arg(long)]
+    #[arg(long, env = "PIKUBE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Start a new cluster that other servers can join (opens the store's peer port).
     #[arg(long)]
@@ -481,6 +490,18 @@ fn main() {
     let node = match Cli::parse_from(args).command {
         Command::Kubectl { args } => exec_kubectl(args),
         Command::Snapshot(cmd) => snapshot(cmd),
+        Command::Token(args) => std::process::exit(pikube::token::run_cli(args)),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            use clap_complete::Shell;
+            let shell = match shell.as_str() {
+                "zsh" => Shell::Zsh,
+                "fish" => Shell::Fish,
+                _ => Shell::Bash,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "pikube", &mut std::io::stdout());
+            std::process::exit(0);
+        }
         Command::Server(args) => Node::Server(server_config(*args)),
         Command::Agent(args) => match worker_config(*args) {
             Ok(c) => Node::Agent(c),

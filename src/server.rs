@@ -315,6 +315,7 @@ pub async fn run(
             cluster_dns: config.cluster_dns,
             cluster_domain: config.cluster_domain.clone(),
         },
+        crate::controllers::client::in_process(&api, "system:pikube-join", &["system:masters"]),
     );
     tracing::info!(token = %config.data_dir.join("server/token").display(), "agents join with the token in this file");
     let served = api::http::serve(

@@ -173,3 +173,44 @@ fn server_flags_come_from_the_config_file_and_the_command_line_wins() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("unknown key \"data_dir\""), "{err}");
 }
+
+#[test]
+fn shell_completions_load_in_their_shells() {
+    let completion = |shell: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // bash: the script loads and completes pikube's subcommands.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("pikube.bash");
+    std::fs::write(&script, completion("bash")).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(pikube to); COMP_CWORD=1; COMP_LINE='pikube to'; COMP_POINT=9; \
+             _pikube pikube to pikube; complete -p pikube; echo \"${{COMPREPLY[@]}}\"",
+            s(&script)
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("-F _pikube pikube"), "{text}");
+    assert!(text.lines().any(|l| l.trim() == "token"), "{text}");
+    assert!(completion("zsh").starts_with("#compdef pikube"));
+    let fish = completion("fish");
+    assert!(fish.contains("complete -c pikube") && fish.contains("check-config"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
