@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod check;
+pub mod cli;
 pub mod cluster;
 pub mod compactor;
 pub mod config;

@@ -99,17 +99,7 @@ enum SnapshotCommand {
 
 /// Runs a snapshot command to its end and exits.
 fn snapshot(cmd: SnapshotCommand) -> ! {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pikube: error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let result = runtime.block_on(async {
+    let code = pikube::cli::run(pikube::cli::Runtime::Single, async {
         match cmd {
             SnapshotCommand::Save { name, kubeconfig } => {
                 let saved = pikube::snapshot::save_via(&kubeconfig, name).await?;
@@ -131,13 +121,7 @@ fn snapshot(cmd: SnapshotCommand) -> ! {
         }
         anyhow::Ok(())
     });
-    match result {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("pikube: error: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    std::process::exit(code)
 }
 
 /// Replaces this process with kubectl, pointed at pikube's kubeconfig.
@@ -540,24 +524,11 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pikube: error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let result = runtime.block_on(async {
+    let code = pikube::cli::run(pikube::cli::Runtime::Multi, async {
         match node {
             Node::Server(c) => pikube::server::run(c, shutdown_signal()).await,
             Node::Agent(c) => pikube::worker::run(c, shutdown_signal()).await,
         }
     });
-    if let Err(e) = result {
-        eprintln!("pikube: error: {e:#}");
-        std::process::exit(1);
-    }
+    std::process::exit(code)
 }

@@ -268,23 +268,7 @@ fn token_id(text: &str) -> Result<String, String> {
 
 /// Runs `pikube token …`; the process exit code (errors are printed as one line).
 pub fn run_cli(args: TokenArgs) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pikube: error: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(cli(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("pikube: error: {e:#}");
-            1
-        }
-    }
+    crate::cli::run(crate::cli::Runtime::Single, cli(args))
 }
 
 async fn client(kubeconfig: &PathBuf) -> Result<kube::Client> {

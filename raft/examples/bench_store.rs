@@ -266,6 +266,30 @@ async fn etcd_load(
     .await
 }
 
+/// Prints the figures of pikube (first row) and etcd (second row) and their ratio.
+fn print_table(title: &str, rows: &[(&str, &Figures); 2]) {
+    println!();
+    println!(
+        "{title:<28} {:>12} {:>10} {:>10}",
+        "writes/s", "p50 ms", "p99 ms"
+    );
+    for (name, f) in rows {
+        println!(
+            "{:<28} {:>12.0} {:>10.2} {:>10.2}",
+            name,
+            f.writes_per_s,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+    let (p, e) = (rows[0].1, rows[1].1);
+    println!(
+        "ratio pikube/etcd, {title}: writes/s {:.2}x, p99 {:.2}x (lower is better)",
+        p.writes_per_s / e.writes_per_s,
+        p.p99.as_secs_f64() / e.p99.as_secs_f64()
+    );
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -309,27 +333,12 @@ async fn main() {
     let e = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
     drop(etcd);
 
-    println!();
-    println!(
-        "{:<28} {:>12} {:>10} {:>10}",
-        "single node", "writes/s", "p50 ms", "p99 ms"
-    );
-    for (name, f) in [
-        ("pikube store (in-process)", &p),
-        ("etcd 3.4 (HTTP gateway)", &e),
-    ] {
-        println!(
-            "{:<28} {:>12.0} {:>10.2} {:>10.2}",
-            name,
-            f.writes_per_s,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3
-        );
-    }
-    println!(
-        "ratio pikube/etcd: writes/s {:.2}x, p99 {:.2}x (lower is better)",
-        p.writes_per_s / e.writes_per_s,
-        p.p99.as_secs_f64() / e.p99.as_secs_f64()
+    print_table(
+        "single node",
+        &[
+            ("pikube store (in-process)", &p),
+            ("etcd 3.4 (HTTP gateway)", &e),
+        ],
     );
 
     // Three nodes on loopback: pikube over its HTTPS peer transport, etcd with 3 members.
@@ -342,27 +351,12 @@ async fn main() {
     let etcd = start_etcd(&client, 3).await;
     let e3 = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
     drop(etcd);
-    println!();
-    println!(
-        "{:<28} {:>12} {:>10} {:>10}",
-        "3 nodes", "writes/s", "p50 ms", "p99 ms"
-    );
-    for (name, f) in [
-        ("pikube store (HTTPS peers)", &p3),
-        ("etcd 3.4 (3 members)", &e3),
-    ] {
-        println!(
-            "{:<28} {:>12.0} {:>10.2} {:>10.2}",
-            name,
-            f.writes_per_s,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3
-        );
-    }
-    println!(
-        "ratio pikube/etcd, 3 nodes: writes/s {:.2}x, p99 {:.2}x (lower is better)",
-        p3.writes_per_s / e3.writes_per_s,
-        p3.p99.as_secs_f64() / e3.p99.as_secs_f64()
+    print_table(
+        "3 nodes",
+        &[
+            ("pikube store (HTTPS peers)", &p3),
+            ("etcd 3.4 (3 members)", &e3),
+        ],
     );
 
     // etcd's RSS with the same 100k 1 KiB keys.

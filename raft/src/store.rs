@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use openraft::error::{ForwardToLeader, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy, TryAsRef};
 
 use crate::consensus::{NodeId, Raft};
 use crate::error::{Error, Result};
@@ -330,18 +330,7 @@ impl Store {
                 self.timeout
             )));
         };
-        match written {
-            Ok(r) => r.data.0,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Error::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(_)) => Err(Error::Shutdown),
-        }
+        written.map_err(from_raft)?.data.0
     }
 
     /// Proposes a write: here when this node leads, else on the leader.
@@ -389,18 +378,7 @@ impl Store {
                 self.timeout
             )));
         };
-        match confirmed {
-            Ok(id) => Ok(id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(Error::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(_)) => Err(Error::Shutdown),
-        }
+        Ok(confirmed.map_err(from_raft)?.map(|l| l.index).unwrap_or(0))
     }
 
     /// Waits until this node has applied everything committed before the call, so a read
@@ -730,6 +708,23 @@ impl Store {
             .db
             .size_on_disk()
             .map_err(|e| Error::Storage(e.to_string()))
+    }
+}
+
+/// A Raft API error as the store reports it: not the leader (and who is), unavailable,
+/// or shut down.
+pub(crate) fn from_raft<E>(e: RaftError<NodeId, E>) -> Error
+where
+    E: std::error::Error + TryAsRef<ForwardToLeader<NodeId, BasicNode>>,
+{
+    match e {
+        RaftError::Fatal(_) => Error::Shutdown,
+        RaftError::APIError(api) => match api.try_as_ref() {
+            Some(f) => Error::NotLeader {
+                leader: f.leader_id,
+            },
+            None => Error::Unavailable(api.to_string()),
+        },
     }
 }
 

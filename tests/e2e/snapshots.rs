@@ -12,6 +12,10 @@ fn pikube(args: &[&str]) -> std::process::Output {
         .expect("run pikube")
 }
 
+fn restore(file: &str, data_dir: &std::path::Path) -> std::process::Output {
+    pikube(&["snapshot", "restore", file, "--data-dir", s(data_dir)])
+}
+
 fn configmap(server: &Server, name: &str) {
     let file = server.file(
         &format!("{name}.yaml"),
@@ -65,13 +69,7 @@ fn a_saved_snapshot_starts_a_new_server_with_its_objects() {
     assert!(err.contains("may only use letters"), "{err}");
 
     // Restoring over an existing store is refused; the store is untouched.
-    let out = pikube(&[
-        "snapshot",
-        "restore",
-        &path,
-        "--data-dir",
-        s(&server.data_dir()),
-    ]);
+    let out = restore(&path, &server.data_dir());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not empty"), "{err}");
@@ -82,13 +80,7 @@ fn a_saved_snapshot_starts_a_new_server_with_its_objects() {
     server.stop();
     let db = server.data_dir().join("server/db");
     std::fs::rename(&db, server.data_dir().join("server/db.old")).expect("move the store away");
-    let out = pikube(&[
-        "snapshot",
-        "restore",
-        &path,
-        "--data-dir",
-        s(&server.data_dir()),
-    ]);
+    let out = restore(&path, &server.data_dir());
     assert!(
         out.status.success(),
         "{}",
