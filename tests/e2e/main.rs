@@ -9,6 +9,7 @@ mod dns;
 mod harness;
 mod join;
 mod kube_client;
+mod protobuf;
 mod python_client;
 mod services;
 mod sim;
