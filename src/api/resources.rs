@@ -375,7 +375,7 @@ pub static BUILTIN: &[ResourceDef] = &[
     ),
 ];
 
-/// The review resources (`kubectl auth can-i`, `kubectl auth whoami`): served by
+/// The review resources (`kubectl auth can-i [--list]`, `kubectl auth whoami`): served by
 /// `reviews.rs`, not stored, so not among the [`BUILTIN`] kinds controllers watch.
 pub const REVIEWS: &[ResourceDef] = &[
     def!(
@@ -384,6 +384,16 @@ pub const REVIEWS: &[ResourceDef] = &[
         "SelfSubjectAccessReview",
         "selfsubjectaccessreviews",
         "selfsubjectaccessreview",
+        false,
+        NONE,
+        NONE
+    ),
+    def!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
         false,
         NONE,
         NONE

@@ -1,6 +1,7 @@
 //! The review resources a client asks about itself: SelfSubjectAccessReview
-//! (`kubectl auth can-i`) and SelfSubjectReview (`kubectl auth whoami`). They are
-//! create-only and never stored: the answer is the object with its `status` filled in.
+//! (`kubectl auth can-i`), SelfSubjectRulesReview (`kubectl auth can-i --list`) and
+//! SelfSubjectReview (`kubectl auth whoami`). They are create-only and never stored:
+//! the answer is the object with its `status` filled in.
 
 use serde_json::{json, Map, Value};
 
@@ -24,11 +25,22 @@ pub fn authorize(_identity: &Identity, _attributes: &Map<String, Value>) -> (boo
     )
 }
 
+/// What `identity` may do (a SubjectRulesReviewStatus): everything, for the same reason
+/// as [`authorize`]; the two change together when authorization arrives.
+pub fn rules(_identity: &Identity) -> Value {
+    json!({
+        "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+        "incomplete": false,
+    })
+}
+
 /// Answers a POST of a review object `body` (already decoded) for `identity`.
 pub fn create(def: &ResourceDef, identity: &Identity, mut body: Value) -> Result<Value, ApiError> {
     objects::check_type(def, &mut body)?;
     let status = match def.kind {
         "SelfSubjectAccessReview" => access_review(def, identity, &body)?,
+        "SelfSubjectRulesReview" => rules(identity),
         "SelfSubjectReview" => {
             let mut groups = identity.groups.clone();
             if !groups.iter().any(|g| g == AUTHENTICATED) {
@@ -92,6 +104,10 @@ mod tests {
         assert_eq!(out["kind"], "SelfSubjectAccessReview");
         let err = create(ssar, &admin, json!({"spec": {}})).unwrap_err();
         assert_eq!(err.code, 422);
+        let rules = lookup("authorization.k8s.io", "v1", "selfsubjectrulesreviews").unwrap();
+        let out = create(rules, &admin, json!({"spec": {"namespace": "default"}})).unwrap();
+        assert_eq!(out["status"]["resourceRules"][0]["verbs"], json!(["*"]));
+        assert_eq!(out["spec"]["namespace"], "default");
         let ssr = lookup("authentication.k8s.io", "v1", "selfsubjectreviews").unwrap();
         let out = create(ssr, &admin, json!({})).unwrap();
         assert_eq!(

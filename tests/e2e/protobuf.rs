@@ -358,6 +358,12 @@ fn auth_can_i_and_whoami_answer_for_the_caller() {
             server.ok(v, &["auth", "can-i", "get", "/healthz"]).trim(),
             "yes"
         );
+        let list = server.ok(v, &["auth", "can-i", "--list", "-n", "default"]);
+        assert!(
+            list.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["*.*", "[]", "[]", "[*]"]),
+            "{list}"
+        );
         if v == "1.27" {
             continue; // its whoami asks authentication.k8s.io/v1beta1, not served
         }
