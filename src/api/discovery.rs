@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::resources::{self, ResourceDef, BUILTIN};
+use super::resources::{self, ResourceDef};
 
 /// `/api`: the core group's versions.
 pub fn api_versions(server_address: &str) -> Value {
@@ -57,8 +57,7 @@ fn resource_entry(d: &ResourceDef) -> Value {
 
 /// `/api/v1` or `/apis/G/V`: the resources of one group-version.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = BUILTIN
-        .iter()
+    let defs: Vec<&ResourceDef> = resources::served()
         .filter(|d| d.group == group && d.version == version)
         .collect();
     if defs.is_empty() {
@@ -206,7 +205,7 @@ pub fn aggregated(core: bool, format: Aggregated) -> Value {
         .into_iter()
         .map(|(g, v)| {
             let resources: Vec<Value> =
-                BUILTIN.iter().filter(|d| d.group == g && d.version == v).map(aggregated_resource).collect();
+                resources::served().filter(|d| d.group == g && d.version == v).map(aggregated_resource).collect();
             let metadata = if g.is_empty() { json!({}) } else { json!({"name": g}) };
             json!({"metadata": metadata, "versions": [{"version": v, "resources": resources, "freshness": "Current"}]})
         })

@@ -82,8 +82,65 @@ fn random_value(rng: &mut impl Rng, depth: u32) -> Value {
     }
 }
 
+/// A protobuf length-delimited field.
+fn pb_field(number: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![number << 3 | 2];
+    let mut len = payload.len();
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A Kubernetes protobuf envelope of a built-in kind around random bytes.
+fn random_protobuf(rng: &mut impl Rng) -> Vec<u8> {
+    let (api_version, kind) = [
+        ("v1", "ConfigMap"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Pod"),
+        ("v1", "Nope"),
+    ][rng.gen_range(0..4)];
+    let type_meta = [
+        pb_field(1, api_version.as_bytes()),
+        pb_field(2, kind.as_bytes()),
+    ]
+    .concat();
+    let raw = random_wire(rng, 0);
+    [
+        b"k8s\0".to_vec(),
+        pb_field(1, &type_meta),
+        pb_field(2, &raw),
+    ]
+    .concat()
+}
+
+/// Well-formed protobuf of random fields: varints, short names, nested messages, so
+/// bodies get past the wire format into type mismatches and odd objects.
+fn random_wire(rng: &mut impl Rng, depth: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..rng.gen_range(0..6) {
+        let number = rng.gen_range(1..16u8);
+        match rng.gen_range(0..if depth > 3 { 2 } else { 3 }) {
+            0 => {
+                out.push(number << 3);
+                out.push(rng.gen_range(0..0x80));
+            }
+            1 => out.extend(pb_field(
+                number,
+                ["", "a", "web", "-x", "v1"][rng.gen_range(0..5)].as_bytes(),
+            )),
+            _ => out.extend(pb_field(number, &random_wire(rng, depth + 1))),
+        }
+    }
+    out
+}
+
 fn random_body(rng: &mut impl Rng) -> Vec<u8> {
-    match rng.gen_range(0..5) {
+    match rng.gen_range(0..6) {
+        5 => random_protobuf(rng),
         0 => Vec::new(),
         1 => (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
         2 => {

@@ -35,7 +35,7 @@ pub fn has_status(def: &ResourceDef) -> bool {
     STATUS_KINDS.contains(&def.kind)
 }
 
-/// Decodes a JSON or YAML request body into an object.
+/// Decodes a JSON, YAML or Kubernetes protobuf request body into an object.
 pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::too_large(format!(
@@ -58,6 +58,7 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}")))?,
+        super::protobuf::MEDIA_TYPE => super::protobuf::decode(body)?,
         _ => return Err(ApiError::unsupported_media_type(ct)),
     };
     if !value.is_object() {
@@ -245,7 +246,9 @@ mod tests {
             "content-type",
             "application/vnd.kubernetes.protobuf".parse().unwrap(),
         );
-        assert_eq!(decode_body(&headers, b"k8s\0").unwrap_err().code, 415);
+        assert_eq!(decode_body(&headers, b"{}").unwrap_err().code, 400);
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        assert_eq!(decode_body(&headers, b"{}").unwrap_err().code, 415);
         headers.insert("content-type", "application/json".parse().unwrap());
         assert_eq!(decode_body(&headers, b"{not json").unwrap_err().code, 400);
         assert_eq!(decode_body(&headers, b"[1]").unwrap_err().code, 400);

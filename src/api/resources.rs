@@ -55,8 +55,16 @@ impl ResourceDef {
         }
     }
 
+    /// Whether this is a create-only review resource, answered and never stored.
+    pub fn is_review(&self) -> bool {
+        REVIEWS.contains(self)
+    }
+
     /// Verbs served for this resource.
     pub fn verbs(&self) -> &'static [&'static str] {
+        if self.is_review() {
+            return &["create"];
+        }
         &[
             "create",
             "delete",
@@ -367,17 +375,55 @@ pub static BUILTIN: &[ResourceDef] = &[
     ),
 ];
 
+/// The review resources (`kubectl auth can-i [--list]`, `kubectl auth whoami`): served by
+/// `reviews.rs`, not stored, so not among the [`BUILTIN`] kinds controllers watch.
+pub const REVIEWS: &[ResourceDef] = &[
+    def!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        false,
+        NONE,
+        NONE
+    ),
+    def!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        false,
+        NONE,
+        NONE
+    ),
+    def!(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        false,
+        NONE,
+        NONE
+    ),
+];
+
+/// Every served resource: the stored kinds and the reviews.
+pub fn served() -> impl Iterator<Item = &'static ResourceDef> {
+    BUILTIN.iter().chain(REVIEWS)
+}
+
 /// Finds the resource served at `group/version/plural`.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    BUILTIN
-        .iter()
-        .find(|d| d.group == group && d.version == version && d.plural == plural)
+    served().find(|d| d.group == group && d.version == version && d.plural == plural)
 }
 
 /// The API groups (other than core) with their versions, in a stable order.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for d in BUILTIN.iter().filter(|d| !d.group.is_empty()) {
+    for d in served().filter(|d| !d.group.is_empty()) {
         if !out.contains(&(d.group, d.version)) {
             out.push((d.group, d.version));
         }

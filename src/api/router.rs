@@ -223,9 +223,9 @@ fn patch_kind(headers: &axum::http::HeaderMap) -> Result<PatchKind, ApiError> {
 }
 
 async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
-    if req.extensions().get::<Identity>().is_none() {
+    let Some(identity) = req.extensions().get::<Identity>().cloned() else {
         return Err(ApiError::unauthorized());
-    }
+    };
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let q = query_map(&req)?;
@@ -289,6 +289,14 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("");
     let as_table = table::wants_table(accept)
         .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
+    if target.def.is_review() {
+        if method != Method::POST || target.name.is_some() {
+            return Err(ApiError::method_not_allowed(&what));
+        }
+        let obj = objects::decode_body(&headers, &body)?;
+        let review = super::reviews::create(target.def, &identity, obj)?;
+        return Ok(json_response(StatusCode::CREATED, &review));
+    }
     if target.subresource.as_deref() == Some("binding") {
         if method != Method::POST {
             return Err(ApiError::method_not_allowed(&what));
@@ -395,8 +403,10 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             let opts: Value = if body.is_empty() {
                 json!({})
             } else {
-                serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+                objects::decode_body(&headers, &body).map_err(|e| {
+                    let message = format!("invalid DeleteOptions: {}", e.message);
+                    e.with_message(message)
+                })?
             };
             let dry = dry_run
                 || opts
