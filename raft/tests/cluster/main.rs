@@ -321,3 +321,43 @@ async fn a_node_that_missed_10k_entries_catches_up_from_a_snapshot() {
     c.wait_revision(lagging, top + 1).await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_lossy_network_loses_nothing_and_a_removed_node_leaves() {
+    let mut c = Cluster::start(3, 10_000).await;
+    c.net.set_delay(Duration::from_millis(3));
+    c.net.set_drop_rate(0.05);
+    let load = Load::start(8, all(&c));
+    load.wait_acked(300).await;
+    c.net.set_drop_rate(0.0);
+    c.net.set_delay(Duration::ZERO);
+    let history = load.stop().await;
+    let leader = c.leader().await;
+    history.check(&final_state(c.node(leader)).await);
+
+    // Removing a member: the other two go on as a two-node cluster.
+    let gone = *c.nodes.keys().find(|id| **id != leader).expect("follower");
+    c.node(leader).remove_node(gone).await.expect("remove node");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(leader).members().iter().any(|m| m.id == gone) {
+        assert!(Instant::now() < deadline, "node {gone} is still a member");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.crash(gone).await;
+    let put = c
+        .node(leader)
+        .put(b"/h/after-removal", b"1", 0)
+        .await
+        .expect("put");
+    for id in c.nodes.keys() {
+        c.wait_revision(*id, put.revision).await;
+    }
+    // Removing a node that is not a member is a clear error.
+    let err = c
+        .node(leader)
+        .remove_node(999)
+        .await
+        .expect_err("not a member");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    c.stop().await;
+}
