@@ -22,6 +22,7 @@ mod store;
 pub mod tls;
 pub mod transport_http;
 pub mod types;
+mod wal;
 pub mod watch;
 
 pub use consensus::NodeId;

@@ -1,15 +1,17 @@
-//! The Raft log and vote in sled. Appends return as soon as the entries are in sled's
-//! memory; a flusher thread then makes them durable with one fsync for everything appended
-//! meanwhile (group commit) and tells openraft, in order, which appends are on disk.
+//! The Raft log (in [`crate::wal`] segment files) and the vote (in sled). Appends return
+//! once written; a flusher thread then makes them durable with one `fdatasync` per file
+//! for everything appended meanwhile (group commit) and tells openraft, in order, which
+//! appends are on disk.
 
 // openraft's StorageError is large by design; these helpers return it as openraft does.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote};
@@ -17,12 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::consensus::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::wal::Wal;
 
-/// Name prefix of the log segment trees (`raft-log-<first index / SEGMENT, hex>`),
-/// entries keyed by big-endian index.
-const SEGMENT_PREFIX: &str = "raft-log-";
-/// Entries per log segment.
-pub const SEGMENT: u64 = 4096;
 /// sled tree of the vote, the committed and the last purged log id.
 pub const META_TREE: &str = "raft-meta";
 
@@ -53,168 +51,51 @@ fn get_meta<T: DeserializeOwned>(meta: &sled::Tree, name: &str) -> Result<Option
     }
 }
 
-/// The log's segment trees by segment number; cheap to clone.
+/// The log files, shared by the store and its readers.
 #[derive(Clone)]
-struct Segments {
-    db: sled::Db,
-    trees: Arc<Mutex<BTreeMap<u64, sled::Tree>>>,
-}
+struct Log(Arc<Mutex<Wal>>);
 
-fn segment_name(seg: u64) -> String {
-    format!("{SEGMENT_PREFIX}{seg:016x}")
-}
-
-impl Segments {
-    fn open(db: &sled::Db) -> Result<Segments, StorageError> {
-        let mut trees = BTreeMap::new();
-        for name in db.tree_names() {
-            let Some(hex) = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| n.strip_prefix(SEGMENT_PREFIX))
-            else {
-                continue;
-            };
-            let seg = u64::from_str_radix(hex, 16).map_err(read_err)?;
-            trees.insert(seg, db.open_tree(&name).map_err(read_err)?);
-        }
-        Ok(Segments {
-            db: db.clone(),
-            trees: Arc::new(Mutex::new(trees)),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, sled::Tree>> {
-        match self.trees.lock() {
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, Wal> {
+        match self.0.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    fn tree(&self, seg: u64) -> Result<sled::Tree, StorageError> {
-        let mut trees = self.lock();
-        if let Some(t) = trees.get(&seg) {
-            return Ok(t.clone());
-        }
-        let t = self.db.open_tree(segment_name(seg)).map_err(write_err)?;
-        trees.insert(seg, t.clone());
-        Ok(t)
-    }
-
     fn read<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
-        let start = match range.start_bound() {
+        let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let last = match range.end_bound() {
+        let to = match range.end_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(0) => return Ok(Vec::new()),
             Bound::Excluded(i) => i - 1,
             Bound::Unbounded => u64::MAX,
         };
-        if last < start {
-            return Ok(Vec::new());
-        }
-        let r = (bound_key(range.start_bound()), bound_key(range.end_bound()));
-        let trees: Vec<sled::Tree> = self
-            .lock()
-            .range(start / SEGMENT..=last / SEGMENT)
-            .map(|(_, t)| t.clone())
-            .collect();
-        let mut out = Vec::new();
-        for t in trees {
-            for item in t.range::<[u8; 8], _>(r) {
-                let (_, v) = item.map_err(read_err)?;
-                out.push(decode::<Entry>(&v)?);
-            }
-        }
-        Ok(out)
+        let payloads = self.lock().read(from, to).map_err(read_err)?;
+        payloads.iter().map(|p| decode::<Entry>(p)).collect()
     }
 
     fn last(&self) -> Result<Option<Entry>, StorageError> {
-        let trees: Vec<sled::Tree> = self.lock().values().rev().cloned().collect();
-        for t in trees {
-            if let Some((_, v)) = t.last().map_err(read_err)? {
-                return Ok(Some(decode(&v)?));
-            }
+        let log = self.lock();
+        let Some(i) = log.last_index() else {
+            return Ok(None);
+        };
+        let p = log.read(i, i).map_err(read_err)?;
+        match p.first() {
+            Some(p) => Ok(Some(decode(p)?)),
+            None => Ok(None),
         }
-        Ok(None)
-    }
-
-    fn append(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
-        // Segments in index order, so a crash never keeps a later entry without an
-        // earlier one.
-        let mut batches: BTreeMap<u64, sled::Batch> = BTreeMap::new();
-        for e in entries {
-            let index = e.get_log_id().index;
-            batches
-                .entry(index / SEGMENT)
-                .or_default()
-                .insert(&index.to_be_bytes()[..], encode(&e)?);
-        }
-        for (seg, batch) in batches {
-            self.tree(seg)?.apply_batch(batch).map_err(write_err)?;
-        }
-        Ok(())
-    }
-
-    /// Removes the entries from `from` on.
-    fn truncate(&self, from: u64) -> Result<(), StorageError> {
-        let segs: Vec<(u64, sled::Tree)> = self
-            .lock()
-            .range(from / SEGMENT..)
-            .map(|(s, t)| (*s, t.clone()))
-            .collect();
-        for (seg, t) in segs.into_iter().rev() {
-            if seg > from / SEGMENT {
-                self.drop_segment(seg)?;
-                continue;
-            }
-            let mut batch = sled::Batch::default();
-            for item in t.range(from.to_be_bytes()..) {
-                let (k, _) = item.map_err(read_err)?;
-                batch.remove(k);
-            }
-            t.apply_batch(batch).map_err(write_err)?;
-        }
-        Ok(())
-    }
-
-    /// Drops every segment whose entries all lie at or before `upto`.
-    fn purge(&self, upto: u64) -> Result<(), StorageError> {
-        let done: Vec<u64> = self
-            .lock()
-            .keys()
-            .copied()
-            .filter(|seg| (seg + 1) * SEGMENT - 1 <= upto)
-            .collect();
-        for seg in done {
-            self.drop_segment(seg)?;
-        }
-        Ok(())
-    }
-
-    fn drop_segment(&self, seg: u64) -> Result<(), StorageError> {
-        self.lock().remove(&seg);
-        self.db
-            .drop_tree(segment_name(seg))
-            .map(|_| ())
-            .map_err(write_err)
     }
 }
 
 /// Reads log entries; cheap to clone, used by openraft's replication tasks.
 #[derive(Clone)]
 pub struct LogReader {
-    segments: Segments,
-}
-
-fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
-    match b {
-        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
+    log: Log,
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -222,37 +103,39 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.segments.read(range)
+        self.log.read(range)
     }
 }
 
-enum Flush {
-    Appended(LogFlushed<TypeConfig>),
+struct Flush {
+    files: Vec<Arc<File>>,
+    done: LogFlushed<TypeConfig>,
 }
 
 /// The log store handed to openraft.
 pub struct LogStore {
     db: sled::Db,
-    segments: Segments,
+    log: Log,
     meta: sled::Tree,
     flusher: std_mpsc::Sender<Flush>,
 }
 
 impl LogStore {
-    /// Opens the log trees of `db` and starts the flusher thread.
-    pub fn open(db: &sled::Db) -> crate::Result<LogStore> {
+    /// Opens the vote tree of `db` and the log files in `dir`, and starts the flusher.
+    pub fn open(db: &sled::Db, dir: &Path) -> crate::Result<LogStore> {
         let storage = |e: sled::Error| crate::Error::Storage(e.to_string());
-        let segments = Segments::open(db).map_err(|e| crate::Error::Storage(e.to_string()))?;
         let meta = db.open_tree(META_TREE).map_err(storage)?;
+        let purged: Option<LogId> = get_meta(&meta, "purged")
+            .map_err(|e| crate::Error::Corrupt(format!("raft metadata: {e}")))?;
+        let wal = Wal::open(dir, purged.map(|p| p.index))?;
         let (tx, rx) = std_mpsc::channel::<Flush>();
-        let flush_db = db.clone();
         std::thread::Builder::new()
             .name("pikube-raft-flush".into())
-            .spawn(move || flusher(flush_db, rx))
+            .spawn(move || flusher(rx))
             .map_err(|e| crate::Error::Storage(format!("cannot start log flusher: {e}")))?;
         Ok(LogStore {
             db: db.clone(),
-            segments,
+            log: Log(Arc::new(Mutex::new(wal))),
             meta,
             flusher: tx,
         })
@@ -265,19 +148,34 @@ impl LogStore {
     }
 }
 
-fn flusher(db: sled::Db, rx: std_mpsc::Receiver<Flush>) {
+/// Syncs the files of every append waiting, once each, then reports them durable in order.
+fn flusher(rx: std_mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let result = db.flush().map(|_| ());
-        for Flush::Appended(cb) in pending {
+        let mut files: Vec<&Arc<File>> = Vec::new();
+        for p in &pending {
+            for f in &p.files {
+                if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    files.push(f);
+                }
+            }
+        }
+        let mut result = Ok(());
+        for f in files {
+            if let Err(e) = f.sync_data() {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        for p in pending {
             let r = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
+                Err(e) => Err(std::io::Error::other(e.clone())),
             };
-            cb.log_io_completed(r);
+            p.done.log_io_completed(r);
         }
     }
 }
@@ -287,7 +185,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.segments.read(range)
+        self.log.read(range)
     }
 }
 
@@ -296,8 +194,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = get_meta(&self.meta, "purged")?;
-        let last = match self.segments.last()? {
-            Some(e) => Some(*e.get_log_id()),
+        let last = match self.log.last()? {
+            Some(e) => Some(*e.get_log_id()).max(last_purged),
             None => last_purged,
         };
         Ok(LogState {
@@ -308,7 +206,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_reader(&mut self) -> LogReader {
         LogReader {
-            segments: self.segments.clone(),
+            log: self.log.clone(),
         }
     }
 
@@ -342,21 +240,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.segments.append(entries)?;
+        let mut first = None;
+        let mut payloads = Vec::new();
+        for e in entries {
+            first.get_or_insert(e.get_log_id().index);
+            payloads.push(encode(&e)?);
+        }
+        let files = match first {
+            Some(index) => {
+                let mut log = self.log.lock();
+                log.append(index, &payloads).map_err(write_err)?;
+                log.take_dirty()
+            }
+            None => Vec::new(),
+        };
         self.flusher
-            .send(Flush::Appended(callback))
+            .send(Flush {
+                files,
+                done: callback,
+            })
             .map_err(|_| write_err("log flusher has stopped"))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.segments.truncate(log_id.index)
+        self.log.lock().truncate(log_id.index).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.meta
             .insert("purged", encode(&Some(log_id))?)
             .map_err(write_err)?;
-        self.segments.purge(log_id.index)
+        self.log.lock().purge(log_id.index).map_err(write_err)
     }
 }

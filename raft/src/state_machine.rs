@@ -160,6 +160,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // Applies wait while the tree is written out, so the file is exactly the
             // state at its last log id.
             let _revs = shared.revs.read().map_err(|_| poisoned())?;
+            // The log before this snapshot may go once it returns: make the state
+            // machine it replaces durable first.
+            shared
+                .db
+                .flush()
+                .map_err(|e| Error::Storage(e.to_string()))?;
             snapshot::build(&shared.tree, &shared.snapshot_dir)
         })
         .map_err(storage_error)?;

@@ -168,7 +168,7 @@ impl Store {
             .await
             .map_err(|e| Error::Storage(format!("open task: {e}")))??;
 
-        let log_store = LogStore::open(&shared.db)?;
+        let log_store = LogStore::open(&shared.db, &config.data_dir.join("log"))?;
         let network = Network {
             transport: config.transport.clone(),
             cluster_id: shared.cluster_id.clone(),
@@ -207,12 +207,19 @@ impl Store {
                 .map_err(|e| Error::Unavailable(format!("cannot start the cluster: {e}")))?;
         }
         if store.single_voter() {
-            // Alone, this node becomes leader after one election timeout; wait for it so
-            // the first requests do not pay for it.
+            // Alone, this node leads at once; every entry of its log is committed, and it
+            // is applied before the store serves (applies are made durable lazily, so a
+            // restart may find some to apply again).
             let _ = store
                 .raft
                 .wait(Some(config.request_timeout))
                 .current_leader(config.node_id, "single node leader")
+                .await;
+            let last = store.raft.metrics().borrow().last_log_index;
+            let _ = store
+                .raft
+                .wait(Some(config.request_timeout))
+                .applied_index_at_least(last, "log replay")
                 .await;
         }
         let expiry = tokio::spawn(lease_expiry_loop(store.clone_weak()));
