@@ -271,6 +271,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert("purged", encode(&Some(log_id))?)
             .map_err(write_err)?;
+        // The record must be on disk before the files go, or a crash would leave the
+        // log starting after a hole that nothing explains.
+        self.blocking_flush()?;
         self.log.lock().purge(log_id.index).map_err(write_err)
     }
 }
