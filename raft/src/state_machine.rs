@@ -47,7 +47,8 @@ impl EventSource for Shared {
     }
 }
 
-fn poisoned() -> Error {
+/// The error of a lock another thread panicked while holding.
+pub(crate) fn poisoned() -> Error {
     Error::Unavailable("store lock poisoned".into())
 }
 

@@ -19,7 +19,7 @@ use crate::network::{
     Network, NoPeers, Peer, PeerRequest, PeerResponse, Transport, TransportError,
 };
 use crate::open::open_blocking;
-use crate::state_machine::{Shared, StateMachine};
+use crate::state_machine::{poisoned, Shared, StateMachine};
 use crate::types::*;
 use crate::watch::{Hub, KeyRange, Watcher};
 use crate::{snapshot, state_machine};
@@ -451,10 +451,7 @@ impl Store {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let revs = shared
-                .revs
-                .read()
-                .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+            let revs = shared.revs.read().map_err(|_| poisoned())?;
             if req.revision == 0 || req.revision == revs.current {
                 return mvcc::range_latest(&shared.tree, &req, revs.current);
             }
@@ -545,11 +542,7 @@ impl Store {
             return Err(Error::Shutdown);
         }
         let range = KeyRange::new(req.key, req.range_end);
-        let revs = self
-            .shared
-            .revs
-            .read()
-            .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+        let revs = self.shared.revs.read().map_err(|_| poisoned())?;
         let start = if req.start_revision == 0 {
             revs.current + 1
         } else {
@@ -561,11 +554,7 @@ impl Store {
                 compacted: revs.compacted,
             });
         }
-        let mut hub = self
-            .shared
-            .hub
-            .lock()
-            .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+        let mut hub = self.shared.hub.lock().map_err(|_| poisoned())?;
         let (rx, lagged) = hub.register(range.clone());
         let live_from = revs.current + 1;
         drop(hub);
@@ -618,11 +607,7 @@ impl Store {
 
     /// Renews a lease on this node's clock (the leader's, when this node leads).
     pub(crate) fn keep_alive_local(&self, id: LeaseId) -> Result<Lease> {
-        let mut leases = self
-            .shared
-            .leases
-            .lock()
-            .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+        let mut leases = self.shared.leases.lock().map_err(|_| poisoned())?;
         match leases.get_mut(&id) {
             Some((deadline, ttl)) => {
                 *deadline = Instant::now() + Duration::from_secs(*ttl as u64);
@@ -688,10 +673,7 @@ impl Store {
         let path = path.into();
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let revs = shared
-                .revs
-                .read()
-                .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+            let revs = shared.revs.read().map_err(|_| poisoned())?;
             snapshot::save(&shared.tree, &path)?;
             Ok(revs.current)
         })
@@ -743,10 +725,7 @@ fn prepare(shared: &Shared) -> Result<()> {
         tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
         state_machine::install(shared, &path, None)?;
     }
-    let mut revs = shared
-        .revs
-        .write()
-        .map_err(|_| Error::Unavailable("store lock poisoned".into()))?;
+    let mut revs = shared.revs.write().map_err(|_| poisoned())?;
     shared.reload(&mut revs)?;
     if let Ok(dir) = std::fs::read_dir(&shared.snapshot_dir) {
         for entry in dir.flatten() {

@@ -423,6 +423,23 @@ pub fn get_json(server: &Server, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// The pods of a pod list that are Ready and not being deleted.
+pub fn ready_pods(list: &serde_json::Value) -> Vec<serde_json::Value> {
+    list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .collect()
+}
+
 /// Polls until `f` returns Some, or panics with `what` after `secs`.
 pub fn wait_for<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
     wait_for_every(Duration::from_millis(200), secs, what, f)

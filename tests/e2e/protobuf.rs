@@ -184,7 +184,24 @@ fn normalized(mut obj: Value) -> Value {
     if let Some(o) = obj.as_object_mut() {
         o.remove("status");
     }
+    drop_uid_labels(&mut obj);
     obj
+}
+
+/// Removes the labels the Job controller derives from the Job's uid (in its labels, its
+/// selector and its pod template), which differ between two otherwise equal Jobs.
+fn drop_uid_labels(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("controller-uid");
+            map.remove("batch.kubernetes.io/controller-uid");
+            for child in map.values_mut() {
+                drop_uid_labels(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_uid_labels),
+        _ => {}
+    }
 }
 
 /// Creates the namespace and every object of [`COMMANDS`] in it with kubectl `v`;

@@ -42,21 +42,7 @@ fn pods_of(server: &Server, app: &str) -> BTreeMap<String, (String, String)> {
 
 /// How many pods of a pod list are Ready and not being deleted.
 fn ready_count(list: &Value) -> usize {
-    list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
-                .filter(|p| {
-                    p["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    crate::harness::ready_pods(list).len()
 }
 
 /// The cells of the row of `name` in `kubectl get <kind> <name>`.

@@ -7,24 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{get_json, s, wait_for, Server};
+use crate::harness::{get_json, ready_pods, s, wait_for, Server};
 use crate::sim::{Sim, SimNode};
-
-fn ready_pods(list: &Value) -> Vec<Value> {
-    list["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
-        .filter(|p| {
-            p["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .collect()
-}
 
 fn images(server: &Server) -> Vec<String> {
     let list = get_json(
