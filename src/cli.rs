@@ -2,6 +2,9 @@
 //! process exit code, the same for every subcommand.
 
 use std::future::Future;
+use std::path::Path;
+
+use anyhow::Context;
 
 /// Which runtime a command needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,4 +35,19 @@ pub fn run(runtime: Runtime, fut: impl Future<Output = anyhow::Result<()>>) -> i
             1
         }
     }
+}
+
+/// A client of the API server named in the kubeconfig at `path`.
+pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path).with_context(|| {
+        format!(
+            "cannot read the kubeconfig {} (run on the server as root, or give --kubeconfig)",
+            path.display()
+        )
+    })?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("{} is not a usable kubeconfig", path.display()))?;
+    kube::Client::try_from(config).context("API client")
 }

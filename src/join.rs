@@ -207,17 +207,7 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part.len() <= 63
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
+    crate::api::objects::is_dns1123_subdomain(name)
 }
 
 /// The server's own secret, or a bootstrap token that is known, right and not expired.

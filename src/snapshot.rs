@@ -111,13 +111,7 @@ async fn save(State(s): State<Arc<Snapshots>>, req: Request) -> Response {
 
 /// Asks the server of `kubeconfig` for a snapshot named `name`.
 pub async fn save_via(kubeconfig: &Path, name: Option<String>) -> Result<Saved> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("cannot read the kubeconfig {}", kubeconfig.display()))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .context("unusable kubeconfig")?;
-    let client = kube::Client::try_from(config).context("cannot build a client")?;
+    let client = crate::cli::kube_client(kubeconfig).await?;
     let body = serde_json::to_vec(&SaveRequest { name })?;
     let req = http::Request::post(SNAPSHOTS_PATH)
         .header(http::header::CONTENT_TYPE, "application/json")

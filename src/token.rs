@@ -271,20 +271,6 @@ pub fn run_cli(args: TokenArgs) -> i32 {
     crate::cli::run(crate::cli::Runtime::Single, cli(args))
 }
 
-async fn client(kubeconfig: &PathBuf) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| {
-        format!(
-            "cannot read the kubeconfig {} (run on the server as root, or give --kubeconfig)",
-            kubeconfig.display()
-        )
-    })?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .with_context(|| format!("{} is not a usable kubeconfig", kubeconfig.display()))?;
-    kube::Client::try_from(config).context("API client")
-}
-
 /// Time left until `at`, as kubeadm prints it.
 fn ttl_text(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     let Some(at) = at else {
@@ -302,7 +288,7 @@ fn ttl_text(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
 }
 
 async fn cli(args: TokenArgs) -> Result<()> {
-    let client = client(&args.kubeconfig).await?;
+    let client = crate::cli::kube_client(&args.kubeconfig).await?;
     let api: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let unreachable = |e: kube::Error| anyhow::anyhow!("the API server refused or failed: {e}");
     match args.command {

@@ -5,8 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use anyhow::Result;
 
 use crate::config::ServerConfig;
 use crate::join::NodeRequest;
@@ -44,14 +43,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = 
     node.cluster_domain = joined.cluster_domain.clone();
     tracing::info!(server = %cfg.server, node = %request.node_name, "joined");
 
-    let kc = Kubeconfig::read_from(&kubeconfig)
-        .with_context(|| format!("cannot read {}", kubeconfig.display()))?;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .context("the node's kubeconfig")?,
-    )
-    .context("API client")?;
+    let client = crate::cli::kube_client(&kubeconfig).await?;
 
     let mut agent = node.agent();
     agent.tls = Some(crate::agent::api::AgentTls {

@@ -64,7 +64,8 @@ pub struct PeerNode {
 
 /// The node network of one namespace; [`install`](Self::install) sets it up,
 /// [`set_peers`](Self::set_peers) keeps the host-gw routes in step with the node list,
-/// [`uninstall`](Self::uninstall) undoes everything (sysctls restored).
+/// [`uninstall`](Self::uninstall) removes the routes and the bridge (and restores the
+/// sysctls if this same instance changed them).
 #[derive(Debug)]
 pub struct NodeNetwork {
     ns: NetNs,
@@ -199,7 +200,8 @@ impl NodeNetwork {
         Ok(())
     }
 
-    /// Removes pikube's routes and bridge and restores the sysctls it changed.
+    /// Removes pikube's routes and bridge; restores the sysctls this instance changed (an
+    /// instance made afresh, as by `pikube killall`, knows no old values and leaves them).
     pub fn uninstall(&mut self) -> Result<(), Error> {
         ignore_missing(self.ip(&["route", "flush", "proto", ROUTE_PROTO]))?;
         ignore_missing(self.ip(&["link", "del", &self.cfg.bridge]))?;

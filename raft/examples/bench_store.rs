@@ -304,6 +304,8 @@ async fn main() {
     let writers = arg("--writers", 16);
     let puts = arg("--puts", 50_000);
     let value_size = arg("--value-size", 256);
+    // Log entries between snapshots in the memory test (the store's default otherwise).
+    let snapshot_every = arg("--snapshot-every", 100_000);
     let value = Arc::new(vec![b'x'; value_size]);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(writers)
@@ -313,9 +315,9 @@ async fn main() {
     // Memory first, while this process holds nothing else: 100k 1 KiB keys.
     let dir = tempfile::tempdir().expect("temp dir");
     let before = rss_kib(std::process::id());
-    let store = Store::open(Config::single_node(dir.path().join("rss")))
-        .await
-        .expect("open");
+    let mut rss_config = Config::single_node(dir.path().join("rss"));
+    rss_config.snapshot_every = snapshot_every as u64;
+    let store = Store::open(rss_config).await.expect("open");
     let kib = Arc::new(vec![b'k'; 1024]);
     pikube_load(&store, writers, 100_000, kib.clone(), "/rss").await;
     let pikube_rss = rss_kib(std::process::id());

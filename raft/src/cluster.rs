@@ -10,20 +10,18 @@ use openraft::{BasicNode, ChangeMembers};
 use crate::consensus::NodeId;
 use crate::error::{Error, Result};
 use crate::network::{decode, encode, Envelope, PeerRequest, PeerResponse};
-use crate::store::Store;
+use crate::store::{from_raft, Store};
 
 /// How long a membership change may take (a new node catching up included).
 const MEMBERSHIP_TTL: Duration = Duration::from_secs(120);
 
+/// A refused membership change is the caller's mistake; everything else as for writes.
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-            leader: f.leader_id,
-        },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Error::InvalidArgument(e.to_string())
         }
-        RaftError::Fatal(_) => Error::Shutdown,
+        other => from_raft(other),
     }
 }
 
@@ -62,15 +60,19 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `request` on the leader: here, or forwarded.
-    async fn on_leader(&self, request: PeerRequest) -> Result<PeerResponse> {
+    /// Runs `request` on the leader: here, or forwarded with `ttl` to answer.
+    pub(crate) async fn on_leader(
+        &self,
+        request: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse> {
         let deadline = Instant::now() + self.timeout;
         let (leader, addr) = self.wait_leader(deadline).await?;
         if leader == self.node_id() {
             return Ok(self.answer(request).await);
         }
         self.peer(leader, &addr)
-            .call(request, MEMBERSHIP_TTL)
+            .call(request, ttl)
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))
     }
@@ -79,10 +81,13 @@ impl Store {
     /// receives the log (or a snapshot), then, once it has caught up, as a voter.
     pub async fn add_voter(&self, id: NodeId, addr: &str) -> Result<()> {
         match self
-            .on_leader(PeerRequest::AddVoter {
-                id,
-                addr: addr.to_string(),
-            })
+            .on_leader(
+                PeerRequest::AddVoter {
+                    id,
+                    addr: addr.to_string(),
+                },
+                MEMBERSHIP_TTL,
+            )
             .await?
         {
             PeerResponse::Done(r) => r,
@@ -92,7 +97,10 @@ impl Store {
 
     /// Removes node `id` from the cluster.
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {
-        match self.on_leader(PeerRequest::RemoveNode { id }).await? {
+        match self
+            .on_leader(PeerRequest::RemoveNode { id }, MEMBERSHIP_TTL)
+            .await?
+        {
             PeerResponse::Done(r) => r,
             _ => Err(Error::Unavailable("leader gave another answer".into())),
         }

@@ -397,39 +397,23 @@ impl Store {
         }
         let deadline = Instant::now() + self.timeout;
         loop {
-            let index = match self.read_index_local().await {
-                Ok(i) => Some(i),
-                Err(Error::NotLeader { .. }) => {
-                    let (leader, addr) = self.wait_leader(deadline).await?;
-                    if leader == self.shared.node_id {
-                        None
-                    } else {
-                        match self
-                            .peer(leader, &addr)
-                            .call(PeerRequest::ReadIndex, self.timeout)
-                            .await
-                        {
-                            Ok(PeerResponse::ReadIndex(Ok(i))) => Some(i),
-                            Ok(PeerResponse::ReadIndex(Err(Error::NotLeader { .. }))) => None,
-                            Ok(PeerResponse::ReadIndex(Err(e))) => return Err(e),
-                            Ok(_) => {
-                                return Err(Error::Unavailable("leader gave another answer".into()))
-                            }
-                            Err(_) => None,
-                        }
-                    }
+            // The leader's read index: asked here when this node leads, else forwarded.
+            match self.on_leader(PeerRequest::ReadIndex, self.timeout).await {
+                Ok(PeerResponse::ReadIndex(Ok(index))) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| Error::Unavailable(format!("read index not reached: {e}")));
                 }
-                Err(e) => return Err(e),
-            };
-            if let Some(index) = index {
-                let left = deadline.saturating_duration_since(Instant::now());
-                return self
-                    .raft
-                    .wait(Some(left))
-                    .applied_index_at_least(Some(index), "read index")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::Unavailable(format!("read index not reached: {e}")));
+                // Leadership moved or the leader was out of reach: ask again.
+                Ok(PeerResponse::ReadIndex(Err(Error::NotLeader { .. })))
+                | Err(Error::Unavailable(_)) => {}
+                Ok(PeerResponse::ReadIndex(Err(e))) | Err(e) => return Err(e),
+                Ok(_) => return Err(Error::Unavailable("leader gave another answer".into())),
             }
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(
@@ -622,21 +606,12 @@ impl Store {
 
     /// Renews a lease for its full TTL. Lease clocks run on the leader.
     pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Lease> {
-        if self.is_leader() {
-            return self.keep_alive_local(id);
-        }
-        let (leader, addr) = self.wait_leader(Instant::now() + self.timeout).await?;
-        if leader == self.shared.node_id {
-            return self.keep_alive_local(id);
-        }
         match self
-            .peer(leader, &addr)
-            .call(PeerRequest::KeepAlive(id), self.timeout)
-            .await
+            .on_leader(PeerRequest::KeepAlive(id), self.timeout)
+            .await?
         {
-            Ok(PeerResponse::Lease(r)) => r,
-            Ok(_) => Err(Error::Unavailable("leader gave another answer".into())),
-            Err(e) => Err(Error::Unavailable(e.to_string())),
+            PeerResponse::Lease(r) => r,
+            _ => Err(Error::Unavailable("leader gave another answer".into())),
         }
     }
 

@@ -4,6 +4,7 @@
 //! `manualSelector` is set, plus completions, parallelism, backoffLimit and the other
 //! defaults; a CronJob gets its policy defaults and a checked schedule and time zone.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Map, Value};
 
 use super::status::ApiError;
@@ -59,11 +60,14 @@ fn check_non_negative(spec: &Value, fields: &[&str], path: &str, causes: &mut Ca
     }
 }
 
+/// Whether `selector` (matchLabels and matchExpressions) selects `labels`; a selector
+/// that is not a valid LabelSelector selects nothing.
 fn labels_match(selector: &Value, labels: &Value) -> bool {
-    let Some(ml) = selector.get("matchLabels").and_then(Value::as_object) else {
-        return selector.get("matchExpressions").is_some();
+    let Ok(selector) = serde_json::from_value::<LabelSelector>(selector.clone()) else {
+        return false;
     };
-    ml.iter().all(|(k, v)| labels.get(k) == Some(v))
+    let labels = serde_json::from_value(labels.clone()).ok();
+    crate::controllers::pods::selector_matches(&selector, labels.as_ref())
 }
 
 /// Defaults and checks a Job about to be stored over `old`.

@@ -208,14 +208,6 @@ pub fn beyond_history(jobs: &[Job], successful: Option<i32>, failed: Option<i32>
     out
 }
 
-async fn delete_job(api: &Api<Job>, name: &str) -> Result<()> {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
@@ -266,7 +258,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
         spec.successful_jobs_history_limit,
         spec.failed_jobs_history_limit,
     ) {
-        delete_job(&api_jobs, &victim).await?;
+        super::delete(&api_jobs, &victim, &DeleteParams::background()).await?;
     }
 
     let now = Timestamp::now();
@@ -300,7 +292,12 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
             Step::Run(t) => {
                 if spec.concurrency_policy.as_deref() == Some("Replace") {
                     for r in active.drain(..) {
-                        delete_job(&api_jobs, r.name.as_deref().unwrap_or_default()).await?;
+                        super::delete(
+                            &api_jobs,
+                            r.name.as_deref().unwrap_or_default(),
+                            &DeleteParams::background(),
+                        )
+                        .await?;
                     }
                 }
                 let job = job_for(&cj, t, &tz);

@@ -563,7 +563,7 @@ async fn apply(
             pods::from_template(&t, owner.clone(), &ds.name_any())
         })
         .collect();
-    super::replicaset::create_pods(api, new).await
+    super::pods::create_slow_start(api, new).await
 }
 
 #[cfg(test)]

@@ -199,11 +199,7 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
         strip_finalizer(&api_pods, p).await?;
     }
     for victim in &plan.delete {
-        match api_pods.delete(victim, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::delete(&api_pods, victim, &DeleteParams::default()).await?;
     }
     if !plan.create.is_empty() {
         let new = plan

@@ -23,11 +23,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     super::run("replicaset", controller, reconcile, ctx, shutdown).await;
 }
 
-/// Creates `pods`, a few at a time (slow start, see [`pods::create_slow_start`]).
-pub async fn create_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<()> {
-    pods::create_slow_start(api, pods).await
-}
-
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rs.namespace().unwrap_or_default();
     let api_pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
@@ -49,7 +44,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
                 .as_ref()
                 .ok_or_else(|| Error::Object("replicaset has no pod template".into()))?;
             let pod = pods::from_template(template, owner, &rs.name_any());
-            create_pods(&api_pods, vec![pod; want - active.len()]).await?;
+            pods::create_slow_start(&api_pods, vec![pod; want - active.len()]).await?;
         } else if active.len() > want {
             let mut victims = active.clone();
             victims.sort_by_key(|p| pods::deletion_rank(p));

@@ -190,7 +190,7 @@ pub fn plan(
                 }
             }
             None => {
-                let below_partition = partition(spec).is_some() && (i as i32) < part;
+                let below_partition = (i as i32) < part;
                 let revision = if below_partition {
                     revs.current
                 } else {

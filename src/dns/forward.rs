@@ -48,15 +48,11 @@ pub fn upstreams_from_resolv_conf(
 ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
     let mut upstreams = Vec::new();
     let mut skipped = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("nameserver") {
-            continue;
-        }
+    for server in crate::agent::sandbox::HostDns::parse(text).servers {
         // `fe80::1%eth0` scope ids are dropped; such an upstream then fails like any other.
-        let Some(ip) = words
+        let Some(ip) = server
+            .split('%')
             .next()
-            .and_then(|w| w.split('%').next())
             .and_then(|w| w.parse::<IpAddr>().ok())
         else {
             continue;
