@@ -57,12 +57,24 @@ pub struct Registry {
     pub store: Store,
     /// ClusterIP and node port ranges.
     pub services: Arc<ServiceRanges>,
+    /// Held from choosing reserved values to storing them, so the creates and updates
+    /// this server runs at once do not pick the same free value and fail each other.
+    pub allocating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
     /// Whether objects of `def` hold values reserved under other keys.
     fn reserves(&self, def: &ResourceDef) -> bool {
         def.kind == "Service" && def.group.is_empty()
+    }
+
+    /// The allocation lock when objects of `def` reserve values, None otherwise.
+    async fn allocation(&self, def: &ResourceDef) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.reserves(def) {
+            Some(self.allocating.lock().await)
+        } else {
+            None
+        }
     }
 
     /// Kind-specific defaults, checks and reservations of an object about to be
@@ -268,6 +280,7 @@ pub async fn create(
     // A reservation taken by a concurrent create is retried with fresh values.
     for _ in 0..5 {
         let mut obj = original.clone();
+        let _allocating = reg.allocation(target.def).await;
         // An existing object is reported as such, before its values are checked.
         if reg.reserves(target.def) && store.get(key.as_bytes()).await?.is_some() {
             return Err(exists());
@@ -473,6 +486,11 @@ async fn write_update(
             + 1;
         meta(&mut obj).insert("generation".into(), json!(g));
     }
+    let _allocating = if status_only {
+        None
+    } else {
+        reg.allocation(def).await
+    };
     let extra = if status_only {
         services::Reservations::default()
     } else {

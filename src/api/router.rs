@@ -48,6 +48,7 @@ impl ApiServer {
             registry: Registry {
                 store,
                 services: Arc::new(services),
+                allocating: Arc::default(),
             },
             server_address,
             node_tls: None,
