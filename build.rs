@@ -1,8 +1,12 @@
 //! Compiles the vendored Kubernetes protobuf schemas (`proto/k8s.io`) into one
-//! FileDescriptorSet, which the API server embeds to decode protobuf request bodies.
+//! FileDescriptorSet, which the API server embeds to decode protobuf request bodies, and
+//! generates the OpenAPI schemas it publishes and validates against (`build/openapi.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build/openapi.rs"]
+mod openapi;
 
 fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
@@ -18,6 +22,7 @@ fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-env-changed=PROTOC");
     let mut files = Vec::new();
     protos(Path::new("proto/k8s.io"), &mut files)?;
@@ -38,5 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
+    openapi::generate(Path::new(&std::env::var("OUT_DIR")?))?;
+    openapi::generate(Path::new(&std::env::var("OUT_DIR")?))?;
     Ok(())
 }

@@ -51,7 +51,7 @@ async fn create_if_missing(
         name: None,
         subresource: None,
     };
-    match rest::create(api.registry(), &target, obj, false).await {
+    match rest::create(api.registry(), &target, obj, rest::WriteOptions::default()).await {
         Ok(_) => tracing::info!(object = what, "created"),
         Err(e) if e.reason == "AlreadyExists" => {}
         Err(e) => anyhow::bail!("cannot create {what}: {}", e.message),

@@ -4,10 +4,12 @@
 pub mod authn;
 pub mod batch;
 pub mod discovery;
+pub mod fields;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod http;
 pub mod objects;
+pub mod openapi;
 pub mod pod_streams;
 pub mod protobuf;
 pub mod resources;

@@ -7,6 +7,7 @@ use pikube_raft::{Compare, Op, RangeRequest, Store, TxnRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::fields::FieldValidation;
 use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
 use super::resources::{self, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -260,13 +261,42 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
     Ok(name)
 }
 
-/// Creates an object; `dry_run` validates without storing.
+/// How a write is carried out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// Validate and answer without storing (`dryRun=All`).
+    pub dry_run: bool,
+    /// What to do with unknown fields; None for the server's own writes (not checked).
+    pub fields: Option<FieldValidation>,
+}
+
+impl WriteOptions {
+    /// Checks `obj` by [`WriteOptions::fields`]: drops unknown fields, returns warnings.
+    fn check_fields(&self, def: &ResourceDef, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        match self.fields {
+            Some(mode) => super::fields::validate(def, obj, mode),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A written object, with the warnings to send its client.
+#[derive(Debug)]
+pub struct Written {
+    /// The object as stored (or as it would be, on a dry run).
+    pub object: Value,
+    /// Warnings (dropped unknown fields).
+    pub warnings: Vec<String>,
+}
+
+/// Creates an object.
 pub async fn create(
     reg: &Registry,
     target: &Target,
     mut obj: Value,
-    dry_run: bool,
-) -> Result<Value, ApiError> {
+    opts: WriteOptions,
+) -> Result<Written, ApiError> {
+    let dry_run = opts.dry_run;
     let store = &reg.store;
     let name = prepare_new(target, &mut obj)?;
     let ns_target = Target {
@@ -276,6 +306,7 @@ pub async fn create(
     check_namespace(store, &ns_target).await?;
     let key = ns_target.key(&name);
     let exists = || ApiError::already_exists(target.def.plural, target.def.group, &name);
+    let warnings = opts.check_fields(target.def, &mut obj)?;
     let original = obj.clone();
     // A reservation taken by a concurrent create is retried with fresh values.
     for _ in 0..5 {
@@ -290,7 +321,10 @@ pub async fn create(
             if store.get(key.as_bytes()).await?.is_some() {
                 return Err(exists());
             }
-            return Ok(obj);
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
         }
         let mut success = vec![Op::Put {
             key: key.clone().into_bytes(),
@@ -309,7 +343,10 @@ pub async fn create(
             .await?;
         if r.succeeded {
             meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
-            return Ok(obj);
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
         }
         if store.get(key.as_bytes()).await?.is_some() {
             return Err(exists());
@@ -424,11 +461,13 @@ async fn write_update(
     current: &Value,
     current_rev: i64,
     mut obj: Value,
-    dry_run: bool,
-) -> Result<Value, ApiError> {
+    opts: WriteOptions,
+) -> Result<Written, ApiError> {
     let store = &reg.store;
     let def = target.def;
+    let dry_run = opts.dry_run;
     objects::check_type(def, &mut obj)?;
+    let warnings = opts.check_fields(def, &mut obj)?;
     if meta_str(&obj, "name").is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
@@ -511,7 +550,10 @@ async fn write_update(
             .unwrap_or(0)
             == 0;
     if dry_run {
-        return Ok(obj);
+        return Ok(Written {
+            object: obj,
+            warnings,
+        });
     }
     let op = if finalizing {
         Op::Delete {
@@ -546,7 +588,10 @@ async fn write_update(
         services::release(store, meta_str(&obj, "uid").unwrap_or(""), &extra.release).await;
     }
     meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
-    Ok(obj)
+    Ok(Written {
+        object: obj,
+        warnings,
+    })
 }
 
 /// Replaces an object (PUT), or its status with the `status` subresource.
@@ -555,15 +600,15 @@ pub async fn update(
     target: &Target,
     name: &str,
     obj: Value,
-    dry_run: bool,
-) -> Result<Value, ApiError> {
+    opts: WriteOptions,
+) -> Result<Written, ApiError> {
     let store = &reg.store;
     let kv = store
         .get(target.key(name).as_bytes())
         .await?
         .ok_or_else(|| target.not_found(name))?;
     let current = from_stored(&kv.value, kv.mod_revision)?;
-    write_update(reg, target, name, &current, kv.mod_revision, obj, dry_run).await
+    write_update(reg, target, name, &current, kv.mod_revision, obj, opts).await
 }
 
 /// The patch formats pikube applies.
@@ -584,8 +629,8 @@ pub async fn patch(
     name: &str,
     kind: PatchKind,
     body: &[u8],
-    dry_run: bool,
-) -> Result<Value, ApiError> {
+    opts: WriteOptions,
+) -> Result<Written, ApiError> {
     let store = &reg.store;
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
@@ -599,7 +644,8 @@ pub async fn patch(
         match kind {
             PatchKind::Merge => json_patch::merge(&mut doc, &patch),
             PatchKind::Strategic => {
-                doc = super::strategic::strategic_merge(target.def.kind, &doc, &patch)
+                let schema = super::openapi::schema::Schemas::builtin().of(target.def);
+                doc = super::strategic::strategic_merge(schema, &doc, &patch)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
             }
             PatchKind::Json => {
@@ -643,7 +689,7 @@ pub async fn patch(
         if !explicit_rv {
             meta(&mut doc).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         }
-        match write_update(reg, target, name, &current, kv.mod_revision, doc, dry_run).await {
+        match write_update(reg, target, name, &current, kv.mod_revision, doc, opts).await {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             other => return other,
         }
@@ -1018,7 +1064,7 @@ pub async fn update_scale(
     name: &str,
     patch: Option<(PatchKind, &[u8])>,
     body: Option<Value>,
-    dry_run: bool,
+    opts: WriteOptions,
 ) -> Result<Value, ApiError> {
     let store = &reg.store;
     let main = Target {
@@ -1090,10 +1136,10 @@ pub async fn update_scale(
                 json!(meta_str(&scale, "resourceVersion").unwrap_or("")),
             );
         }
-        match write_update(reg, &main, name, &current, kv.mod_revision, obj, dry_run).await {
+        match write_update(reg, &main, name, &current, kv.mod_revision, obj, opts).await {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             Err(e) => return Err(e),
-            Ok(updated) => return Ok(scale_of(&updated)),
+            Ok(updated) => return Ok(scale_of(&updated.object)),
         }
     }
     Err(ApiError::conflict(

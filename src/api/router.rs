@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use pikube_raft::Store;
 use serde_json::{json, Value};
 
+use super::fields::FieldValidation;
 use super::rest::{self, ListOptions, PatchKind, Registry, Target};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::services::ServiceRanges;
@@ -83,6 +84,9 @@ impl ApiServer {
             .route("/healthz", get(healthy))
             .route("/livez", get(healthy))
             .route("/readyz", get(healthy))
+            .route("/openapi/v2", get(super::openapi::swagger))
+            .route("/openapi/v3", get(super::openapi::index))
+            .route("/openapi/v3/{*path}", get(super::openapi::group_version))
             .fallback(dispatch)
             .with_state(self.clone())
     }
@@ -188,6 +192,19 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// The answer to a write: the object, and each warning in a `Warning` header.
+fn written(code: StatusCode, w: rest::Written) -> Response {
+    let mut resp = json_response(code, &w.object);
+    for warning in &w.warnings {
+        // RFC 7234 warn-text: a quoted string, `"` and `\` escaped.
+        let text = warning.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
 async fn dispatch(State(api): State<ApiServer>, req: Request) -> Response {
     match handle(api, req).await {
         Ok(r) => r,
@@ -272,6 +289,13 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         Route::Resource(t) => t,
     };
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+    // Checked only by the writes that use it.
+    let write = FieldValidation::parse(q.get("fieldValidation").map(String::as_str)).map(|f| {
+        rest::WriteOptions {
+            dry_run,
+            fields: Some(f),
+        }
+    });
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), objects::MAX_BODY_BYTES)
         .await
@@ -314,14 +338,14 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             Method::PUT => {
                 let obj = objects::decode_body(&headers, &body)?;
                 Ok(
-                    Json(rest::update_scale(&reg, &target, &name, None, Some(obj), dry_run).await?)
+                    Json(rest::update_scale(&reg, &target, &name, None, Some(obj), write?).await?)
                         .into_response(),
                 )
             }
             Method::PATCH => {
                 let kind = patch_kind(&headers)?;
                 Ok(Json(
-                    rest::update_scale(&reg, &target, &name, Some((kind, &body)), None, dry_run)
+                    rest::update_scale(&reg, &target, &name, Some((kind, &body)), None, write?)
                         .await?,
                 )
                 .into_response())
@@ -386,19 +410,18 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         }
         (&Method::POST, None) => {
             let obj = objects::decode_body(&headers, &body)?;
-            let created = rest::create(&reg, &target, obj, dry_run).await?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            let created = rest::create(&reg, &target, obj, write?).await?;
+            Ok(written(StatusCode::CREATED, created))
         }
         (&Method::PUT, Some(name)) => {
             let obj = objects::decode_body(&headers, &body)?;
-            Ok(Json(rest::update(&reg, &target, &name, obj, dry_run).await?).into_response())
+            let updated = rest::update(&reg, &target, &name, obj, write?).await?;
+            Ok(written(StatusCode::OK, updated))
         }
         (&Method::PATCH, Some(name)) => {
             let kind = patch_kind(&headers)?;
-            Ok(
-                Json(rest::patch(&reg, &target, &name, kind, &body, dry_run).await?)
-                    .into_response(),
-            )
+            let patched = rest::patch(&reg, &target, &name, kind, &body, write?).await?;
+            Ok(written(StatusCode::OK, patched))
         }
         (&Method::DELETE, name) => {
             let opts: Value = if body.is_empty() {

@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use super::openapi::schema::{ListMerge, Node};
+
 /// Why a patch could not be applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatchError {
@@ -15,55 +17,19 @@ pub enum PatchError {
     Invalid(String),
 }
 
-/// How a list field merges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ListStrategy {
-    /// Items are matched by this key and merged.
-    MergeKey(&'static str),
-    /// A list of scalars merged as a set (finalizers).
-    Union,
-    /// The patch's list replaces the original (the default).
-    Replace,
-}
-
-/// The merge facts of the built-in types: (parent field, field) → strategy. The parent
-/// tells apart fields of the same name with different keys (a container's `ports` vs a
-/// Service's).
-fn strategy(kind: &str, parent: &str, field: &str) -> ListStrategy {
-    use ListStrategy::*;
-    match (parent, field) {
-        (_, "containers" | "initContainers" | "ephemeralContainers") => MergeKey("name"),
-        (_, "volumes" | "env" | "imagePullSecrets") => MergeKey("name"),
-        ("containers" | "initContainers" | "ephemeralContainers", "ports") => {
-            MergeKey("containerPort")
-        }
-        ("spec", "ports") if kind == "Service" => MergeKey("port"),
-        (_, "volumeMounts") => MergeKey("mountPath"),
-        (_, "volumeDevices") => MergeKey("devicePath"),
-        (_, "conditions") => MergeKey("type"),
-        (_, "hostAliases") => MergeKey("ip"),
-        (_, "topologySpreadConstraints") => MergeKey("topologyKey"),
-        (_, "ownerReferences") => MergeKey("uid"),
-        (_, "taints") => MergeKey("key"),
-        (_, "addresses") if kind == "Node" => MergeKey("type"),
-        ("metadata", "finalizers") => Union,
-        _ => Replace,
-    }
-}
-
-/// Applies a strategic merge `patch` of an object of kind `kind` to `original`.
-pub fn strategic_merge(kind: &str, original: &Value, patch: &Value) -> Result<Value, PatchError> {
+/// Applies a strategic merge `patch` to `original`, an object whose schema is `schema`
+/// (its fields' `x-kubernetes-patch-*` facts decide how lists merge).
+pub fn strategic_merge(
+    schema: Node<'_>,
+    original: &Value,
+    patch: &Value,
+) -> Result<Value, PatchError> {
     let mut out = original.clone();
-    merge_value(kind, "", &mut out, patch)?;
+    merge_value(schema, &mut out, patch)?;
     Ok(out)
 }
 
-fn merge_value(
-    kind: &str,
-    parent: &str,
-    target: &mut Value,
-    patch: &Value,
-) -> Result<(), PatchError> {
+fn merge_value(node: Node<'_>, target: &mut Value, patch: &Value) -> Result<(), PatchError> {
     let Some(pmap) = patch.as_object() else {
         *target = patch.clone();
         return Ok(());
@@ -111,14 +77,15 @@ fn merge_value(
             tmap.remove(key);
             continue;
         }
-        match (pval, strategy(kind, parent, key)) {
-            (Value::Array(items), ListStrategy::MergeKey(merge_key)) => {
+        let field = node.field(key).unwrap_or_else(|| node.free());
+        match (pval, field.list_merge()) {
+            (Value::Array(items), ListMerge::ByKey(merge_key)) => {
                 let current = tmap
                     .entry(key.clone())
                     .or_insert_with(|| Value::Array(Vec::new()));
-                merge_keyed_list(kind, key, current, items, merge_key)?;
+                merge_keyed_list(field.items(), key, current, items, &merge_key)?;
             }
-            (Value::Array(items), ListStrategy::Union) => {
+            (Value::Array(items), ListMerge::Union) => {
                 let current = tmap
                     .entry(key.clone())
                     .or_insert_with(|| Value::Array(Vec::new()));
@@ -134,7 +101,7 @@ fn merge_value(
             }
             (Value::Object(_), _) => {
                 let entry = tmap.entry(key.clone()).or_insert(Value::Null);
-                merge_value(kind, key, entry, pval)?;
+                merge_value(field, entry, pval)?;
                 if entry.is_null() {
                     tmap.remove(key);
                 }
@@ -148,7 +115,7 @@ fn merge_value(
 }
 
 fn merge_keyed_list(
-    kind: &str,
+    item: Node<'_>,
     field: &str,
     current: &mut Value,
     patch_items: &[Value],
@@ -188,10 +155,10 @@ fn merge_keyed_list(
             continue;
         }
         match pos {
-            Some(pos) => merge_value(kind, field, &mut items[pos], p)?,
+            Some(pos) => merge_value(item, &mut items[pos], p)?,
             None => {
                 let mut fresh = Value::Null;
-                merge_value(kind, field, &mut fresh, p)?;
+                merge_value(item, &mut fresh, p)?;
                 items.push(fresh);
             }
         }
@@ -202,7 +169,18 @@ fn merge_keyed_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::openapi::schema::Schemas;
     use serde_json::json;
+
+    fn strategic_merge(kind: &str, original: &Value, patch: &Value) -> Result<Value, PatchError> {
+        let api_version = if kind == "Deployment" {
+            "apps/v1"
+        } else {
+            "v1"
+        };
+        let schema = Schemas::builtin().kind(api_version, kind).expect("kind");
+        super::strategic_merge(schema, original, patch)
+    }
 
     #[test]
     fn containers_merge_by_name_and_ports_by_number() {

@@ -150,7 +150,16 @@ async fn load(reg: &Registry) -> Result<Vec<Obj>, ApiError> {
 /// scan.
 async fn patch(reg: &Registry, obj: &Obj, body: Value) -> Result<(), ApiError> {
     let raw = serde_json::to_vec(&body).unwrap_or_default();
-    match rest::patch(reg, &obj.target(), &obj.name, PatchKind::Merge, &raw, false).await {
+    match rest::patch(
+        reg,
+        &obj.target(),
+        &obj.name,
+        PatchKind::Merge,
+        &raw,
+        rest::WriteOptions::default(),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(e) if matches!(e.code, 404 | 409) => Ok(()),
         Err(e) => Err(e),

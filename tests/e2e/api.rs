@@ -36,7 +36,7 @@ fn object_lifecycle_with_each_kubectl_version() {
         let app = format!("app{}", v.replace('.', ""));
         let file = server.file(&format!("{name}.yaml"), &configmap(&name, &app));
         assert!(server
-            .ok(v, &["create", "-f", s(&file), "--validate=false"])
+            .ok(v, &["create", "-f", s(&file)])
             .contains(&format!("configmap/{name} created")));
         let got = json(&server.ok(v, &["get", "configmap", &name, "-o", "json"]));
         assert_eq!(got["data"]["k"], "v");
@@ -273,16 +273,16 @@ fn stale_writes_conflict_and_state_survives_a_restart() {
     let mut server = Server::start();
     let v = "1.33";
     let file = server.file("c.yaml", &configmap("c", "x"));
-    server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
+    server.ok(v, &["create", "-f", s(&file)]);
     let current = server.ok(v, &["get", "configmap", "c", "-o", "json"]);
     let copy = server.file("c.json", &current);
-    server.ok(v, &["replace", "-f", s(&copy), "--validate=false"]);
-    let err = server.fails(v, &["replace", "-f", s(&copy), "--validate=false"]);
+    server.ok(v, &["replace", "-f", s(&copy)]);
+    let err = server.fails(v, &["replace", "-f", s(&copy)]);
     assert!(
         err.contains("Conflict") && err.contains("the object has been modified"),
         "{err}"
     );
-    let err = server.fails(v, &["create", "-f", s(&file), "--validate=false"]);
+    let err = server.fails(v, &["create", "-f", s(&file)]);
     assert!(err.contains("AlreadyExists"), "{err}");
 
     let before = json(&server.ok(v, &["get", "configmap", "c", "-o", "json"]));
@@ -330,7 +330,7 @@ fn watch_streams_every_change_in_order() {
     let (live, rx) = spawn_lines(cmd);
     std::thread::sleep(Duration::from_millis(500));
     let file = server.file("w.yaml", &configmap("w", "x"));
-    server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
+    server.ok(v, &["create", "-f", s(&file)]);
     let seen = rx
         .recv_timeout(Duration::from_secs(15))
         .expect("kubectl get -w printed the new object");
@@ -527,12 +527,10 @@ fn client_side_apply_creates_updates_and_prunes_fields() {
             &format!("{name}.yaml"),
             &manifest("localhost/busybox:v1", true),
         );
-        assert!(server
-            .ok(v, &["apply", "-f", s(&file), "--validate=false"])
-            .contains("created"));
+        assert!(server.ok(v, &["apply", "-f", s(&file)]).contains("created"));
         std::fs::write(&file, manifest("localhost/busybox:v2", false)).unwrap();
         assert!(server
-            .ok(v, &["apply", "-f", s(&file), "--validate=false"])
+            .ok(v, &["apply", "-f", s(&file)])
             .contains("configured"));
         let d = json(&server.ok(v, &["get", "deployment", &name, "-o", "json"]));
         let c = &d["spec"]["template"]["spec"]["containers"];
@@ -544,7 +542,7 @@ fn client_side_apply_creates_updates_and_prunes_fields() {
         );
         assert_eq!(d["metadata"]["generation"], 2);
         assert!(server
-            .ok(v, &["apply", "-f", s(&file), "--validate=false"])
+            .ok(v, &["apply", "-f", s(&file)])
             .contains("unchanged"));
         // kubectl patch with the default (strategic) type merges containers by name.
         server.ok(v, &["patch", "deployment", &name, "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"localhost/busybox:v1"}]}}}}"#]);
@@ -573,7 +571,7 @@ fn compacted_resource_versions_are_gone_and_watchers_relist() {
         .parse()
         .unwrap();
     let file = server.file("g.yaml", &configmap("g", "x"));
-    server.ok(v, &["create", "-f", s(&file), "--validate=false"]);
+    server.ok(v, &["create", "-f", s(&file)]);
     server.ok(v, &["label", "configmap", "g", "n=1"]);
     // After two compaction intervals the history before the label is gone.
     std::thread::sleep(Duration::from_millis(2500));

@@ -14,15 +14,7 @@ fn configmap(server: &Server, name: &str, value: &str) -> Result<(), String> {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: \"{value}\"\n"
         ),
     );
-    let out = server.kubectl(
-        "1.33",
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            file.to_str().unwrap_or_default(),
-        ],
-    );
+    let out = server.kubectl("1.33", &["apply", "-f", file.to_str().unwrap_or_default()]);
     if out.status.success() {
         Ok(())
     } else {
@@ -102,12 +94,7 @@ fn three_servers_share_one_store_and_survive_losing_one() {
     );
     s3.ok(
         "1.33",
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            deploy.to_str().unwrap_or_default(),
-        ],
+        &["apply", "-f", deploy.to_str().unwrap_or_default()],
     );
     wait_for(30, "a ReplicaSet for the Deployment", || {
         let rs = get_json(&s2, &["get", "rs", "-o", "json"]);

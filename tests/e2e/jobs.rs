@@ -15,7 +15,7 @@ use crate::sim::{Sim, SimNode, EXIT_CODE, RUN_MS};
 
 fn apply(server: &Server, name: &str, yaml: &str) {
     let f = server.file(&format!("{name}.yaml"), yaml);
-    server.ok("1.33", &["apply", "--validate=false", "-f", s(&f)]);
+    server.ok("1.33", &["apply", "-f", s(&f)]);
 }
 
 /// A Job manifest; `exit` = the simulated exit code and run time, `None` runs forever.
@@ -191,7 +191,7 @@ fn job_runs_completions_with_parallelism_and_kubectl_waits() {
 
     // A bad Job is refused with the API server's reasons.
     let bad = server.file("bad.yaml", &job_yaml("bad", "", Some((0, 0)), "Always"));
-    let err = server.fails("1.33", &["apply", "--validate=false", "-f", s(&bad)]);
+    let err = server.fails("1.33", &["apply", "-f", s(&bad)]);
     assert!(
         err.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
         "{err}"
@@ -488,7 +488,7 @@ fn cronjob_manual_runs_history_limits_and_validation() {
         ),
     ] {
         let f = server.file("bad-cj.yaml", &cronjob_yaml("bad", spec, None));
-        let err = server.fails("1.33", &["apply", "--validate=false", "-f", s(&f)]);
+        let err = server.fails("1.33", &["apply", "-f", s(&f)]);
         assert!(err.contains(msg), "{err}");
     }
 }

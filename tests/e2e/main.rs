@@ -12,6 +12,7 @@ mod install;
 mod jobs;
 mod join;
 mod kube_client;
+mod openapi;
 mod protobuf;
 mod python_client;
 mod services;

@@ -51,7 +51,7 @@ fn concurrent_creates_never_share_an_address_and_a_full_range_says_so() {
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: reuse\nspec:\n  clusterIP: {freed}\n  ports:\n  - port: 80\n"
         ),
     );
-    server.ok("1.33", &["create", "-f", s(&svc), "--validate=false"]);
+    server.ok("1.33", &["create", "-f", s(&svc)]);
     assert_eq!(
         get_json(&server, &["get", "service", "reuse", "-o", "json"])["spec"]["clusterIP"],
         freed.as_str()
@@ -67,10 +67,8 @@ fn cluster_ips_and_node_ports_are_checked_and_kept() {
             &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{body}"),
         )
     };
-    let create =
-        |f: &std::path::Path| server.ok("1.33", &["create", "-f", s(f), "--validate=false"]);
-    let create_fails =
-        |f: &std::path::Path| server.fails("1.33", &["create", "-f", s(f), "--validate=false"]);
+    let create = |f: &std::path::Path| server.ok("1.33", &["create", "-f", s(f)]);
+    let create_fails = |f: &std::path::Path| server.fails("1.33", &["create", "-f", s(f)]);
 
     // An address outside the range, or one already taken, is refused with the reason.
     let err = create_fails(&svc(

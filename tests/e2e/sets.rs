@@ -92,7 +92,7 @@ fn daemonset_one_pod_per_eligible_node_rolls_out_and_undoes() {
         (n["items"].as_array().map(Vec::len) == Some(3)).then_some(())
     });
     let f = server.file("ds.yaml", DAEMONSET);
-    server.ok("1.33", &["apply", "--validate=false", "-f", s(&f)]);
+    server.ok("1.33", &["apply", "-f", s(&f)]);
     let out = server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=60s"]);
     assert!(
         out.contains("daemon set \"agent\" successfully rolled out"),
@@ -332,7 +332,7 @@ fn statefulset_orders_pods_claims_updates_and_scales_down() {
     let (_guard, rx) = spawn_lines(watch);
     let mut seen = Vec::new();
     let f = server.file("sts.yaml", STATEFULSET);
-    server.ok("1.33", &["apply", "--validate=false", "-f", s(&f)]);
+    server.ok("1.33", &["apply", "-f", s(&f)]);
     let out = server.ok("1.33", &["rollout", "status", "sts/web", "--timeout=90s"]);
     assert!(out.contains("3 new pods have been updated"), "{out}");
     assert_eq!(row(&server, "sts", "web")[1], "3/3");

@@ -21,7 +21,7 @@ fn configmap(server: &Server, name: &str) {
         &format!("{name}.yaml"),
         &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n"),
     );
-    server.ok("1.33", &["apply", "--validate=false", "-f", s(&file)]);
+    server.ok("1.33", &["apply", "-f", s(&file)]);
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn deployment_rolls_out_keeps_availability_and_undoes() {
         "svc.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n",
     );
-    server.ok("1.33", &["apply", "-f", s(&svc), "--validate=false"]);
+    server.ok("1.33", &["apply", "-f", s(&svc)]);
     let ep = wait_for(20, "5 endpoint addresses", || {
         let ep = get_json(
             &server,
@@ -241,17 +241,17 @@ fn scheduler_reasons_taints_and_default_service_accounts() {
     };
     // Wants the ssd node but does not tolerate its taint; and too much cpu.
     let f = pod("picky", "  nodeSelector:\n    disk: ssd\n");
-    server.ok("1.33", &["create", "-f", s(&f), "--validate=false"]);
+    server.ok("1.33", &["create", "-f", s(&f)]);
     let f = pod(
         "huge",
         "    resources:\n      requests:\n        cpu: \"64\"\n",
     );
-    server.ok("1.33", &["create", "-f", s(&f), "--validate=false"]);
+    server.ok("1.33", &["create", "-f", s(&f)]);
     let f = pod(
         "tolerant",
         "  nodeSelector:\n    disk: ssd\n  tolerations:\n  - key: dedicated\n    operator: Equal\n    value: db\n    effect: NoSchedule\n",
     );
-    server.ok("1.33", &["create", "-f", s(&f), "--validate=false"]);
+    server.ok("1.33", &["create", "-f", s(&f)]);
 
     let message = |name: &str| {
         let p = get_json(&server, &["get", "pod", name, "-o", "json"]);

@@ -1,0 +1,232 @@
+//! The structure of the built-in kinds (their published OpenAPI schemas without
+//! descriptions), for what the server decides per field: which fields exist (field
+//! validation drops or refuses the others) and how a list merges (strategic merge patch).
+
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+
+use crate::api::resources::ResourceDef;
+
+static STRUCTURE: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi/structure.json"));
+
+/// The schemas of every built-in kind, by name, and which schema each kind has.
+#[derive(Debug, Default)]
+pub struct Schemas {
+    schemas: Map<String, Value>,
+    kinds: Map<String, Value>,
+}
+
+/// How a list field merges under a strategic merge patch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListMerge {
+    /// Items are matched by this key and merged item by item.
+    ByKey(String),
+    /// A list of scalars merged as a set.
+    Union,
+    /// The patch's list replaces the original (lists without merge facts).
+    Replace,
+}
+
+/// A position in a schema: the schema of one value, or nothing known (free-form).
+#[derive(Clone, Copy, Debug)]
+pub struct Node<'a> {
+    schemas: &'a Schemas,
+    schema: Option<&'a Value>,
+}
+
+impl Schemas {
+    /// The schemas built into the binary (parsed once).
+    pub fn builtin() -> &'static Schemas {
+        static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
+        SCHEMAS.get_or_init(|| match serde_json::from_str::<Value>(STRUCTURE) {
+            Ok(Value::Object(mut m)) => Schemas {
+                schemas: match m.remove("schemas") {
+                    Some(Value::Object(s)) => s,
+                    _ => Map::new(),
+                },
+                kinds: match m.remove("kinds") {
+                    Some(Value::Object(k)) => k,
+                    _ => Map::new(),
+                },
+            },
+            _ => {
+                tracing::error!("the built-in OpenAPI structure does not parse");
+                Schemas::default()
+            }
+        })
+    }
+
+    /// The name of the schema of `kind` in `api_version` (`v1`, `apps/v1`), if built in.
+    pub fn schema_name(&self, api_version: &str, kind: &str) -> Option<&str> {
+        self.kinds.get(&format!("{api_version}/{kind}"))?.as_str()
+    }
+
+    /// The schema of objects of `def`, free-form when it has none.
+    pub fn of(&self, def: &ResourceDef) -> Node<'_> {
+        self.kind(&def.api_version(), def.kind).unwrap_or(Node {
+            schemas: self,
+            schema: None,
+        })
+    }
+
+    /// The schema of objects of `kind` in `api_version` (`v1`, `apps/v1`), if built in.
+    pub fn kind(&self, api_version: &str, kind: &str) -> Option<Node<'_>> {
+        let name = self.schema_name(api_version, kind)?;
+        let schema = self.schemas.get(name)?;
+        Some(Node {
+            schemas: self,
+            schema: Some(schema),
+        })
+    }
+
+    /// Follows `$ref` and single-element `allOf` to the schema that describes the value.
+    fn resolve<'a>(&'a self, mut s: &'a Value) -> &'a Value {
+        for _ in 0..8 {
+            if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+                match r
+                    .strip_prefix("#/components/schemas/")
+                    .and_then(|n| self.schemas.get(n))
+                {
+                    Some(next) => s = next,
+                    None => return s,
+                }
+            } else if let Some([one]) = s.get("allOf").and_then(Value::as_array).map(Vec::as_slice)
+            {
+                s = one;
+            } else {
+                return s;
+            }
+        }
+        s
+    }
+}
+
+impl<'a> Node<'a> {
+    /// A position about which nothing is known: every field is accepted, lists replace.
+    pub fn free(&self) -> Node<'a> {
+        self.at(None)
+    }
+
+    fn resolved(&self) -> Option<&'a Value> {
+        self.schema.map(|s| self.schemas.resolve(s))
+    }
+
+    fn at(&self, schema: Option<&'a Value>) -> Node<'a> {
+        Node {
+            schemas: self.schemas,
+            schema,
+        }
+    }
+
+    /// Whether this value is an object with a fixed set of fields.
+    pub fn has_fields(&self) -> bool {
+        self.resolved()
+            .and_then(|s| s.get("properties"))
+            .is_some_and(Value::is_object)
+    }
+
+    /// The field `name` of this object: Some(node) when it exists or the object is a map
+    /// or free-form, None when the object has fixed fields and `name` is not one of them.
+    pub fn field(&self, name: &str) -> Option<Node<'a>> {
+        let Some(s) = self.resolved() else {
+            return Some(*self);
+        };
+        if let Some(props) = s.get("properties").and_then(Value::as_object) {
+            return props.get(name).map(|p| self.at(Some(p)));
+        }
+        match s.get("additionalProperties") {
+            Some(ap @ Value::Object(_)) => Some(self.at(Some(ap))),
+            _ => Some(self.at(None)),
+        }
+    }
+
+    /// The schema of this list's items (free-form when unknown).
+    pub fn items(&self) -> Node<'a> {
+        self.at(self.resolved().and_then(|s| s.get("items")))
+    }
+
+    /// How this field, when a list, merges (its own `x-kubernetes-patch-*` facts).
+    pub fn list_merge(&self) -> ListMerge {
+        let Some(s) = self.schema else {
+            return ListMerge::Replace;
+        };
+        let merges = s
+            .get("x-kubernetes-patch-strategy")
+            .and_then(Value::as_str)
+            .is_some_and(|st| st.split(',').any(|p| p == "merge"));
+        if !merges {
+            return ListMerge::Replace;
+        }
+        match s
+            .get("x-kubernetes-patch-merge-key")
+            .and_then(Value::as_str)
+        {
+            Some(k) => ListMerge::ByKey(k.to_string()),
+            None => ListMerge::Union,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_resolve_through_references_to_their_fields() {
+        let s = Schemas::builtin();
+        let deploy = s.kind("apps/v1", "Deployment").expect("Deployment");
+        let containers = deploy
+            .field("spec")
+            .and_then(|n| n.field("template"))
+            .and_then(|n| n.field("spec"))
+            .and_then(|n| n.field("containers"))
+            .expect("containers");
+        assert_eq!(containers.list_merge(), ListMerge::ByKey("name".into()));
+        let c = containers.items();
+        assert!(c.field("image").is_some());
+        assert!(c.field("imagee").is_none());
+        assert_eq!(
+            c.field("ports").map(|p| p.list_merge()),
+            Some(ListMerge::ByKey("containerPort".into()))
+        );
+        // Maps accept any key; free-form values anything.
+        let labels = deploy
+            .field("metadata")
+            .and_then(|m| m.field("labels"))
+            .expect("labels");
+        assert!(labels.field("any-key").is_some());
+        let svc = s.kind("v1", "Service").expect("Service");
+        assert_eq!(
+            svc.field("spec")
+                .and_then(|n| n.field("ports"))
+                .map(|p| p.list_merge()),
+            Some(ListMerge::ByKey("port".into()))
+        );
+        let finalizers = svc
+            .field("metadata")
+            .and_then(|n| n.field("finalizers"))
+            .expect("finalizers");
+        assert_eq!(finalizers.list_merge(), ListMerge::Union);
+        let tolerations = s
+            .kind("v1", "Pod")
+            .and_then(|p| p.field("spec"))
+            .and_then(|p| p.field("tolerations"))
+            .expect("tolerations");
+        assert_eq!(tolerations.list_merge(), ListMerge::Replace);
+        assert!(s.kind("v1", "Deployment").is_none());
+    }
+
+    #[test]
+    fn every_served_kind_has_a_schema() {
+        let s = Schemas::builtin();
+        for def in crate::api::resources::served() {
+            assert!(
+                s.kind(&def.api_version(), def.kind).is_some(),
+                "no schema for {}/{}",
+                def.api_version(),
+                def.kind
+            );
+        }
+    }
+}
