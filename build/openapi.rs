@@ -124,6 +124,7 @@ struct Markers {
     list_type: Option<String>,
     list_map_keys: Vec<String>,
     map_type: Option<String>,
+    struct_type: Option<String>,
 }
 
 /// Markers of every field of every message: schema name → JSON field → markers; and the
@@ -132,6 +133,8 @@ struct Markers {
 struct ProtoFacts {
     fields: BTreeMap<String, BTreeMap<String, Markers>>,
     inlined: BTreeMap<String, Vec<String>>,
+    /// Messages marked `+structType=atomic`: owned and replaced as a whole.
+    atomic: BTreeSet<String>,
 }
 
 /// `k8s.io.api.core.v1.Pod` → `io.k8s.api.core.v1.Pod`.
@@ -171,8 +174,11 @@ fn read_protos(dir: &Path, json_txt: &str, facts: &mut ProtoFacts) -> std::io::R
                 package = p.trim_end_matches(';').to_string();
             } else if let Some(m) = line.strip_prefix("message ") {
                 let name = m.trim_end_matches('{').trim();
-                message = Some(format!("{package}.{name}"));
-                markers = Markers::default();
+                let full = format!("{package}.{name}");
+                if std::mem::take(&mut markers).struct_type.as_deref() == Some("atomic") {
+                    facts.atomic.insert(schema_name(&full));
+                }
+                message = Some(full);
             } else if let Some(c) = line.strip_prefix("// +") {
                 let (k, v) = c.split_once('=').unwrap_or((c, ""));
                 let v = v.trim().to_string();
@@ -182,6 +188,7 @@ fn read_protos(dir: &Path, json_txt: &str, facts: &mut ProtoFacts) -> std::io::R
                     "listType" => markers.list_type = Some(v),
                     "listMapKey" => markers.list_map_keys.push(v),
                     "mapType" => markers.map_type = Some(v),
+                    "structType" => markers.struct_type = Some(v),
                     _ => {}
                 }
             } else if line.starts_with("//") || line.is_empty() {
@@ -216,6 +223,11 @@ fn read_protos(dir: &Path, json_txt: &str, facts: &mut ProtoFacts) -> std::io::R
 
 /// Adds the merge facts of `name`'s fields (and of the messages it inlines) to its schema.
 fn add_markers(name: &str, schema: &mut Value, facts: &ProtoFacts) {
+    if facts.atomic.contains(name) {
+        if let Some(s) = schema.as_object_mut() {
+            s.insert("x-kubernetes-map-type".into(), json!("atomic"));
+        }
+    }
     let mut owners = vec![name.to_string()];
     let mut i = 0;
     while i < owners.len() {

@@ -45,9 +45,14 @@ pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
             path.display()
         )
     })?;
-    let config =
+    let mut config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
             .with_context(|| format!("{} is not a usable kubeconfig", path.display()))?;
+    // The API server names this client's writes in managedFields after it.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("pikube/", env!("CARGO_PKG_VERSION"))),
+    ));
     kube::Client::try_from(config).context("API client")
 }

@@ -8,6 +8,7 @@ pub mod fields;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod http;
+pub mod managed;
 pub mod objects;
 pub mod openapi;
 pub mod pod_streams;

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::fields::FieldValidation;
+use super::managed;
 use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
+use super::openapi::schema::Schemas;
 use super::resources::{self, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::services::{self, ServiceRanges};
@@ -262,12 +264,16 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
 }
 
 /// How a write is carried out.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
     /// Validate and answer without storing (`dryRun=All`).
     pub dry_run: bool,
     /// What to do with unknown fields; None for the server's own writes (not checked).
     pub fields: Option<FieldValidation>,
+    /// The field manager recorded in `managedFields`; None for the server's own writes.
+    pub manager: Option<String>,
+    /// Server-side apply takes fields other managers own (`force=true`).
+    pub force: bool,
 }
 
 impl WriteOptions {
@@ -276,6 +282,27 @@ impl WriteOptions {
         match self.fields {
             Some(mode) => super::fields::validate(def, obj, mode),
             None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records in `new`'s `managedFields` what this write changed over `old`.
+    fn track(&self, target: &Target, old: Option<&Value>, new: &mut Value) {
+        if let Some(name) = &self.manager {
+            let who = managed::Manager {
+                name: name.clone(),
+                apply: false,
+                subresource: target.subresource.clone(),
+            };
+            let schema = Schemas::builtin().of(target.def);
+            managed::track_update(schema, old, new, &who, has_status(target.def));
+        }
+    }
+
+    /// The same options for a write whose fields were already checked and tracked.
+    fn settled(&self) -> WriteOptions {
+        WriteOptions {
+            dry_run: self.dry_run,
+            ..WriteOptions::default()
         }
     }
 }
@@ -307,6 +334,7 @@ pub async fn create(
     let key = ns_target.key(&name);
     let exists = || ApiError::already_exists(target.def.plural, target.def.group, &name);
     let warnings = opts.check_fields(target.def, &mut obj)?;
+    opts.track(target, None, &mut obj);
     let original = obj.clone();
     // A reservation taken by a concurrent create is retried with fresh values.
     for _ in 0..5 {
@@ -535,6 +563,7 @@ async fn write_update(
     } else {
         reg.prepare(def, Some(current), &mut obj).await?
     };
+    opts.track(target, Some(current), &mut obj);
     let key = target.key(name);
     // An object whose last finalizer goes is removed, unless it is a pod still within
     // its grace period: its agent removes it (with grace 0) once it has stopped.
@@ -689,7 +718,17 @@ pub async fn patch(
         if !explicit_rv {
             meta(&mut doc).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         }
-        match write_update(reg, target, name, &current, kv.mod_revision, doc, opts).await {
+        match write_update(
+            reg,
+            target,
+            name,
+            &current,
+            kv.mod_revision,
+            doc,
+            opts.clone(),
+        )
+        .await
+        {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             other => return other,
         }
@@ -699,6 +738,100 @@ pub async fn patch(
         target.def.group,
         name,
     ))
+}
+
+/// Server-side apply of the configuration in `body` (YAML or JSON) to `name`, by the
+/// manager in `opts`: creates the object when it does not exist.
+pub async fn apply(
+    reg: &Registry,
+    target: &Target,
+    name: &str,
+    body: &[u8],
+    opts: WriteOptions,
+) -> Result<(Written, bool), ApiError> {
+    let def = target.def;
+    let manager = opts.manager.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            "fieldManager is required for apply requests (application/apply-patch+yaml)",
+        )
+    })?;
+    let mut config: Value = serde_json::from_slice(body)
+        .or_else(|_| serde_yaml::from_slice(body))
+        .map_err(|e| ApiError::bad_request(format!("error decoding apply configuration: {e}")))?;
+    objects::check_type(def, &mut config)?;
+    if meta_str(&config, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta_str(&config, "name").unwrap_or("")
+        )));
+    }
+    meta(&mut config).insert("name".into(), json!(name));
+    if let Some(ns) = &target.namespace {
+        meta(&mut config).insert("namespace".into(), json!(ns));
+    }
+    let warnings = opts.check_fields(def, &mut config)?;
+    let explicit_rv = meta_str(&config, "resourceVersion").is_some();
+    let who = managed::Manager {
+        name: manager,
+        apply: true,
+        subresource: target.subresource.clone(),
+    };
+    let schema = Schemas::builtin().of(def);
+    let conflicts = |c: Vec<managed::apply::Conflict>| managed::apply::conflict_error(&c);
+    for _ in 0..5 {
+        let Some(kv) = reg.store.get(target.key(name).as_bytes()).await? else {
+            if target.subresource.is_some() {
+                return Err(target.not_found(name));
+            }
+            let obj =
+                managed::apply::apply(schema, None, &config, &who, opts.force, has_status(def))
+                    .map_err(conflicts)?;
+            let collection = Target {
+                name: None,
+                ..target.clone()
+            };
+            match create(reg, &collection, obj, opts.settled()).await {
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                Err(e) => return Err(e),
+                Ok(mut w) => {
+                    w.warnings.extend(warnings);
+                    return Ok((w, true));
+                }
+            }
+        };
+        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let mut obj = managed::apply::apply(
+            schema,
+            Some(&current),
+            &config,
+            &who,
+            opts.force,
+            has_status(def),
+        )
+        .map_err(conflicts)?;
+        if !explicit_rv {
+            meta(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        }
+        match write_update(
+            reg,
+            target,
+            name,
+            &current,
+            kv.mod_revision,
+            obj,
+            opts.settled(),
+        )
+        .await
+        {
+            Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
+            Err(e) => return Err(e),
+            Ok(mut w) => {
+                w.warnings.extend(warnings);
+                return Ok((w, false));
+            }
+        }
+    }
+    Err(ApiError::conflict(def.plural, def.group, name))
 }
 
 /// Deletes an object: at once, or by marking it when finalizers must run first.
@@ -1136,7 +1269,17 @@ pub async fn update_scale(
                 json!(meta_str(&scale, "resourceVersion").unwrap_or("")),
             );
         }
-        match write_update(reg, &main, name, &current, kv.mod_revision, obj, opts).await {
+        match write_update(
+            reg,
+            &main,
+            name,
+            &current,
+            kv.mod_revision,
+            obj,
+            opts.clone(),
+        )
+        .await
+        {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             Err(e) => return Err(e),
             Ok(updated) => return Ok(scale_of(&updated.object)),

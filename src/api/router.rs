@@ -15,6 +15,7 @@ use pikube_raft::Store;
 use serde_json::{json, Value};
 
 use super::fields::FieldValidation;
+use super::managed::Manager;
 use super::rest::{self, ListOptions, PatchKind, Registry, Target};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::services::ServiceRanges;
@@ -227,6 +228,16 @@ fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
     })
 }
 
+/// Whether a PATCH is a server-side apply.
+fn is_apply(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';').next().unwrap_or("").trim() == "application/apply-patch+yaml"
+        })
+}
+
 fn patch_kind(headers: &axum::http::HeaderMap) -> Result<PatchKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -290,10 +301,20 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
     };
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
     // Checked only by the writes that use it.
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let write = FieldValidation::parse(q.get("fieldValidation").map(String::as_str)).map(|f| {
         rest::WriteOptions {
             dry_run,
             fields: Some(f),
+            manager: Some(Manager::of_request(
+                q.get("fieldManager").map(String::as_str),
+                user_agent.as_deref(),
+            )),
+            force: q.get("force").is_some_and(|f| f == "true"),
         }
     });
     let headers = req.headers().clone();
@@ -417,6 +438,18 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             let obj = objects::decode_body(&headers, &body)?;
             let updated = rest::update(&reg, &target, &name, obj, write?).await?;
             Ok(written(StatusCode::OK, updated))
+        }
+        (&Method::PATCH, Some(name)) if is_apply(&headers) => {
+            let mut write = write?;
+            // Apply names its manager; no User-Agent stands in for it.
+            write.manager = q.get("fieldManager").filter(|m| !m.is_empty()).cloned();
+            let (applied, created) = rest::apply(&reg, &target, &name, &body, write).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(written(code, applied))
         }
         (&Method::PATCH, Some(name)) => {
             let kind = patch_kind(&headers)?;

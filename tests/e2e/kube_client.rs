@@ -161,3 +161,84 @@ async fn kube_rs_lists_writes_and_watches() {
     assert_eq!(all.len(), 7);
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_server_side_apply_creates_merges_and_reports_conflicts() {
+    let server = tokio::task::spawn_blocking(Server::start)
+        .await
+        .expect("server");
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    let desired = |value: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ssa"}, "data": {"k": value}})
+    };
+    // Apply creates, then owns `data.k` for its manager.
+    let applied = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("controller-a"),
+            &Patch::Apply(desired("1")),
+        )
+        .await
+        .expect("apply creates");
+    assert_eq!(
+        applied
+            .data
+            .as_ref()
+            .and_then(|d| d.get("k"))
+            .map(String::as_str),
+        Some("1")
+    );
+    let managed = applied.metadata.managed_fields.clone().unwrap_or_default();
+    assert_eq!(managed.len(), 1, "{managed:?}");
+    assert_eq!(managed[0].manager.as_deref(), Some("controller-a"));
+    assert_eq!(managed[0].operation.as_deref(), Some("Apply"));
+
+    // Another manager setting the same field to another value conflicts (409) …
+    let err = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("controller-b"),
+            &Patch::Apply(desired("2")),
+        )
+        .await
+        .expect_err("conflict");
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 409);
+            assert!(
+                status
+                    .message
+                    .contains("conflict with \"controller-a\": .data.k"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("not an API error: {other:?}"),
+    }
+    // … unless forced, which moves the field to it.
+    let forced = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("controller-b").force(),
+            &Patch::Apply(desired("2")),
+        )
+        .await
+        .expect("forced apply");
+    assert_eq!(
+        forced
+            .data
+            .as_ref()
+            .and_then(|d| d.get("k"))
+            .map(String::as_str),
+        Some("2")
+    );
+    let managers: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["controller-b"]);
+}

@@ -4,6 +4,7 @@
 
 mod agent;
 mod api;
+mod apply;
 mod cli;
 mod dns;
 mod ha;

@@ -28,6 +28,21 @@ pub enum ListMerge {
     Replace,
 }
 
+/// How a value is owned and merged by server-side apply (structured merge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// An object with named fields, each owned on its own.
+    Struct,
+    /// A map whose entries are owned one by one.
+    Map,
+    /// A list whose items are identified by these key fields.
+    KeyedList(Vec<String>),
+    /// A list of scalars, each owned on its own.
+    Set,
+    /// Owned and replaced as a whole: scalars, atomic lists, maps and structs.
+    Atomic,
+}
+
 /// A position in a schema: the schema of one value, or nothing known (free-form).
 #[derive(Clone, Copy, Debug)]
 pub struct Node<'a> {
@@ -144,6 +159,53 @@ impl<'a> Node<'a> {
     /// The schema of this list's items (free-form when unknown).
     pub fn items(&self) -> Node<'a> {
         self.at(self.resolved().and_then(|s| s.get("items")))
+    }
+
+    /// How this value is owned and merged by server-side apply; `value` decides where
+    /// the schema says nothing (free-form objects are maps, lists atomic).
+    pub fn shape(&self, value: &Value) -> Shape {
+        let own = self.schema;
+        let resolved = self.resolved();
+        let ext = |k: &str| {
+            own.and_then(|s| s.get(k))
+                .or_else(|| resolved.and_then(|s| s.get(k)))
+                .and_then(Value::as_str)
+        };
+        match value {
+            Value::Object(_) => {
+                if ext("x-kubernetes-map-type") == Some("atomic") {
+                    Shape::Atomic
+                } else if self.has_fields() {
+                    Shape::Struct
+                } else {
+                    Shape::Map
+                }
+            }
+            Value::Array(_) => match ext("x-kubernetes-list-type") {
+                Some("map") => {
+                    let keys = own
+                        .and_then(|s| s.get("x-kubernetes-list-map-keys"))
+                        .and_then(Value::as_array)
+                        .map(|k| {
+                            k.iter()
+                                .filter_map(Value::as_str)
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Shape::KeyedList(keys)
+                }
+                Some("set") => Shape::Set,
+                Some(_) => Shape::Atomic,
+                // Without a list type, the patch strategy tells (as for older schemas).
+                None => match self.list_merge() {
+                    ListMerge::ByKey(k) => Shape::KeyedList(vec![k]),
+                    ListMerge::Union => Shape::Set,
+                    ListMerge::Replace => Shape::Atomic,
+                },
+            },
+            _ => Shape::Atomic,
+        }
     }
 
     /// How this field, when a list, merges (its own `x-kubernetes-patch-*` facts).
