@@ -14,6 +14,7 @@ pub mod config;
 pub mod config_file;
 pub mod controllers;
 pub mod dns;
+pub mod events;
 pub mod join;
 pub mod pki;
 pub mod proxy;

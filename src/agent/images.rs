@@ -120,8 +120,8 @@ async fn pull_auth(client: &Client, pod: &Pod, image: &str) -> Option<cri::AuthC
 
 /// Outcome of making a container's image available.
 pub enum Pull {
-    /// The image is there.
-    Ready,
+    /// The image is there: pulled now (taking this long), or already present (None).
+    Ready(Option<std::time::Duration>),
     /// The container must wait, for this reason.
     Wait(Waiting),
     /// A pull was tried and failed: the caller starts the pull back-off.
@@ -160,7 +160,7 @@ pub async fn ensure(
     let policy = pull_policy(c);
     if policy == "Never" {
         return if present {
-            Pull::Ready
+            Pull::Ready(None)
         } else {
             Pull::Wait(Waiting {
                 reason: "ErrImageNeverPull".into(),
@@ -171,7 +171,7 @@ pub async fn ensure(
         };
     }
     if present && policy == "IfNotPresent" {
-        return Pull::Ready;
+        return Pull::Ready(None);
     }
     if backing_off {
         return Pull::Wait(Waiting {
@@ -180,6 +180,7 @@ pub async fn ensure(
         });
     }
     let auth = pull_auth(client, pod, &image).await;
+    let started = std::time::Instant::now();
     match cri
         .images()
         .pull_image(cri::PullImageRequest {
@@ -191,7 +192,7 @@ pub async fn ensure(
     {
         Ok(_) => {
             tracing::info!(%image, pod = %pod.name_any(), "pulled image");
-            Pull::Ready
+            Pull::Ready(Some(started.elapsed()))
         }
         Err(status) => Pull::Failed(Waiting {
             reason: "ErrImagePull".into(),

@@ -29,6 +29,7 @@ use super::status::{self, Facts, Waiting};
 use super::teardown::{grace_seconds, housekeeping};
 use super::volumes;
 use super::{container, Error};
+use crate::events::{Kind, Recorder};
 
 /// How often every pod is looked at even when nothing signals a change.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -51,7 +52,20 @@ pub struct Worker {
     pub allocatable: Allocatable,
     /// Probe workers of running containers.
     pub probes: Probes,
+    /// The Events of this node's kubelet.
+    pub events: Recorder,
     state: std::sync::Mutex<State>,
+}
+
+/// `spec.containers{web}`: the part of a pod an Event of one container is about.
+pub fn container_field(pod: &Pod, name: &str) -> String {
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.name == name));
+    let list = if init { "initContainers" } else { "containers" };
+    format!("spec.{list}{{{name}}}")
 }
 
 struct State {
@@ -114,7 +128,9 @@ impl Worker {
         allocatable: Allocatable,
         probes: Probes,
     ) -> Worker {
+        let events = Recorder::new(client.clone(), "kubelet", Some(&net.node_name));
         Worker {
+            events,
             client,
             cri,
             net,
@@ -251,14 +267,33 @@ impl Worker {
             .pulls
             .remaining(&k, Instant::now(), Instant::now())
             .is_some();
+        let field = container_field(pod, &c.name);
+        let event = |kind, reason: &str, message: &str| {
+            self.events.record(pod, Some(&field), kind, reason, message)
+        };
+        let image = c.image.as_deref().unwrap_or("");
         match images::ensure(&self.cri, &self.client, pod, c, backing_off).await {
-            Pull::Ready => {}
+            Pull::Ready(None) => event(
+                Kind::Normal,
+                "Pulled",
+                &format!("Container image \"{image}\" already present on machine"),
+            ),
+            Pull::Ready(Some(took)) => event(
+                Kind::Normal,
+                "Pulled",
+                &format!("Successfully pulled image \"{image}\" in {took:.3?}"),
+            ),
             Pull::Wait(w) => {
                 self.hold(&uid, &c.name, Some(w));
                 return Ok(());
             }
             Pull::Failed(w) => {
                 tracing::warn!(pod = %ObjectRef::from_obj(pod), container = %c.name, error = %w.message, "image pull failed");
+                event(
+                    Kind::Warning,
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {}", w.message),
+                );
                 let now = Instant::now();
                 self.state().pulls.next(&k, now, now);
                 self.hold(&uid, &c.name, Some(w));
@@ -312,8 +347,20 @@ impl Worker {
             })
             .await;
         let id = match created {
-            Ok(r) => r.into_inner().container_id,
+            Ok(r) => {
+                event(
+                    Kind::Normal,
+                    "Created",
+                    &format!("Created container: {}", c.name),
+                );
+                r.into_inner().container_id
+            }
             Err(status) => {
+                event(
+                    Kind::Warning,
+                    "Failed",
+                    &format!("Error: {}", status.message()),
+                );
                 self.hold(
                     &uid,
                     &c.name,
@@ -334,6 +381,11 @@ impl Worker {
             .await
         {
             tracing::warn!(pod = %ObjectRef::from_obj(pod), container = %c.name, error = %status.message(), "container did not start");
+            event(
+                Kind::Warning,
+                "Failed",
+                &format!("Error: {}", status.message()),
+            );
             self.hold(
                 &uid,
                 &c.name,
@@ -345,6 +397,11 @@ impl Worker {
         } else {
             self.hold(&uid, &c.name, None);
             tracing::info!(pod = %ObjectRef::from_obj(pod), container = %c.name, attempt = next, "container started");
+            event(
+                Kind::Normal,
+                "Started",
+                &format!("Started container {}", c.name),
+            );
             if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                 if let Err(e) = self
                     .probes
@@ -398,16 +455,31 @@ impl Worker {
         match state.crash.remaining(&k, finished, now) {
             Some(wait) => {
                 let delay = state.crash.delay(&k).unwrap_or_default();
+                let message = format!(
+                    "back-off {} restarting failed container={name} pod={}_{}({uid})",
+                    humanize(delay),
+                    pod.name_any(),
+                    pod.namespace().unwrap_or_default()
+                );
+                // Once per back-off period, not at every look at the pod.
+                if state.waiting.get(&k).map(|w| &w.message) != Some(&message) {
+                    self.events.record(
+                        pod,
+                        Some(&container_field(pod, name)),
+                        Kind::Warning,
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {name} in pod {}_{}({uid})",
+                            pod.name_any(),
+                            pod.namespace().unwrap_or_default()
+                        ),
+                    );
+                }
                 state.waiting.insert(
                     k,
                     Waiting {
                         reason: "CrashLoopBackOff".into(),
-                        message: format!(
-                            "back-off {} restarting failed container={name} pod={}_{}({uid})",
-                            humanize(delay),
-                            pod.name_any(),
-                            pod.namespace().unwrap_or_default()
-                        ),
+                        message,
                     },
                 );
                 Some(wait)
@@ -534,6 +606,24 @@ impl Worker {
                         self.probes.start(pod, c, &x.id, &pod_ip);
                         if self.probes.liveness_failed(&x.id) {
                             tracing::info!(pod = %ObjectRef::from_obj(pod), container = %c.name, "liveness probe failed; restarting");
+                            let field = container_field(pod, &c.name);
+                            self.events.record(
+                                pod,
+                                Some(&field),
+                                Kind::Warning,
+                                "Unhealthy",
+                                "Liveness probe failed",
+                            );
+                            self.events.record(
+                                pod,
+                                Some(&field),
+                                Kind::Normal,
+                                "Killing",
+                                &format!(
+                                    "Container {} failed liveness probe, will be restarted",
+                                    c.name
+                                ),
+                            );
                             self.stop_container(pod, c, x, grace_seconds(pod)).await;
                             requeue = Duration::from_millis(200);
                         }

@@ -70,6 +70,13 @@ impl Worker {
                 .unwrap_or_default();
             for x in list.iter().filter(|x| is_running(x)) {
                 let c = c.clone();
+                self.events.record(
+                    pod,
+                    Some(&super::pods::container_field(pod, name)),
+                    crate::events::Kind::Normal,
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                );
                 stops.push(async move { self.stop_container(pod, &c, x, grace).await });
             }
         }

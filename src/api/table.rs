@@ -90,11 +90,61 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 fn age(obj: &Value) -> String {
-    obj.pointer("/metadata/creationTimestamp")
+    since(obj, "/metadata/creationTimestamp")
+}
+
+/// How long ago the time at `pointer` was, as kubectl prints ages.
+fn since(obj: &Value, pointer: &str) -> String {
+    obj.pointer(pointer)
         .and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()))
         .unwrap_or_else(|| "<unknown>".into())
+}
+
+/// Events: what `kubectl get events` prints (LAST SEEN, TYPE, REASON, OBJECT, MESSAGE).
+const EVENT_COLUMNS: &[Column] = &[
+    ("Last Seen", "string", 0),
+    ("Type", "string", 0),
+    ("Reason", "string", 0),
+    ("Object", "string", 0),
+    ("Subobject", "string", 1),
+    ("Source", "string", 1),
+    ("Message", "string", 0),
+    ("First Seen", "string", 1),
+    ("Count", "integer", 1),
+    ("Name", "string", 1),
+];
+
+fn event_cells(o: &Value) -> Vec<Value> {
+    let last = if o.pointer("/lastTimestamp").is_some_and(|t| !t.is_null()) {
+        since(o, "/lastTimestamp")
+    } else if o.pointer("/eventTime").is_some_and(|t| !t.is_null()) {
+        since(o, "/eventTime")
+    } else {
+        age(o)
+    };
+    let object = format!(
+        "{}/{}",
+        s(o, "/involvedObject/kind").to_ascii_lowercase(),
+        s(o, "/involvedObject/name")
+    );
+    let source = match (s(o, "/source/component"), s(o, "/source/host")) {
+        (c, "") => c.to_string(),
+        (c, h) => format!("{c}, {h}"),
+    };
+    vec![
+        json!(last),
+        json!(s(o, "/type")),
+        json!(s(o, "/reason")),
+        json!(object),
+        json!(s(o, "/involvedObject/fieldPath")),
+        json!(source),
+        json!(s(o, "/message").trim()),
+        json!(since(o, "/firstTimestamp")),
+        json!(int(o, "/count")),
+        json!(s(o, "/metadata/name")),
+    ]
 }
 
 fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
@@ -190,6 +240,9 @@ fn pod_status(pod: &Value) -> String {
 type Column = (&'static str, &'static str, i32);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
+    if def.kind == "Event" {
+        return EVENT_COLUMNS.to_vec();
+    }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
     cols.extend(match def.kind {
         "Namespace" => vec![("Status", "string", 0)],
@@ -264,6 +317,9 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
 }
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
+    if def.kind == "Event" {
+        return event_cells(o);
+    }
     let name = json!(s(o, "/metadata/name"));
     let age = json!(age(o));
     match def.kind {

@@ -21,6 +21,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{history, ownership, pods, watch_config, Context, Error, Result};
+use crate::events::{Kind, Recorder};
 
 /// Annotation holding the revision of a ReplicaSet (and of its Deployment).
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -110,18 +111,41 @@ fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 
-async fn set_replicas(api: &Api<ReplicaSet>, rs: &mut ReplicaSet, n: i32) -> Result<()> {
-    if spec_replicas(rs) == n {
-        return Ok(());
+/// Sets the replicas of a Deployment's ReplicaSets, recording each scaling as an Event
+/// of the Deployment (as `kubectl describe deployment` shows them).
+struct Scaler<'a> {
+    api: &'a Api<ReplicaSet>,
+    deployment: &'a Deployment,
+    events: Recorder,
+}
+
+impl Scaler<'_> {
+    async fn set(&self, rs: &mut ReplicaSet, n: i32) -> Result<()> {
+        let from = spec_replicas(rs);
+        if from == n {
+            return Ok(());
+        }
+        *rs = self
+            .api
+            .patch(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": n}})),
+            )
+            .await?;
+        let way = if n > from { "up" } else { "down" };
+        self.events.record(
+            self.deployment,
+            None,
+            Kind::Normal,
+            "ScalingReplicaSet",
+            &format!(
+                "Scaled {way} replica set {} from {from} to {n}",
+                rs.name_any()
+            ),
+        );
+        Ok(())
     }
-    *rs = api
-        .patch(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": n}})),
-        )
-        .await?;
-    Ok(())
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
@@ -132,6 +156,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
     let name = d.name_any();
     let api_rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
     let api_pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let scaler = Scaler {
+        api: &api_rs,
+        deployment: d.as_ref(),
+        events: Recorder::new(ctx.client.clone(), "deployment-controller", None),
+    };
     let api_d = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
     let spec = d
         .spec
@@ -268,14 +297,14 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
         if let Some(new) = new_rs.as_mut() {
             if recreate {
                 for rs in old.iter_mut() {
-                    set_replicas(&api_rs, rs, 0).await?;
+                    scaler.set(rs, 0).await?;
                 }
                 let old_active: i32 = old.iter().map(|rs| count(rs).active).sum();
                 if old_active == 0 {
-                    set_replicas(&api_rs, new, replicas).await?;
+                    scaler.set(new, replicas).await?;
                 }
             } else {
-                rolling_update(&api_rs, spec, replicas, new, &mut old, &count).await?;
+                rolling_update(&scaler, spec, replicas, new, &mut old, &count).await?;
             }
         }
     }
@@ -434,7 +463,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
 /// One step of a rolling update: grow the new ReplicaSet within maxSurge, then shrink
 /// old ones as far as maxUnavailable allows, unhealthy pods first.
 async fn rolling_update(
-    api: &Api<ReplicaSet>,
+    scaler: &Scaler<'_>,
     spec: &DeploymentSpec,
     replicas: i32,
     new: &mut ReplicaSet,
@@ -447,11 +476,13 @@ async fn rolling_update(
         spec_replicas(new) + old.iter().map(spec_replicas).sum::<i32>()
     };
     if new_spec > replicas {
-        set_replicas(api, new, replicas).await?;
+        scaler.set(new, replicas).await?;
     } else if new_spec < replicas {
         let room = replicas + surge - all_spec(new, old);
         if room > 0 {
-            set_replicas(api, new, new_spec + room.min(replicas - new_spec)).await?;
+            scaler
+                .set(new, new_spec + room.min(replicas - new_spec))
+                .await?;
         }
     }
     if old.iter().all(|rs| spec_replicas(rs) == 0) {
@@ -471,7 +502,7 @@ async fn rolling_update(
             continue;
         }
         let down = unhealthy.min(budget);
-        set_replicas(api, rs, s - down).await?;
+        scaler.set(rs, s - down).await?;
         budget -= down;
     }
     // Then available ones, as far as availability allows.
@@ -489,7 +520,7 @@ async fn rolling_update(
             continue;
         }
         let down = s.min(can);
-        set_replicas(api, rs, s - down).await?;
+        scaler.set(rs, s - down).await?;
         can -= down;
     }
     Ok(())

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::job_status::{self, PodState, INDEX_ANNOTATION, TRACKING_FINALIZER};
 use super::{ownership, pods, watch_config, Context, Error, Result};
+use crate::events::Recorder;
 
 /// Label (and, with its legacy name, selector key) that ties pods to their Job's uid.
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
@@ -198,8 +199,9 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     for p in mine.iter().filter(|p| plan.strip.contains(&p.name_any())) {
         strip_finalizer(&api_pods, p).await?;
     }
+    let events = Recorder::new(ctx.client.clone(), "job-controller", None);
     for victim in &plan.delete {
-        super::delete(&api_pods, victim, &DeleteParams::default()).await?;
+        pods::delete_recorded(&api_pods, victim, &job, &events).await?;
     }
     if !plan.create.is_empty() {
         let new = plan
@@ -207,7 +209,7 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
             .iter()
             .map(|i| new_pod(&job, *i))
             .collect::<Result<Vec<_>>>()?;
-        pods::create_slow_start(&api_pods, new).await?;
+        pods::create_recorded(&api_pods, new, &job, &events).await?;
     }
     if current.status.as_ref() != Some(&plan.status) {
         current.status = Some(plan.status.clone());

@@ -9,6 +9,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod eventttl;
 pub mod gc;
 pub mod history;
 pub mod job;
@@ -160,5 +161,6 @@ pub fn start(
     set.spawn(job::run(ctx.clone(), stop()));
     set.spawn(job::run_orphans(ctx.clone(), stop()));
     set.spawn(cronjob::run(ctx.clone(), stop()));
+    set.spawn(eventttl::run(ctx.clone(), stop()));
     set
 }

@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 
+use crate::events::{Kind, Recorder};
+
 /// Whether a pod still counts toward its controller: not being deleted, not finished.
 pub fn is_active(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -143,6 +145,41 @@ pub fn from_template(template: &PodTemplateSpec, owner: OwnerReference, prefix: 
 /// Creates `new` pods a few at a time: one, then two, four, … (kube-controller-manager's
 /// slow start), so a failing create stops the burst early.
 pub async fn create_slow_start(api: &kube::Api<Pod>, new: Vec<Pod>) -> super::Result<()> {
+    create_batches(api, new, |_| {}).await
+}
+
+/// As [`create_slow_start`], recording `SuccessfulCreate` on `owner` for each pod.
+pub async fn create_recorded<K: Resource<DynamicType = ()>>(
+    api: &kube::Api<Pod>,
+    new: Vec<Pod>,
+    owner: &K,
+    events: &Recorder,
+) -> super::Result<()> {
+    create_batches(api, new, |p| {
+        let message = format!("Created pod: {}", kube::ResourceExt::name_any(p));
+        events.record(owner, None, Kind::Normal, "SuccessfulCreate", &message);
+    })
+    .await
+}
+
+/// Deletes pod `name`, recording `SuccessfulDelete` on `owner`.
+pub async fn delete_recorded<K: Resource<DynamicType = ()>>(
+    api: &kube::Api<Pod>,
+    name: &str,
+    owner: &K,
+    events: &Recorder,
+) -> super::Result<()> {
+    super::delete(api, name, &kube::api::DeleteParams::default()).await?;
+    let message = format!("Deleted pod: {name}");
+    events.record(owner, None, Kind::Normal, "SuccessfulDelete", &message);
+    Ok(())
+}
+
+async fn create_batches(
+    api: &kube::Api<Pod>,
+    new: Vec<Pod>,
+    created: impl Fn(&Pod),
+) -> super::Result<()> {
     let pp = kube::api::PostParams::default();
     let mut batch = 1usize;
     let mut rest = new.as_slice();
@@ -150,7 +187,7 @@ pub async fn create_slow_start(api: &kube::Api<Pod>, new: Vec<Pod>) -> super::Re
         let (now, later) = rest.split_at(batch.min(rest.len()));
         let results = futures::future::join_all(now.iter().map(|p| api.create(&pp, p))).await;
         for r in results {
-            r?;
+            created(&r?);
         }
         rest = later;
         batch *= 2;

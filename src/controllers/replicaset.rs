@@ -9,11 +9,11 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DeleteParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
 
 use super::{pods, watch_config, Context, Error, Result};
+use crate::events::Recorder;
 
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
@@ -35,6 +35,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         super::ownership::claim(&api_pods, rs.as_ref(), &spec.selector, pods::is_active).await?;
     let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
+    let events = Recorder::new(ctx.client.clone(), "replicaset-controller", None);
     if rs.metadata.deletion_timestamp.is_none() {
         if active.len() < want {
             let owner = pods::controller_ref(rs.as_ref())
@@ -44,12 +45,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
                 .as_ref()
                 .ok_or_else(|| Error::Object("replicaset has no pod template".into()))?;
             let pod = pods::from_template(template, owner, &rs.name_any());
-            pods::create_slow_start(&api_pods, vec![pod; want - active.len()]).await?;
+            let new = vec![pod; want - active.len()];
+            pods::create_recorded(&api_pods, new, rs.as_ref(), &events).await?;
         } else if active.len() > want {
             let mut victims = active.clone();
             victims.sort_by_key(|p| pods::deletion_rank(p));
             for p in victims.iter().take(active.len() - want) {
-                super::delete(&api_pods, &p.name_any(), &DeleteParams::default()).await?;
+                pods::delete_recorded(&api_pods, &p.name_any(), rs.as_ref(), &events).await?;
             }
         }
     }

@@ -20,6 +20,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::controllers::{self, Context, Result};
+use crate::events::{Kind, Recorder};
 use filters::Usage;
 
 /// Scheduler name pods ask for by default.
@@ -144,6 +145,13 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
                 .await
             {
                 Ok(_) => {
+                    recorder(&ctx).record(
+                        pod.as_ref(),
+                        None,
+                        Kind::Normal,
+                        "Scheduled",
+                        &format!("Successfully assigned {ns}/{name} to {node}"),
+                    );
                     if let Some(uid) = pod.metadata.uid.clone() {
                         state
                             .assumed
@@ -171,6 +179,13 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
                 .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
                 .and_then(|c| c.message.clone());
             if current.as_deref() != Some(message.as_str()) {
+                recorder(&ctx).record(
+                    pod.as_ref(),
+                    None,
+                    Kind::Warning,
+                    "FailedScheduling",
+                    &message,
+                );
                 let patch = json!({"status": {"conditions": [{
                     "type": "PodScheduled",
                     "status": "False",
@@ -194,4 +209,9 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
             Ok(Action::requeue(Duration::from_secs(5)))
         }
     }
+}
+
+/// The scheduler's Events are those of `default-scheduler`, as kube-scheduler's.
+fn recorder(ctx: &Context) -> Recorder {
+    Recorder::new(ctx.client.clone(), "default-scheduler", None)
 }
