@@ -314,6 +314,7 @@ pub async fn run(
             service_cidr: config.service_cidr.clone(),
             cluster_dns: config.cluster_dns,
             cluster_domain: config.cluster_domain.clone(),
+            api_server_sans: sans,
         },
         crate::controllers::client::in_process(&api, "system:pikube-join", &["system:masters"]),
     );

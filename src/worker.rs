@@ -26,13 +26,9 @@ pub struct WorkerConfig {
 pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut node = cfg.node;
     let first = node.agent();
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
     let request = NodeRequest {
         node_name: first.node_name.clone(),
         node_ips: first.node_ip.parse::<IpAddr>().into_iter().collect(),
-        hostname,
     };
     let (joined, kubeconfig) =
         crate::agent::join::join_or_reuse(&first.agent_dir(), &cfg.server, &cfg.token, &request)

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{free_dual_port, free_port, get_json, test_images, wait_for, Server};
+use crate::harness::{
+    free_dual_port, free_port, get_json, post_bearer, test_images, wait_for, Server,
+};
 
 /// A `pikube agent` process on this machine, with its own dirs, bridge and cgroup;
 /// stopped and cleaned up when dropped.
@@ -27,7 +29,7 @@ impl Agent {
             "--node-name",
             "agent11",
             "--node-ip",
-            "127.0.0.1",
+            "127.0.0.11",
             "--cgroup-root",
             "/pikube-test-11",
             "--cni-bridge",
@@ -233,4 +235,119 @@ spec:
     assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "10.43.0.1");
 
     server.ok("1.33", &["delete", "pod", "on-agent", "--timeout=60s"]);
+}
+
+/// Subject and SANs of a PEM certificate, as openssl prints them.
+fn cert_text(pem: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-ext", "subjectAltName"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(pem.as_bytes())
+        .expect("write the certificate");
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl cannot read {pem}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A node request for `name` at `ips`.
+fn node_request(name: &str, ips: &[&str]) -> serde_json::Value {
+    serde_json::json!({"nodeName": name, "nodeIps": ips})
+}
+
+#[test]
+fn a_join_certifies_only_the_nodes_own_name_and_addresses() {
+    let server = Server::start();
+    let token = std::fs::read_to_string(server.data_dir().join("server/token"))
+        .expect("the server keeps its token");
+    let token = token.trim();
+    let join = |name: &str, ips: &[&str]| {
+        post_bearer(&server, "/v1-pikube/node", token, &node_request(name, ips))
+    };
+
+    // What kubelets get: both certificates are the node's, for its name and address only.
+    let (code, body) = join("sec18", &["127.0.0.18"]);
+    assert_eq!(code, 200, "{body}");
+    for which in ["client", "serving"] {
+        let text = cert_text(body[which]["cert_pem"].as_str().unwrap_or_default());
+        assert!(
+            text.contains("subject=CN = system:node:sec18, O = system:nodes"),
+            "{which}: {text}"
+        );
+    }
+    let serving = cert_text(body["serving"]["cert_pem"].as_str().unwrap_or_default());
+    let sans: Vec<&str> = serving
+        .lines()
+        .skip_while(|l| !l.contains("Subject Alternative Name"))
+        .nth(1)
+        .unwrap_or_default()
+        .split(", ")
+        .map(str::trim)
+        .collect();
+    assert_eq!(sans, ["IP Address:127.0.0.18", "DNS:sec18"], "{serving}");
+
+    // The API server's names and addresses, the service range: refused with the reason.
+    for (name, ips, why) in [
+        ("kubernetes", vec![], "is a name of the API server"),
+        (
+            "kubernetes.default.svc.cluster.local",
+            vec![],
+            "is a name of the API server",
+        ),
+        ("localhost", vec![], "is a name of the API server"),
+        (
+            "sec18",
+            vec!["127.0.0.1"],
+            "is an address of the API server",
+        ),
+        ("10.43.0.1", vec![], "is an address of the API server"),
+        ("sec18", vec!["10.43.7.7"], "is in the service range"),
+    ] {
+        let (code, body) = join(name, &ips);
+        let message = body["message"].as_str().unwrap_or_default();
+        assert_eq!(code, 403, "{name} {ips:?}: {body}");
+        assert!(message.contains(why), "{name} {ips:?}: {message}");
+    }
+
+    // Another node's address is not this node's.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            crate::harness::s(&server.file(
+                "other18.yaml",
+                "apiVersion: v1\nkind: Node\nmetadata: {name: other18}\n",
+            )),
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "node",
+            "other18",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.19"}]}}"#,
+        ],
+    );
+    let (code, body) = join("sec18", &["127.0.0.19"]);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.19 is an address of node other18"),
+        "{body}"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use crate::harness::{free_dual_port, free_port, get_json, Server};
+use crate::harness::{free_dual_port, free_port, get_json, post_bearer, Server};
 
 fn token(server: &Server, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pikube"))
@@ -25,20 +25,8 @@ fn ok(out: &Output) -> String {
 
 /// POSTs a node request to the join endpoint with `secret`: the status and body.
 fn join(server: &Server, secret: &str) -> (u16, serde_json::Value) {
-    let out = Command::new("curl")
-        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST"])
-        .args(["-H", &format!("Authorization: Bearer {secret}")])
-        .args(["-H", "Content-Type: application/json"])
-        .args(["-d", r#"{"nodeName":"tok17","nodeIps":["127.0.0.1"]}"#])
-        .arg(format!("https://127.0.0.1:{}/v1-pikube/node", server.port))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().expect("status code"),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    let node = serde_json::json!({"nodeName": "tok17", "nodeIps": ["127.0.0.17"]});
+    post_bearer(server, "/v1-pikube/node", secret, &node)
 }
 
 /// `pikube agent` with the token in PIKUBE_URL/PIKUBE_TOKEN (as install.sh's env file has
@@ -51,7 +39,12 @@ fn agent_refused(server: &Server, token: &str) -> String {
         .arg("20")
         .arg(env!("CARGO_BIN_EXE_pikube"))
         .args(["agent", "--config", "/dev/null", "--node-name", "tok17"])
-        .args(["--node-ip", "127.0.0.1", "--cgroup-root", "/pikube-test-17"])
+        .args([
+            "--node-ip",
+            "127.0.0.17",
+            "--cgroup-root",
+            "/pikube-test-17",
+        ])
         .args(["--cni-bridge", "pkt17", "--disable", "proxy"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -3,6 +3,8 @@
 //! CA it downloads from `/cacerts` and then get its node certificates and the cluster's
 //! settings from `/v1-pikube/node`, both on the API server's HTTPS port.
 
+pub mod serving;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -114,9 +116,6 @@ pub struct NodeRequest {
     pub node_name: String,
     /// Its IP addresses (for its agent API's serving certificate).
     pub node_ips: Vec<IpAddr>,
-    /// Its hostname.
-    #[serde(default)]
-    pub hostname: String,
 }
 
 /// What a joining node gets: certificates and the cluster settings agents need.
@@ -152,6 +151,9 @@ pub struct ClusterSettings {
     pub cluster_dns: IpAddr,
     /// Cluster domain.
     pub cluster_domain: String,
+    /// The names and IPs of the API server's serving certificate, which no node's
+    /// certificate may hold.
+    pub api_server_sans: Vec<String>,
 }
 
 struct Joiner {
@@ -233,6 +235,29 @@ async fn accepted(j: &Joiner, presented: Option<&Token>) -> Result<(), ApiError>
     }
 }
 
+/// What node `joining`'s certificate may not hold: the API server's names and addresses,
+/// the service range, and the addresses of the other nodes.
+async fn reserved(j: &Joiner, joining: &str) -> Result<serving::Reserved, ApiError> {
+    use k8s_openapi::api::core::v1::{Endpoints, Node};
+    let unavailable =
+        |e: kube::Error| ApiError::unavailable(format!("cannot check the cluster's nodes: {e}"));
+    let mut reserved =
+        serving::Reserved::of_api_server(&j.settings.api_server_sans, &j.settings.service_cidr);
+    let nodes = kube::Api::<Node>::all(j.client.clone())
+        .list(&Default::default())
+        .await
+        .map_err(unavailable)?;
+    reserved.add_nodes(&nodes.items, joining);
+    let endpoints = kube::Api::<Endpoints>::namespaced(j.client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+        .map_err(unavailable)?;
+    if let Some(e) = endpoints {
+        reserved.add_endpoints(&e);
+    }
+    Ok(reserved)
+}
+
 async fn node(
     State(j): State<Arc<Joiner>>,
     headers: HeaderMap,
@@ -259,13 +284,17 @@ async fn node(
         ))
         .into_response();
     }
-    let mut sans: Vec<String> = req.node_ips.iter().map(IpAddr::to_string).collect();
-    sans.push(req.node_name.clone());
-    if !req.hostname.is_empty() && valid_node_name(&req.hostname.to_lowercase()) {
-        sans.push(req.hostname.to_lowercase());
-    }
-    sans.sort();
-    sans.dedup();
+    let reserved = match reserved(&j, &req.node_name).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let sans = match serving::node_sans(&req.node_name, &req.node_ips, &reserved) {
+        Ok(sans) => sans,
+        Err(why) => {
+            tracing::info!(node = %req.node_name, reason = %why, "join refused");
+            return ApiError::forbidden(why).into_response();
+        }
+    };
     let (client, serving) = match j.pki.node_certs(&req.node_name, &sans) {
         Ok(c) => c,
         Err(e) => {
