@@ -29,6 +29,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = 
     let request = NodeRequest {
         node_name: first.node_name.clone(),
         node_ips: first.node_ip.parse::<IpAddr>().into_iter().collect(),
+        node_password: crate::join::password::load_or_create(&first.agent_dir())?,
     };
     let (joined, kubeconfig) =
         crate::agent::join::join_or_reuse(&first.agent_dir(), &cfg.server, &cfg.token, &request)

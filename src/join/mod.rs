@@ -3,6 +3,7 @@
 //! CA it downloads from `/cacerts` and then get its node certificates and the cluster's
 //! settings from `/v1-pikube/node`, both on the API server's HTTPS port.
 
+pub mod password;
 pub mod serving;
 
 use std::net::IpAddr;
@@ -109,13 +110,27 @@ pub fn load_or_create(dir: &Path, given: Option<&str>, ca_pem: &str) -> Result<T
 }
 
 /// What a joining node sends.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRequest {
     /// The node's name.
     pub node_name: String,
     /// Its IP addresses (for its agent API's serving certificate).
     pub node_ips: Vec<IpAddr>,
+    /// The node's password (see [`password`]): only the machine that first joined with
+    /// this name may join with it again.
+    #[serde(default)]
+    pub node_password: String,
+}
+
+impl std::fmt::Debug for NodeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("NodeRequest")
+            .field("node_name", &self.node_name)
+            .field("node_ips", &self.node_ips)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a joining node gets: certificates and the cluster settings agents need.
@@ -295,6 +310,21 @@ async fn node(
             return ApiError::forbidden(why).into_response();
         }
     };
+    if let Err(refused) = password::ensure(&j.client, &req.node_name, &req.node_password).await {
+        tracing::info!(node = %req.node_name, reason = %refused, "join refused");
+        let (code, reason) = match refused {
+            password::Refusal::Taken(_) => (409, "Conflict"),
+            password::Refusal::Invalid(_) => (400, "BadRequest"),
+            password::Refusal::Unavailable(_) => (503, "ServiceUnavailable"),
+        };
+        return ApiError {
+            code,
+            reason,
+            message: refused.to_string(),
+            details: None,
+        }
+        .into_response();
+    }
     let (client, serving) = match j.pki.node_certs(&req.node_name, &sans) {
         Ok(c) => c,
         Err(e) => {

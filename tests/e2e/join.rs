@@ -80,13 +80,32 @@ impl Agent {
         }
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    /// Stops the agent, forgets what its join got (keeping its node password), and starts
+    /// it again: it has to join once more.
+    fn rejoin(&mut self, server: &Server, token: &str) {
+        self.stop();
+        std::fs::remove_file(self.dir.path().join("data/agent/join.json")).expect("join.json");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log");
+        self.child = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .args(Self::args(self.dir.path(), server, token, self.dns_port))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pikube agent");
+        wait_for(60, "the agent to join again", || {
+            self.dir
+                .path()
+                .join("data/agent/join.json")
+                .exists()
+                .then_some(())
+        });
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+    /// Stops the agent process (SIGTERM, then SIGKILL after 10 s).
+    fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -98,6 +117,16 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
         let data: PathBuf = self.dir.path().join("data");
         let _ = Command::new(env!("CARGO_BIN_EXE_pikube"))
             .arg("killall")
@@ -180,6 +209,15 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
         nodes.contains("node10") && nodes.contains("agent11"),
         "{nodes}"
     );
+    // Another machine (another data dir, so another node password) cannot take the name.
+    let err = refused(&server, &token);
+    assert!(
+        err.contains("409") && err.contains("belongs to another machine"),
+        "{err}"
+    );
+    // The same agent joins again with its own password once its join state is gone.
+    let mut agent = agent;
+    agent.rejoin(&server, &token);
 
     let pod = server.file(
         "on-agent.yaml",
@@ -257,19 +295,30 @@ fn cert_text(pem: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A node request for `name` at `ips`.
-fn node_request(name: &str, ips: &[&str]) -> serde_json::Value {
-    serde_json::json!({"nodeName": name, "nodeIps": ips})
+/// A node request for `name` at `ips` with node password `password`.
+fn node_request(name: &str, ips: &[&str], password: &str) -> serde_json::Value {
+    serde_json::json!({"nodeName": name, "nodeIps": ips, "nodePassword": password})
+}
+
+/// The server's token (full form).
+fn server_token(server: &Server) -> String {
+    std::fs::read_to_string(server.data_dir().join("server/token"))
+        .expect("the server keeps its token")
+        .trim()
+        .to_string()
 }
 
 #[test]
 fn a_join_certifies_only_the_nodes_own_name_and_addresses() {
     let server = Server::start();
-    let token = std::fs::read_to_string(server.data_dir().join("server/token"))
-        .expect("the server keeps its token");
-    let token = token.trim();
+    let token = server_token(&server);
     let join = |name: &str, ips: &[&str]| {
-        post_bearer(&server, "/v1-pikube/node", token, &node_request(name, ips))
+        post_bearer(
+            &server,
+            "/v1-pikube/node",
+            &token,
+            &node_request(name, ips, "sec18-password"),
+        )
     };
 
     // What kubelets get: both certificates are the node's, for its name and address only.
@@ -350,4 +399,83 @@ fn a_join_certifies_only_the_nodes_own_name_and_addresses() {
             .contains("127.0.0.19 is an address of node other18"),
         "{body}"
     );
+}
+
+#[test]
+fn a_node_name_joins_again_only_with_its_node_password() {
+    let server = Server::start();
+    let token = server_token(&server);
+    let join = |name: &str, password: &str| {
+        post_bearer(
+            &server,
+            "/v1-pikube/node",
+            &token,
+            &node_request(name, &["127.0.0.18"], password),
+        )
+    };
+    let message =
+        |body: &serde_json::Value| body["message"].as_str().unwrap_or_default().to_string();
+
+    assert_eq!(join("pw18", "first-machine").0, 200);
+    // The same machine again (a lost join.json, a reinstall keeping the data dir).
+    assert_eq!(join("pw18", "first-machine").0, 200);
+    let stored = get_json(
+        &server,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "kube-system",
+            "pw18.node-password.pikube",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(stored["type"], "pikube.io/node-password");
+    assert!(!stored.to_string().contains("first-machine"), "{stored}");
+
+    // Another machine claiming the name: refused, with how to free it.
+    let (code, body) = join("pw18", "second-machine");
+    assert_eq!(code, 409, "{body}");
+    let why = message(&body);
+    assert!(
+        why.contains("belongs to another machine")
+            && why.contains("kubectl delete node pw18; kubectl -n kube-system delete secret pw18.node-password.pikube")
+            && !why.contains('\n'),
+        "{why}"
+    );
+    let (code, body) = join("pw18", "");
+    assert_eq!(code, 400, "{body}");
+    assert!(message(&body).contains("no node password"), "{body}");
+
+    // Freed by the operator: the other machine may have the name.
+    server.ok(
+        "1.33",
+        &[
+            "delete",
+            "secret",
+            "-n",
+            "kube-system",
+            "pw18.node-password.pikube",
+        ],
+    );
+    assert_eq!(join("pw18", "second-machine").0, 200);
+    assert_eq!(join("pw18", "first-machine").0, 409);
+
+    // A Node that never joined with a password (a server's own node) is not handed out.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            crate::harness::s(&server.file(
+                "own18.yaml",
+                "apiVersion: v1\nkind: Node\nmetadata: {name: own18}\n",
+            )),
+        ],
+    );
+    let (code, body) = join("own18", "any");
+    assert_eq!(code, 409, "{body}");
+    assert!(message(&body).contains("has no node password"), "{body}");
 }

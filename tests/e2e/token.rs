@@ -25,7 +25,7 @@ fn ok(out: &Output) -> String {
 
 /// POSTs a node request to the join endpoint with `secret`: the status and body.
 fn join(server: &Server, secret: &str) -> (u16, serde_json::Value) {
-    let node = serde_json::json!({"nodeName": "tok17", "nodeIps": ["127.0.0.17"]});
+    let node = serde_json::json!({"nodeName": "tok17", "nodeIps": ["127.0.0.17"], "nodePassword": "tok17"});
     post_bearer(server, "/v1-pikube/node", secret, &node)
 }
 
