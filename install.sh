@@ -2,13 +2,17 @@
 # pikube installer: a server (the default) or an agent, as a systemd service.
 #
 #   curl -sfL https://get.pikube.dev/install.sh | sh -
-#   curl -sfL https://get.pikube.dev/install.sh | PIKUBE_URL=https://<server>:6443 PIKUBE_TOKEN=<token> sh -
+#   curl -sfL https://get.pikube.dev/install.sh | PIKUBE_URL=https://<server>:6443 PIKUBE_TOKEN=<agent token> sh -
 #
 # Arguments after `sh -s -` are extra flags of `pikube server` (or `pikube agent`); a first
 # argument `server` or `agent` chooses the command. Running it again upgrades in place.
 #
 # Environment (as k3s's INSTALL_K3S_* variables):
-#   PIKUBE_URL, PIKUBE_TOKEN     join a server as an agent (both kept in the service's env file)
+#   PIKUBE_URL, PIKUBE_TOKEN     join a server as an agent (both kept in the service's env file);
+#                                the token: the server's /var/lib/pikube/server/agent-token, or
+#                                one from `pikube token create`
+#   PIKUBE_TOKEN (server)        the server token: other servers join with it (--token)
+#   PIKUBE_AGENT_TOKEN (server)  the agent token to use instead of a generated one (--agent-token)
 #   INSTALL_PIKUBE_EXEC          extra flags of the service, e.g. "--disable-agent --node-label a=b"
 #   INSTALL_PIKUBE_VERSION       release to download (default: the latest)
 #   INSTALL_PIKUBE_URL           where releases are (default https://github.com/pikube/pikube/releases):
@@ -66,7 +70,7 @@ setup_env() {
     EXEC=${EXEC# }
     if [ "$CMD" = agent ]; then
         [ -n "${PIKUBE_URL:-}" ] || has_flag --server || fatal "an agent needs PIKUBE_URL (the server's https://<address>:6443)"
-        [ -n "${PIKUBE_TOKEN:-}" ] || has_flag --token || fatal "an agent needs PIKUBE_TOKEN (the server's /var/lib/pikube/server/token, or one from \`pikube token create\`)"
+        [ -n "${PIKUBE_TOKEN:-}" ] || has_flag --token || fatal "an agent needs PIKUBE_TOKEN (the server's /var/lib/pikube/server/agent-token, or one from \`pikube token create\`)"
         case "${PIKUBE_URL:-https://}" in
             https://*) ;;
             *) fatal "PIKUBE_URL must be an https:// URL such as https://192.168.1.10:6443, not ${PIKUBE_URL}" ;;
@@ -297,6 +301,7 @@ write_env_file() {
     {
         [ -n "${PIKUBE_URL:-}" ] && [ "$CMD" = agent ] && echo "PIKUBE_URL=$(quote "$PIKUBE_URL")"
         [ -n "${PIKUBE_TOKEN:-}" ] && echo "PIKUBE_TOKEN=$(quote "$PIKUBE_TOKEN")"
+        [ -n "${PIKUBE_AGENT_TOKEN:-}" ] && [ "$CMD" = server ] && echo "PIKUBE_AGENT_TOKEN=$(quote "$PIKUBE_AGENT_TOKEN")"
         env | grep -E '^(HTTP_PROXY|HTTPS_PROXY|NO_PROXY|http_proxy|https_proxy|no_proxy)=' |
             while IFS='=' read -r key value; do echo "$key=$(quote "$value")"; done
         true
@@ -530,7 +535,7 @@ summary() {
         fi
         info "Kubeconfig: $KUBECONFIG_FILE (export KUBECONFIG=$KUBECONFIG_FILE to use kubectl directly)"
         info "Next: ${kc}$BIN kubectl get nodes"
-        info "Join more machines: curl -sfL <install.sh URL> | PIKUBE_URL=https://<this machine's address>:$API_PORT PIKUBE_TOKEN=\$(sudo cat $DATA_DIR/server/token) sh -"
+        info "Join more machines: curl -sfL <install.sh URL> | PIKUBE_URL=https://<this machine's address>:$API_PORT PIKUBE_TOKEN=\$(sudo cat $DATA_DIR/server/agent-token) sh -"
     fi
     info "Uninstall: $UNINSTALL"
 }

@@ -1,7 +1,10 @@
-//! Joining nodes to a server, the k3s way: the server's token (`K10<sha256 of the CA>::
-//! server:<secret>`, kept in `<data-dir>/server/token`) lets an agent check the cluster
-//! CA it downloads from `/cacerts` and then get its node certificates and the cluster's
-//! settings from `/v1-pikube/node`, both on the API server's HTTPS port.
+//! Joining nodes to a server, the k3s way: a token (`K10<sha256 of the CA>::<user>:
+//! <secret>`) lets an agent check the cluster CA it downloads from `/cacerts` and then get
+//! its node certificates and the cluster's settings from `/v1-pikube/node`, both on the
+//! API server's HTTPS port. A server has two tokens: the agent token
+//! (`<data-dir>/server/agent-token`, `::node:`), good for agent joins only, and the server
+//! token (`<data-dir>/server/token`, `::server:`), which also lets servers join (and fetch
+//! the CA key), so agents never need it.
 
 pub mod password;
 pub mod serving;
@@ -65,9 +68,44 @@ impl Token {
         })
     }
 
-    /// The full form for `ca_pem`.
-    pub fn full(&self, ca_pem: &str) -> String {
-        format!("K10{}::server:{}", ca_hash(ca_pem), self.secret)
+    /// The full form for `ca_pem`, as `role`'s token.
+    pub fn full(&self, ca_pem: &str, role: Role) -> String {
+        format!("K10{}::{}:{}", ca_hash(ca_pem), role.user(), self.secret)
+    }
+}
+
+/// Which of a server's two tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Joins servers and agents (`--token`, `<data-dir>/server/token`).
+    Server,
+    /// Joins agents only (`--agent-token`, `<data-dir>/server/agent-token`).
+    Agent,
+}
+
+impl Role {
+    /// The token's file in `<data-dir>/server`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Role::Server => "token",
+            Role::Agent => "agent-token",
+        }
+    }
+
+    /// The user part of the full form (k3s's).
+    fn user(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "node",
+        }
+    }
+
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Role::Server => "--token",
+            Role::Agent => "--agent-token",
+        }
     }
 }
 
@@ -80,14 +118,14 @@ pub fn ca_hash(ca_pem: &str) -> String {
         .collect()
 }
 
-/// The server's token: `given` (from `--token`), else the one kept in `dir/token`, else
-/// a new random one. The full form is written to `dir/token` (mode 0600).
-pub fn load_or_create(dir: &Path, given: Option<&str>, ca_pem: &str) -> Result<Token> {
-    let path = dir.join("token");
+/// The server's `role` token: `given` (from its flag), else the one kept in its file in
+/// `dir`, else a new random one. The full form is written to that file (mode 0600).
+pub fn load_or_create(dir: &Path, role: Role, given: Option<&str>, ca_pem: &str) -> Result<Token> {
+    let path = dir.join(role.file());
     let token = match given {
         Some(t) => Token::parse(t)
             .map_err(anyhow::Error::msg)
-            .context("--token")?,
+            .context(role.flag())?,
         None => match std::fs::read_to_string(&path) {
             Ok(text) => Token::parse(&text)
                 .map_err(anyhow::Error::msg)
@@ -105,8 +143,14 @@ pub fn load_or_create(dir: &Path, given: Option<&str>, ca_pem: &str) -> Result<T
             "the token names another cluster's CA (its hash does not match this server's)"
         );
     }
-    crate::pki::write_secret(&path, &format!("{}\n", token.full(ca_pem)))?;
+    store(dir, role, &token, ca_pem)?;
     Ok(token)
+}
+
+/// Writes `token`'s full form to `role`'s file in `dir` (mode 0600).
+pub fn store(dir: &Path, role: Role, token: &Token, ca_pem: &str) -> Result<()> {
+    let path = dir.join(role.file());
+    crate::pki::write_secret(&path, &format!("{}\n", token.full(ca_pem, role)))
 }
 
 /// What a joining node sends.
@@ -173,23 +217,26 @@ pub struct ClusterSettings {
 
 struct Joiner {
     pki: Arc<Pki>,
-    secret: String,
+    /// The secrets of the server and agent tokens.
+    secrets: [String; 2],
     settings: ClusterSettings,
     /// Reads bootstrap tokens (`pikube token create`) from kube-system.
     client: kube::Client,
 }
 
 /// The join endpoints, merged into the API server's HTTPS router. Nodes join with the
-/// server's `token` or with a bootstrap token that `client` finds in kube-system.
+/// server's `token`, its `agent_token`, or a bootstrap token that `client` finds in
+/// kube-system.
 pub fn router(
     pki: Arc<Pki>,
     token: &Token,
+    agent_token: &Token,
     settings: ClusterSettings,
     client: kube::Client,
 ) -> Router {
     let state = Arc::new(Joiner {
         pki,
-        secret: token.secret.clone(),
+        secrets: [token.secret.clone(), agent_token.secret.clone()],
         settings,
         client,
     });
@@ -227,12 +274,18 @@ fn valid_node_name(name: &str) -> bool {
     crate::api::objects::is_dns1123_subdomain(name)
 }
 
-/// The server's own secret, or a bootstrap token that is known, right and not expired.
+/// The server's or agent token's secret, or a bootstrap token that is known, right and
+/// not expired.
 async fn accepted(j: &Joiner, presented: Option<&Token>) -> Result<(), ApiError> {
     let Some(token) = presented else {
         return Err(ApiError::unauthorized());
     };
-    if same(token.secret.as_bytes(), j.secret.as_bytes()) {
+    let mut known = false;
+    for secret in &j.secrets {
+        // Both compared, so the time taken does not tell which one matched.
+        known |= same(token.secret.as_bytes(), secret.as_bytes());
+    }
+    if known {
         return Ok(());
     }
     let Some(bootstrap) = crate::token::BootstrapToken::parse(&token.secret) else {
@@ -372,7 +425,13 @@ mod tests {
         assert!(Token::parse("K10abc::server:x").is_err());
         assert!(Token::parse(&format!("K10{hash}::server:")).is_err());
         assert!(Token::parse("two words").is_err());
-        assert_eq!(bare.full("pem").len(), 3 + 64 + "::server:s3cret".len());
+        assert_eq!(
+            bare.full("pem", Role::Server).len(),
+            3 + 64 + "::server:s3cret".len()
+        );
+        let agent = bare.full("pem", Role::Agent);
+        assert!(agent.ends_with("::node:s3cret"), "{agent}");
+        assert_eq!(Token::parse(&agent).unwrap().secret, "s3cret");
     }
 
     #[test]

@@ -163,11 +163,12 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
     // Two /24s: the server's own node gets the first, the agent the second.
     let server = Server::start_node(10, &["--cluster-cidr", "10.42.110.0/23"]);
     server.wait_node_ready("node10");
-    let token_file = server.data_dir().join("server/token");
-    let token = std::fs::read_to_string(&token_file).expect("the server keeps its token");
+    // Agents join with the agent token (the server token is for servers).
+    let token_file = server.data_dir().join("server/agent-token");
+    let token = std::fs::read_to_string(&token_file).expect("the server keeps its agent token");
     let token = token.trim().to_string();
     assert!(
-        token.starts_with("K10") && token.contains("::server:"),
+        token.starts_with("K10") && token.contains("::node:"),
         "{token}"
     );
 
@@ -177,7 +178,7 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
         err.contains("refused to join") && err.contains("401"),
         "{err}"
     );
-    let wrong_ca = format!("K10{}::server:{secret}", "0".repeat(64));
+    let wrong_ca = format!("K10{}::node:{secret}", "0".repeat(64));
     let err = refused(&server, &wrong_ca);
     assert!(err.contains("does not match the token"), "{err}");
 

@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+use serde_json::json;
+
 use crate::harness::{free_dual_port, free_port, get_json, post_bearer, Server};
 
 fn token(server: &Server, args: &[&str]) -> Output {
@@ -206,4 +208,65 @@ fn bootstrap_tokens_join_until_deleted_or_expired() {
         err.contains("cannot read the kubeconfig /nonexistent"),
         "{err}"
     );
+}
+
+/// The full token in `file` of the server's data dir.
+fn token_file(server: &Server, file: &str) -> String {
+    std::fs::read_to_string(server.data_dir().join("server").join(file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_agent_token_joins_agents_but_never_servers() {
+    let peer = free_port().to_string();
+    let server = Server::start_with(&[
+        "--cluster-init",
+        "--peer-port",
+        &peer,
+        "--agent-token",
+        "agent-secret-17",
+    ]);
+    let server_token = token_file(&server, "token");
+    let agent_token = token_file(&server, "agent-token");
+    let ca_part = server_token.split("::").next().expect("K10 prefix");
+    assert_eq!(agent_token, format!("{ca_part}::node:agent-secret-17"));
+    assert!(server_token.contains("::server:"), "{server_token}");
+
+    // Agents: the agent token (full or bare), the server token (as in k3s), bootstrap tokens.
+    let bootstrap = ok(&token(&server, &["create"]));
+    let bootstrap = bootstrap.trim();
+    for t in [
+        agent_token.as_str(),
+        "agent-secret-17",
+        server_token.as_str(),
+        bootstrap,
+    ] {
+        assert_eq!(join(&server, t).0, 200, "{t}");
+    }
+
+    // Servers: only the server token opens the endpoint that hands out the CA key.
+    let fetch = |t: &str| post_bearer(&server, "/v1-pikube/server/bootstrap", t, &json!({}));
+    let (code, body) = fetch(&server_token);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body["ca"]["key_pem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("PRIVATE KEY"),
+        "{body}"
+    );
+    assert_eq!(
+        body["agentToken"], "agent-secret-17",
+        "joining servers take the cluster's agent token"
+    );
+    for t in [agent_token.as_str(), "agent-secret-17", bootstrap] {
+        let (code, body) = fetch(t);
+        assert_eq!(code, 401, "{t}: {body}");
+        assert!(body.get("ca").is_none(), "{body}");
+    }
+    let member = json!({"id": 7, "peerAddress": "127.0.0.1:1"});
+    let (code, _) = post_bearer(&server, "/v1-pikube/server/member", &agent_token, &member);
+    assert_eq!(code, 401);
 }
