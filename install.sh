@@ -32,6 +32,16 @@
 set -ef
 
 PACKAGES="containerd runc nftables containernetworking-plugins iproute2"
+# Put into each directory install.sh creates (or finds holding only pikube's files); the
+# uninstall script deletes only directories that carry it.
+MARKER=.pikube-owned
+# Never pikube's own: the uninstall script would delete them.
+SYSTEM_DIRS="/ /bin /boot /boot/firmware /dev /etc /etc/default /etc/systemd /etc/systemd/system
+/home /lib /lib32 /lib64 /libx32 /lost+found /media /mnt /opt /proc /root /run /run/user /sbin
+/srv /sys /tmp /usr /usr/bin /usr/include /usr/lib /usr/lib32 /usr/lib64 /usr/libexec
+/usr/local /usr/local/bin /usr/local/etc /usr/local/lib /usr/local/sbin /usr/local/share
+/usr/sbin /usr/share /usr/src /var /var/backups /var/cache /var/lib /var/local /var/lock
+/var/log /var/mail /var/opt /var/run /var/spool /var/tmp"
 
 info() { echo "[INFO]  $*"; }
 warn() { echo "[WARN]  $*" >&2; }
@@ -96,9 +106,12 @@ setup_env() {
             *) fatal "$dir: the installation's directories must be absolute paths other than /" ;;
         esac
     done
-    DATA_DIR=$(echo "$DATA_DIR" | sed 's:/*$::')
-    RUN_DIR=$(echo "$RUN_DIR" | sed 's:/*$::')
-    CONFIG_DIR=$(echo "$CONFIG_DIR" | sed 's:/*$::')
+    DATA_DIR=$(canonical "$DATA_DIR")
+    RUN_DIR=$(canonical "$RUN_DIR")
+    CONFIG_DIR=$(canonical "$CONFIG_DIR")
+    own_dir "the data dir (--data-dir)" "$DATA_DIR" /var/lib/pikube
+    own_dir "the run dir (--run-dir)" "$RUN_DIR" /run/pikube
+    own_dir "the config dir (INSTALL_PIKUBE_CONFIG_DIR)" "$CONFIG_DIR" /etc/pikube
 
     # Paths that differ from pikube's own defaults become flags of the service.
     FLAGS=$EXEC
@@ -114,6 +127,34 @@ setup_env() {
     if [ "$CMD" = server ] && has_flag --disable-agent; then
         NODE_AGENT=false
     fi
+}
+
+# canonical DIR: DIR absolute, without `.`, `..`, repeated or trailing slashes, and
+# symbolic links resolved where it exists.
+canonical() {
+    if command -v realpath >/dev/null 2>&1; then
+        realpath -m -- "$1"
+    else
+        echo "$1" | sed 's://*:/:g; s:/$::'
+    fi
+}
+
+# own_dir WHAT DIR EXAMPLE: stops unless DIR can be pikube's own directory, which the
+# uninstall script deletes: not a system directory, a home directory, or one holding
+# pikube's binary or unit.
+own_dir() {
+    for system in $SYSTEM_DIRS; do
+        [ "$2" != "$system" ] || fatal "$1 $2 is a system directory: pikube needs a directory of its own, such as $3"
+    done
+    case "$2" in
+        /home/*/*) ;;
+        /home/*) fatal "$1 $2 is a home directory: pikube needs a directory of its own, such as $3" ;;
+    esac
+    for inside in "$(canonical "$BIN_DIR")" "$(canonical "$SYSTEMD_DIR")"; do
+        case "$inside/" in
+            "$2"/*) fatal "$1 $2 holds $inside: pikube needs a directory of its own, such as $3" ;;
+        esac
+    done
 }
 
 # has_flag NAME: the flags name NAME (`--name value`, `--name=value` or `--name`).
@@ -286,6 +327,33 @@ quote() {
     printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
 }
 
+# claim DIR NAME…: marks DIR as pikube's (the uninstall script deletes it) when it is new,
+# empty, marked already, or holds nothing but the entries NAME…; else it is left alone,
+# and unmarked, with a warning.
+claim() {
+    dir=$1
+    shift
+    if [ -d "$dir" ] && [ ! -f "$dir/$MARKER" ]; then
+        other=$($SUDO find "$dir" -mindepth 1 -maxdepth 1 -exec basename {} \; |
+            grep -vxF "$(printf '%s\n' "$@")" | head -n 1)
+        if [ -n "$other" ]; then
+            warn "$dir existed and holds $other: not marking it as pikube's; the uninstall script will leave it"
+            return 0
+        fi
+    elif [ -e "$dir" ] && [ ! -d "$dir" ]; then
+        fatal "$dir is not a directory"
+    fi
+    $SUDO mkdir -p "$dir"
+    echo "Created for pikube by install.sh; $UNINSTALL deletes this directory." |
+        $SUDO tee "$dir/$MARKER" >/dev/null
+}
+
+claim_dirs() {
+    claim "$DATA_DIR" server agent
+    claim "$RUN_DIR" containerd runc
+    claim "$CONFIG_DIR" config.yaml pikube.yaml
+}
+
 write_config() {
     $SUDO mkdir -p "$CONFIG_DIR"
     if [ ! -e "$CONFIG_FILE" ]; then
@@ -341,8 +409,17 @@ Restart=always
 RestartSec=5s
 ExecStartPre=-/sbin/modprobe br_netfilter
 ExecStartPre=-/sbin/modprobe overlay
+$(run_dir_marker)
 ExecStart=$BIN $CMD${FLAGS:+ $FLAGS}
 EOF
+}
+
+# Unit lines that mark the run dir again after a reboot emptied it (a tmpfs), when it is
+# pikube's.
+run_dir_marker() {
+    [ -f "$RUN_DIR/$MARKER" ] || return 0
+    echo "ExecStartPre=-/bin/mkdir -p \"$RUN_DIR\""
+    echo "ExecStartPre=-/usr/bin/touch \"$RUN_DIR/$MARKER\""
 }
 
 write_uninstall() {
@@ -375,6 +452,7 @@ CONFIG_DIR='$CONFIG_DIR'
 KUBECONFIG_FILE='$kubeconfig'
 LOG_FILE='$LOG_FILE'
 CLUSTER_DNS='$cluster_dns'
+MARKER='$MARKER'
 
 info() { echo "[INFO]  \$*"; }
 
@@ -444,8 +522,16 @@ for dir in "\$DATA_DIR" "\$RUN_DIR"; do
     fi
 done
 
-info "Removing \$DATA_DIR, \$RUN_DIR, \$CONFIG_DIR and \$BIN"
-rm -rf "\$DATA_DIR" "\$RUN_DIR" "\$CONFIG_DIR"
+# Only directories install.sh made pikube's (they carry \$MARKER) are deleted.
+for dir in "\$DATA_DIR" "\$RUN_DIR" "\$CONFIG_DIR"; do
+    if [ -f "\$dir/\$MARKER" ]; then
+        info "Removing \$dir"
+        rm -rf "\$dir"
+    elif [ -e "\$dir" ]; then
+        echo "[WARN]  Leaving \$dir: it has no \$MARKER (install.sh did not create it for pikube); remove pikube's files from it by hand" >&2
+    fi
+done
+info "Removing \$BIN"
 [ -z "\$KUBECONFIG_FILE" ] || rm -f "\$KUBECONFIG_FILE"
 rm -f "\$LOG_FILE" "\$BIN"
 rm -f "\$0"
@@ -547,6 +633,7 @@ main() {
     detect_arch
     install_packages
     install_binary
+    claim_dirs
     write_config
     write_env_file
     write_unit
