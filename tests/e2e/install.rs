@@ -105,6 +105,19 @@ fn same_file(a: &Path, b: &Path) -> bool {
         .is_ok_and(|st| st.success())
 }
 
+/// Asserts that shellcheck finds nothing in the script at `path`.
+fn shellcheck_clean(path: &Path) {
+    let check = Command::new("shellcheck")
+        .arg(path)
+        .output()
+        .expect("shellcheck (Debian package shellcheck)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
 }
@@ -207,15 +220,7 @@ fn install_sh_installs_runs_upgrades_and_uninstalls_a_node() {
     )));
     assert_eq!(mode(&l.path("systemd/pikube.service.env")), 0o600);
     assert_eq!(mode(&uninstall), 0o755);
-    let check = Command::new("shellcheck")
-        .arg(&uninstall)
-        .output()
-        .expect("shellcheck (Debian package shellcheck)");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    shellcheck_clean(&uninstall);
 
     // No systemd here: start pikube the way the script says.
     let start = out
@@ -620,15 +625,7 @@ fn install_sh_refuses_system_dirs_and_uninstall_removes_only_its_own() {
         "the run dir (a tmpfs) is marked again at every start:\n{unit}"
     );
     let uninstall = l.path("bin/pikube-uninstall.sh");
-    let check = Command::new("shellcheck")
-        .arg(&uninstall)
-        .output()
-        .expect("shellcheck");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    shellcheck_clean(&uninstall);
     let out = Command::new("sh")
         .arg(&uninstall)
         .output()

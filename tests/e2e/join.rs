@@ -301,6 +301,18 @@ fn node_request(name: &str, ips: &[&str], password: &str) -> serde_json::Value {
     serde_json::json!({"nodeName": name, "nodeIps": ips, "nodePassword": password})
 }
 
+/// Creates a Node object `name` (no agent behind it).
+fn create_node(server: &Server, name: &str) {
+    let file = server.file(
+        &format!("{name}.yaml"),
+        &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n"),
+    );
+    server.ok(
+        "1.33",
+        &["create", "--validate=false", "-f", crate::harness::s(&file)],
+    );
+}
+
 /// The server's token (full form).
 fn server_token(server: &Server) -> String {
     std::fs::read_to_string(server.data_dir().join("server/token"))
@@ -367,18 +379,7 @@ fn a_join_certifies_only_the_nodes_own_name_and_addresses() {
     }
 
     // Another node's address is not this node's.
-    server.ok(
-        "1.33",
-        &[
-            "create",
-            "--validate=false",
-            "-f",
-            crate::harness::s(&server.file(
-                "other18.yaml",
-                "apiVersion: v1\nkind: Node\nmetadata: {name: other18}\n",
-            )),
-        ],
-    );
+    create_node(&server, "other18");
     server.ok(
         "1.33",
         &[
@@ -464,18 +465,7 @@ fn a_node_name_joins_again_only_with_its_node_password() {
     assert_eq!(join("pw18", "first-machine").0, 409);
 
     // A Node that never joined with a password (a server's own node) is not handed out.
-    server.ok(
-        "1.33",
-        &[
-            "create",
-            "--validate=false",
-            "-f",
-            crate::harness::s(&server.file(
-                "own18.yaml",
-                "apiVersion: v1\nkind: Node\nmetadata: {name: own18}\n",
-            )),
-        ],
-    );
+    create_node(&server, "own18");
     let (code, body) = join("own18", "any");
     assert_eq!(code, 409, "{body}");
     assert!(message(&body).contains("has no node password"), "{body}");
