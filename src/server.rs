@@ -191,6 +191,10 @@ pub async fn run(
         config.agent_token.as_deref(),
         &pki.ca.cert_pem,
     )?;
+    anyhow::ensure!(
+        !crate::join::same(token.secret.as_bytes(), agent_token.secret.as_bytes()),
+        "the agent token must differ from the server token: agents would get what only servers may (the CA key)"
+    );
 
     let (store, peers) = crate::cluster::open_store(&config, &prepared, &pki).await?;
 

@@ -266,6 +266,28 @@ fn the_agent_token_joins_agents_but_never_servers() {
         assert_eq!(code, 401, "{t}: {body}");
         assert!(body.get("ca").is_none(), "{body}");
     }
+    // An agent token that is the server token would give agents the CA key: refused.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_pikube"))
+        .args(["server", "--config", "/dev/null", "--disable-agent"])
+        .args(["--token", "same-17", "--agent-token", "same-17"])
+        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+        .arg(free_port().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kubeconfig"))
+        .output()
+        .expect("run pikube server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the agent token must differ from the server token"),
+        "{err}"
+    );
+
     let member = json!({"id": 7, "peerAddress": "127.0.0.1:1"});
     let (code, _) = post_bearer(&server, "/v1-pikube/server/member", &agent_token, &member);
     assert_eq!(code, 401);
