@@ -15,7 +15,8 @@ use crate::join::NodeRequest;
 pub struct WorkerConfig {
     /// The server's URL (`https://host:6443`).
     pub server: String,
-    /// The join token (the server's `<data-dir>/server/token`).
+    /// The join token (the server's `<data-dir>/server/agent-token`, a bootstrap token, or
+    /// its server token).
     pub token: String,
     /// This node's settings (the node-level fields; the cluster ranges, DNS address and
     /// domain come from the server when joining).
