@@ -365,16 +365,16 @@ async fn node(
     };
     if let Err(refused) = password::ensure(&j.client, &req.node_name, &req.node_password).await {
         tracing::info!(node = %req.node_name, reason = %refused, "join refused");
-        let (code, reason) = match refused {
-            password::Refusal::Taken(_) => (409, "Conflict"),
-            password::Refusal::Invalid(_) => (400, "BadRequest"),
-            password::Refusal::Unavailable(_) => (503, "ServiceUnavailable"),
-        };
-        return ApiError {
-            code,
-            reason,
-            message: refused.to_string(),
-            details: None,
+        let message = refused.to_string();
+        return match refused {
+            password::Refusal::Taken(_) => ApiError {
+                code: 409,
+                reason: "Conflict",
+                message,
+                details: None,
+            },
+            password::Refusal::Invalid(_) => ApiError::bad_request(message),
+            password::Refusal::Unavailable(_) => ApiError::unavailable(message),
         }
         .into_response();
     }
