@@ -326,6 +326,7 @@ pub async fn run(
     );
     let join = crate::join::router(
         Arc::new(pki.clone()),
+        store.clone(),
         &token,
         &agent_token,
         crate::join::ClusterSettings {

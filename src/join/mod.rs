@@ -217,6 +217,8 @@ pub struct ClusterSettings {
 
 struct Joiner {
     pki: Arc<Pki>,
+    /// The store, whose members are the cluster's servers.
+    store: pikube_raft::Store,
     /// The secrets of the server and agent tokens.
     secrets: [String; 2],
     settings: ClusterSettings,
@@ -229,6 +231,7 @@ struct Joiner {
 /// kube-system.
 pub fn router(
     pki: Arc<Pki>,
+    store: pikube_raft::Store,
     token: &Token,
     agent_token: &Token,
     settings: ClusterSettings,
@@ -236,6 +239,7 @@ pub fn router(
 ) -> Router {
     let state = Arc::new(Joiner {
         pki,
+        store,
         secrets: [token.secret.clone(), agent_token.secret.clone()],
         settings,
         client,
@@ -303,7 +307,7 @@ async fn accepted(j: &Joiner, presented: Option<&Token>) -> Result<(), ApiError>
     }
 }
 
-/// What node `joining`'s certificate may not hold: the API server's names and addresses,
+/// What node `joining`'s certificate may not hold: the API servers' names and addresses,
 /// the service range, and the addresses of the other nodes.
 async fn reserved(j: &Joiner, joining: &str) -> Result<serving::Reserved, ApiError> {
     use k8s_openapi::api::core::v1::{Endpoints, Node};
@@ -316,6 +320,8 @@ async fn reserved(j: &Joiner, joining: &str) -> Result<serving::Reserved, ApiErr
         .await
         .map_err(unavailable)?;
     reserved.add_nodes(&nodes.items, joining);
+    let members = j.store.members();
+    reserved.add_servers(members.iter().map(|m| m.addr.as_str()));
     let endpoints = kube::Api::<Endpoints>::namespaced(j.client.clone(), "default")
         .get_opt("kubernetes")
         .await

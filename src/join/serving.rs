@@ -52,6 +52,16 @@ impl Reserved {
         self.api_ips.extend(ips);
     }
 
+    /// Adds the addresses of the servers of the store (peer addresses, `ip:port`): every
+    /// server's API server listens there too.
+    pub fn add_servers<'a>(&mut self, peers: impl IntoIterator<Item = &'a str>) {
+        let ips = peers
+            .into_iter()
+            .filter_map(|p| p.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip());
+        self.api_ips.extend(ips);
+    }
+
     /// Adds the nodes other than `joining`, with their addresses and host names.
     pub fn add_nodes(&mut self, nodes: &[Node], joining: &str) {
         for node in nodes {
@@ -163,6 +173,7 @@ mod tests {
         }))
         .unwrap();
         r.add_endpoints(&endpoints);
+        r.add_servers(["192.0.2.30:6444", "not an address"]);
         r
     }
 
@@ -196,7 +207,14 @@ mod tests {
                 "{name}: {err}"
             );
         }
-        for ip in ["127.0.0.1", "192.0.2.10", "192.0.2.20", "10.43.0.1", "::1"] {
+        for ip in [
+            "127.0.0.1",
+            "192.0.2.10",
+            "192.0.2.20",
+            "192.0.2.30",
+            "10.43.0.1",
+            "::1",
+        ] {
             let err = node_sans("pi4", &[ip.parse().unwrap()], &r);
             let refused = err.is_err();
             // ::1 is not in this server's certificate: only what the server holds is refused.
