@@ -132,11 +132,7 @@ setup_env() {
 # canonical DIR: DIR absolute, without `.`, `..`, repeated or trailing slashes, and
 # symbolic links resolved where it exists.
 canonical() {
-    if command -v realpath >/dev/null 2>&1; then
-        realpath -m -- "$1"
-    else
-        echo "$1" | sed 's://*:/:g; s:/$::'
-    fi
+    realpath -m -- "$1" 2>/dev/null || echo "$1" | sed 's://*:/:g; s:/$::'
 }
 
 # own_dir WHAT DIR EXAMPLE: stops unless DIR can be pikube's own directory, which the
