@@ -34,10 +34,10 @@ until [ -s "$DIR/data/server/agent-token" ]; do sleep 0.05; done
 TOKEN=$(cat "$DIR/data/server/agent-token")
 until curl -sk -o /dev/null "https://127.0.0.1:$API_PORT/cacerts"; do sleep 0.05; done
 
-# join NAME PASSWORD: "<status> <seconds>" of one join request.
+# join NAME PASSWORD [TOKEN]: "<status> <seconds>" of one join request.
 join() {
 	curl -sk -o /dev/null -w '%{http_code} %{time_total}\n' -X POST \
-		-H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+		-H "Authorization: Bearer ${3:-$TOKEN}" -H 'Content-Type: application/json' \
 		-d "{\"nodeName\":\"$1\",\"nodeIps\":[\"192.0.2.$((RANDOM % 250 + 1))\"],\"nodePassword\":\"$2\"}" \
 		"https://127.0.0.1:$API_PORT/v1-pikube/node"
 }
@@ -60,9 +60,11 @@ EOF
 for i in $(seq "$JOINS"); do join "bench-$i" "password-$i"; done >"$DIR/first"
 for i in $(seq "$JOINS"); do join "bench-$i" "password-$i"; done >"$DIR/again"
 for i in $(seq "$JOINS"); do join "bench-$i" "another-machine"; done >"$DIR/claim"
+for i in $(seq "$JOINS"); do join "bench-$i" "password-$i" wrong-token; done >"$DIR/baseline"
 
 echo "| join request | n | p50 ms | p99 ms | mean ms |"
 echo "|---|---:|---:|---:|---:|"
 report "first join of a name" 200 "$DIR/first"
 report "the same machine again" 200 "$DIR/again"
 report "another machine claiming the name (409)" 409 "$DIR/claim"
+report "baseline: a wrong token (401), TLS and HTTP alone" 401 "$DIR/baseline"
