@@ -123,3 +123,10 @@ images:
 ## bench-runtime: containerd start, image import (vs ctr), pod start latency (root)
 bench-runtime:
 	$(CARGO) run --release -p pikube-runtime --example bench_runtime
+
+.PHONY: bench-join
+
+## bench-join: latency of a node's join request (first join, rejoin, refused claim of a taken name)
+bench-join:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_join.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"

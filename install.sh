@@ -2,13 +2,17 @@
 # pikube installer: a server (the default) or an agent, as a systemd service.
 #
 #   curl -sfL https://get.pikube.dev/install.sh | sh -
-#   curl -sfL https://get.pikube.dev/install.sh | PIKUBE_URL=https://<server>:6443 PIKUBE_TOKEN=<token> sh -
+#   curl -sfL https://get.pikube.dev/install.sh | PIKUBE_URL=https://<server>:6443 PIKUBE_TOKEN=<agent token> sh -
 #
 # Arguments after `sh -s -` are extra flags of `pikube server` (or `pikube agent`); a first
 # argument `server` or `agent` chooses the command. Running it again upgrades in place.
 #
 # Environment (as k3s's INSTALL_K3S_* variables):
-#   PIKUBE_URL, PIKUBE_TOKEN     join a server as an agent (both kept in the service's env file)
+#   PIKUBE_URL, PIKUBE_TOKEN     join a server as an agent (both kept in the service's env file);
+#                                the token: the server's /var/lib/pikube/server/agent-token, or
+#                                one from `pikube token create`
+#   PIKUBE_TOKEN (server)        the server token: other servers join with it (--token)
+#   PIKUBE_AGENT_TOKEN (server)  the agent token to use instead of a generated one (--agent-token)
 #   INSTALL_PIKUBE_EXEC          extra flags of the service, e.g. "--disable-agent --node-label a=b"
 #   INSTALL_PIKUBE_VERSION       release to download (default: the latest)
 #   INSTALL_PIKUBE_URL           where releases are (default https://github.com/pikube/pikube/releases):
@@ -28,6 +32,16 @@
 set -ef
 
 PACKAGES="containerd runc nftables containernetworking-plugins iproute2"
+# Put into each directory install.sh creates (or finds holding only pikube's files); the
+# uninstall script deletes only directories that carry it.
+MARKER=.pikube-owned
+# Never pikube's own: the uninstall script would delete them.
+SYSTEM_DIRS="/ /bin /boot /boot/firmware /dev /etc /etc/default /etc/systemd /etc/systemd/system
+/home /lib /lib32 /lib64 /libx32 /lost+found /media /mnt /opt /proc /root /run /run/user /sbin
+/srv /sys /tmp /usr /usr/bin /usr/include /usr/lib /usr/lib32 /usr/lib64 /usr/libexec
+/usr/local /usr/local/bin /usr/local/etc /usr/local/lib /usr/local/sbin /usr/local/share
+/usr/sbin /usr/share /usr/src /var /var/backups /var/cache /var/lib /var/local /var/lock
+/var/log /var/mail /var/opt /var/run /var/spool /var/tmp"
 
 info() { echo "[INFO]  $*"; }
 warn() { echo "[WARN]  $*" >&2; }
@@ -66,7 +80,7 @@ setup_env() {
     EXEC=${EXEC# }
     if [ "$CMD" = agent ]; then
         [ -n "${PIKUBE_URL:-}" ] || has_flag --server || fatal "an agent needs PIKUBE_URL (the server's https://<address>:6443)"
-        [ -n "${PIKUBE_TOKEN:-}" ] || has_flag --token || fatal "an agent needs PIKUBE_TOKEN (the server's /var/lib/pikube/server/token, or one from \`pikube token create\`)"
+        [ -n "${PIKUBE_TOKEN:-}" ] || has_flag --token || fatal "an agent needs PIKUBE_TOKEN (the server's /var/lib/pikube/server/agent-token, or one from \`pikube token create\`)"
         case "${PIKUBE_URL:-https://}" in
             https://*) ;;
             *) fatal "PIKUBE_URL must be an https:// URL such as https://192.168.1.10:6443, not ${PIKUBE_URL}" ;;
@@ -92,9 +106,12 @@ setup_env() {
             *) fatal "$dir: the installation's directories must be absolute paths other than /" ;;
         esac
     done
-    DATA_DIR=$(echo "$DATA_DIR" | sed 's:/*$::')
-    RUN_DIR=$(echo "$RUN_DIR" | sed 's:/*$::')
-    CONFIG_DIR=$(echo "$CONFIG_DIR" | sed 's:/*$::')
+    DATA_DIR=$(canonical "$DATA_DIR")
+    RUN_DIR=$(canonical "$RUN_DIR")
+    CONFIG_DIR=$(canonical "$CONFIG_DIR")
+    own_dir "the data dir (--data-dir)" "$DATA_DIR" /var/lib/pikube
+    own_dir "the run dir (--run-dir)" "$RUN_DIR" /run/pikube
+    own_dir "the config dir (INSTALL_PIKUBE_CONFIG_DIR)" "$CONFIG_DIR" /etc/pikube
 
     # Paths that differ from pikube's own defaults become flags of the service.
     FLAGS=$EXEC
@@ -110,6 +127,30 @@ setup_env() {
     if [ "$CMD" = server ] && has_flag --disable-agent; then
         NODE_AGENT=false
     fi
+}
+
+# canonical DIR: DIR absolute, without `.`, `..`, repeated or trailing slashes, and
+# symbolic links resolved where it exists.
+canonical() {
+    realpath -m -- "$1" 2>/dev/null || echo "$1" | sed 's://*:/:g; s:/$::'
+}
+
+# own_dir WHAT DIR EXAMPLE: stops unless DIR can be pikube's own directory, which the
+# uninstall script deletes: not a system directory, a home directory, or one holding
+# pikube's binary or unit.
+own_dir() {
+    for system in $SYSTEM_DIRS; do
+        [ "$2" != "$system" ] || fatal "$1 $2 is a system directory: pikube needs a directory of its own, such as $3"
+    done
+    case "$2" in
+        /home/*/*) ;;
+        /home/*) fatal "$1 $2 is a home directory: pikube needs a directory of its own, such as $3" ;;
+    esac
+    for inside in "$(canonical "$BIN_DIR")" "$(canonical "$SYSTEMD_DIR")"; do
+        case "$inside/" in
+            "$2"/*) fatal "$1 $2 holds $inside: pikube needs a directory of its own, such as $3" ;;
+        esac
+    done
 }
 
 # has_flag NAME: the flags name NAME (`--name value`, `--name=value` or `--name`).
@@ -282,6 +323,33 @@ quote() {
     printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
 }
 
+# claim DIR NAME…: marks DIR as pikube's (the uninstall script deletes it) when it is new,
+# empty, marked already, or holds nothing but the entries NAME…; else it is left alone,
+# and unmarked, with a warning.
+claim() {
+    dir=$1
+    shift
+    if [ -d "$dir" ] && [ ! -f "$dir/$MARKER" ]; then
+        other=$($SUDO find "$dir" -mindepth 1 -maxdepth 1 -exec basename {} \; |
+            grep -vxF "$(printf '%s\n' "$@")" | head -n 1)
+        if [ -n "$other" ]; then
+            warn "$dir existed and holds $other: not marking it as pikube's; the uninstall script will leave it"
+            return 0
+        fi
+    elif [ -e "$dir" ] && [ ! -d "$dir" ]; then
+        fatal "$dir is not a directory"
+    fi
+    $SUDO mkdir -p "$dir"
+    echo "Created for pikube by install.sh; $UNINSTALL deletes this directory." |
+        $SUDO tee "$dir/$MARKER" >/dev/null
+}
+
+claim_dirs() {
+    claim "$DATA_DIR" server agent
+    claim "$RUN_DIR" containerd runc
+    claim "$CONFIG_DIR" config.yaml pikube.yaml
+}
+
 write_config() {
     $SUDO mkdir -p "$CONFIG_DIR"
     if [ ! -e "$CONFIG_FILE" ]; then
@@ -297,6 +365,7 @@ write_env_file() {
     {
         [ -n "${PIKUBE_URL:-}" ] && [ "$CMD" = agent ] && echo "PIKUBE_URL=$(quote "$PIKUBE_URL")"
         [ -n "${PIKUBE_TOKEN:-}" ] && echo "PIKUBE_TOKEN=$(quote "$PIKUBE_TOKEN")"
+        [ -n "${PIKUBE_AGENT_TOKEN:-}" ] && [ "$CMD" = server ] && echo "PIKUBE_AGENT_TOKEN=$(quote "$PIKUBE_AGENT_TOKEN")"
         env | grep -E '^(HTTP_PROXY|HTTPS_PROXY|NO_PROXY|http_proxy|https_proxy|no_proxy)=' |
             while IFS='=' read -r key value; do echo "$key=$(quote "$value")"; done
         true
@@ -336,8 +405,17 @@ Restart=always
 RestartSec=5s
 ExecStartPre=-/sbin/modprobe br_netfilter
 ExecStartPre=-/sbin/modprobe overlay
+$(run_dir_marker)
 ExecStart=$BIN $CMD${FLAGS:+ $FLAGS}
 EOF
+}
+
+# Unit lines that mark the run dir again after a reboot emptied it (a tmpfs), when it is
+# pikube's.
+run_dir_marker() {
+    [ -f "$RUN_DIR/$MARKER" ] || return 0
+    echo "ExecStartPre=-/bin/mkdir -p \"$RUN_DIR\""
+    echo "ExecStartPre=-/usr/bin/touch \"$RUN_DIR/$MARKER\""
 }
 
 write_uninstall() {
@@ -370,6 +448,7 @@ CONFIG_DIR='$CONFIG_DIR'
 KUBECONFIG_FILE='$kubeconfig'
 LOG_FILE='$LOG_FILE'
 CLUSTER_DNS='$cluster_dns'
+MARKER='$MARKER'
 
 info() { echo "[INFO]  \$*"; }
 
@@ -439,8 +518,16 @@ for dir in "\$DATA_DIR" "\$RUN_DIR"; do
     fi
 done
 
-info "Removing \$DATA_DIR, \$RUN_DIR, \$CONFIG_DIR and \$BIN"
-rm -rf "\$DATA_DIR" "\$RUN_DIR" "\$CONFIG_DIR"
+# Only directories install.sh made pikube's (they carry \$MARKER) are deleted.
+for dir in "\$DATA_DIR" "\$RUN_DIR" "\$CONFIG_DIR"; do
+    if [ -f "\$dir/\$MARKER" ]; then
+        info "Removing \$dir"
+        rm -rf "\$dir"
+    elif [ -e "\$dir" ]; then
+        echo "[WARN]  Leaving \$dir: it has no \$MARKER (install.sh did not create it for pikube); remove pikube's files from it by hand" >&2
+    fi
+done
+info "Removing \$BIN"
 [ -z "\$KUBECONFIG_FILE" ] || rm -f "\$KUBECONFIG_FILE"
 rm -f "\$LOG_FILE" "\$BIN"
 rm -f "\$0"
@@ -530,7 +617,7 @@ summary() {
         fi
         info "Kubeconfig: $KUBECONFIG_FILE (export KUBECONFIG=$KUBECONFIG_FILE to use kubectl directly)"
         info "Next: ${kc}$BIN kubectl get nodes"
-        info "Join more machines: curl -sfL <install.sh URL> | PIKUBE_URL=https://<this machine's address>:$API_PORT PIKUBE_TOKEN=\$(sudo cat $DATA_DIR/server/token) sh -"
+        info "Join more machines: curl -sfL <install.sh URL> | PIKUBE_URL=https://<this machine's address>:$API_PORT PIKUBE_TOKEN=\$(sudo cat $DATA_DIR/server/agent-token) sh -"
     fi
     info "Uninstall: $UNINSTALL"
 }
@@ -542,6 +629,7 @@ main() {
     detect_arch
     install_packages
     install_binary
+    claim_dirs
     write_config
     write_env_file
     write_unit

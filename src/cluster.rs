@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::join::{post_with_token, trusted_ca};
 use crate::api::status::ApiError;
 use crate::config::ServerConfig;
-use crate::join::Token;
+use crate::join::{Role, Token};
 use crate::pki::{CertKey, Pki};
 
 /// Where a joining server gets the cluster CA and the store's cluster id.
@@ -43,6 +43,9 @@ pub struct Bootstrap {
     pub ca: CertKey,
     /// The store's cluster id.
     pub cluster_id: String,
+    /// The secret of the cluster's agent token, which every server accepts.
+    #[serde(default)]
+    pub agent_token: String,
 }
 
 /// A joining server's membership request.
@@ -117,6 +120,7 @@ pub async fn prepare(config: &ServerConfig, tls_dir: &Path) -> Result<Prepared> 
                 "the server handed out another CA than it serves with"
             );
             crate::pki::adopt_ca(tls_dir, &b.ca)?;
+            adopt_agent_token(config, &server_dir, &b)?;
             prepared.cluster_id = Some(b.cluster_id);
             // Random, so servers joining at the same time never pick the same id.
             prepared.node_id = (rand::random::<u64>() >> 12).max(2);
@@ -129,6 +133,28 @@ pub async fn prepare(config: &ServerConfig, tls_dir: &Path) -> Result<Prepared> 
             .with_context(|| format!("cannot write {}", mark.display()))?;
     }
     Ok(prepared)
+}
+
+/// Keeps the agent token of the cluster a server joins (`b`), so agents may join through
+/// any server with the same token; a different `--agent-token` is refused.
+fn adopt_agent_token(config: &ServerConfig, server_dir: &Path, b: &Bootstrap) -> Result<()> {
+    if b.agent_token.is_empty() {
+        return Ok(());
+    }
+    let cluster = Token {
+        ca_hash: None,
+        secret: b.agent_token.clone(),
+    };
+    if let Some(given) = &config.agent_token {
+        let given = Token::parse(given)
+            .map_err(anyhow::Error::msg)
+            .context("--agent-token")?;
+        anyhow::ensure!(
+            crate::join::same(given.secret.as_bytes(), cluster.secret.as_bytes()),
+            "--agent-token differs from the agent token of the cluster this server joins: leave it out (it comes from the cluster) or give the cluster's"
+        );
+    }
+    crate::join::store(server_dir, Role::Agent, &cluster, &b.ca.cert_pem)
 }
 
 /// The address peers reach this server's store at.
@@ -233,11 +259,20 @@ struct Joiners {
     store: Store,
     ca: CertKey,
     secret: String,
+    agent_secret: String,
     clustered: bool,
 }
 
-/// The server-join endpoints, merged into the API server's HTTPS router.
-pub fn router(store: Store, pki: &Pki, token: &Token, clustered: bool) -> Router {
+/// The server-join endpoints, merged into the API server's HTTPS router. Only the server
+/// `token` opens them (never the agent token or a bootstrap token): they hand out the CA
+/// key. Joining servers get `agent_token`'s secret too.
+pub fn router(
+    store: Store,
+    pki: &Pki,
+    token: &Token,
+    agent_token: &Token,
+    clustered: bool,
+) -> Router {
     Router::new()
         .route(BOOTSTRAP_PATH, post(bootstrap))
         .route(MEMBER_PATH, post(member))
@@ -245,6 +280,7 @@ pub fn router(store: Store, pki: &Pki, token: &Token, clustered: bool) -> Router
             store,
             ca: pki.ca.clone(),
             secret: token.secret.clone(),
+            agent_secret: agent_token.secret.clone(),
             clustered,
         }))
 }
@@ -262,13 +298,20 @@ fn check(j: &Joiners, headers: &HeaderMap) -> Option<ApiError> {
     None
 }
 
-async fn bootstrap(State(j): State<Arc<Joiners>>, headers: HeaderMap) -> Response {
+async fn bootstrap(
+    State(j): State<Arc<Joiners>>,
+    headers: HeaderMap,
+    // Read before answering: an HTTP/2 answer sent while the client still sends its body
+    // resets the stream, which some clients (curl) report as a failure.
+    _body: axum::body::Bytes,
+) -> Response {
     if let Some(refused) = check(&j, &headers) {
         return refused.into_response();
     }
     Json(Bootstrap {
         ca: j.ca.clone(),
         cluster_id: j.store.cluster_id().to_string(),
+        agent_token: j.agent_secret.clone(),
     })
     .into_response()
 }

@@ -56,8 +56,10 @@ pub struct ServerConfig {
     pub write_kubeconfig: PathBuf,
     /// File mode of the written kubeconfig.
     pub write_kubeconfig_mode: u32,
-    /// Shared secret that agents and extra servers join with.
+    /// Shared secret that extra servers (and agents) join with.
     pub token: Option<String>,
+    /// Shared secret that agents join with (never servers).
+    pub agent_token: Option<String>,
     /// URL of an existing server to join (extra server).
     pub server: Option<String>,
     /// Start a new cluster that other servers can join.

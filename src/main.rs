@@ -149,7 +149,8 @@ struct AgentArgs {
     /// URL of the server to join (`https://host:6443`).
     #[arg(long, env = "PIKUBE_URL")]
     server: String,
-    /// The server's join token (its <data-dir>/server/token, or one from `pikube token create`).
+    /// The join token: the server's <data-dir>/server/agent-token, one from `pikube token
+    /// create`, or its server token.
     #[arg(long, env = "PIKUBE_TOKEN", hide_env_values = true)]
     token: String,
     #[command(flatten)]
@@ -208,10 +209,14 @@ struct ServerArgs {
     config: PathBuf,
     #[command(flatten)]
     node: NodeArgs,
-    /// Secret that agents join with (default: generated once; the full token is kept in
-    /// <data-dir>/server/token).
+    /// Secret that other servers (and agents) join with; it also fetches the CA key
+    /// (default: generated once; the full token is kept in <data-dir>/server/token).
     #[arg(long, env = "PIKUBE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Secret that agents join with, never servers (default: the cluster's, else generated
+    /// once; the full token is kept in <data-dir>/server/agent-token).
+    #[arg(long, env = "PIKUBE_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
     /// Start a new cluster that other servers can join (opens the store's peer port).
     #[arg(long)]
     cluster_init: bool,
@@ -334,6 +339,7 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         write_kubeconfig: a.write_kubeconfig,
         write_kubeconfig_mode: a.write_kubeconfig_mode,
         token: a.token,
+        agent_token: a.agent_token,
         server: a.server,
         cluster_init: a.cluster_init,
         cluster_cidr: a.cluster_cidr,

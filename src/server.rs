@@ -178,11 +178,23 @@ pub async fn run(
     let tls_dir = config.data_dir.join("server").join("tls");
     let prepared = crate::cluster::prepare(&config, &tls_dir).await?;
     let pki = pki::Pki::load_or_create(&tls_dir, &sans)?;
+    let server_dir = config.data_dir.join("server");
     let token = crate::join::load_or_create(
-        &config.data_dir.join("server"),
+        &server_dir,
+        crate::join::Role::Server,
         config.token.as_deref(),
         &pki.ca.cert_pem,
     )?;
+    let agent_token = crate::join::load_or_create(
+        &server_dir,
+        crate::join::Role::Agent,
+        config.agent_token.as_deref(),
+        &pki.ca.cert_pem,
+    )?;
+    anyhow::ensure!(
+        !crate::join::same(token.secret.as_bytes(), agent_token.secret.as_bytes()),
+        "the agent token must differ from the server token: agents would get what only servers may (the CA key)"
+    );
 
     let (store, peers) = crate::cluster::open_store(&config, &prepared, &pki).await?;
 
@@ -301,23 +313,32 @@ pub async fn run(
         components.spawn(dns_component(client, &config, stop_rx.clone())?);
     }
     let tls = api::http::tls_config(&pki)?;
-    let servers = crate::cluster::router(store.clone(), &pki, &token, prepared.clustered());
+    let servers = crate::cluster::router(
+        store.clone(),
+        &pki,
+        &token,
+        &agent_token,
+        prepared.clustered(),
+    );
     let snapshots = crate::snapshot::router(
         store.clone(),
         config.data_dir.join("server").join("snapshots"),
     );
     let join = crate::join::router(
         Arc::new(pki.clone()),
+        store.clone(),
         &token,
+        &agent_token,
         crate::join::ClusterSettings {
             cluster_cidr: config.cluster_cidr.clone(),
             service_cidr: config.service_cidr.clone(),
             cluster_dns: config.cluster_dns,
             cluster_domain: config.cluster_domain.clone(),
+            api_server_sans: sans,
         },
         crate::controllers::client::in_process(&api, "system:pikube-join", &["system:masters"]),
     );
-    tracing::info!(token = %config.data_dir.join("server/token").display(), "agents join with the token in this file");
+    tracing::info!(token = %server_dir.join(crate::join::Role::Agent.file()).display(), "agents join with the token in this file");
     let served = api::http::serve(
         listener,
         tls,

@@ -15,7 +15,8 @@ use crate::join::NodeRequest;
 pub struct WorkerConfig {
     /// The server's URL (`https://host:6443`).
     pub server: String,
-    /// The join token (the server's `<data-dir>/server/token`).
+    /// The join token (the server's `<data-dir>/server/agent-token`, a bootstrap token, or
+    /// its server token).
     pub token: String,
     /// This node's settings (the node-level fields; the cluster ranges, DNS address and
     /// domain come from the server when joining).
@@ -26,13 +27,10 @@ pub struct WorkerConfig {
 pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut node = cfg.node;
     let first = node.agent();
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
     let request = NodeRequest {
         node_name: first.node_name.clone(),
         node_ips: first.node_ip.parse::<IpAddr>().into_iter().collect(),
-        hostname,
+        node_password: crate::join::password::load_or_create(&first.agent_dir())?,
     };
     let (joined, kubeconfig) =
         crate::agent::join::join_or_reuse(&first.agent_dir(), &cfg.server, &cfg.token, &request)

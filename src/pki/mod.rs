@@ -267,17 +267,13 @@ impl Pki {
         load_or_issue_serving(dir, "agent-serving", &self.ca, "pikube-agent", sans)
     }
 
-    /// The certificates of a joining node: its client certificate (`system:node:<name>`
-    /// in `system:nodes`) and its agent API's serving certificate for `sans`.
+    /// The certificates of a joining node, as kubelets have them: its client certificate
+    /// and its agent API's serving certificate for `sans`, both `system:node:<name>` in
+    /// `system:nodes`. The caller checks `sans` (see `join::serving`).
     pub fn node_certs(&self, node: &str, sans: &[String]) -> Result<(CertKey, CertKey)> {
-        let client = issue(
-            &self.ca,
-            &format!("system:node:{node}"),
-            &["system:nodes"],
-            &[],
-            false,
-        )?;
-        let serving = issue(&self.ca, "pikube-agent", &[], sans, true)?;
+        let user = format!("system:node:{node}");
+        let client = issue(&self.ca, &user, &["system:nodes"], &[], false)?;
+        let serving = issue(&self.ca, &user, &["system:nodes"], sans, true)?;
         Ok((client, serving))
     }
 

@@ -41,46 +41,55 @@ fn three_servers_share_one_store_and_survive_losing_one() {
         .trim()
         .to_string();
     let url = format!("https://127.0.0.1:{}", s1.port);
+    let agent_token = |s: &Server| {
+        std::fs::read_to_string(s.data_dir().join("server/agent-token")).expect("agent token file")
+    };
 
-    // A wrong token is refused with one line and the server does not start.
-    let bad = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
-        .args([
-            "server",
-            "--config",
-            "/dev/null",
-            "--disable-agent",
-            "--disable",
-            "dns",
-        ])
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            &free_port().to_string(),
-        ])
-        .args([
-            "--peer-port",
-            &free_port().to_string(),
-            "--server",
-            &url,
-            "--token",
-            "wrong-secret",
-        ])
-        .arg("--data-dir")
-        .arg(bad.path().join("data"))
-        .arg("--write-kubeconfig")
-        .arg(bad.path().join("kubeconfig"))
-        .output()
-        .expect("run pikube");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("401") || err.contains("refused"), "{err}");
+    // A wrong token is refused with one line and the server does not start; so is the
+    // agent token, which joins agents only.
+    for wrong in ["wrong-secret", agent_token(&s1).trim()] {
+        let bad = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .args([
+                "server",
+                "--config",
+                "/dev/null",
+                "--disable-agent",
+                "--disable",
+                "dns",
+            ])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--https-listen-port",
+                &free_port().to_string(),
+            ])
+            .args([
+                "--peer-port",
+                &free_port().to_string(),
+                "--server",
+                &url,
+                "--token",
+                wrong,
+            ])
+            .arg("--data-dir")
+            .arg(bad.path().join("data"))
+            .arg("--write-kubeconfig")
+            .arg(bad.path().join("kubeconfig"))
+            .output()
+            .expect("run pikube");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("401") || err.contains("refused"), "{err}");
+    }
 
     let peer2 = free_port().to_string();
     let peer3 = free_port().to_string();
     let s2 = Server::start_with(&["--server", &url, "--token", &token, "--peer-port", &peer2]);
     let s3 = Server::start_with(&["--server", &url, "--token", &token, "--peer-port", &peer3]);
+    // Every server takes the cluster's agent token: agents join through any of them.
+    assert_eq!(agent_token(&s2), agent_token(&s1));
+    assert_eq!(agent_token(&s3), agent_token(&s1));
 
     // One store: written on one server, read on every other.
     configmap(&s2, "one", "1").expect("write through server 2");

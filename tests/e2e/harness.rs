@@ -423,6 +423,31 @@ pub fn get_json(server: &Server, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// POSTs `body` (JSON) to `path` on the server's HTTPS port with `Authorization: Bearer
+/// <bearer>` (as joining nodes and servers do): the status code and the answer as JSON
+/// (Null when it is not JSON).
+pub fn post_bearer(
+    server: &Server,
+    path: &str,
+    bearer: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {bearer}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-d", &body.to_string()])
+        .arg(format!("https://127.0.0.1:{}{path}", server.port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("status code"),
+        serde_json::from_str(answer).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// The pods of a pod list that are Ready and not being deleted.
 pub fn ready_pods(list: &serde_json::Value) -> Vec<serde_json::Value> {
     list["items"]

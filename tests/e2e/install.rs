@@ -105,6 +105,19 @@ fn same_file(a: &Path, b: &Path) -> bool {
         .is_ok_and(|st| st.success())
 }
 
+/// Asserts that shellcheck finds nothing in the script at `path`.
+fn shellcheck_clean(path: &Path) {
+    let check = Command::new("shellcheck")
+        .arg(path)
+        .output()
+        .expect("shellcheck (Debian package shellcheck)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
 }
@@ -207,15 +220,7 @@ fn install_sh_installs_runs_upgrades_and_uninstalls_a_node() {
     )));
     assert_eq!(mode(&l.path("systemd/pikube.service.env")), 0o600);
     assert_eq!(mode(&uninstall), 0o755);
-    let check = Command::new("shellcheck")
-        .arg(&uninstall)
-        .output()
-        .expect("shellcheck (Debian package shellcheck)");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    shellcheck_clean(&uninstall);
 
     // No systemd here: start pikube the way the script says.
     let start = out
@@ -526,5 +531,116 @@ fn install_sh_stops_at_a_missing_memory_cgroup_with_the_raspberry_pi_fix() {
             .output()
             .expect("uninstall");
         assert!(out.status.success(), "{out:?}");
+    }
+}
+
+#[test]
+fn install_sh_refuses_system_dirs_and_uninstall_removes_only_its_own() {
+    let l = Layout::new();
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_pikube"));
+    let base = [
+        ("INSTALL_PIKUBE_BIN_PATH", s(&built)),
+        ("INSTALL_PIKUBE_SKIP_APT", "true"),
+    ];
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    std::os::unix::fs::symlink("/var", l.path("var-link")).expect("symlink");
+    let root = l.dir.path().display().to_string();
+    let link = l.path("var-link").display().to_string();
+    // What the uninstall script would have deleted: refused, one line, nothing installed.
+    for (exec, config_dir, why) in [
+        (
+            "--data-dir /var",
+            None,
+            "the data dir (--data-dir) /var is a system directory",
+        ),
+        ("--data-dir /var/", None, "/var is a system directory"),
+        ("--data-dir //usr", None, "/usr is a system directory"),
+        (
+            "--data-dir /var/lib/pikube/../..",
+            None,
+            "/var is a system directory",
+        ),
+        (
+            &format!("--data-dir {link}"),
+            None,
+            "/var is a system directory",
+        ),
+        ("--data-dir /home/pi", None, "/home/pi is a home directory"),
+        (
+            "--run-dir /run",
+            None,
+            "the run dir (--run-dir) /run is a system directory",
+        ),
+        (
+            "",
+            Some("/etc"),
+            "the config dir (INSTALL_PIKUBE_CONFIG_DIR) /etc is a system directory",
+        ),
+        ("", Some("/usr/local"), "/usr/local is a system directory"),
+        (&format!("--data-dir {root}"), None, "holds"),
+    ] {
+        let mut env = base.to_vec();
+        if let Some(dir) = config_dir {
+            env.push(("INSTALL_PIKUBE_CONFIG_DIR", dir));
+        }
+        let out = l.install(&format!("--disable-agent {exec}"), &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{exec} {config_dir:?}: {err}");
+        assert!(err.contains(why), "{exec} {config_dir:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            !l.bin().exists() && !l.path("systemd").exists(),
+            "{exec}: nothing installed"
+        );
+    }
+    assert!(Path::new("/var/lib").exists() && Path::new("/usr/local").exists());
+
+    // A data dir that held someone else's files is used but not claimed: the uninstall
+    // script leaves it (and says so) and removes the directories install.sh made.
+    let data = l.path("shared");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("precious.txt"), "keep me").expect("precious");
+    let exec = format!(
+        "--disable-agent --data-dir {} --run-dir {} --cgroup-root /pikube-test-{NO_NODE} --cni-bridge pkt{NO_NODE}",
+        data.display(),
+        l.path("run").display()
+    );
+    let out = l.install(&exec, &base);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds precious.txt: not marking it as pikube's"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.join(".pikube-owned").exists());
+    for marked in ["run/.pikube-owned", "etc/.pikube-owned"] {
+        assert!(l.path(marked).exists(), "{marked}");
+    }
+    let unit = l.read("systemd/pikube.service");
+    assert!(
+        unit.contains(&format!(
+            "ExecStartPre=-/usr/bin/touch \"{}/.pikube-owned\"",
+            l.path("run").display()
+        )),
+        "the run dir (a tmpfs) is marked again at every start:\n{unit}"
+    );
+    let uninstall = l.path("bin/pikube-uninstall.sh");
+    shellcheck_clean(&uninstall);
+    let out = Command::new("sh")
+        .arg(&uninstall)
+        .output()
+        .expect("uninstall");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "Leaving {}: it has no .pikube-owned",
+            data.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(l.read("shared/precious.txt"), "keep me");
+    for gone in ["run", "etc", "bin/pikube", "systemd/pikube.service"] {
+        assert!(!l.path(gone).exists(), "{gone} is removed");
     }
 }

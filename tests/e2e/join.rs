@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{free_dual_port, free_port, get_json, test_images, wait_for, Server};
+use crate::harness::{
+    free_dual_port, free_port, get_json, post_bearer, test_images, wait_for, Server,
+};
 
 /// A `pikube agent` process on this machine, with its own dirs, bridge and cgroup;
 /// stopped and cleaned up when dropped.
@@ -27,7 +29,7 @@ impl Agent {
             "--node-name",
             "agent11",
             "--node-ip",
-            "127.0.0.1",
+            "127.0.0.11",
             "--cgroup-root",
             "/pikube-test-11",
             "--cni-bridge",
@@ -78,13 +80,32 @@ impl Agent {
         }
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    /// Stops the agent, forgets what its join got (keeping its node password), and starts
+    /// it again: it has to join once more.
+    fn rejoin(&mut self, server: &Server, token: &str) {
+        self.stop();
+        std::fs::remove_file(self.dir.path().join("data/agent/join.json")).expect("join.json");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log");
+        self.child = Command::new(env!("CARGO_BIN_EXE_pikube"))
+            .args(Self::args(self.dir.path(), server, token, self.dns_port))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pikube agent");
+        wait_for(60, "the agent to join again", || {
+            self.dir
+                .path()
+                .join("data/agent/join.json")
+                .exists()
+                .then_some(())
+        });
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+    /// Stops the agent process (SIGTERM, then SIGKILL after 10 s).
+    fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -96,6 +117,16 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
         let data: PathBuf = self.dir.path().join("data");
         let _ = Command::new(env!("CARGO_BIN_EXE_pikube"))
             .arg("killall")
@@ -132,11 +163,12 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
     // Two /24s: the server's own node gets the first, the agent the second.
     let server = Server::start_node(10, &["--cluster-cidr", "10.42.110.0/23"]);
     server.wait_node_ready("node10");
-    let token_file = server.data_dir().join("server/token");
-    let token = std::fs::read_to_string(&token_file).expect("the server keeps its token");
+    // Agents join with the agent token (the server token is for servers).
+    let token_file = server.data_dir().join("server/agent-token");
+    let token = std::fs::read_to_string(&token_file).expect("the server keeps its agent token");
     let token = token.trim().to_string();
     assert!(
-        token.starts_with("K10") && token.contains("::server:"),
+        token.starts_with("K10") && token.contains("::node:"),
         "{token}"
     );
 
@@ -146,7 +178,7 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
         err.contains("refused to join") && err.contains("401"),
         "{err}"
     );
-    let wrong_ca = format!("K10{}::server:{secret}", "0".repeat(64));
+    let wrong_ca = format!("K10{}::node:{secret}", "0".repeat(64));
     let err = refused(&server, &wrong_ca);
     assert!(err.contains("does not match the token"), "{err}");
 
@@ -178,6 +210,15 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
         nodes.contains("node10") && nodes.contains("agent11"),
         "{nodes}"
     );
+    // Another machine (another data dir, so another node password) cannot take the name.
+    let err = refused(&server, &token);
+    assert!(
+        err.contains("409") && err.contains("belongs to another machine"),
+        "{err}"
+    );
+    // The same agent joins again with its own password once its join state is gone.
+    let mut agent = agent;
+    agent.rejoin(&server, &token);
 
     let pod = server.file(
         "on-agent.yaml",
@@ -233,4 +274,199 @@ spec:
     assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "10.43.0.1");
 
     server.ok("1.33", &["delete", "pod", "on-agent", "--timeout=60s"]);
+}
+
+/// Subject and SANs of a PEM certificate, as openssl prints them.
+fn cert_text(pem: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-ext", "subjectAltName"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(pem.as_bytes())
+        .expect("write the certificate");
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl cannot read {pem}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A node request for `name` at `ips` with node password `password`.
+fn node_request(name: &str, ips: &[&str], password: &str) -> serde_json::Value {
+    serde_json::json!({"nodeName": name, "nodeIps": ips, "nodePassword": password})
+}
+
+/// Creates a Node object `name` (no agent behind it).
+fn create_node(server: &Server, name: &str) {
+    let file = server.file(
+        &format!("{name}.yaml"),
+        &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n"),
+    );
+    server.ok(
+        "1.33",
+        &["create", "--validate=false", "-f", crate::harness::s(&file)],
+    );
+}
+
+/// The server's token (full form).
+fn server_token(server: &Server) -> String {
+    std::fs::read_to_string(server.data_dir().join("server/token"))
+        .expect("the server keeps its token")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_join_certifies_only_the_nodes_own_name_and_addresses() {
+    let server = Server::start();
+    let token = server_token(&server);
+    let join = |name: &str, ips: &[&str]| {
+        post_bearer(
+            &server,
+            "/v1-pikube/node",
+            &token,
+            &node_request(name, ips, "sec18-password"),
+        )
+    };
+
+    // What kubelets get: both certificates are the node's, for its name and address only.
+    let (code, body) = join("sec18", &["127.0.0.18"]);
+    assert_eq!(code, 200, "{body}");
+    for which in ["client", "serving"] {
+        let text = cert_text(body[which]["cert_pem"].as_str().unwrap_or_default());
+        assert!(
+            text.contains("subject=CN = system:node:sec18, O = system:nodes"),
+            "{which}: {text}"
+        );
+    }
+    let serving = cert_text(body["serving"]["cert_pem"].as_str().unwrap_or_default());
+    let sans: Vec<&str> = serving
+        .lines()
+        .skip_while(|l| !l.contains("Subject Alternative Name"))
+        .nth(1)
+        .unwrap_or_default()
+        .split(", ")
+        .map(str::trim)
+        .collect();
+    assert_eq!(sans, ["IP Address:127.0.0.18", "DNS:sec18"], "{serving}");
+
+    // The API server's names and addresses, the service range: refused with the reason.
+    for (name, ips, why) in [
+        ("kubernetes", vec![], "is a name of the API server"),
+        (
+            "kubernetes.default.svc.cluster.local",
+            vec![],
+            "is a name of the API server",
+        ),
+        ("localhost", vec![], "is a name of the API server"),
+        (
+            "sec18",
+            vec!["127.0.0.1"],
+            "is an address of the API server",
+        ),
+        ("10.43.0.1", vec![], "is an address of the API server"),
+        ("sec18", vec!["10.43.7.7"], "is in the service range"),
+    ] {
+        let (code, body) = join(name, &ips);
+        let message = body["message"].as_str().unwrap_or_default();
+        assert_eq!(code, 403, "{name} {ips:?}: {body}");
+        assert!(message.contains(why), "{name} {ips:?}: {message}");
+    }
+
+    // Another node's address is not this node's.
+    create_node(&server, "other18");
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "node",
+            "other18",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.19"}]}}"#,
+        ],
+    );
+    let (code, body) = join("sec18", &["127.0.0.19"]);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.19 is an address of node other18"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_node_name_joins_again_only_with_its_node_password() {
+    let server = Server::start();
+    let token = server_token(&server);
+    let join = |name: &str, password: &str| {
+        post_bearer(
+            &server,
+            "/v1-pikube/node",
+            &token,
+            &node_request(name, &["127.0.0.18"], password),
+        )
+    };
+    let message =
+        |body: &serde_json::Value| body["message"].as_str().unwrap_or_default().to_string();
+
+    assert_eq!(join("pw18", "first-machine").0, 200);
+    // The same machine again (a lost join.json, a reinstall keeping the data dir).
+    assert_eq!(join("pw18", "first-machine").0, 200);
+    let stored = get_json(
+        &server,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "kube-system",
+            "pw18.node-password.pikube",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(stored["type"], "pikube.io/node-password");
+    assert!(!stored.to_string().contains("first-machine"), "{stored}");
+
+    // Another machine claiming the name: refused, with how to free it.
+    let (code, body) = join("pw18", "second-machine");
+    assert_eq!(code, 409, "{body}");
+    let why = message(&body);
+    assert!(
+        why.contains("belongs to another machine")
+            && why.contains("kubectl delete node pw18; kubectl -n kube-system delete secret pw18.node-password.pikube")
+            && !why.contains('\n'),
+        "{why}"
+    );
+    let (code, body) = join("pw18", "");
+    assert_eq!(code, 400, "{body}");
+    assert!(message(&body).contains("no node password"), "{body}");
+
+    // Freed by the operator: the other machine may have the name.
+    server.ok(
+        "1.33",
+        &[
+            "delete",
+            "secret",
+            "-n",
+            "kube-system",
+            "pw18.node-password.pikube",
+        ],
+    );
+    assert_eq!(join("pw18", "second-machine").0, 200);
+    assert_eq!(join("pw18", "first-machine").0, 409);
+
+    // A Node that never joined with a password (a server's own node) is not handed out.
+    create_node(&server, "own18");
+    let (code, body) = join("own18", "any");
+    assert_eq!(code, 409, "{body}");
+    assert!(message(&body).contains("has no node password"), "{body}");
 }

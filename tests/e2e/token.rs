@@ -3,7 +3,9 @@
 
 use std::process::{Command, Output};
 
-use crate::harness::{free_dual_port, free_port, get_json, Server};
+use serde_json::json;
+
+use crate::harness::{free_dual_port, free_port, get_json, post_bearer, Server};
 
 fn token(server: &Server, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pikube"))
@@ -25,20 +27,8 @@ fn ok(out: &Output) -> String {
 
 /// POSTs a node request to the join endpoint with `secret`: the status and body.
 fn join(server: &Server, secret: &str) -> (u16, serde_json::Value) {
-    let out = Command::new("curl")
-        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST"])
-        .args(["-H", &format!("Authorization: Bearer {secret}")])
-        .args(["-H", "Content-Type: application/json"])
-        .args(["-d", r#"{"nodeName":"tok17","nodeIps":["127.0.0.1"]}"#])
-        .arg(format!("https://127.0.0.1:{}/v1-pikube/node", server.port))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().expect("status code"),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    let node = serde_json::json!({"nodeName": "tok17", "nodeIps": ["127.0.0.17"], "nodePassword": "tok17"});
+    post_bearer(server, "/v1-pikube/node", secret, &node)
 }
 
 /// `pikube agent` with the token in PIKUBE_URL/PIKUBE_TOKEN (as install.sh's env file has
@@ -51,7 +41,12 @@ fn agent_refused(server: &Server, token: &str) -> String {
         .arg("20")
         .arg(env!("CARGO_BIN_EXE_pikube"))
         .args(["agent", "--config", "/dev/null", "--node-name", "tok17"])
-        .args(["--node-ip", "127.0.0.1", "--cgroup-root", "/pikube-test-17"])
+        .args([
+            "--node-ip",
+            "127.0.0.17",
+            "--cgroup-root",
+            "/pikube-test-17",
+        ])
         .args(["--cni-bridge", "pkt17", "--disable", "proxy"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -213,4 +208,87 @@ fn bootstrap_tokens_join_until_deleted_or_expired() {
         err.contains("cannot read the kubeconfig /nonexistent"),
         "{err}"
     );
+}
+
+/// The full token in `file` of the server's data dir.
+fn token_file(server: &Server, file: &str) -> String {
+    std::fs::read_to_string(server.data_dir().join("server").join(file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_agent_token_joins_agents_but_never_servers() {
+    let peer = free_port().to_string();
+    let server = Server::start_with(&[
+        "--cluster-init",
+        "--peer-port",
+        &peer,
+        "--agent-token",
+        "agent-secret-17",
+    ]);
+    let server_token = token_file(&server, "token");
+    let agent_token = token_file(&server, "agent-token");
+    let ca_part = server_token.split("::").next().expect("K10 prefix");
+    assert_eq!(agent_token, format!("{ca_part}::node:agent-secret-17"));
+    assert!(server_token.contains("::server:"), "{server_token}");
+
+    // Agents: the agent token (full or bare), the server token (as in k3s), bootstrap tokens.
+    let bootstrap = ok(&token(&server, &["create"]));
+    let bootstrap = bootstrap.trim();
+    for t in [
+        agent_token.as_str(),
+        "agent-secret-17",
+        server_token.as_str(),
+        bootstrap,
+    ] {
+        assert_eq!(join(&server, t).0, 200, "{t}");
+    }
+
+    // Servers: only the server token opens the endpoint that hands out the CA key.
+    let fetch = |t: &str| post_bearer(&server, "/v1-pikube/server/bootstrap", t, &json!({}));
+    let (code, body) = fetch(&server_token);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body["ca"]["key_pem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("PRIVATE KEY"),
+        "{body}"
+    );
+    assert_eq!(
+        body["agentToken"], "agent-secret-17",
+        "joining servers take the cluster's agent token"
+    );
+    for t in [agent_token.as_str(), "agent-secret-17", bootstrap] {
+        let (code, body) = fetch(t);
+        assert_eq!(code, 401, "{t}: {body}");
+        assert!(body.get("ca").is_none(), "{body}");
+    }
+    // An agent token that is the server token would give agents the CA key: refused.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_pikube"))
+        .args(["server", "--config", "/dev/null", "--disable-agent"])
+        .args(["--token", "same-17", "--agent-token", "same-17"])
+        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+        .arg(free_port().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kubeconfig"))
+        .output()
+        .expect("run pikube server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the agent token must differ from the server token"),
+        "{err}"
+    );
+
+    let member = json!({"id": 7, "peerAddress": "127.0.0.1:1"});
+    let (code, _) = post_bearer(&server, "/v1-pikube/server/member", &agent_token, &member);
+    assert_eq!(code, 401);
 }

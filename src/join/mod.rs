@@ -1,7 +1,13 @@
-//! Joining nodes to a server, the k3s way: the server's token (`K10<sha256 of the CA>::
-//! server:<secret>`, kept in `<data-dir>/server/token`) lets an agent check the cluster
-//! CA it downloads from `/cacerts` and then get its node certificates and the cluster's
-//! settings from `/v1-pikube/node`, both on the API server's HTTPS port.
+//! Joining nodes to a server, the k3s way: a token (`K10<sha256 of the CA>::<user>:
+//! <secret>`) lets an agent check the cluster CA it downloads from `/cacerts` and then get
+//! its node certificates and the cluster's settings from `/v1-pikube/node`, both on the
+//! API server's HTTPS port. A server has two tokens: the agent token
+//! (`<data-dir>/server/agent-token`, `::node:`), good for agent joins only, and the server
+//! token (`<data-dir>/server/token`, `::server:`), which also lets servers join (and fetch
+//! the CA key), so agents never need it.
+
+pub mod password;
+pub mod serving;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -62,9 +68,44 @@ impl Token {
         })
     }
 
-    /// The full form for `ca_pem`.
-    pub fn full(&self, ca_pem: &str) -> String {
-        format!("K10{}::server:{}", ca_hash(ca_pem), self.secret)
+    /// The full form for `ca_pem`, as `role`'s token.
+    pub fn full(&self, ca_pem: &str, role: Role) -> String {
+        format!("K10{}::{}:{}", ca_hash(ca_pem), role.user(), self.secret)
+    }
+}
+
+/// Which of a server's two tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Joins servers and agents (`--token`, `<data-dir>/server/token`).
+    Server,
+    /// Joins agents only (`--agent-token`, `<data-dir>/server/agent-token`).
+    Agent,
+}
+
+impl Role {
+    /// The token's file in `<data-dir>/server`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Role::Server => "token",
+            Role::Agent => "agent-token",
+        }
+    }
+
+    /// The user part of the full form (k3s's).
+    fn user(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "node",
+        }
+    }
+
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Role::Server => "--token",
+            Role::Agent => "--agent-token",
+        }
     }
 }
 
@@ -77,14 +118,14 @@ pub fn ca_hash(ca_pem: &str) -> String {
         .collect()
 }
 
-/// The server's token: `given` (from `--token`), else the one kept in `dir/token`, else
-/// a new random one. The full form is written to `dir/token` (mode 0600).
-pub fn load_or_create(dir: &Path, given: Option<&str>, ca_pem: &str) -> Result<Token> {
-    let path = dir.join("token");
+/// The server's `role` token: `given` (from its flag), else the one kept in its file in
+/// `dir`, else a new random one. The full form is written to that file (mode 0600).
+pub fn load_or_create(dir: &Path, role: Role, given: Option<&str>, ca_pem: &str) -> Result<Token> {
+    let path = dir.join(role.file());
     let token = match given {
         Some(t) => Token::parse(t)
             .map_err(anyhow::Error::msg)
-            .context("--token")?,
+            .context(role.flag())?,
         None => match std::fs::read_to_string(&path) {
             Ok(text) => Token::parse(&text)
                 .map_err(anyhow::Error::msg)
@@ -102,21 +143,38 @@ pub fn load_or_create(dir: &Path, given: Option<&str>, ca_pem: &str) -> Result<T
             "the token names another cluster's CA (its hash does not match this server's)"
         );
     }
-    crate::pki::write_secret(&path, &format!("{}\n", token.full(ca_pem)))?;
+    store(dir, role, &token, ca_pem)?;
     Ok(token)
 }
 
+/// Writes `token`'s full form to `role`'s file in `dir` (mode 0600).
+pub fn store(dir: &Path, role: Role, token: &Token, ca_pem: &str) -> Result<()> {
+    let path = dir.join(role.file());
+    crate::pki::write_secret(&path, &format!("{}\n", token.full(ca_pem, role)))
+}
+
 /// What a joining node sends.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRequest {
     /// The node's name.
     pub node_name: String,
     /// Its IP addresses (for its agent API's serving certificate).
     pub node_ips: Vec<IpAddr>,
-    /// Its hostname.
+    /// The node's password (see [`password`]): only the machine that first joined with
+    /// this name may join with it again.
     #[serde(default)]
-    pub hostname: String,
+    pub node_password: String,
+}
+
+impl std::fmt::Debug for NodeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("NodeRequest")
+            .field("node_name", &self.node_name)
+            .field("node_ips", &self.node_ips)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a joining node gets: certificates and the cluster settings agents need.
@@ -152,27 +210,37 @@ pub struct ClusterSettings {
     pub cluster_dns: IpAddr,
     /// Cluster domain.
     pub cluster_domain: String,
+    /// The names and IPs of the API server's serving certificate, which no node's
+    /// certificate may hold.
+    pub api_server_sans: Vec<String>,
 }
 
 struct Joiner {
     pki: Arc<Pki>,
-    secret: String,
+    /// The store, whose members are the cluster's servers.
+    store: pikube_raft::Store,
+    /// The secrets of the server and agent tokens.
+    secrets: [String; 2],
     settings: ClusterSettings,
     /// Reads bootstrap tokens (`pikube token create`) from kube-system.
     client: kube::Client,
 }
 
 /// The join endpoints, merged into the API server's HTTPS router. Nodes join with the
-/// server's `token` or with a bootstrap token that `client` finds in kube-system.
+/// server's `token`, its `agent_token`, or a bootstrap token that `client` finds in
+/// kube-system.
 pub fn router(
     pki: Arc<Pki>,
+    store: pikube_raft::Store,
     token: &Token,
+    agent_token: &Token,
     settings: ClusterSettings,
     client: kube::Client,
 ) -> Router {
     let state = Arc::new(Joiner {
         pki,
-        secret: token.secret.clone(),
+        store,
+        secrets: [token.secret.clone(), agent_token.secret.clone()],
         settings,
         client,
     });
@@ -210,12 +278,18 @@ fn valid_node_name(name: &str) -> bool {
     crate::api::objects::is_dns1123_subdomain(name)
 }
 
-/// The server's own secret, or a bootstrap token that is known, right and not expired.
+/// The server's or agent token's secret, or a bootstrap token that is known, right and
+/// not expired.
 async fn accepted(j: &Joiner, presented: Option<&Token>) -> Result<(), ApiError> {
     let Some(token) = presented else {
         return Err(ApiError::unauthorized());
     };
-    if same(token.secret.as_bytes(), j.secret.as_bytes()) {
+    let mut known = false;
+    for secret in &j.secrets {
+        // Both compared, so the time taken does not tell which one matched.
+        known |= same(token.secret.as_bytes(), secret.as_bytes());
+    }
+    if known {
         return Ok(());
     }
     let Some(bootstrap) = crate::token::BootstrapToken::parse(&token.secret) else {
@@ -231,6 +305,31 @@ async fn accepted(j: &Joiner, presented: Option<&Token>) -> Result<(), ApiError>
             "cannot check the bootstrap token: {why}"
         ))),
     }
+}
+
+/// What node `joining`'s certificate may not hold: the API servers' names and addresses,
+/// the service range, and the addresses of the other nodes.
+async fn reserved(j: &Joiner, joining: &str) -> Result<serving::Reserved, ApiError> {
+    use k8s_openapi::api::core::v1::{Endpoints, Node};
+    let unavailable =
+        |e: kube::Error| ApiError::unavailable(format!("cannot check the cluster's nodes: {e}"));
+    let mut reserved =
+        serving::Reserved::of_api_server(&j.settings.api_server_sans, &j.settings.service_cidr);
+    let nodes = kube::Api::<Node>::all(j.client.clone())
+        .list(&Default::default())
+        .await
+        .map_err(unavailable)?;
+    reserved.add_nodes(&nodes.items, joining);
+    let members = j.store.members();
+    reserved.add_servers(members.iter().map(|m| m.addr.as_str()));
+    let endpoints = kube::Api::<Endpoints>::namespaced(j.client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+        .map_err(unavailable)?;
+    if let Some(e) = endpoints {
+        reserved.add_endpoints(&e);
+    }
+    Ok(reserved)
 }
 
 async fn node(
@@ -259,13 +358,32 @@ async fn node(
         ))
         .into_response();
     }
-    let mut sans: Vec<String> = req.node_ips.iter().map(IpAddr::to_string).collect();
-    sans.push(req.node_name.clone());
-    if !req.hostname.is_empty() && valid_node_name(&req.hostname.to_lowercase()) {
-        sans.push(req.hostname.to_lowercase());
+    let reserved = match reserved(&j, &req.node_name).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let sans = match serving::node_sans(&req.node_name, &req.node_ips, &reserved) {
+        Ok(sans) => sans,
+        Err(why) => {
+            tracing::info!(node = %req.node_name, reason = %why, "join refused");
+            return ApiError::forbidden(why).into_response();
+        }
+    };
+    if let Err(refused) = password::ensure(&j.client, &req.node_name, &req.node_password).await {
+        tracing::info!(node = %req.node_name, reason = %refused, "join refused");
+        let message = refused.to_string();
+        return match refused {
+            password::Refusal::Taken(_) => ApiError {
+                code: 409,
+                reason: "Conflict",
+                message,
+                details: None,
+            },
+            password::Refusal::Invalid(_) => ApiError::bad_request(message),
+            password::Refusal::Unavailable(_) => ApiError::unavailable(message),
+        }
+        .into_response();
     }
-    sans.sort();
-    sans.dedup();
     let (client, serving) = match j.pki.node_certs(&req.node_name, &sans) {
         Ok(c) => c,
         Err(e) => {
@@ -313,7 +431,13 @@ mod tests {
         assert!(Token::parse("K10abc::server:x").is_err());
         assert!(Token::parse(&format!("K10{hash}::server:")).is_err());
         assert!(Token::parse("two words").is_err());
-        assert_eq!(bare.full("pem").len(), 3 + 64 + "::server:s3cret".len());
+        assert_eq!(
+            bare.full("pem", Role::Server).len(),
+            3 + 64 + "::server:s3cret".len()
+        );
+        let agent = bare.full("pem", Role::Agent);
+        assert!(agent.ends_with("::node:s3cret"), "{agent}");
+        assert_eq!(Token::parse(&agent).unwrap().secret, "s3cret");
     }
 
     #[test]
