@@ -10,7 +10,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 use super::*;
-use crate::api::ApiServer;
 
 /// A network namespace deleted on drop.
 struct TestNs(String);
@@ -53,8 +52,7 @@ struct Running {
     syncs: Arc<AtomicU64>,
     proxy: Option<tokio::task::JoinHandle<Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
-    store: pikube_raft::Store,
-    _dir: tempfile::TempDir,
+    api: crate::controllers::client::TestApi,
     _ns: TestNs,
 }
 
@@ -69,29 +67,8 @@ impl Running {
         let guard = TestNs(name.clone());
         let netns = NetNs::named(&name);
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            pikube_raft::Store::open(pikube_raft::Config::single_node(dir.path().join("db")))
-                .await
-                .expect("store");
-        let api = ApiServer::new(
-            store.clone(),
-            "127.0.0.1:6443".into(),
-            crate::api::services::ServiceRanges::new("10.43.0.0/16", 30000..=32767)
-                .expect("ranges"),
-        );
-        crate::server::bootstrap(
-            &api,
-            &crate::server::BootstrapAddresses {
-                kubernetes_ip: Ipv4Addr::new(10, 43, 0, 1),
-                https_port: 6443,
-                cluster_dns: None,
-            },
-        )
-        .await
-        .expect("bootstrap");
-        let client =
-            crate::controllers::client::in_process(&api, "system:kube-proxy", &["system:masters"]);
+        let api = crate::controllers::client::TestApi::start().await;
+        let client = api.client("system:kube-proxy");
         let cfg = ProxyConfig {
             node_name: "n1".into(),
             node_ips: vec![Ipv4Addr::new(198, 18, 0, 1)],
@@ -124,8 +101,7 @@ impl Running {
             syncs,
             proxy: Some(proxy),
             stop,
-            store,
-            _dir: dir,
+            api,
             _ns: guard,
         }
     }
@@ -137,7 +113,7 @@ impl Running {
             let stopped = tokio::time::timeout(Duration::from_secs(5), proxy).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
         }
-        self.store.shutdown().await.expect("store shutdown");
+        self.api.shutdown().await;
     }
 }
 
