@@ -15,6 +15,7 @@ pub mod job;
 pub mod job_status;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod owner_index;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
