@@ -523,24 +523,31 @@ mod tests {
         assert_eq!(meminfo(text, "SwapTotal"), None);
     }
 
-    #[test]
-    fn only_a_changed_status_counts_as_a_change() {
-        let spec = NodeSpec {
+    fn test_spec() -> NodeSpec {
+        NodeSpec {
             name: "n1".into(),
             ip: "192.0.2.1".into(),
             hostname: "pi".into(),
             labels: vec![],
             taints: vec![],
             agent_port: 10250,
-        };
-        let m = Machine {
+        }
+    }
+
+    fn test_machine() -> Machine {
+        Machine {
             cpus: 4,
             memory: 8 << 30,
             memory_available: 4 << 30,
             disk: 100 << 30,
             disk_free: 50 << 30,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn only_a_changed_status_counts_as_a_change() {
+        let (spec, m) = (test_spec(), test_machine());
         let as_node = |body: &Value| -> Node {
             let mut n: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
             n.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
@@ -596,22 +603,7 @@ mod tests {
 
     #[test]
     fn status_reports_readiness_and_keeps_transition_times() {
-        let spec = NodeSpec {
-            name: "n1".into(),
-            ip: "192.0.2.1".into(),
-            hostname: "pi".into(),
-            labels: vec![],
-            taints: vec![],
-            agent_port: 10250,
-        };
-        let m = Machine {
-            cpus: 4,
-            memory: 8 << 30,
-            memory_available: 4 << 30,
-            disk: 100 << 30,
-            disk_free: 50 << 30,
-            ..Default::default()
-        };
+        let (spec, m) = (test_spec(), test_machine());
         let s = status(&spec, &m, "containerd://1.6.20", None, None);
         let ready = s["status"]["conditions"]
             .as_array()

@@ -33,7 +33,8 @@ pub struct TestApi {
 
 #[cfg(test)]
 impl TestApi {
-    /// Opens the store and bootstraps the API server (service range 10.43.0.0/16).
+    /// Opens the store and bootstraps the API server (service range 10.43.0.0/16, the
+    /// `kube-dns` Service on 10.43.0.10).
     pub async fn start() -> TestApi {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
@@ -51,7 +52,7 @@ impl TestApi {
             &crate::server::BootstrapAddresses {
                 kubernetes_ip: std::net::Ipv4Addr::new(10, 43, 0, 1),
                 https_port: 6443,
-                cluster_dns: None,
+                cluster_dns: Some(std::net::IpAddr::from([10, 43, 0, 10])),
             },
         )
         .await

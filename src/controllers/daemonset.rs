@@ -19,7 +19,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 
@@ -43,13 +42,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let nodes =
         watch_filter::relevant(watcher(Api::<Node>::all(client), watch_config()), placement)
             .touched_objects();
-    let controller = controller.watches_stream(nodes, move |_: Node| {
-        store
-            .state()
-            .iter()
-            .map(|ds| ObjectRef::from_obj(ds.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    let controller = controller.watches_stream(nodes, super::reconcile_all::<_, Node>(store));
     super::run("daemonset", controller, reconcile, ctx, shutdown).await;
 }
 

@@ -15,71 +15,69 @@ use serde::de::DeserializeOwned;
 
 use super::pods;
 
-type Refs<C> = HashMap<String, HashSet<ObjectRef<C>>>;
-
 /// Owner uid → its children's references, with the reverse map to move a child whose
-/// controller changed. Rebuilt at each (re-)list, as the reflector's store is.
-struct Index<C: Resource<DynamicType = ()>> {
-    children: Refs<C>,
+/// controller changed.
+struct Tables<C: Resource<DynamicType = ()>> {
+    children: HashMap<String, HashSet<ObjectRef<C>>>,
     owner_of: HashMap<ObjectRef<C>, String>,
-    relisting: Option<(Refs<C>, HashMap<ObjectRef<C>, String>)>,
 }
 
-impl<C: Resource<DynamicType = ()>> Index<C> {
+impl<C: Resource<DynamicType = ()>> Tables<C> {
     fn new() -> Self {
-        Index {
+        Tables {
             children: HashMap::new(),
             owner_of: HashMap::new(),
-            relisting: None,
         }
     }
 
-    fn remove(
-        children: &mut Refs<C>,
-        owner_of: &mut HashMap<ObjectRef<C>, String>,
-        r: &ObjectRef<C>,
-    ) {
-        if let Some(owner) = owner_of.remove(r) {
-            if let Some(set) = children.get_mut(&owner) {
+    fn remove(&mut self, r: &ObjectRef<C>) {
+        if let Some(owner) = self.owner_of.remove(r) {
+            if let Some(set) = self.children.get_mut(&owner) {
                 set.remove(r);
                 if set.is_empty() {
-                    children.remove(&owner);
+                    self.children.remove(&owner);
                 }
             }
         }
     }
 
-    fn insert(children: &mut Refs<C>, owner_of: &mut HashMap<ObjectRef<C>, String>, obj: &C) {
+    fn insert(&mut self, obj: &C) {
         let r = ObjectRef::from_obj(obj);
-        Self::remove(children, owner_of, &r);
+        self.remove(&r);
         if let Some(owner) = pods::controller_of(obj.meta()) {
-            children
+            self.children
                 .entry(owner.uid.clone())
                 .or_default()
                 .insert(r.clone());
-            owner_of.insert(r, owner.uid.clone());
+            self.owner_of.insert(r, owner.uid.clone());
+        }
+    }
+}
+
+/// The tables in use, and those being rebuilt by a (re-)list, swapped in at its end as
+/// the reflector's store is.
+struct Index<C: Resource<DynamicType = ()>> {
+    live: Tables<C>,
+    relisting: Option<Tables<C>>,
+}
+
+impl<C: Resource<DynamicType = ()>> Index<C> {
+    fn new() -> Self {
+        Index {
+            live: Tables::new(),
+            relisting: None,
         }
     }
 
     fn apply(&mut self, event: &Event<C>) {
         match event {
-            Event::Apply(obj) => Self::insert(&mut self.children, &mut self.owner_of, obj),
-            Event::Delete(obj) => Self::remove(
-                &mut self.children,
-                &mut self.owner_of,
-                &ObjectRef::from_obj(obj),
-            ),
-            Event::Init => self.relisting = Some((HashMap::new(), HashMap::new())),
-            Event::InitApply(obj) => {
-                let (children, owner_of) = self
-                    .relisting
-                    .get_or_insert_with(|| (HashMap::new(), HashMap::new()));
-                Self::insert(children, owner_of, obj);
-            }
+            Event::Apply(obj) => self.live.insert(obj),
+            Event::Delete(obj) => self.live.remove(&ObjectRef::from_obj(obj)),
+            Event::Init => self.relisting = Some(Tables::new()),
+            Event::InitApply(obj) => self.relisting.get_or_insert_with(Tables::new).insert(obj),
             Event::InitDone => {
-                if let Some((children, owner_of)) = self.relisting.take() {
-                    self.children = children;
-                    self.owner_of = owner_of;
+                if let Some(tables) = self.relisting.take() {
+                    self.live = tables;
                 }
             }
         }
@@ -132,6 +130,7 @@ where
         let refs: Vec<ObjectRef<C>> = {
             let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
             index
+                .live
                 .children
                 .get(owner)
                 .map(|set| set.iter().cloned().collect())
@@ -163,6 +162,7 @@ mod tests {
 
     fn names(index: &Index<Job>, owner: &str) -> Vec<String> {
         let mut v: Vec<String> = index
+            .live
             .children
             .get(owner)
             .into_iter()
@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(names(&index, "u2"), ["b"]);
         index.apply(&Event::Delete(job("a", Some("u1"))));
         assert!(names(&index, "u1").is_empty());
-        assert!(!index.children.contains_key("u1"), "empty sets go");
+        assert!(!index.live.children.contains_key("u1"), "empty sets go");
         // A re-list replaces everything (`b` was deleted meanwhile).
         index.apply(&Event::Init);
         index.apply(&Event::InitApply(job("c", Some("u1"))));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -35,13 +35,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     )
     .touched_objects();
     let services = controller.store();
-    let controller = controller.watches_stream(node_events, move |_: Node| {
-        services
-            .state()
-            .iter()
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    let controller =
+        controller.watches_stream(node_events, super::reconcile_all::<_, Node>(services));
     let reconcile = move |svc, ctx| reconcile(svc, ctx, nodes.clone());
     super::run("servicelb", controller, reconcile, ctx, shutdown).await;
 }

@@ -541,13 +541,17 @@ mod tests {
                 "conditions": [{"type": "Ready", "status": ready}]}}))
         };
         let pp = PatchParams::default();
-        pods.patch_status("p", &pp, &status("10.42.0.9", "False"))
-            .await
-            .expect("pod IP");
-        eventually(&zone, "10-42-0-9.default.pod.cluster.local.", |a| {
-            a == "10.42.0.9"
-        })
-        .await;
+        let new_ip = |ip: &'static str| {
+            let (pods, pp, zone) = (pods.clone(), pp.clone(), zone.clone());
+            async move {
+                pods.patch_status("p", &pp, &status(ip, "True"))
+                    .await
+                    .expect("pod IP");
+                let name = format!("{}.default.pod.cluster.local.", ip.replace('.', "-"));
+                eventually(&zone, &name, |a| a == ip).await;
+            }
+        };
+        new_ip("10.42.0.9").await;
 
         // Updates that change no record: readiness of a pod (no EndpointSlice here),
         // labels and annotations of a Service. No rebuild, the answer cache stays.
@@ -573,13 +577,7 @@ mod tests {
         );
 
         // A new pod IP and a deleted Service change the records.
-        pods.patch_status("p", &pp, &status("10.42.0.10", "True"))
-            .await
-            .expect("new pod IP");
-        eventually(&zone, "10-42-0-10.default.pod.cluster.local.", |a| {
-            a == "10.42.0.10"
-        })
-        .await;
+        new_ip("10.42.0.10").await;
         services
             .delete("web", &DeleteParams::default())
             .await

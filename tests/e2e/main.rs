@@ -8,6 +8,7 @@ mod cli;
 mod dns;
 mod ha;
 mod harness;
+mod heartbeat;
 mod install;
 mod jobs;
 mod join;
