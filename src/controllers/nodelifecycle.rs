@@ -1,7 +1,10 @@
 //! The node lifecycle controller: a node whose agent has not renewed its Lease (or
 //! posted its status) for the grace period becomes Ready=Unknown with the
-//! `node.kubernetes.io/unreachable` taints; its pods are evicted once their toleration
-//! of that taint runs out (300 s for pods that name none, as kube-apiserver's
+//! `node.kubernetes.io/unreachable` taints. The Lease (renewed every 10 s) is the
+//! heartbeat: agents post an unchanged status only every 5 minutes, so the newer of the
+//! Lease's `renewTime` and the Ready condition's `lastHeartbeatTime` counts, as in
+//! kube-controller-manager. The pods of an unreachable node are evicted once their
+//! toleration of that taint runs out (300 s for pods that name none, as kube-apiserver's
 //! DefaultTolerationSeconds gives them). A node that reports again loses the taints.
 
 use std::collections::HashMap;
@@ -271,4 +274,45 @@ async fn evict(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newer_of_lease_and_status_heartbeat_counts() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+                "lastHeartbeatTime": "2026-01-01T00:05:00Z"}]},
+        }))
+        .unwrap();
+        let lease = |renew: &str| -> HashMap<String, Lease> {
+            let l: Lease = serde_json::from_value(json!({
+                "metadata": {"name": "n1", "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": "n1", "renewTime": renew},
+            }))
+            .unwrap();
+            [("n1".to_string(), l)].into_iter().collect()
+        };
+        let at = |s: &str| s.parse::<Timestamp>().ok();
+        // The status was posted 4 minutes before the last renewal: the Lease counts.
+        assert_eq!(
+            last_heard(&node, &lease("2026-01-01T00:09:00.5Z")),
+            at("2026-01-01T00:09:00.5Z")
+        );
+        // A stale Lease does not hide a newer status.
+        assert_eq!(
+            last_heard(&node, &lease("2026-01-01T00:01:00Z")),
+            at("2026-01-01T00:05:00Z")
+        );
+        // Neither: the node's age.
+        let mut bare = node.clone();
+        bare.status = None;
+        assert_eq!(
+            last_heard(&bare, &HashMap::new()),
+            at("2026-01-01T00:00:00Z")
+        );
+    }
 }
