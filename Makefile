@@ -76,6 +76,13 @@ bench-dns:
 	$(CARGO) build --release --bin pikube --example bench_dns
 	$(CARGO) run --release --example bench_dns
 
+## bench-idle: store writes, Node and Lease writes, proxy sync passes and DNS zone rebuilds
+## per minute of an idle single-node cluster, in a network namespace of its own (root)
+.PHONY: bench-idle
+bench-idle:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_idle.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
 ## bench-store: pikube's store against etcd 3.4 with the same load, in one run
 bench-store:
 	$(CARGO) run --release -p pikube-raft --example bench_store

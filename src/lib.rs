@@ -22,4 +22,5 @@ pub mod scheduler;
 pub mod server;
 pub mod snapshot;
 pub mod token;
+pub mod watch_filter;
 pub mod worker;

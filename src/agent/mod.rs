@@ -228,7 +228,8 @@ pub async fn run(
     let conf = pikube_runtime::cni::write(&ctr_cfg.cni_conf_dir, &cni)?;
     tracing::info!(%pod_cidr, conf = %conf.display(), "pod network configured");
     // Post Ready as soon as the network is there, not at the next heartbeat.
-    if let Err(e) = node::post_status(&client, &cri, &spec, &cfg.data_dir).await {
+    let report = node::Report::IfChanged;
+    if let Err(e) = node::post_status(&client, &cri, &spec, &cfg.data_dir, report).await {
         tracing::debug!(error = %e, "cannot post node status");
     }
 

@@ -1,12 +1,15 @@
 //! The agent's Node: registration with labels and taints, status (capacity and
-//! allocatable from the machine, addresses, nodeInfo, conditions with real reasons)
-//! posted every 10 s, and the Lease in `kube-node-lease` renewed every 10 s.
+//! allocatable from the machine, addresses, nodeInfo, conditions with real reasons), and
+//! the Lease in `kube-node-lease`. As kubelet does, the Lease is the heartbeat (renewed
+//! every 10 s) and the status is posted when it changed, or else every 5 minutes
+//! (kubelet's `nodeStatusReportFrequency`): every Node write wakes every watcher of
+//! Nodes in the cluster, a Lease renewal only the node lifecycle controller.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pikube_runtime::cri::{v1 as cri, Cri};
@@ -14,8 +17,11 @@ use serde_json::{json, Value};
 
 use super::Error;
 
-/// How often the Lease is renewed and the status posted.
+/// How often the Lease is renewed and the status looked at (posted if it changed).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often an unchanged status is posted anyway, with new heartbeat times (kubelet's
+/// `nodeStatusReportFrequency`).
+pub const STATUS_REPORT_EVERY: Duration = Duration::from_secs(300);
 /// The Lease's duration (kubelet's default).
 const LEASE_SECONDS: i32 = 40;
 /// Pods a node takes (kubelet's default `--max-pods`).
@@ -372,13 +378,54 @@ pub async fn renew_lease(client: &Client, node: &str) -> Result<(), Error> {
     }
 }
 
-/// Posts the node status once.
+/// The parts of a node status that count as a change: everything but the conditions'
+/// heartbeat times, and only the fields the agent posts (others' fields stay as they are).
+fn comparable(status: &NodeStatus, posted: &serde_json::Map<String, Value>) -> Value {
+    let mut v = serde_json::to_value(status).unwrap_or(Value::Null);
+    if let Some(conditions) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conditions.iter_mut().filter_map(Value::as_object_mut) {
+            c.remove("lastHeartbeatTime");
+        }
+    }
+    let fields = posted
+        .keys()
+        .map(|k| (k.clone(), v.get(k).cloned().unwrap_or(Value::Null)))
+        .collect();
+    Value::Object(fields)
+}
+
+/// Whether `new` (a document from [`status`]) says anything the Node does not say yet,
+/// heartbeat times aside.
+pub fn status_changed(old: Option<&Node>, new: &Value) -> bool {
+    let (Some(old), Some(posted)) = (
+        old.and_then(|n| n.status.as_ref()),
+        new["status"].as_object(),
+    ) else {
+        return true;
+    };
+    match serde_json::from_value::<NodeStatus>(new["status"].clone()) {
+        Ok(typed) => comparable(old, posted) != comparable(&typed, posted),
+        Err(_) => true,
+    }
+}
+
+/// When the node status is posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// Now, changed or not (the first report of an agent, or one that is due).
+    Always,
+    /// Only when it changed.
+    IfChanged,
+}
+
+/// Builds the node status and posts it as `report` says; true when it was posted.
 pub async fn post_status(
     client: &Client,
     cri: &Cri,
     spec: &NodeSpec,
     data_dir: &std::path::Path,
-) -> Result<(), Error> {
+    report: Report,
+) -> Result<bool, Error> {
     let api = Api::<Node>::all(client.clone());
     let old = api.get_opt(&spec.name).await?;
     if old.is_none() {
@@ -396,14 +443,30 @@ pub async fn post_status(
         })
         .unwrap_or_default();
     let problem = runtime_problem(cri).await;
-    let machine = Machine::read(data_dir);
-    let body = status(spec, &machine, &version, problem.as_deref(), old.as_ref());
+    let (spec_now, data_dir, before) = (spec.clone(), data_dir.to_path_buf(), old.clone());
+    // /proc and statvfs reads: off the runtime threads.
+    let body = tokio::task::spawn_blocking(move || {
+        let machine = Machine::read(&data_dir);
+        status(
+            &spec_now,
+            &machine,
+            &version,
+            problem.as_deref(),
+            before.as_ref(),
+        )
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    if report == Report::IfChanged && !status_changed(old.as_ref(), &body) {
+        return Ok(false);
+    }
     api.patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(body))
         .await?;
-    Ok(())
+    Ok(true)
 }
 
-/// Heartbeats until `shutdown`: status and Lease every [`HEARTBEAT`].
+/// Heartbeats until `shutdown`: the Lease every [`HEARTBEAT`]; the status when it
+/// changed, at the first beat, and every [`STATUS_REPORT_EVERY`].
 pub async fn heartbeat(
     client: Client,
     cri: Cri,
@@ -411,9 +474,16 @@ pub async fn heartbeat(
     data_dir: std::path::PathBuf,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut last_report: Option<tokio::time::Instant> = None;
     loop {
-        if let Err(e) = post_status(&client, &cri, &spec, &data_dir).await {
-            tracing::warn!(node = %spec.name, error = %e, "cannot post node status");
+        let report = match last_report {
+            Some(t) if t.elapsed() < STATUS_REPORT_EVERY => Report::IfChanged,
+            _ => Report::Always,
+        };
+        match post_status(&client, &cri, &spec, &data_dir, report).await {
+            Ok(true) => last_report = Some(tokio::time::Instant::now()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(node = %spec.name, error = %e, "cannot post node status"),
         }
         if let Err(e) = renew_lease(&client, &spec.name).await {
             tracing::warn!(node = %spec.name, error = %e, "cannot renew node lease");
@@ -428,6 +498,7 @@ pub async fn heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
     fn taints_parse_like_kubectl() {
@@ -452,24 +523,87 @@ mod tests {
         assert_eq!(meminfo(text, "SwapTotal"), None);
     }
 
-    #[test]
-    fn status_reports_readiness_and_keeps_transition_times() {
-        let spec = NodeSpec {
+    fn test_spec() -> NodeSpec {
+        NodeSpec {
             name: "n1".into(),
             ip: "192.0.2.1".into(),
             hostname: "pi".into(),
             labels: vec![],
             taints: vec![],
             agent_port: 10250,
-        };
-        let m = Machine {
+        }
+    }
+
+    fn test_machine() -> Machine {
+        Machine {
             cpus: 4,
             memory: 8 << 30,
             memory_available: 4 << 30,
             disk: 100 << 30,
             disk_free: 50 << 30,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_changed_status_counts_as_a_change() {
+        let (spec, m) = (test_spec(), test_machine());
+        let as_node = |body: &Value| -> Node {
+            let mut n: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
+            n.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
+            n
         };
+        assert!(status_changed(
+            None,
+            &status(&spec, &m, "c://1", None, None)
+        ));
+        let mut posted = as_node(&status(&spec, &m, "c://1", None, None));
+        // Someone else's field and an old heartbeat time: still no change.
+        let st = posted.status.as_mut().unwrap();
+        st.volumes_in_use = Some(vec!["x".into()]);
+        for c in st.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = Some(Time("2020-01-01T00:00:00Z".parse().unwrap()));
+        }
+        let again = status(&spec, &m, "c://1", None, Some(&posted));
+        assert!(!status_changed(Some(&posted), &again), "{again}");
+        // A readiness change, a new runtime version, less memory are changes.
+        let down = status(&spec, &m, "c://1", Some("runtime down"), Some(&posted));
+        assert!(status_changed(Some(&posted), &down));
+        assert!(status_changed(
+            Some(&posted),
+            &status(&spec, &m, "c://2", None, Some(&posted))
+        ));
+        let smaller = Machine {
+            memory: 4 << 30,
+            ..m.clone()
+        };
+        assert!(status_changed(
+            Some(&posted),
+            &status(&spec, &smaller, "c://1", None, Some(&posted))
+        ));
+        // The node lifecycle controller marked the node Unknown: reporting again is a change.
+        let mut unknown = posted.clone();
+        for c in unknown
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .iter_mut()
+            .flatten()
+        {
+            if c.type_ == "Ready" {
+                c.status = "Unknown".into();
+            }
+        }
+        assert!(status_changed(
+            Some(&unknown),
+            &status(&spec, &m, "c://1", None, Some(&unknown))
+        ));
+    }
+
+    #[test]
+    fn status_reports_readiness_and_keeps_transition_times() {
+        let (spec, m) = (test_spec(), test_machine());
         let s = status(&spec, &m, "containerd://1.6.20", None, None);
         let ready = s["status"]["conditions"]
             .as_array()

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::{ApiServer, Identity};
+use super::Identity;
 
 const PATHS: &[&str] = &[
     "/api/v1/namespaces/default/configmaps",
@@ -156,26 +156,8 @@ fn random_body(rng: &mut impl Rng) -> Vec<u8> {
 
 #[tokio::test]
 async fn random_requests_never_get_a_server_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = pikube_raft::Store::open(pikube_raft::Config::single_node(dir.path().join("db")))
-        .await
-        .unwrap();
-    let api = ApiServer::new(
-        store.clone(),
-        "127.0.0.1:6443".into(),
-        crate::api::services::ServiceRanges::new("10.43.0.0/16", 30000..=32767)
-            .expect("valid ranges"),
-    );
-    crate::server::bootstrap(
-        &api,
-        &crate::server::BootstrapAddresses {
-            kubernetes_ip: std::net::Ipv4Addr::new(10, 43, 0, 1),
-            https_port: 6443,
-            cluster_dns: Some(std::net::IpAddr::from([10, 43, 0, 10])),
-        },
-    )
-    .await
-    .unwrap();
+    let test_api = crate::controllers::client::TestApi::start().await;
+    let api = &test_api.api;
     let router = api.router();
     let admin = Identity {
         user: "system:admin".into(),
@@ -242,5 +224,5 @@ async fn random_requests_never_get_a_server_error() {
         .unwrap();
     req.extensions_mut().insert(admin);
     assert_eq!(router.oneshot(req).await.unwrap().status().as_u16(), 200);
-    store.shutdown().await.unwrap();
+    test_api.shutdown().await;
 }

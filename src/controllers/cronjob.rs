@@ -15,13 +15,14 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Resource, ResourceExt};
 
 use super::job_status::finished_condition;
+use super::owner_index::OwnerIndex;
 use super::schedule::{self, Schedule};
-use super::{pods, watch_config, Context, Result};
+use super::{pods, watch_config, Context, Error, Result};
 
 /// Annotation on a Job with the time it was scheduled for, in the CronJob's time zone.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -29,11 +30,13 @@ pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-tim
 /// More missed start times than this are reported (kube-controller-manager's limit).
 const TOO_MANY_MISSED: usize = 100;
 
-/// Runs the controller until `shutdown`.
+/// Runs the controller until `shutdown`. Its Jobs come from a reflector indexed by
+/// owner, so a run reads only the CronJob's own Jobs and lists nothing.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let cronjobs = Api::<CronJob>::all(ctx.client.clone());
-    let jobs = Api::<Job>::all(ctx.client.clone());
-    let controller = Controller::new(cronjobs, watch_config()).owns(jobs, watch_config());
+    let (jobs, job_events) = OwnerIndex::new(Api::<Job>::all(ctx.client.clone()), watch_config());
+    let controller = Controller::new(cronjobs, watch_config()).owns_stream(job_events);
+    let reconcile = move |cj, ctx| reconcile(cj, ctx, jobs.clone());
     super::run("cronjob", controller, reconcile, ctx, shutdown).await;
 }
 
@@ -208,7 +211,33 @@ pub fn beyond_history(jobs: &[Job], successful: Option<i32>, failed: Option<i32>
     out
 }
 
-async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
+/// The Jobs `cj` controls: from the index, plus those of its active list the cache
+/// does not hold yet (just created), read from the API as kube's controller does.
+async fn children(cj: &CronJob, jobs: &OwnerIndex<Job>, api: &Api<Job>) -> Result<Vec<Job>> {
+    jobs.wait_until_ready()
+        .await
+        .map_err(|e| Error::Object(format!("job cache: {e}")))?;
+    let uid = cj.uid().unwrap_or_default();
+    let mut children: Vec<Job> = jobs.children(&uid).iter().map(|j| (**j).clone()).collect();
+    let active = cj.status.as_ref().and_then(|s| s.active.as_ref());
+    for r in active.into_iter().flatten() {
+        if children.iter().any(|j| j.metadata.uid == r.uid) {
+            continue;
+        }
+        if let Some(job) = api.get_opt(r.name.as_deref().unwrap_or_default()).await? {
+            if pods::controller_of(&job.metadata).is_some_and(|o| o.uid == uid) {
+                children.push(job);
+            }
+        }
+    }
+    Ok(children)
+}
+
+async fn reconcile(
+    cached: Arc<CronJob>,
+    ctx: Arc<Context>,
+    jobs: OwnerIndex<Job>,
+) -> Result<Action> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     let key = format!("{ns}/{name}");
@@ -226,13 +255,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let uid = cj.uid().unwrap_or_default();
-    let children: Vec<Job> = api_jobs
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|j| pods::controller_of(&j.metadata).is_some_and(|r| r.uid == uid))
-        .collect();
+    let children = children(&cj, &jobs, &api_jobs).await?;
     let spec = cj.spec.clone().unwrap_or_default();
     let mut status: CronJobStatus = cj.status.clone().unwrap_or_default();
 

@@ -19,15 +19,17 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 
 use super::history::{self, HASH_LABEL};
 use super::nodelifecycle::effective_taints;
 use super::{ownership, pods, watch_config, Context, Error, Result};
 use crate::scheduler::filters;
+use crate::watch_filter;
 
-/// Runs the controller until `shutdown`; any Node change reconciles every DaemonSet.
+/// Runs the controller until `shutdown`; a Node change that can change where daemons
+/// run (see [`placement`]) reconciles every DaemonSet, heartbeats do not.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watch_config())
@@ -37,14 +39,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             watch_config(),
         );
     let store = controller.store();
-    let controller = controller.watches(Api::<Node>::all(client), watch_config(), move |_| {
-        store
-            .state()
-            .iter()
-            .map(|ds| ObjectRef::from_obj(ds.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    let nodes =
+        watch_filter::relevant(watcher(Api::<Node>::all(client), watch_config()), placement)
+            .touched_objects();
+    let controller = controller.watches_stream(nodes, super::reconcile_all::<_, Node>(store));
     super::run("daemonset", controller, reconcile, ctx, shutdown).await;
+}
+
+/// Fingerprint of what decides whether daemons run on a node: its labels (node
+/// selectors and affinity) and its effective taints (its own, cordoning and the
+/// conditions that imply taints). Heartbeat times and other status do not count.
+pub fn placement(node: &Node) -> u64 {
+    let taints = effective_taints(node);
+    let taints: Vec<_> = taints
+        .iter()
+        .map(|t| (&t.key, &t.value, &t.effect))
+        .collect();
+    watch_filter::fingerprint(&(&node.metadata.labels, taints))
 }
 
 /// Tolerations every daemon pod gets, so node problems neither evict it nor keep it off

@@ -249,3 +249,35 @@ fn status_counts_like_kubectl_shows() {
     assert_eq!(st.number_unavailable, Some(1));
     assert_eq!(st.observed_generation, Some(3));
 }
+
+#[test]
+fn placement_ignores_heartbeats_and_sees_labels_taints_and_conditions() {
+    let status = |beat: &str, ready: &str| {
+        json!({"metadata": {"labels": {"disk": "ssd"}, "resourceVersion": beat},
+            "status": {"conditions": [{"type": "Ready", "status": ready,
+            "lastHeartbeatTime": beat}]}})
+    };
+    let base = placement(&node("a", status("2026-01-01T00:00:00Z", "True")));
+    assert_eq!(
+        base,
+        placement(&node("a", status("2026-01-01T00:05:00Z", "True"))),
+        "a heartbeat changes nothing"
+    );
+    assert_ne!(
+        base,
+        placement(&node("a", status("2026-01-01T00:05:00Z", "Unknown")))
+    );
+    let mut relabelled = node("a", status("2026-01-01T00:00:00Z", "True"));
+    relabelled
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("disk".into(), "hdd".into());
+    assert_ne!(base, placement(&relabelled));
+    let mut cordoned = node("a", status("2026-01-01T00:00:00Z", "True"));
+    cordoned
+        .spec
+        .get_or_insert_with(Default::default)
+        .unschedulable = Some(true);
+    assert_ne!(base, placement(&cordoned));
+}

@@ -16,6 +16,7 @@ pub mod job;
 pub mod job_status;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod owner_index;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
@@ -61,6 +62,23 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Default watcher configuration of every controller.
 pub fn watch_config() -> watcher::Config {
     watcher::Config::default()
+}
+
+/// A `Controller::watches_stream` mapper that reconciles every object in `store`: for
+/// changes that may concern all of them (a Node's, for DaemonSets or load balancers).
+pub fn reconcile_all<K, T>(
+    store: kube::runtime::reflector::Store<K>,
+) -> impl Fn(T) -> Vec<kube::runtime::reflector::ObjectRef<K>> + Send + Sync + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    move |_| {
+        store
+            .state()
+            .iter()
+            .map(|o| kube::runtime::reflector::ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
 }
 
 /// Deletes `name`; one that is already gone counts as deleted.

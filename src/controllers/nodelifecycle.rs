@@ -1,17 +1,24 @@
 //! The node lifecycle controller: a node whose agent has not renewed its Lease (or
 //! posted its status) for the grace period becomes Ready=Unknown with the
-//! `node.kubernetes.io/unreachable` taints; its pods are evicted once their toleration
-//! of that taint runs out (300 s for pods that name none, as kube-apiserver's
+//! `node.kubernetes.io/unreachable` taints. The Lease (renewed every 10 s) is the
+//! heartbeat: agents post an unchanged status only every 5 minutes, so the newer of the
+//! Lease's `renewTime` and the Ready condition's `lastHeartbeatTime` counts, as in
+//! kube-controller-manager. The pods of an unreachable node are evicted once their
+//! toleration of that taint runs out (300 s for pods that name none, as kube-apiserver's
 //! DefaultTolerationSeconds gives them). A node that reports again loses the taints.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -99,15 +106,51 @@ impl Default for Timing {
     }
 }
 
-/// Runs the controller until `shutdown` fires.
+/// Runs the controller until `shutdown` fires. Nodes and Leases come from reflectors, so
+/// a pass (every grace/4, at most 5 s) reads caches instead of listing both kinds.
 pub async fn run(client: Client, timing: Timing, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let period = (timing.grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (leases, lease_writer) = reflector::store::<Lease>();
+    let feeds = futures::future::join(
+        reflector::reflector(
+            node_writer,
+            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(|_| std::future::ready(())),
+        reflector::reflector(
+            lease_writer,
+            watcher(
+                Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| std::future::ready(())),
+    );
+    tokio::pin!(feeds);
+    let ready = async {
+        let _ = nodes.wait_until_ready().await;
+        let _ = leases.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = &mut feeds => return,
+        _ = shutdown.changed() => return,
+    }
     loop {
-        if let Err(e) = pass(&client, timing).await {
+        let leases: HashMap<String, Lease> = leases
+            .state()
+            .iter()
+            .map(|l| (l.name_any(), Lease::clone(l)))
+            .collect();
+        if let Err(e) = pass(&client, &nodes.state(), &leases, timing).await {
             tracing::debug!(error = %e, "node lifecycle pass failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
+            _ = &mut feeds => return,
             _ = shutdown.changed() => return,
         }
     }
@@ -135,20 +178,19 @@ fn secs(d: Duration) -> SignedDuration {
     SignedDuration::from_millis(d.as_millis() as i64)
 }
 
-async fn pass(client: &Client, timing: Timing) -> Result<()> {
+/// One look at every cached node: silent ones are marked and tainted, their pods evicted
+/// when due; nodes that report again lose the taint.
+async fn pass(
+    client: &Client,
+    cached: &[Arc<Node>],
+    leases: &HashMap<String, Lease>,
+    timing: Timing,
+) -> Result<()> {
     let nodes = Api::<Node>::all(client.clone());
-    let leases: HashMap<String, Lease> =
-        Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|l| (l.name_any(), l))
-            .collect();
     let now = Timestamp::now();
-    for node in nodes.list(&ListParams::default()).await?.items {
+    for node in cached {
         let name = node.name_any();
-        let silent = last_heard(&node, &leases)
+        let silent = last_heard(node, leases)
             .and_then(|t| t.checked_add(secs(timing.grace)).ok())
             .is_some_and(|deadline| deadline < now);
         let taints = node
@@ -190,7 +232,7 @@ async fn pass(client: &Client, timing: Timing) -> Result<()> {
                 set_taints(&nodes, &name, &next).await?;
                 tracing::info!(node = %name, "node stopped reporting: tainted unreachable");
             } else {
-                evict(client, &node, &taints, timing, now).await?;
+                evict(client, node, &taints, timing, now).await?;
             }
         } else if tainted && ready.as_deref() == Some("True") {
             let next: Vec<Taint> = taints
@@ -271,4 +313,45 @@ async fn evict(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newer_of_lease_and_status_heartbeat_counts() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+                "lastHeartbeatTime": "2026-01-01T00:05:00Z"}]},
+        }))
+        .unwrap();
+        let lease = |renew: &str| -> HashMap<String, Lease> {
+            let l: Lease = serde_json::from_value(json!({
+                "metadata": {"name": "n1", "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": "n1", "renewTime": renew},
+            }))
+            .unwrap();
+            [("n1".to_string(), l)].into_iter().collect()
+        };
+        let at = |s: &str| s.parse::<Timestamp>().ok();
+        // The status was posted 4 minutes before the last renewal: the Lease counts.
+        assert_eq!(
+            last_heard(&node, &lease("2026-01-01T00:09:00.5Z")),
+            at("2026-01-01T00:09:00.5Z")
+        );
+        // A stale Lease does not hide a newer status.
+        assert_eq!(
+            last_heard(&node, &lease("2026-01-01T00:01:00Z")),
+            at("2026-01-01T00:05:00Z")
+        );
+        // Neither: the node's age.
+        let mut bare = node.clone();
+        bare.status = None;
+        assert_eq!(
+            last_heard(&bare, &HashMap::new()),
+            at("2026-01-01T00:00:00Z")
+        );
+    }
 }

@@ -19,7 +19,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 pub const SCHEMA_VERSION: &str = "1.1.0";
 
 /// A port of a Service or of an EndpointSlice.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortData {
     /// Port name; SRV records exist only for named ports.
     pub name: String,
@@ -30,7 +30,7 @@ pub struct PortData {
 }
 
 /// What a Service's name resolves to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceKind {
     /// A ClusterIP (also NodePort, LoadBalancer) Service: its cluster IPs.
     ClusterIp(Vec<IpAddr>),
@@ -41,7 +41,7 @@ pub enum ServiceKind {
 }
 
 /// The facts of one Service that DNS needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct ServiceData {
     /// Namespace.
     pub namespace: String,
@@ -54,7 +54,7 @@ pub struct ServiceData {
 }
 
 /// One endpoint of an EndpointSlice of a Service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct EndpointData {
     /// Namespace of the Service.
     pub namespace: String,
@@ -71,7 +71,7 @@ pub struct EndpointData {
 }
 
 /// The facts of one Pod that DNS needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct PodData {
     /// Namespace.
     pub namespace: String,

@@ -1,9 +1,13 @@
 //! The cluster's Services, EndpointSlices and Pods, kept by kube-runtime reflectors and
-//! turned into a [`Zone`] after every change (coalesced over a few milliseconds). The
-//! zone in use is swapped as a whole, so a lookup only clones an `Arc` under a read lock
-//! that is never held while building.
+//! turned into a [`Zone`] after every change of the records (coalesced over a few
+//! milliseconds). An update that leaves an object's DNS facts as they were (a Pod's
+//! conditions, a Service's status, any heartbeat) is filtered out by the fingerprint of
+//! those facts, so it neither rebuilds the zone nor drops the answer cache. The zone in
+//! use is swapped as a whole, so a lookup only clones an `Arc` under a read lock that is
+//! never held while building.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use super::cache::AnswerCache;
 use super::records::{
     EndpointData, PodData, PortData, ServiceData, ServiceKind, Zone, ZoneConfig, ZoneData,
 };
+use crate::watch_filter;
 
 /// Label of an EndpointSlice naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -34,7 +39,11 @@ pub struct Snapshot {
 }
 
 /// The zone in use, replaced as a whole on every rebuild.
-pub struct SharedZone(RwLock<Arc<Snapshot>>);
+pub struct SharedZone {
+    zone: RwLock<Arc<Snapshot>>,
+    /// Zones put in use so far.
+    builds: AtomicU64,
+}
 
 fn snapshot(zone: Zone) -> Arc<Snapshot> {
     Arc::new(Snapshot {
@@ -46,12 +55,21 @@ fn snapshot(zone: Zone) -> Arc<Snapshot> {
 impl SharedZone {
     /// Starts with `zone`.
     pub fn new(zone: Zone) -> SharedZone {
-        SharedZone(RwLock::new(snapshot(zone)))
+        SharedZone {
+            zone: RwLock::new(snapshot(zone)),
+            builds: AtomicU64::new(0),
+        }
+    }
+
+    /// How many zones were put in use by [`SharedZone::set`] (rebuilds, for tests and
+    /// benchmarks).
+    pub fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
     }
 
     /// The zone in use now.
     pub fn current(&self) -> Arc<Snapshot> {
-        match self.0.read() {
+        match self.zone.read() {
             Ok(z) => z.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
@@ -60,10 +78,11 @@ impl SharedZone {
     /// Puts `zone` in use.
     pub fn set(&self, zone: Zone) {
         let zone = snapshot(zone);
-        match self.0.write() {
+        match self.zone.write() {
             Ok(mut z) => *z = zone,
             Err(poisoned) => *poisoned.into_inner() = zone,
         }
+        self.builds.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -233,12 +252,13 @@ fn slim_pod(pod: &mut Pod) {
 }
 
 /// Runs a reflector of `K` (each object trimmed by `slim` before it is stored) into a
-/// new store, waking `changed` on every event.
-fn reflect<K>(
+/// new store, waking `changed` when an object's DNS facts (`facts`, hashed) changed.
+fn reflect<K, D: std::hash::Hash + 'static>(
     client: &Client,
     changed: Arc<Notify>,
     tasks: &mut tokio::task::JoinSet<()>,
     slim: fn(&mut K),
+    facts: fn(&K) -> D,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -250,11 +270,14 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).modify(slim),
-    )
-    .default_backoff();
+    let stream = watch_filter::relevant(
+        reflector::reflector(
+            writer,
+            watcher(Api::<K>::all(client.clone()), watcher::Config::default()).modify(slim),
+        )
+        .default_backoff(),
+        move |obj: &K| watch_filter::fingerprint(&facts(obj)),
+    );
     tasks.spawn(async move {
         stream
             .for_each(|event| {
@@ -281,17 +304,24 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let caches = Caches {
-        services: reflect(&client, changed.clone(), &mut tasks, |s: &mut Service| {
-            slim_meta(&mut s.metadata);
-            s.status = None;
-        }),
+        services: reflect(
+            &client,
+            changed.clone(),
+            &mut tasks,
+            |s: &mut Service| {
+                slim_meta(&mut s.metadata);
+                s.status = None;
+            },
+            service_data,
+        ),
         slices: reflect(
             &client,
             changed.clone(),
             &mut tasks,
             |s: &mut EndpointSlice| slim_meta(&mut s.metadata),
+            endpoint_data,
         ),
-        pods: reflect(&client, changed.clone(), &mut tasks, slim_pod),
+        pods: reflect(&client, changed.clone(), &mut tasks, slim_pod, pod_data),
     };
     let rebuild = async {
         if !caches.wait_until_ready().await {
@@ -430,5 +460,133 @@ mod tests {
         let mut orphan = slice.clone();
         orphan.metadata.labels = None;
         assert!(endpoint_data(&orphan).is_empty());
+    }
+
+    /// What the zone in use answers for `name` (A records as text, or how it fails).
+    fn resolve(zone: &SharedZone, name: &str) -> String {
+        use super::super::records::Lookup;
+        use hickory_proto::rr::{LowerName, Name, RecordType};
+        let name = LowerName::from(Name::from_ascii(name).expect("name"));
+        match zone.current().zone.lookup(&name, RecordType::A) {
+            Lookup::Answer(records) => records
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            other => format!("{other:?}"),
+        }
+    }
+
+    async fn eventually(zone: &SharedZone, name: &str, want: impl Fn(&str) -> bool) {
+        let t = std::time::Instant::now();
+        loop {
+            let got = resolve(zone, name);
+            if want(&got) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{name}: {got}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits out the coalescing of the zone rebuilds, then returns how many there were.
+    async fn settled(zone: &SharedZone) -> u64 {
+        tokio::time::sleep(COALESCE * 10).await;
+        zone.builds()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_follow_changes_and_other_updates_rebuild_nothing() {
+        use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+        let api = crate::controllers::client::TestApi::start().await;
+        let client = api.client("system:kube-dns");
+        let config = ZoneConfig::new("cluster.local", 5, None).expect("zone config");
+        let zone = Arc::new(SharedZone::new(Zone::build(
+            &config,
+            0,
+            &ZoneData::default(),
+        )));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let watching = tokio::spawn(run(client.clone(), config, zone.clone(), ready_tx, async {
+            let _ = stop_rx.await;
+        }));
+        ready_rx.await.expect("zone ready");
+
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }))
+        .expect("service");
+        let created = services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create service");
+        let ip = created.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
+        eventually(&zone, "web.default.svc.cluster.local.", |a| a == ip).await;
+
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
+        let status = |ip: &str, ready: &str| {
+            Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": ready}]}}))
+        };
+        let pp = PatchParams::default();
+        let new_ip = |ip: &'static str| {
+            let (pods, pp, zone) = (pods.clone(), pp.clone(), zone.clone());
+            async move {
+                pods.patch_status("p", &pp, &status(ip, "True"))
+                    .await
+                    .expect("pod IP");
+                let name = format!("{}.default.pod.cluster.local.", ip.replace('.', "-"));
+                eventually(&zone, &name, |a| a == ip).await;
+            }
+        };
+        new_ip("10.42.0.9").await;
+
+        // Updates that change no record: readiness of a pod (no EndpointSlice here),
+        // labels and annotations of a Service. No rebuild, the answer cache stays.
+        let quiet = settled(&zone).await;
+        for ready in ["True", "False", "True"] {
+            pods.patch_status("p", &pp, &status("10.42.0.9", ready))
+                .await
+                .expect("readiness");
+        }
+        services
+            .patch(
+                "web",
+                &pp,
+                &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"},
+                    "annotations": {"note": "x"}}})),
+            )
+            .await
+            .expect("labels");
+        assert_eq!(
+            settled(&zone).await,
+            quiet,
+            "updates without DNS facts rebuilt"
+        );
+
+        // A new pod IP and a deleted Service change the records.
+        new_ip("10.42.0.10").await;
+        services
+            .delete("web", &DeleteParams::default())
+            .await
+            .expect("delete service");
+        eventually(&zone, "web.default.svc.cluster.local.", |a| a == "NxDomain").await;
+        assert!(zone.builds() > quiet);
+
+        let _ = stop_tx.send(());
+        let _ = watching.await;
+        api.shutdown().await;
     }
 }

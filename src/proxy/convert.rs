@@ -182,6 +182,15 @@ pub fn pod_cidr(node: &Node) -> Option<Ipv4Cidr> {
     node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
 }
 
+/// Fingerprint of what the proxy reads of a Node: its address and pod CIDR (the node's
+/// own facts, or a peer's host-gw route). Heartbeats and conditions do not count.
+pub fn routing(node: &Node) -> u64 {
+    crate::watch_filter::fingerprint(&(
+        node_ip(node),
+        node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()),
+    ))
+}
+
 /// The other nodes with a pod CIDR and an address: host-gw routes go to them.
 pub fn peers(nodes: &[Arc<Node>], me: &str) -> Vec<PeerNode> {
     nodes

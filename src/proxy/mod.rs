@@ -13,6 +13,7 @@ mod convert;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use pikube_netfilter::{
     DriftCheck, Ipv4Cidr, NetNs, NodeFacts, NodeNetwork, NodeNetworkConfig, Proxier, Renderer,
 };
 use tokio::sync::Notify;
+
+use crate::watch_filter;
 
 /// Name of pikube's nftables table (`inet pikube`).
 pub const TABLE: &str = "pikube";
@@ -57,6 +60,9 @@ pub struct ProxyConfig {
     /// How often the table's chains are checked for drift (10 s; every 30th check also
     /// looks at its rules).
     pub drift_check_every: Duration,
+    /// Sync passes so far (render the caches, apply the difference): tests and
+    /// benchmarks read it to see what wakes the proxy.
+    pub syncs: Arc<AtomicU64>,
 }
 
 impl ProxyConfig {
@@ -95,6 +101,7 @@ impl ProxyConfig {
             localhost_nodeports: true,
             netns: NetNs::host(),
             drift_check_every: Duration::from_secs(10),
+            syncs: Arc::default(),
         })
     }
 }
@@ -153,9 +160,9 @@ pub async fn run(
     .await?;
 
     let changed = Arc::new(Notify::new());
-    let services = watch::<Service>(&client, &changed);
-    let slices = watch::<EndpointSlice>(&client, &changed);
-    let nodes = watch::<Node>(&client, &changed);
+    let services = watch::<Service>(&client, &changed, everything);
+    let slices = watch::<EndpointSlice>(&client, &changed, everything);
+    let nodes = watch::<Node>(&client, &changed, convert::routing);
     let streams = futures::future::join3(services.1, slices.1, nodes.1);
     tokio::pin!(streams);
     let (services, slices, nodes) = (services.0, slices.0, nodes.0);
@@ -234,10 +241,18 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// A reflector store of `K` and the stream that keeps it filled and pokes `changed`.
+/// Every update of an object counts (the fingerprint of [`watch`] for kinds whose
+/// updates all matter to the proxy).
+fn everything<K: kube::Resource>(obj: &K) -> u64 {
+    watch_filter::fingerprint(&obj.meta().resource_version)
+}
+
+/// A reflector store of `K` and the stream that keeps it filled and pokes `changed`
+/// when an object's `fingerprint` (what the proxy reads of it) changes.
 fn watch<K>(
     client: &Client,
     changed: &Arc<Notify>,
+    fingerprint: fn(&K) -> u64,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -250,11 +265,14 @@ where
 {
     let (store, writer) = reflector::store();
     let changed = changed.clone();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    let stream = watch_filter::relevant(
+        reflector::reflector(
+            writer,
+            watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff(),
+        fingerprint,
     )
-    .default_backoff()
     .for_each(move |_| {
         changed.notify_one();
         futures::future::ready(())
@@ -270,6 +288,7 @@ async fn sync(
     slices: &Store<EndpointSlice>,
     nodes: &Store<Node>,
 ) -> Result<()> {
+    cfg.syncs.fetch_add(1, Ordering::Relaxed);
     let nodes = nodes.state();
     let me = nodes
         .iter()

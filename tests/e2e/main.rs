@@ -9,6 +9,7 @@ mod cli;
 mod dns;
 mod ha;
 mod harness;
+mod heartbeat;
 mod install;
 mod jobs;
 mod join;
