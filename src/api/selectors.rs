@@ -131,6 +131,12 @@ const FIELDS: &[(&str, &str)] = &[
     ("involvedObject.namespace", "/involvedObject/namespace"),
     ("involvedObject.uid", "/involvedObject/uid"),
     ("involvedObject.kind", "/involvedObject/kind"),
+    ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
+    ("involvedObject.resourceVersion", "/involvedObject/resourceVersion"),
+    ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
+    ("reason", "/reason"),
+    ("reportingComponent", "/reportingComponent"),
+    ("source", "/source/component"),
     ("type", "/type"),
     ("spec.unschedulable", "/spec/unschedulable"),
 ];

@@ -67,3 +67,70 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Kind, Recorder};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::PostParams;
+
+    #[tokio::test]
+    async fn repeats_count_up_and_old_events_are_swept() {
+        let api = super::super::client::TestApi::start().await;
+        let client = api.client("test");
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let cm: ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "c"}})).expect("cm");
+        let cm = cms
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+        let rec = Recorder::new(client.clone(), "tester", Some("n1"));
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        let counted = |want: i32| {
+            let events = events.clone();
+            async move {
+                for _ in 0..100 {
+                    let list = events.list(&ListParams::default()).await.expect("list");
+                    if list.items.iter().any(|e| e.count == Some(want)) {
+                        return list.items;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("no event with count {want}");
+            }
+        };
+        rec.record(&cm, None, Kind::Warning, "Broken", "it broke");
+        let first = counted(1).await;
+        rec.record(&cm, None, Kind::Warning, "Broken", "it broke");
+        let items = counted(2).await;
+        assert_eq!(items.len(), 1, "a repeat is the same Event");
+        assert_eq!(first[0].metadata.name, items[0].metadata.name);
+        let e = &items[0];
+        assert_eq!(e.reason.as_deref(), Some("Broken"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.involved_object.name.as_deref(), Some("c"));
+        assert_eq!(
+            e.source.as_ref().and_then(|s| s.host.as_deref()),
+            Some("n1")
+        );
+
+        // Swept once it is older than the cutoff, kept before.
+        let before = Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(60))
+            .expect("time");
+        assert_eq!(sweep(&client, before).await.expect("sweep"), 0);
+        let after = Timestamp::now()
+            .checked_add(SignedDuration::from_secs(1))
+            .expect("time");
+        assert_eq!(sweep(&client, after).await.expect("sweep"), 1);
+        assert!(events
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty());
+        api.shutdown().await;
+    }
+}

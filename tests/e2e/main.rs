@@ -7,6 +7,7 @@ mod api;
 mod apply;
 mod cli;
 mod dns;
+mod events;
 mod ha;
 mod harness;
 mod heartbeat;
