@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip shellcheck
 
-.PHONY: all build test lint unit e2e bench bench-store bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
+.PHONY: all build test lint unit e2e bench bench-store bench-api bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
 
 all: build
 
@@ -49,7 +49,12 @@ e2e:
 	$(CARGO) test --test e2e
 
 ## bench: every benchmark (not part of `make test`)
-bench: bench-store bench-scheduler bench-pods bench-runtime bench-proxy bench-streams bench-dns bench-coldstart
+bench: bench-store bench-api bench-scheduler bench-pods bench-runtime bench-proxy bench-streams bench-dns bench-coldstart
+
+## bench-api: API latency and throughput with 32 clients, a 5,000-pod list, watch fan-out, RSS
+bench-api:
+	$(CARGO) build --release --bin pikube --example bench_api
+	$(CARGO) run --release --example bench_api
 
 ## bench-scheduler: 3,000 pods of 30 Deployments onto 100 simulated nodes
 bench-scheduler:

@@ -1,11 +1,12 @@
 //! Field validation of written objects (`?fieldValidation=Ignore|Warn|Strict`), as
 //! kube-apiserver does it: fields the kind's schema does not have are dropped — silently,
 //! with a warning each (the default), or the write fails with 400 BadRequest (what kubectl
-//! asks for since it validates on the server).
+//! asks for since it validates on the server). A value of the wrong JSON type is a 400
+//! whatever the directive, as Go's decoder refuses it.
 
 use serde_json::Value;
 
-use super::openapi::schema::{Node, Schemas};
+use super::openapi::schema::{Expect, Node, Schemas};
 use super::resources::ResourceDef;
 use super::status::ApiError;
 
@@ -36,8 +37,9 @@ impl FieldValidation {
     }
 }
 
-/// Applies `mode` to `obj`, an object of `def` about to be written: drops its unknown
-/// fields and returns the warnings to send, or fails under Strict.
+/// Applies `mode` to `obj`, an object of `def` about to be written: refuses values of
+/// the wrong JSON type (always, as Go's decoder does), drops unknown fields and returns
+/// the warnings to send, or fails under Strict.
 pub fn validate(
     def: &ResourceDef,
     obj: &mut Value,
@@ -46,70 +48,178 @@ pub fn validate(
     let Some(root) = Schemas::builtin().kind(&def.api_version(), def.kind) else {
         return Ok(Vec::new());
     };
-    let mut unknown = Vec::new();
-    let mut path = String::new();
-    prune(
-        root,
-        obj,
-        &mut path,
-        &mut unknown,
-        mode != FieldValidation::Strict,
-    );
-    if unknown.is_empty() {
+    let cannot = |why: String| {
+        ApiError::bad_request(format!(
+            "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
+            kind = def.kind,
+            version = def.version,
+        ))
+    };
+    let mut walk = Walk {
+        path: String::new(),
+        go_path: String::new(),
+        unknown: Vec::new(),
+        wrong: None,
+        drop: mode != FieldValidation::Strict,
+    };
+    walk.value(root, def.kind, obj);
+    if let Some(why) = walk.wrong {
+        return Err(cannot(why));
+    }
+    if walk.unknown.is_empty() {
         return Ok(Vec::new());
     }
-    let messages: Vec<String> = unknown
+    let messages: Vec<String> = walk
+        .unknown
         .iter()
         .map(|p| format!("unknown field {p:?}"))
         .collect();
     match mode {
         FieldValidation::Ignore => Ok(Vec::new()),
         FieldValidation::Warn => Ok(messages),
-        FieldValidation::Strict => Err(ApiError::bad_request(format!(
-            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
-            messages.join(", "),
-            kind = def.kind,
-            version = def.version,
+        FieldValidation::Strict => Err(cannot(format!(
+            "strict decoding error: {}",
+            messages.join(", ")
         ))),
     }
 }
 
-/// Collects (and, with `drop`, removes) the fields of `v` its schema `node` lacks.
-fn prune(node: Node<'_>, v: &mut Value, path: &mut String, out: &mut Vec<String>, drop: bool) {
+/// One pass over an object: unknown fields (removed when `drop`) and the first value of
+/// the wrong type.
+struct Walk {
+    /// `spec.containers[0].image`: how unknown fields are named.
+    path: String,
+    /// `spec.containers.image`: how Go's decoder names a field in a type error.
+    go_path: String,
+    unknown: Vec<String>,
+    wrong: Option<String>,
+    drop: bool,
+}
+
+/// The JSON type of `v` as Go's decoder names it in errors.
+fn json_type(v: &Value) -> String {
     match v {
-        Value::Object(map) => {
-            let mut gone = Vec::new();
-            for (key, child) in map.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
+        Value::String(_) => "string".into(),
+        Value::Number(n) => format!("number {n}"),
+        Value::Bool(_) => "bool".into(),
+        Value::Array(_) => "array".into(),
+        Value::Object(_) => "object".into(),
+        Value::Null => "null".into(),
+    }
+}
+
+/// The Go type of a position, as Go's decoder names it in errors.
+fn go_type(node: &Node<'_>, expect: Expect<'_>) -> String {
+    match expect {
+        Expect::Integer(Some(f)) => f.to_string(),
+        Expect::Integer(None) => "int".into(),
+        Expect::Number => "float64".into(),
+        Expect::Boolean => "bool".into(),
+        Expect::String(_) => "string".into(),
+        Expect::Array => match node.items().type_name() {
+            Some(t) => format!("[]v1.{t}"),
+            None => "[]string".into(),
+        },
+        Expect::Object => match node.type_name() {
+            Some(t) => format!("v1.{t}"),
+            None => "map[string]string".into(),
+        },
+        Expect::Any | Expect::NumberOrString => "interface {}".into(),
+    }
+}
+
+impl Walk {
+    fn value(&mut self, node: Node<'_>, parent: &str, v: &mut Value) {
+        if self.wrong.is_none() {
+            self.check_type(&node, parent, v);
+        }
+        match v {
+            Value::Object(map) => {
+                let here = node.type_name().unwrap_or(parent).to_string();
+                let mut gone = Vec::new();
+                for (key, child) in map.iter_mut() {
+                    let (len, go_len) = (self.path.len(), self.go_path.len());
+                    for p in [&mut self.path, &mut self.go_path] {
+                        if !p.is_empty() {
+                            p.push('.');
+                        }
+                        p.push_str(key);
+                    }
+                    match node.field(key) {
+                        Some(n) => self.value(n, &here, child),
+                        None => {
+                            self.unknown.push(self.path.clone());
+                            gone.push(key.clone());
+                        }
+                    }
+                    self.path.truncate(len);
+                    self.go_path.truncate(go_len);
                 }
-                path.push_str(key);
-                match node.field(key) {
-                    Some(n) => prune(n, child, path, out, drop),
-                    None => {
-                        out.push(path.clone());
-                        gone.push(key.clone());
+                if self.drop {
+                    for key in gone {
+                        map.remove(&key);
                     }
                 }
-                path.truncate(len);
             }
-            if drop {
-                for key in gone {
-                    map.remove(&key);
+            Value::Array(items) => {
+                let item = node.items();
+                for (i, child) in items.iter_mut().enumerate() {
+                    let len = self.path.len();
+                    self.path.push_str(&format!("[{i}]"));
+                    self.value(item, parent, child);
+                    self.path.truncate(len);
                 }
             }
+            _ => {}
         }
-        Value::Array(items) => {
-            let item = node.items();
-            for (i, child) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                prune(item, child, path, out, drop);
-                path.truncate(len);
+    }
+
+    /// Records the first value whose JSON type the schema does not allow.
+    fn check_type(&mut self, node: &Node<'_>, parent: &str, v: &Value) {
+        let expect = node.expects();
+        let fits = match (expect, v) {
+            (_, Value::Null) | (Expect::Any, _) => true,
+            (Expect::Object, Value::Object(_)) | (Expect::Array, Value::Array(_)) => true,
+            (Expect::Boolean, Value::Bool(_)) | (Expect::Number, Value::Number(_)) => true,
+            (Expect::Integer(_), Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (Expect::NumberOrString, Value::Number(_) | Value::String(_)) => true,
+            (Expect::String(format), Value::String(s)) => {
+                if let Some(why) = bad_format(format, s) {
+                    self.wrong = Some(why);
+                }
+                true
             }
+            _ => false,
+        };
+        if !fits {
+            self.wrong = Some(format!(
+                "json: cannot unmarshal {} into Go struct field {parent}.{} of type {}",
+                json_type(v),
+                self.go_path,
+                go_type(node, expect)
+            ));
         }
-        _ => {}
+    }
+}
+
+/// Why a string does not decode as its format requires (times, base64 bytes).
+fn bad_format(format: Option<&str>, s: &str) -> Option<String> {
+    use base64::Engine;
+    match format {
+        Some("date-time") if chrono::DateTime::parse_from_rfc3339(s).is_err() => Some(format!(
+            "parsing time {s:?} as \"2006-01-02T15:04:05Z07:00\": not an RFC 3339 time"
+        )),
+        Some("byte") => match base64::engine::general_purpose::STANDARD.decode(s) {
+            Err(base64::DecodeError::InvalidByte(at, _)) => {
+                Some(format!("illegal base64 data at input byte {at}"))
+            }
+            Err(_) => Some(format!(
+                "illegal base64 data at input byte {}",
+                s.len().saturating_sub(1)
+            )),
+            Ok(_) => None,
+        },
+        _ => None,
     }
 }
 
@@ -177,6 +287,45 @@ mod tests {
         assert!(validate(deployments(), &mut clean, FieldValidation::Strict)
             .expect("clean")
             .is_empty());
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_refused_like_gos_decoder_does() {
+        let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+            "spec": {"replicas": "two"}});
+        let err = validate(deployments(), &mut obj, FieldValidation::Ignore).expect_err("type");
+        assert_eq!(err.code, 400);
+        assert_eq!(
+            err.message,
+            "Deployment in version \"v1\" cannot be handled as a Deployment: json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32"
+        );
+        let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+            "spec": {"template": {"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 1.5}]}]}}}});
+        let err = validate(deployments(), &mut obj, FieldValidation::Warn).expect_err("type");
+        assert!(err.message.ends_with("json: cannot unmarshal number 1.5 into Go struct field ContainerPort.spec.template.spec.containers.ports.containerPort of type int32"), "{}", err.message);
+        let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+            "spec": {"template": {"spec": {"containers": {"name": "a"}}}}});
+        let err = validate(deployments(), &mut obj, FieldValidation::Warn).expect_err("type");
+        assert!(
+            err.message.ends_with("of type []v1.Container"),
+            "{}",
+            err.message
+        );
+        // Quantities and int-or-strings take numbers and strings; nulls are absent values.
+        let mut ok = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": null},
+            "spec": {"strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
+                "template": {"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": 0.5, "memory": "1Gi"}}}]}}}});
+        assert!(validate(deployments(), &mut ok, FieldValidation::Strict).is_ok());
+        let secrets = resources::lookup("", "v1", "secrets").expect("secrets");
+        let mut bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "no!"}});
+        let err = validate(secrets, &mut bad, FieldValidation::Warn).expect_err("base64");
+        assert!(
+            err.message.ends_with("illegal base64 data at input byte 2"),
+            "{}",
+            err.message
+        );
+        let mut time = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "creationTimestamp": "yesterday"}});
+        assert!(validate(secrets, &mut time, FieldValidation::Warn).is_err());
     }
 
     #[test]

@@ -43,6 +43,27 @@ pub enum Shape {
     Atomic,
 }
 
+/// The JSON a value must be, as Go's decoder into the built-in types demands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// Anything (free-form, or nothing known).
+    Any,
+    /// An object.
+    Object,
+    /// An array.
+    Array,
+    /// A string, of this format (`date-time`, `byte`…) if any.
+    String(Option<&'a str>),
+    /// An integral number, of this format (`int32`, `int64`).
+    Integer(Option<&'a str>),
+    /// Any number.
+    Number,
+    /// true or false.
+    Boolean,
+    /// A number or a string (IntOrString, Quantity).
+    NumberOrString,
+}
+
 /// A position in a schema: the schema of one value, or nothing known (free-form).
 #[derive(Clone, Copy, Debug)]
 pub struct Node<'a> {
@@ -132,6 +153,39 @@ impl<'a> Node<'a> {
             schemas: self.schemas,
             schema,
         }
+    }
+
+    /// What JSON this value must be.
+    pub fn expects(&self) -> Expect<'a> {
+        let Some(s) = self.resolved() else {
+            return Expect::Any;
+        };
+        if s.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            return Expect::NumberOrString;
+        }
+        let format = s.get("format").and_then(Value::as_str);
+        match s.get("type").and_then(Value::as_str) {
+            Some("object") => Expect::Object,
+            Some("array") => Expect::Array,
+            Some("string") => Expect::String(format),
+            Some("integer") => Expect::Integer(format),
+            Some("number") => Expect::Number,
+            Some("boolean") => Expect::Boolean,
+            _ if s.get("properties").is_some() => Expect::Object,
+            _ => Expect::Any,
+        }
+    }
+
+    /// The short name of the schema this position refers to (`DeploymentSpec`), if any.
+    pub fn type_name(&self) -> Option<&'a str> {
+        let s = self.schema?;
+        let r = s.get("$ref").or_else(|| {
+            s.get("allOf")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(|one| one.get("$ref"))
+        });
+        r.and_then(Value::as_str)?.rsplit('.').next()
     }
 
     /// Whether this value is an object with a fixed set of fields.
