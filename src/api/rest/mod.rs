@@ -631,6 +631,40 @@ async fn write_update(
     })
 }
 
+/// Writes `name` anew from its current state through `change`, which returns the new
+/// object and whether it names the resourceVersion it was made from. Without one, a
+/// concurrent write in between means `change` runs again on the newer object.
+async fn rewrite(
+    reg: &Registry,
+    target: &Target,
+    name: &str,
+    opts: &WriteOptions,
+    mut change: impl FnMut(&Value) -> Result<(Value, bool), ApiError>,
+) -> Result<Written, ApiError> {
+    for _ in 0..5 {
+        let kv = reg
+            .store
+            .get(target.key(name).as_bytes())
+            .await?
+            .ok_or_else(|| target.not_found(name))?;
+        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let (mut obj, explicit_rv) = change(&current)?;
+        if !explicit_rv {
+            meta(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        }
+        let opts = opts.clone();
+        match write_update(reg, target, name, &current, kv.mod_revision, obj, opts).await {
+            Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(
+        target.def.plural,
+        target.def.group,
+        name,
+    ))
+}
+
 /// Replaces an object (PUT), or its status with the `status` subresource.
 pub async fn update(
     reg: &Registry,

@@ -22,15 +22,9 @@ pub async fn patch(
     body: &[u8],
     opts: WriteOptions,
 ) -> Result<Written, ApiError> {
-    let store = &reg.store;
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
-    for _ in 0..5 {
-        let kv = store
-            .get(target.key(name).as_bytes())
-            .await?
-            .ok_or_else(|| target.not_found(name))?;
-        let current = from_stored(&kv.value, kv.mod_revision)?;
+    rewrite(reg, target, name, &opts, |current| {
         let mut doc = current.clone();
         match kind {
             PatchKind::Merge => json_patch::merge(&mut doc, &patch),
@@ -77,29 +71,9 @@ pub async fn patch(
                 })
                 .unwrap_or(false),
         };
-        if !explicit_rv {
-            meta(&mut doc).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-        }
-        match write_update(
-            reg,
-            target,
-            name,
-            &current,
-            kv.mod_revision,
-            doc,
-            opts.clone(),
-        )
-        .await
-        {
-            Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
-            other => return other,
-        }
-    }
-    Err(ApiError::conflict(
-        target.def.plural,
-        target.def.group,
-        name,
-    ))
+        Ok((doc, explicit_rv))
+    })
+    .await
 }
 
 /// Server-side apply of the configuration in `body` (YAML or JSON) to `name`, by the
@@ -140,58 +114,37 @@ pub async fn apply(
     };
     let schema = Schemas::builtin().of(def);
     let conflicts = |c: Vec<managed::apply::Conflict>| managed::apply::conflict_error(&c);
-    for _ in 0..5 {
-        let Some(kv) = reg.store.get(target.key(name).as_bytes()).await? else {
-            if target.subresource.is_some() {
-                return Err(target.not_found(name));
-            }
-            let obj =
-                managed::apply::apply(schema, None, &config, &who, opts.force, has_status(def))
-                    .map_err(conflicts)?;
-            let collection = Target {
-                name: None,
-                ..target.clone()
-            };
-            match create(reg, &collection, obj, opts.settled()).await {
-                Err(e) if e.reason == "AlreadyExists" => continue,
-                Err(e) => return Err(e),
-                Ok(mut w) => {
-                    w.warnings.extend(warnings);
-                    return Ok((w, true));
-                }
-            }
+    let exists = reg.store.get(target.key(name).as_bytes()).await?.is_some();
+    if !exists && target.subresource.is_none() {
+        let obj = managed::apply::apply(schema, None, &config, &who, opts.force, has_status(def))
+            .map_err(conflicts)?;
+        let collection = Target {
+            name: None,
+            ..target.clone()
         };
-        let current = from_stored(&kv.value, kv.mod_revision)?;
-        let mut obj = managed::apply::apply(
+        match create(reg, &collection, obj, opts.settled()).await {
+            // Created meanwhile: applied over below.
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+            Ok(mut w) => {
+                w.warnings.extend(warnings);
+                return Ok((w, true));
+            }
+        }
+    }
+    let mut w = rewrite(reg, target, name, &opts.settled(), |current| {
+        let obj = managed::apply::apply(
             schema,
-            Some(&current),
+            Some(current),
             &config,
             &who,
             opts.force,
             has_status(def),
         )
         .map_err(conflicts)?;
-        if !explicit_rv {
-            meta(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-        }
-        match write_update(
-            reg,
-            target,
-            name,
-            &current,
-            kv.mod_revision,
-            obj,
-            opts.settled(),
-        )
-        .await
-        {
-            Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
-            Err(e) => return Err(e),
-            Ok(mut w) => {
-                w.warnings.extend(warnings);
-                return Ok((w, false));
-            }
-        }
-    }
-    Err(ApiError::conflict(def.plural, def.group, name))
+        Ok((obj, explicit_rv))
+    })
+    .await?;
+    w.warnings.extend(warnings);
+    Ok((w, false))
 }
