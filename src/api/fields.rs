@@ -37,13 +37,16 @@ impl FieldValidation {
     }
 }
 
-/// Applies `mode` to `obj`, an object of `def` about to be written: refuses values of
-/// the wrong JSON type (always, as Go's decoder does), drops unknown fields and returns
-/// the warnings to send, or fails under Strict.
+/// Applies `mode` to `obj`, an object of `def` about to be written over `before` (None on
+/// create): refuses values of the wrong JSON type (always, as Go's decoder does), drops
+/// unknown fields and returns the warnings to send, or fails under Strict. Unknown fields
+/// the stored object already had (kept by an older version) are dropped silently: the
+/// write did not bring them.
 pub fn validate(
     def: &ResourceDef,
     obj: &mut Value,
     mode: FieldValidation,
+    before: Option<&Value>,
 ) -> Result<Vec<String>, ApiError> {
     let Some(root) = Schemas::builtin().kind(&def.api_version(), def.kind) else {
         return Ok(Vec::new());
@@ -60,11 +63,20 @@ pub fn validate(
         go_path: String::new(),
         unknown: Vec::new(),
         wrong: None,
-        drop: mode != FieldValidation::Strict,
     };
     walk.value(root, def.kind, obj);
     if let Some(why) = walk.wrong {
         return Err(cannot(why));
+    }
+    if let (Some(before), false) = (before, walk.unknown.is_empty()) {
+        let mut old = Walk {
+            path: String::new(),
+            go_path: String::new(),
+            unknown: Vec::new(),
+            wrong: None,
+        };
+        old.value(root, def.kind, &mut before.clone());
+        walk.unknown.retain(|p| !old.unknown.contains(p));
     }
     if walk.unknown.is_empty() {
         return Ok(Vec::new());
@@ -84,8 +96,8 @@ pub fn validate(
     }
 }
 
-/// One pass over an object: unknown fields (removed when `drop`) and the first value of
-/// the wrong type.
+/// One pass over an object: unknown fields (removed) and the first value of the wrong
+/// type.
 struct Walk {
     /// `spec.containers[0].image`: how unknown fields are named.
     path: String,
@@ -93,7 +105,6 @@ struct Walk {
     go_path: String,
     unknown: Vec<String>,
     wrong: Option<String>,
-    drop: bool,
 }
 
 /// The JSON type of `v` as Go's decoder names it in errors.
@@ -155,10 +166,8 @@ impl Walk {
                     self.path.truncate(len);
                     self.go_path.truncate(go_len);
                 }
-                if self.drop {
-                    for key in gone {
-                        map.remove(&key);
-                    }
+                for key in gone {
+                    map.remove(&key);
                 }
             }
             Value::Array(items) => {
@@ -248,7 +257,8 @@ mod tests {
     #[test]
     fn unknown_fields_are_named_like_kube_apiserver_names_them() {
         let mut obj = with_unknowns();
-        let warnings = validate(deployments(), &mut obj, FieldValidation::Warn).expect("warn");
+        let warnings =
+            validate(deployments(), &mut obj, FieldValidation::Warn, None).expect("warn");
         assert_eq!(
             warnings,
             [
@@ -272,28 +282,34 @@ mod tests {
     #[test]
     fn strict_refuses_and_ignore_drops_silently() {
         let mut obj = with_unknowns();
-        let err = validate(deployments(), &mut obj, FieldValidation::Strict).expect_err("strict");
+        let err =
+            validate(deployments(), &mut obj, FieldValidation::Strict, None).expect_err("strict");
         assert_eq!(err.code, 400);
         assert!(err.message.starts_with(
             "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"bogus\", "
         ), "{}", err.message);
         let mut obj = with_unknowns();
-        assert!(validate(deployments(), &mut obj, FieldValidation::Ignore)
-            .expect("ignore")
-            .is_empty());
+        assert!(
+            validate(deployments(), &mut obj, FieldValidation::Ignore, None)
+                .expect("ignore")
+                .is_empty()
+        );
         assert!(obj.get("bogus").is_none());
         let mut clean =
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}});
-        assert!(validate(deployments(), &mut clean, FieldValidation::Strict)
-            .expect("clean")
-            .is_empty());
+        assert!(
+            validate(deployments(), &mut clean, FieldValidation::Strict, None)
+                .expect("clean")
+                .is_empty()
+        );
     }
 
     #[test]
     fn values_of_the_wrong_type_are_refused_like_gos_decoder_does() {
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"replicas": "two"}});
-        let err = validate(deployments(), &mut obj, FieldValidation::Ignore).expect_err("type");
+        let err =
+            validate(deployments(), &mut obj, FieldValidation::Ignore, None).expect_err("type");
         assert_eq!(err.code, 400);
         assert_eq!(
             err.message,
@@ -301,11 +317,11 @@ mod tests {
         );
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"template": {"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 1.5}]}]}}}});
-        let err = validate(deployments(), &mut obj, FieldValidation::Warn).expect_err("type");
+        let err = validate(deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
         assert!(err.message.ends_with("json: cannot unmarshal number 1.5 into Go struct field ContainerPort.spec.template.spec.containers.ports.containerPort of type int32"), "{}", err.message);
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"template": {"spec": {"containers": {"name": "a"}}}}});
-        let err = validate(deployments(), &mut obj, FieldValidation::Warn).expect_err("type");
+        let err = validate(deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
         assert!(
             err.message.ends_with("of type []v1.Container"),
             "{}",
@@ -315,17 +331,41 @@ mod tests {
         let mut ok = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": null},
             "spec": {"strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
                 "template": {"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": 0.5, "memory": "1Gi"}}}]}}}});
-        assert!(validate(deployments(), &mut ok, FieldValidation::Strict).is_ok());
+        assert!(validate(deployments(), &mut ok, FieldValidation::Strict, None).is_ok());
         let secrets = resources::lookup("", "v1", "secrets").expect("secrets");
         let mut bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "no!"}});
-        let err = validate(secrets, &mut bad, FieldValidation::Warn).expect_err("base64");
+        let err = validate(secrets, &mut bad, FieldValidation::Warn, None).expect_err("base64");
         assert!(
             err.message.ends_with("illegal base64 data at input byte 2"),
             "{}",
             err.message
         );
         let mut time = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "creationTimestamp": "yesterday"}});
-        assert!(validate(secrets, &mut time, FieldValidation::Warn).is_err());
+        assert!(validate(secrets, &mut time, FieldValidation::Warn, None).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_already_stored_are_dropped_without_a_word() {
+        let before = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+            "spec": {"replica": 2}});
+        let mut obj = before.clone();
+        obj["spec"]["paused"] = json!(true);
+        let w = validate(
+            deployments(),
+            &mut obj,
+            FieldValidation::Strict,
+            Some(&before),
+        )
+        .expect("not this write's field");
+        assert!(w.is_empty());
+        obj["spec"]["pausd"] = json!(true);
+        assert!(validate(
+            deployments(),
+            &mut obj,
+            FieldValidation::Strict,
+            Some(&before)
+        )
+        .is_err());
     }
 
     #[test]

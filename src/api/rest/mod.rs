@@ -286,9 +286,14 @@ pub struct WriteOptions {
 
 impl WriteOptions {
     /// Checks `obj` by [`WriteOptions::fields`]: drops unknown fields, returns warnings.
-    fn check_fields(&self, def: &ResourceDef, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+    fn check_fields(
+        &self,
+        def: &ResourceDef,
+        obj: &mut Value,
+        before: Option<&Value>,
+    ) -> Result<Vec<String>, ApiError> {
         match self.fields {
-            Some(mode) => super::fields::validate(def, obj, mode),
+            Some(mode) => super::fields::validate(def, obj, mode, before),
             None => Ok(Vec::new()),
         }
     }
@@ -341,7 +346,7 @@ pub async fn create(
     check_namespace(store, &ns_target).await?;
     let key = ns_target.key(&name);
     let exists = || ApiError::already_exists(target.def.plural, target.def.group, &name);
-    let warnings = opts.check_fields(target.def, &mut obj)?;
+    let warnings = opts.check_fields(target.def, &mut obj, None)?;
     opts.track(target, None, &mut obj);
     let original = obj.clone();
     // A reservation taken by a concurrent create is retried with fresh values.
@@ -503,7 +508,7 @@ async fn write_update(
     let def = target.def;
     let dry_run = opts.dry_run;
     objects::check_type(def, &mut obj)?;
-    let warnings = opts.check_fields(def, &mut obj)?;
+    let warnings = opts.check_fields(def, &mut obj, Some(current))?;
     if meta_str(&obj, "name").is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",

@@ -105,7 +105,7 @@ pub async fn apply(
     if let Some(ns) = &target.namespace {
         meta(&mut config).insert("namespace".into(), json!(ns));
     }
-    let warnings = opts.check_fields(def, &mut config)?;
+    let warnings = opts.check_fields(def, &mut config, None)?;
     let explicit_rv = meta_str(&config, "resourceVersion").is_some();
     let who = managed::Manager {
         name: manager,
