@@ -574,7 +574,9 @@ async fn apply(
             pods::from_template(&t, owner.clone(), &ds.name_any())
         })
         .collect();
-    super::pods::create_slow_start(api, new).await
+    let events =
+        crate::events::Recorder::new(api.clone().into_client(), "daemonset-controller", None);
+    super::pods::create_recorded(api, new, ds, &events).await
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use super::history::{self, HASH_LABEL};
 use super::{ownership, pods, watch_config, Context, Error, Result};
+use crate::events::{Kind, Recorder};
 
 /// Label naming a pod of a StatefulSet (for per-pod Services).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -482,6 +483,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
     let client = ctx.client.clone();
+    let events = Recorder::new(client.clone(), "statefulset-controller", None);
     let api_sets = Api::<StatefulSet>::namespaced(client.clone(), &ns);
     let api_revs = Api::<ControllerRevision>::namespaced(client.clone(), &ns);
     let spec = set
@@ -572,7 +574,16 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
                     pass.sync_claims(ordinal, None, false).await?;
                     let pod = new_pod(&set, &template, &revision, ordinal, pass.set_ref.clone());
                     match pass.pods.create(&PostParams::default(), &pod).await {
-                        Ok(_) => {}
+                        Ok(_) => events.record(
+                            set.as_ref(),
+                            None,
+                            Kind::Normal,
+                            "SuccessfulCreate",
+                            &format!(
+                                "create Pod {} in StatefulSet {name} successful",
+                                pod.name_any()
+                            ),
+                        ),
                         // The previous pod of this ordinal is still going away.
                         Err(kube::Error::Api(e)) if e.code == 409 => {}
                         Err(e) => return Err(e.into()),
@@ -590,6 +601,13 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
                         }
                     }
                     super::delete(&pass.pods, &pod_name, &DeleteParams::default()).await?;
+                    events.record(
+                        set.as_ref(),
+                        None,
+                        Kind::Normal,
+                        "SuccessfulDelete",
+                        &format!("delete Pod {pod_name} in StatefulSet {name} successful"),
+                    );
                 }
             }
         }
