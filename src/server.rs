@@ -178,6 +178,10 @@ pub async fn run(
     let tls_dir = config.data_dir.join("server").join("tls");
     let prepared = crate::cluster::prepare(&config, &tls_dir).await?;
     let pki = pki::Pki::load_or_create(&tls_dir, &sans)?;
+    let sa_key = Arc::new(
+        api::service_account_tokens::SigningKey::load_or_create(&tls_dir)
+            .context("service-account signing key")?,
+    );
     let server_dir = config.data_dir.join("server");
     let token = crate::join::load_or_create(
         &server_dir,
@@ -211,10 +215,12 @@ pub async fn run(
         &config.service_cidr,
         config.service_node_port_range.clone(),
     )?;
-    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges).with_node_tls(
-        pki::tls::mutual_client(&pki.ca.cert_pem, &pki.kubelet_client)
-            .context("client TLS towards node agents")?,
-    );
+    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges)
+        .with_node_tls(
+            pki::tls::mutual_client(&pki.ca.cert_pem, &pki.kubelet_client)
+                .context("client TLS towards node agents")?,
+        )
+        .with_service_account_key(sa_key.clone());
     match api::services::repair(&store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),
@@ -318,6 +324,7 @@ pub async fn run(
         &pki,
         &token,
         &agent_token,
+        sa_key.pem(),
         prepared.clustered(),
     );
     let snapshots = crate::snapshot::router(
@@ -343,7 +350,7 @@ pub async fn run(
         listener,
         tls,
         api.router().merge(join).merge(servers).merge(snapshots),
-        std::sync::Arc::new(tokens),
+        Arc::new(api::authn::Authenticator::new(tokens).with_service_accounts(sa_key, store.clone())),
         shutdown,
     )
     .await;

@@ -1,12 +1,17 @@
-//! Bearer-token authentication from a static token file, in kube-apiserver's
-//! `--token-auth-file` format: one `token,user,uid[,"group1,group2"]` per line.
+//! Bearer-token authentication: static tokens from a file, in kube-apiserver's
+//! `--token-auth-file` format (one `token,user,uid[,"group1,group2"]` per line), and
+//! service-account JWTs signed with the cluster's key.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use pikube_raft::Store;
 
 use anyhow::{bail, Context, Result};
 
 use super::router::Identity;
+use super::service_account_tokens::{self, SigningKey};
 
 /// The tokens a server accepts, each mapped to who presents it.
 #[derive(Clone, Debug, Default)]
@@ -66,11 +71,75 @@ impl Tokens {
 
     /// Who an `Authorization` header value (`Bearer <token>`) identifies.
     pub fn authenticate(&self, authorization: &str) -> Option<Identity> {
-        let token = authorization
-            .strip_prefix("Bearer ")
-            .or_else(|| authorization.strip_prefix("bearer "))?;
-        self.0.get(token.trim()).cloned()
+        self.0.get(bearer(authorization)?).cloned()
     }
+}
+
+/// Who a bearer token identifies: a static token, or a service-account token that is
+/// validly signed, unexpired and still bound to existing objects.
+#[derive(Clone, Default)]
+pub struct Authenticator {
+    tokens: Tokens,
+    service_accounts: Option<(Arc<SigningKey>, Store)>,
+}
+
+impl Authenticator {
+    /// Static tokens only.
+    pub fn new(tokens: Tokens) -> Self {
+        Authenticator {
+            tokens,
+            service_accounts: None,
+        }
+    }
+
+    /// Also service-account tokens signed with `key`, checked against `store`.
+    pub fn with_service_accounts(mut self, key: Arc<SigningKey>, store: Store) -> Self {
+        self.service_accounts = Some((key, store));
+        self
+    }
+
+    /// Who an `Authorization` header value (`Bearer <token>`) identifies.
+    pub async fn authenticate(&self, authorization: &str) -> Option<Identity> {
+        if let Some(id) = self.tokens.authenticate(authorization) {
+            return Some(id);
+        }
+        let (key, store) = self.service_accounts.as_ref()?;
+        let token = bearer(authorization)?;
+        let claims = match key.verify(token, service_account_tokens::now()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "bearer token refused");
+                return None;
+            }
+        };
+        match service_account_tokens::still_bound(store, &claims.kubernetes).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(sub = %claims.sub, "token of a deleted service account or pod");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot check a service-account token");
+                return None;
+            }
+        }
+        let ns = &claims.kubernetes.namespace;
+        Some(Identity {
+            user: claims.sub.clone(),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
+        })
+    }
+}
+
+fn bearer(authorization: &str) -> Option<&str> {
+    authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 #[cfg(test)]

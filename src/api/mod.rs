@@ -18,6 +18,7 @@ pub mod rest;
 pub mod reviews;
 pub mod router;
 pub mod selectors;
+pub mod service_account_tokens;
 pub mod services;
 pub mod status;
 pub mod strategic;
