@@ -273,8 +273,9 @@ pub async fn run(
     let mut components = tokio::task::JoinSet::new();
     let loops = {
         let (api, store, config) = (api.clone(), store.clone(), config.clone());
+        let ca_pem = pki.ca.cert_pem.clone();
         move |stop: tokio::sync::watch::Receiver<bool>| {
-            control_loops(&api, &store, &config, pod_cidrs, stop)
+            control_loops(&api, &store, &config, &ca_pem, pod_cidrs, stop)
         }
     };
     components.spawn(crate::cluster::while_leader(
@@ -377,6 +378,7 @@ fn control_loops(
     api: &ApiServer,
     store: &pikube_raft::Store,
     config: &ServerConfig,
+    ca_pem: &str,
     pod_cidrs: crate::controllers::nodeipam::CidrPlan,
     stop_rx: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinSet<()> {
@@ -398,6 +400,16 @@ fn control_loops(
             &["system:masters"],
         );
         let mut set = crate::controllers::start(client.clone(), stop_rx.clone());
+        {
+            let mut rx = stop_rx.clone();
+            set.spawn(crate::controllers::rootca::run(
+                client.clone(),
+                ca_pem.to_string(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ));
+        }
         set.spawn(crate::controllers::nodelifecycle::run(
             client.clone(),
             crate::controllers::nodelifecycle::Timing {

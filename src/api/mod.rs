@@ -11,6 +11,7 @@ pub mod http;
 pub mod managed;
 pub mod objects;
 pub mod openapi;
+pub mod pod_admission;
 pub mod pod_streams;
 pub mod protobuf;
 pub mod resources;

@@ -271,8 +271,8 @@ fn target(plural: &str, namespace: &str) -> Result<Target, ApiError> {
     })
 }
 
-/// The object `plural/name` of `namespace` when it exists; None when it does not.
-async fn find(
+/// The core/v1 object `plural/name` of `namespace` when it exists; None when it does not.
+pub async fn find(
     store: &Store,
     plural: &str,
     namespace: &str,
