@@ -26,6 +26,7 @@ use super::observe::{attempt, is_running, Observed};
 use super::probes::Probes;
 use super::sandbox::{self, NodeNetwork};
 use super::status::{self, Facts, Waiting};
+use super::tokens::ProjectedTokens;
 use super::teardown::{grace_seconds, housekeeping};
 use super::volumes;
 use super::{container, Error};
@@ -54,6 +55,8 @@ pub struct Worker {
     pub probes: Probes,
     /// The Events of this node's kubelet.
     pub events: Recorder,
+    /// Service-account tokens of the pods' projected volumes.
+    pub tokens: ProjectedTokens,
     state: std::sync::Mutex<State>,
 }
 
@@ -138,6 +141,7 @@ impl Worker {
             pods_dir,
             allocatable,
             probes,
+            tokens: ProjectedTokens::default(),
             state: std::sync::Mutex::new(State {
                 crash: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
                 pulls: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
@@ -195,6 +199,7 @@ impl Worker {
             pod_ip,
             node_cpu_millis: self.allocatable.cpu_millis,
             node_memory: self.allocatable.memory,
+            tokens: &self.tokens,
         };
         let dir = volumes::pod_dir(&self.pods_dir, &pod.uid().unwrap_or_default());
         let mut out = BTreeMap::new();
@@ -223,6 +228,8 @@ impl Worker {
         st.pulls.reset_prefix(&prefix);
         st.waiting.retain(|k, _| !k.starts_with(&prefix));
         st.started.remove(uid);
+        drop(st);
+        self.tokens.forget(uid);
     }
 
     fn hold(&self, uid: &str, name: &str, w: Option<Waiting>) {
@@ -307,6 +314,7 @@ impl Worker {
             pod_ip,
             node_cpu_millis: self.allocatable.cpu_millis,
             node_memory: self.allocatable.memory,
+            tokens: &self.tokens,
         };
         let config_error = |message: String| Waiting {
             reason: "CreateContainerConfigError".into(),
