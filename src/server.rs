@@ -351,7 +351,9 @@ pub async fn run(
         listener,
         tls,
         api.router().merge(join).merge(servers).merge(snapshots),
-        Arc::new(api::authn::Authenticator::new(tokens).with_service_accounts(sa_key, store.clone())),
+        Arc::new(
+            api::authn::Authenticator::new(tokens).with_service_accounts(sa_key, store.clone()),
+        ),
         shutdown,
     )
     .await;

@@ -48,7 +48,10 @@ pub async fn admit(store: &Store, pod: &mut Value) -> Result<(), ApiError> {
         Some(a) => a,
         None => find(store, "serviceaccounts", &ns, &name)
             .await?
-            .and_then(|sa| sa.get("automountServiceAccountToken").and_then(Value::as_bool))
+            .and_then(|sa| {
+                sa.get("automountServiceAccountToken")
+                    .and_then(Value::as_bool)
+            })
             .unwrap_or(true),
     };
     if automount {
@@ -117,14 +120,21 @@ mod tests {
         let vols = pod["spec"]["volumes"].as_array().unwrap();
         assert_eq!(vols.len(), 2);
         let name = vols[1]["name"].as_str().unwrap();
-        assert!(name.starts_with("kube-api-access-") && name.len() == 21, "{name}");
+        assert!(
+            name.starts_with("kube-api-access-") && name.len() == 21,
+            "{name}"
+        );
         let sources = &vols[1]["projected"]["sources"];
         assert_eq!(sources[0]["serviceAccountToken"]["expirationSeconds"], 3607);
         assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
         assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
         for c in ["initContainers", "containers"] {
             for container in pod["spec"][c].as_array().unwrap() {
-                let m = container["volumeMounts"].as_array().unwrap().last().unwrap();
+                let m = container["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .last()
+                    .unwrap();
                 assert_eq!(m["name"], name);
                 assert_eq!(m["mountPath"], MOUNT_PATH);
                 assert_eq!(m["readOnly"], true);

@@ -141,7 +141,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish()
     }
 }
 
@@ -156,9 +158,8 @@ impl SigningKey {
 
     fn from_pkcs8(der: &[u8]) -> Result<SigningKey, TokenError> {
         let rng = SystemRandom::new();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
-                .map_err(|e| TokenError::Key(format!("not a P-256 PKCS#8 key: {e}")))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+            .map_err(|e| TokenError::Key(format!("not a P-256 PKCS#8 key: {e}")))?;
         let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
         let b64 = STANDARD.encode(der);
         for chunk in b64.as_bytes().chunks(64) {
@@ -237,7 +238,8 @@ impl SigningKey {
             return Err(TokenError::Malformed);
         };
         let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed);
-        let header: Value = serde_json::from_slice(&decode(h)?).map_err(|_| TokenError::Malformed)?;
+        let header: Value =
+            serde_json::from_slice(&decode(h)?).map_err(|_| TokenError::Malformed)?;
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
             return Err(TokenError::BadSignature);
         }
@@ -288,15 +290,20 @@ pub async fn find(
 /// Whether the service account (and pod) `claims` names still exist as the objects the
 /// token was issued for: a deleted or re-created one invalidates its tokens.
 pub async fn still_bound(store: &Store, claims: &KubernetesClaim) -> Result<bool, ApiError> {
-    let same = |obj: Option<Value>, uid: &str| {
-        obj.is_some_and(|o| meta_str(&o, "uid") == Some(uid))
-    };
+    let same =
+        |obj: Option<Value>, uid: &str| obj.is_some_and(|o| meta_str(&o, "uid") == Some(uid));
     let sa = &claims.serviceaccount;
-    if !same(find(store, "serviceaccounts", &claims.namespace, &sa.name).await?, &sa.uid) {
+    if !same(
+        find(store, "serviceaccounts", &claims.namespace, &sa.name).await?,
+        &sa.uid,
+    ) {
         return Ok(false);
     }
     match &claims.pod {
-        Some(p) => Ok(same(find(store, "pods", &claims.namespace, &p.name).await?, &p.uid)),
+        Some(p) => Ok(same(
+            find(store, "pods", &claims.namespace, &p.name).await?,
+            &p.uid,
+        )),
         None => Ok(true),
     }
 }
@@ -334,7 +341,12 @@ pub async fn token_request(
     let audiences: Vec<String> = spec
         .get("audiences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .filter(|a: &Vec<String>| !a.is_empty())
         .unwrap_or_else(|| vec![ISSUER.into()]);
     let pod = match spec.get("boundObjectRef").filter(|r| !r.is_null()) {

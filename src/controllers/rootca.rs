@@ -29,8 +29,14 @@ pub async fn run(
         let ca = ca.clone();
         async move { reconcile(ns, ctx, &ca).await }
     };
-    super::run("root-ca-publisher", controller, reconcile, Arc::new(Context { client }), shutdown)
-        .await;
+    super::run(
+        "root-ca-publisher",
+        controller,
+        reconcile,
+        Arc::new(Context { client }),
+        shutdown,
+    )
+    .await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>, ca: &str) -> Result<Action> {
