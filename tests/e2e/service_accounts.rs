@@ -221,10 +221,10 @@ fn pods_get_the_token_volume_and_namespaces_the_root_ca() {
     }
 
     // Opting out on the pod, or on its service account.
-    let off = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: off\nspec:\n  automountServiceAccountToken: false\n  containers:\n  - name: a\n    image: busybox\n";
-    let f = server.file("off.yaml", off);
+    let off = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: optout\nspec:\n  automountServiceAccountToken: false\n  containers:\n  - name: a\n    image: busybox\n";
+    let f = server.file("optout.yaml", off);
     server.ok("1.33", &["apply", "-f", s(&f)]);
-    let pod = get_json(&server, &["get", "pod", "off", "-o", "json"]);
+    let pod = get_json(&server, &["get", "pod", "optout", "-o", "json"]);
     assert!(token_volume(&pod).is_none(), "{pod}");
     let sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: quiet\nautomountServiceAccountToken: false\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: quiet\nspec:\n  serviceAccountName: quiet\n  containers:\n  - name: a\n    image: busybox\n";
     let f = server.file("quiet.yaml", sa);
