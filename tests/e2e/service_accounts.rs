@@ -31,7 +31,7 @@ fn token_kubeconfig(server: &Server, name: &str, token: &str) -> PathBuf {
 }
 
 /// `kubectl auth whoami -o json` with `token`: the user info, or None when refused.
-fn whoami(server: &Server, token: &str) -> Option<Value> {
+pub fn whoami(server: &Server, token: &str) -> Option<Value> {
     let kc = token_kubeconfig(server, "whoami", token);
     let out = std::process::Command::new(crate::harness::kubectl_path("1.33"))
         .args(["--kubeconfig", s(&kc), "auth", "whoami", "-o", "json"])
