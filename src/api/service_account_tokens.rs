@@ -248,7 +248,7 @@ impl SigningKey {
             self.pair.public_key().as_ref(),
         );
         public
-            .verify(token[..h.len() + 1 + c.len()].as_bytes(), &decode(s)?)
+            .verify(&token.as_bytes()[..h.len() + 1 + c.len()], &decode(s)?)
             .map_err(|_| TokenError::BadSignature)?;
         let claims: Claims =
             serde_json::from_slice(&decode(c)?).map_err(|_| TokenError::Malformed)?;
