@@ -118,6 +118,23 @@ where
     Ok(())
 }
 
+/// What a controller can watch: a typed, cloneable, sendable Kubernetes object.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<T> Watched for T where
+    T: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A controller of Namespaces that also runs when a `K` (selected by `children`) in one
 /// of them changes: for objects every namespace must have (its default ServiceAccount,
 /// its root CA ConfigMap).
@@ -126,13 +143,7 @@ pub fn per_namespace<K>(
     children: watcher::Config,
 ) -> Controller<k8s_openapi::api::core::v1::Namespace>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::runtime::reflector::ObjectRef;
@@ -159,13 +170,7 @@ pub async fn run<K, F, Fut>(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     F: FnMut(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {

@@ -138,26 +138,29 @@ fn created_tokens_authenticate_until_their_account_or_pod_is_gone() {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// The `kube-root-ca.crt` ConfigMap of `ns`, when it exists.
+fn root_ca_map(server: &Server, ns: &str) -> Option<Value> {
+    let args = [
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ];
+    let out = server.kubectl("1.33", &args);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("JSON"))
+}
+
 #[test]
 fn pods_get_the_token_volume_and_namespaces_the_root_ca() {
     let server = Server::start();
     server.ok("1.33", &["create", "namespace", "team"]);
     let cm = wait_for(20, "kube-root-ca.crt in a new namespace", || {
-        let out = server.kubectl(
-            "1.33",
-            &[
-                "get",
-                "configmap",
-                "kube-root-ca.crt",
-                "-n",
-                "team",
-                "-o",
-                "json",
-            ],
-        );
-        out.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("JSON"))
+        root_ca_map(&server, "team")
     });
     assert_eq!(cm["data"]["ca.crt"], ca_pem(&server));
     // Edited, it is put back.
@@ -175,18 +178,7 @@ fn pods_get_the_token_volume_and_namespaces_the_root_ca() {
         ],
     );
     wait_for(20, "kube-root-ca.crt repaired", || {
-        let cm = get_json(
-            &server,
-            &[
-                "get",
-                "configmap",
-                "kube-root-ca.crt",
-                "-n",
-                "team",
-                "-o",
-                "json",
-            ],
-        );
+        let cm = root_ca_map(&server, "team")?;
         (cm["data"]["ca.crt"] == ca_pem(&server)).then_some(())
     });
 
