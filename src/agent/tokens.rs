@@ -114,6 +114,65 @@ impl ProjectedTokens {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn tokens_are_bound_to_the_pod_cached_and_renewed() {
+        use crate::api::service_account_tokens::{now, SigningKey};
+        use kube::api::ObjectMeta;
+        let test = crate::controllers::client::TestApi::start().await;
+        let key = std::sync::Arc::new(SigningKey::generate().unwrap());
+        let api = test.api.clone().with_service_account_key(key.clone());
+        let client = crate::controllers::client::in_process(&api, "system:node:n1", &[]);
+        let meta = |name: &str| ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(client.clone(), "default")
+            .create(
+                &PostParams::default(),
+                &ServiceAccount {
+                    metadata: meta("default"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+        }))
+        .unwrap();
+        let pod = Api::<Pod>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        let source = ServiceAccountTokenProjection {
+            expiration_seconds: Some(3607),
+            path: "token".into(),
+            audience: None,
+        };
+        let tokens = ProjectedTokens::default();
+        let first = tokens.token(&client, &pod, &source).await.unwrap();
+        assert_eq!(tokens.token(&client, &pod, &source).await.unwrap(), first);
+        let claims = key.verify(&first, now()).unwrap();
+        assert_eq!(claims.exp - claims.iat, 3607);
+        let bound = claims.kubernetes.pod.unwrap();
+        assert_eq!((bound.name.as_str(), Some(bound.uid)), ("p", pod.uid()));
+        // Past its refresh time, a new token replaces it.
+        for c in tokens.cache().values_mut() {
+            c.refresh_at = Instant::now();
+        }
+        let second = tokens.token(&client, &pod, &source).await.unwrap();
+        assert_ne!(second, first);
+        assert!(key.verify(&second, now()).is_ok());
+        tokens.forget(&pod.uid().unwrap());
+        assert!(tokens.cache().is_empty());
+        // No token for a pod of another uid.
+        let mut stranger = pod.clone();
+        stranger.metadata.uid = Some("not-the-pod".into());
+        assert!(tokens.token(&client, &stranger, &source).await.is_err());
+        test.shutdown().await;
+    }
+
     #[test]
     fn tokens_are_renewed_after_four_fifths_of_their_life() {
         let t0 = Instant::now();

@@ -168,4 +168,43 @@ mod tests {
             .to_string()
             .contains("duplicate"));
     }
+
+    #[tokio::test]
+    async fn service_account_tokens_authenticate_while_their_account_exists() {
+        use serde_json::json;
+        let test = crate::controllers::client::TestApi::start().await;
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let client = test.client("admin");
+        let sa: k8s_openapi::api::core::v1::ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "robot"}})).unwrap();
+        let sas = kube::Api::namespaced(client, "default");
+        sas.create(&Default::default(), &sa).await.unwrap();
+        let issued = service_account_tokens::token_request(
+            &test.store,
+            &key,
+            "default",
+            "robot",
+            json!({"spec": {}}),
+        )
+        .await
+        .unwrap();
+        let header = format!("Bearer {}", issued["status"]["token"].as_str().unwrap());
+        let static_only = Authenticator::new(Tokens::default());
+        assert!(static_only.authenticate(&header).await.is_none());
+        let auth = static_only.with_service_accounts(key, test.store.clone());
+        let id = auth.authenticate(&header).await.unwrap();
+        assert_eq!(id.user, "system:serviceaccount:default:robot");
+        assert_eq!(
+            id.groups,
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:default",
+                "system:authenticated"
+            ]
+        );
+        assert!(auth.authenticate("Bearer x.y.z").await.is_none());
+        sas.delete("robot", &Default::default()).await.unwrap();
+        assert!(auth.authenticate(&header).await.is_none());
+        test.shutdown().await;
+    }
 }
