@@ -321,7 +321,15 @@ pub async fn token_request(
     let sa = find(store, "serviceaccounts", namespace, name)
         .await?
         .ok_or_else(|| ApiError::not_found("serviceaccounts", "", name))?;
-    let spec = body.get("spec").cloned().unwrap_or(json!({}));
+    let spec = match body.get("spec") {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "json: cannot unmarshal {other} into Go struct field TokenRequest.spec of type v1.TokenRequestSpec"
+            )))
+        }
+    };
     let seconds = spec
         .get("expirationSeconds")
         .and_then(Value::as_i64)
@@ -479,6 +487,49 @@ mod tests {
         for junk in ["", "a.b", "a.b.c", "....", "x.y.z.w", "é.é.é"] {
             assert!(key.verify(junk, 1_000_001).is_err(), "{junk:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn token_requests_with_odd_bodies_are_client_errors() {
+        let test = crate::controllers::client::TestApi::start().await;
+        let key = SigningKey::generate().unwrap();
+        let sa: k8s_openapi::api::core::v1::ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        kube::Api::namespaced(test.client("admin"), "default")
+            .create(&Default::default(), &sa)
+            .await
+            .unwrap();
+        let ask = |body: Value| token_request(&test.store, &key, "default", "default", body);
+        for (body, code) in [
+            (json!({"spec": "x"}), 400),
+            (json!({"spec": {"expirationSeconds": 60}}), 422),
+            (json!({"spec": {"boundObjectRef": 7}}), 422),
+            (
+                json!({"spec": {"boundObjectRef": {"kind": "Secret", "name": "s"}}}),
+                422,
+            ),
+            (
+                json!({"spec": {"boundObjectRef": {"kind": "Pod", "name": "gone"}}}),
+                404,
+            ),
+        ] {
+            let err = ask(body.clone()).await.unwrap_err();
+            assert_eq!(err.code, code, "{body}: {}", err.message);
+        }
+        for body in [
+            json!({"metadata": 3, "spec": {"audiences": 5, "expirationSeconds": "x"}}),
+            json!({"spec": {"expirationSeconds": 1_000_000_000}}),
+        ] {
+            let answer = ask(body.clone()).await.unwrap();
+            let token = answer["status"]["token"].as_str().unwrap();
+            let claims = key.verify(token, now()).unwrap();
+            assert!(claims.exp - claims.iat <= MAX_EXPIRATION_SECONDS, "{body}");
+        }
+        let err = token_request(&test.store, &key, "default", "nobody", json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, 404);
+        test.shutdown().await;
     }
 
     #[test]
