@@ -222,14 +222,13 @@ impl Worker {
 
     /// Forgets the back-off and waiting bookkeeping of pod `uid` (a pod that is gone).
     pub(super) fn forget(&self, uid: &str) {
+        self.tokens.forget(uid);
         let prefix = format!("{uid}/");
         let mut st = self.state();
         st.crash.reset_prefix(&prefix);
         st.pulls.reset_prefix(&prefix);
         st.waiting.retain(|k, _| !k.starts_with(&prefix));
         st.started.remove(uid);
-        drop(st);
-        self.tokens.forget(uid);
     }
 
     fn hold(&self, uid: &str, name: &str, w: Option<Waiting>) {

@@ -2,7 +2,7 @@
 //! `--token-auth-file` format (one `token,user,uid[,"group1,group2"]` per line), and
 //! service-account JWTs signed with the cluster's key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -59,6 +59,7 @@ impl Tokens {
                     Identity {
                         user: user.to_string(),
                         groups,
+                        ..Default::default()
                     },
                 )
                 .is_some()
@@ -123,14 +124,31 @@ impl Authenticator {
                 return None;
             }
         }
-        let ns = &claims.kubernetes.namespace;
+        let k = &claims.kubernetes;
+        let mut extra = BTreeMap::new();
+        extra.insert(
+            "authentication.kubernetes.io/credential-id".into(),
+            vec![format!("JTI={}", claims.jti)],
+        );
+        if let Some(pod) = &k.pod {
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".into(),
+                vec![pod.name.clone()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".into(),
+                vec![pod.uid.clone()],
+            );
+        }
         Some(Identity {
             user: claims.sub.clone(),
             groups: vec![
                 "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{ns}"),
+                format!("system:serviceaccounts:{}", k.namespace),
                 "system:authenticated".into(),
             ],
+            uid: k.serviceaccount.uid.clone(),
+            extra,
         })
     }
 }
@@ -202,6 +220,13 @@ mod tests {
                 "system:authenticated"
             ]
         );
+        assert!(id
+            .extra
+            .contains_key("authentication.kubernetes.io/credential-id"));
+        assert!(!id
+            .extra
+            .contains_key("authentication.kubernetes.io/pod-name"));
+        assert!(!id.uid.is_empty());
         assert!(auth.authenticate("Bearer x.y.z").await.is_none());
         sas.delete("robot", &Default::default()).await.unwrap();
         assert!(auth.authenticate(&header).await.is_none());

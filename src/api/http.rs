@@ -54,7 +54,11 @@ pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(String::from))
         .collect();
-    Some(Identity { user, groups })
+    Some(Identity {
+        user,
+        groups,
+        ..Default::default()
+    })
 }
 
 /// Longest time a client may take for the TLS handshake.

@@ -46,7 +46,14 @@ pub fn create(def: &ResourceDef, identity: &Identity, mut body: Value) -> Result
             if !groups.iter().any(|g| g == AUTHENTICATED) {
                 groups.push(AUTHENTICATED.to_string());
             }
-            json!({"userInfo": {"username": identity.user, "groups": groups}})
+            let mut user = json!({"username": identity.user, "groups": groups});
+            if !identity.uid.is_empty() {
+                user["uid"] = json!(identity.uid);
+            }
+            if !identity.extra.is_empty() {
+                user["extra"] = json!(identity.extra);
+            }
+            json!({ "userInfo": user })
         }
         other => return Err(ApiError::method_not_allowed(other)),
     };
@@ -92,6 +99,7 @@ mod tests {
         let admin = Identity {
             user: "system:admin".into(),
             groups: vec!["system:masters".into()],
+            ..Default::default()
         };
         let ssar = lookup("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap();
         let out = create(

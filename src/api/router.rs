@@ -27,12 +27,16 @@ use super::{discovery, objects, resources};
 
 /// Who is making a request: set by the TLS layer from the client certificate, or by the
 /// in-process client for components of the server itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// User name (certificate CN).
     pub user: String,
     /// Groups (certificate O values).
     pub groups: Vec<String>,
+    /// The user's uid, when the authenticator knows one (service accounts).
+    pub uid: String,
+    /// Extra attributes (a service-account token's pod and credential id).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The API server: the store plus what the HTTP surface needs.

@@ -257,7 +257,25 @@ fn a_real_container_reads_its_token_ca_and_namespace() {
     assert_eq!(cat("namespace"), "default");
     assert_eq!(cat("ca.crt"), ca_pem(&server));
     let token = cat("token");
-    assert_is(&whoami(&server, token.trim()), "default", "default");
+    let user = whoami(&server, token.trim());
+    assert_is(&user, "default", "default");
+    // kube-apiserver's extra attributes of a bound token, and the account's uid.
+    let user = user.expect("accepted");
+    let pod = get_json(&server, &["get", "pod", "incluster", "-o", "json"]);
+    let sa = get_json(&server, &["get", "serviceaccount", "default", "-o", "json"]);
+    assert_eq!(user["uid"], sa["metadata"]["uid"]);
+    let extra = &user["extra"];
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-name"][0],
+        "incluster"
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-uid"][0],
+        pod["metadata"]["uid"]
+    );
+    assert!(extra["authentication.kubernetes.io/credential-id"][0]
+        .as_str()
+        .is_some_and(|c| c.starts_with("JTI=")));
     // Mounted read-only.
     let out = server.kubectl(
         "1.33",
