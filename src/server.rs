@@ -201,6 +201,9 @@ pub async fn run(
     );
 
     let (store, peers) = crate::cluster::open_store(&config, &prepared, &pki).await?;
+    let auth = Arc::new(
+        api::authn::Authenticator::new(tokens).with_service_accounts(sa_key.clone(), store.clone()),
+    );
 
     let client_host = if config.bind_address.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -220,7 +223,8 @@ pub async fn run(
             pki::tls::mutual_client(&pki.ca.cert_pem, &pki.kubelet_client)
                 .context("client TLS towards node agents")?,
         )
-        .with_service_account_key(sa_key.clone());
+        .with_service_account_key(sa_key.clone())
+        .with_authenticator(auth.clone());
     match api::services::repair(&store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),
@@ -351,9 +355,7 @@ pub async fn run(
         listener,
         tls,
         api.router().merge(join).merge(servers).merge(snapshots),
-        Arc::new(
-            api::authn::Authenticator::new(tokens).with_service_accounts(sa_key, store.clone()),
-        ),
+        auth,
         shutdown,
     )
     .await;

@@ -11,7 +11,11 @@ use pikube_raft::Store;
 use anyhow::{bail, Context, Result};
 
 use super::router::Identity;
-use super::service_account_tokens::{self, SigningKey};
+use serde_json::{json, Value};
+
+use super::resources::ResourceDef;
+use super::service_account_tokens::{self, SigningKey, ISSUER};
+use super::status::ApiError;
 
 /// The tokens a server accepts, each mapped to who presents it.
 #[derive(Clone, Debug, Default)]
@@ -151,6 +155,54 @@ impl Authenticator {
             extra,
         })
     }
+}
+
+/// Answers a TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`): who
+/// `spec.token` identifies, for webhooks and proxies that check their callers' tokens.
+/// Service-account tokens are reviewed for the API server's own audience only.
+pub async fn token_review(
+    auth: Option<&Authenticator>,
+    def: &ResourceDef,
+    mut body: Value,
+) -> Result<Value, ApiError> {
+    super::objects::check_type(def, &mut body)?;
+    let token = body
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let audiences: Vec<String> = body
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let own_audience = audiences.is_empty() || audiences.iter().any(|a| a == ISSUER);
+    let identity = match auth {
+        Some(auth) if !token.is_empty() && own_audience => {
+            auth.authenticate(&format!("Bearer {token}")).await
+        }
+        _ => None,
+    };
+    body["status"] = match identity {
+        Some(id) => json!({
+            "authenticated": true,
+            "user": super::reviews::user_info(&id),
+            "audiences": [ISSUER],
+        }),
+        None if !own_audience => json!({
+            "authenticated": false,
+            "error": format!("token audiences {audiences:?} are not served by this API server"),
+        }),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    let meta = super::objects::child_map(&mut body, "metadata");
+    meta.entry("creationTimestamp").or_insert(Value::Null);
+    Ok(body)
 }
 
 fn bearer(authorization: &str) -> Option<&str> {

@@ -46,6 +46,7 @@ pub struct ApiServer {
     server_address: String,
     node_tls: Option<Arc<rustls::ClientConfig>>,
     service_account_key: Option<Arc<SigningKey>>,
+    authenticator: Option<Arc<super::authn::Authenticator>>,
 }
 
 impl ApiServer {
@@ -61,7 +62,15 @@ impl ApiServer {
             server_address,
             node_tls: None,
             service_account_key: None,
+            authenticator: None,
         }
+    }
+
+    /// The same server, answering TokenReviews with `auth` (the authenticator its HTTPS
+    /// listener uses).
+    pub fn with_authenticator(mut self, auth: Arc<super::authn::Authenticator>) -> Self {
+        self.authenticator = Some(auth);
+        self
     }
 
     /// The same server, issuing service-account tokens (TokenRequest) signed with `key`.
@@ -354,7 +363,11 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::method_not_allowed(&what));
         }
         let obj = objects::decode_body(&headers, &body)?;
-        let review = super::reviews::create(target.def, &identity, obj)?;
+        let review = if target.def.kind == "TokenReview" {
+            super::authn::token_review(api.authenticator.as_deref(), target.def, obj).await?
+        } else {
+            super::reviews::create(target.def, &identity, obj)?
+        };
         return Ok(json_response(StatusCode::CREATED, &review));
     }
     if target.subresource.as_deref() == Some("token") {

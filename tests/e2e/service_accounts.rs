@@ -86,6 +86,25 @@ fn created_tokens_authenticate_until_their_account_or_pod_is_gone() {
         let token = server.ok(v, &["create", "token", "default"]);
         assert_is(&whoami(&server, token.trim()), "default", "default");
     }
+    // TokenReview, what webhooks and authenticating proxies ask, answers for it too.
+    let token = server.ok("1.33", &["create", "token", "default"]);
+    let review = |token: &str| {
+        let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview", "spec": {"token": token}});
+        let f = server.file("review.json", &body.to_string());
+        // (kubectl's client-side validation does not find the kind in the OpenAPI
+        // documents yet: the server checks the body anyway.)
+        let args = ["create", "-f", s(&f), "--validate=false", "-o", "json"];
+        get_json(&server, &args)["status"].clone()
+    };
+    let status = review(token.trim());
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    let status = review("not-a-token");
+    assert_eq!(status["authenticated"], false, "{status}");
     // Too short a lifetime is refused, as by kube-apiserver.
     let err = server.fails("1.33", &["create", "token", "default", "--duration=60s"]);
     assert!(err.contains("600"), "{err}");
