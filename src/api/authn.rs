@@ -171,16 +171,7 @@ pub async fn token_review(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let audiences: Vec<String> = body
-        .pointer("/spec/audiences")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let audiences = service_account_tokens::audiences(body.pointer("/spec/audiences"));
     let own_audience = audiences.is_empty() || audiences.iter().any(|a| a == ISSUER);
     let identity = match auth {
         Some(auth) if !token.is_empty() && own_audience => {

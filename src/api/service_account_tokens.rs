@@ -308,6 +308,18 @@ pub async fn still_bound(store: &Store, claims: &KubernetesClaim) -> Result<bool
     }
 }
 
+/// The strings of a request's `audiences` list (none when it is missing or not a list).
+pub fn audiences(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Serves `POST .../serviceaccounts/<name>/token`: a token for that service account,
 /// bound to the pod the request's `boundObjectRef` names; the TokenRequest with its
 /// `status` filled in.
@@ -346,17 +358,10 @@ pub async fn token_request(
         ));
     }
     let seconds = seconds.min(MAX_EXPIRATION_SECONDS);
-    let audiences: Vec<String> = spec
-        .get("audiences")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .filter(|a: &Vec<String>| !a.is_empty())
-        .unwrap_or_else(|| vec![ISSUER.into()]);
+    let mut audiences = audiences(spec.get("audiences"));
+    if audiences.is_empty() {
+        audiences.push(ISSUER.into());
+    }
     let pod = match spec.get("boundObjectRef").filter(|r| !r.is_null()) {
         None => None,
         Some(r) => Some(bound_pod(store, namespace, r).await?),
