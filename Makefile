@@ -88,6 +88,11 @@ bench-idle:
 	$(CARGO) build --release --bin pikube
 	bash examples/bench_idle.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
 
+## bench-satokens: TokenRequest latency and the cost of authenticating service-account tokens
+bench-satokens:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_satokens.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
 ## bench-store: pikube's store against etcd 3.4 with the same load, in one run
 bench-store:
 	$(CARGO) run --release -p pikube-raft --example bench_store

@@ -112,7 +112,8 @@ fn group_versions() -> Vec<GroupVersion> {
             .kind::<api::authorization::v1::SelfSubjectAccessReview>("SelfSubjectAccessReview")
             .kind::<api::authorization::v1::SelfSubjectRulesReview>("SelfSubjectRulesReview"),
         common(GroupVersion::new("authentication.k8s.io", "v1"))
-            .kind::<api::authentication::v1::SelfSubjectReview>("SelfSubjectReview"),
+            .kind::<api::authentication::v1::SelfSubjectReview>("SelfSubjectReview")
+            .kind::<api::authentication::v1::TokenReview>("TokenReview"),
     ]
 }
 

@@ -46,6 +46,10 @@ pub struct Bootstrap {
     /// The secret of the cluster's agent token, which every server accepts.
     #[serde(default)]
     pub agent_token: String,
+    /// The service-account token signing key (PEM): tokens any server issues are accepted
+    /// by every other.
+    #[serde(default)]
+    pub service_account_key: String,
 }
 
 /// A joining server's membership request.
@@ -121,6 +125,11 @@ pub async fn prepare(config: &ServerConfig, tls_dir: &Path) -> Result<Prepared> 
             );
             crate::pki::adopt_ca(tls_dir, &b.ca)?;
             adopt_agent_token(config, &server_dir, &b)?;
+            if !b.service_account_key.is_empty() {
+                crate::api::service_account_tokens::SigningKey::from_pem(&b.service_account_key)
+                    .context("the cluster's service-account key")?
+                    .store(tls_dir)?;
+            }
             prepared.cluster_id = Some(b.cluster_id);
             // Random, so servers joining at the same time never pick the same id.
             prepared.node_id = (rand::random::<u64>() >> 12).max(2);
@@ -260,17 +269,19 @@ struct Joiners {
     ca: CertKey,
     secret: String,
     agent_secret: String,
+    service_account_key: String,
     clustered: bool,
 }
 
 /// The server-join endpoints, merged into the API server's HTTPS router. Only the server
 /// `token` opens them (never the agent token or a bootstrap token): they hand out the CA
-/// key. Joining servers get `agent_token`'s secret too.
+/// key. Joining servers get `agent_token`'s secret and the service-account key (PEM) too.
 pub fn router(
     store: Store,
     pki: &Pki,
     token: &Token,
     agent_token: &Token,
+    service_account_key: &str,
     clustered: bool,
 ) -> Router {
     Router::new()
@@ -281,6 +292,7 @@ pub fn router(
             ca: pki.ca.clone(),
             secret: token.secret.clone(),
             agent_secret: agent_token.secret.clone(),
+            service_account_key: service_account_key.to_string(),
             clustered,
         }))
 }
@@ -312,6 +324,7 @@ async fn bootstrap(
         ca: j.ca.clone(),
         cluster_id: j.store.cluster_id().to_string(),
         agent_token: j.agent_secret.clone(),
+        service_account_key: j.service_account_key.clone(),
     })
     .into_response()
 }

@@ -178,6 +178,10 @@ pub async fn run(
     let tls_dir = config.data_dir.join("server").join("tls");
     let prepared = crate::cluster::prepare(&config, &tls_dir).await?;
     let pki = pki::Pki::load_or_create(&tls_dir, &sans)?;
+    let sa_key = Arc::new(
+        api::service_account_tokens::SigningKey::load_or_create(&tls_dir)
+            .context("service-account signing key")?,
+    );
     let server_dir = config.data_dir.join("server");
     let token = crate::join::load_or_create(
         &server_dir,
@@ -197,6 +201,9 @@ pub async fn run(
     );
 
     let (store, peers) = crate::cluster::open_store(&config, &prepared, &pki).await?;
+    let auth = Arc::new(
+        api::authn::Authenticator::new(tokens).with_service_accounts(sa_key.clone(), store.clone()),
+    );
 
     let client_host = if config.bind_address.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -211,10 +218,13 @@ pub async fn run(
         &config.service_cidr,
         config.service_node_port_range.clone(),
     )?;
-    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges).with_node_tls(
-        pki::tls::mutual_client(&pki.ca.cert_pem, &pki.kubelet_client)
-            .context("client TLS towards node agents")?,
-    );
+    let api = ApiServer::new(store.clone(), server_address.to_string(), ranges)
+        .with_node_tls(
+            pki::tls::mutual_client(&pki.ca.cert_pem, &pki.kubelet_client)
+                .context("client TLS towards node agents")?,
+        )
+        .with_service_account_key(sa_key.clone())
+        .with_authenticator(auth.clone());
     match api::services::repair(&store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),
@@ -267,8 +277,9 @@ pub async fn run(
     let mut components = tokio::task::JoinSet::new();
     let loops = {
         let (api, store, config) = (api.clone(), store.clone(), config.clone());
+        let ca_pem = pki.ca.cert_pem.clone();
         move |stop: tokio::sync::watch::Receiver<bool>| {
-            control_loops(&api, &store, &config, pod_cidrs, stop)
+            control_loops(&api, &store, &config, &ca_pem, pod_cidrs, stop)
         }
     };
     components.spawn(crate::cluster::while_leader(
@@ -318,6 +329,7 @@ pub async fn run(
         &pki,
         &token,
         &agent_token,
+        sa_key.pem(),
         prepared.clustered(),
     );
     let snapshots = crate::snapshot::router(
@@ -343,7 +355,7 @@ pub async fn run(
         listener,
         tls,
         api.router().merge(join).merge(servers).merge(snapshots),
-        std::sync::Arc::new(tokens),
+        auth,
         shutdown,
     )
     .await;
@@ -370,6 +382,7 @@ fn control_loops(
     api: &ApiServer,
     store: &pikube_raft::Store,
     config: &ServerConfig,
+    ca_pem: &str,
     pod_cidrs: crate::controllers::nodeipam::CidrPlan,
     stop_rx: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinSet<()> {
@@ -391,6 +404,16 @@ fn control_loops(
             &["system:masters"],
         );
         let mut set = crate::controllers::start(client.clone(), stop_rx.clone());
+        {
+            let mut rx = stop_rx.clone();
+            set.spawn(crate::controllers::rootca::run(
+                client.clone(),
+                ca_pem.to_string(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ));
+        }
         set.spawn(crate::controllers::nodelifecycle::run(
             client.clone(),
             crate::controllers::nodelifecycle::Timing {

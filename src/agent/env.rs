@@ -208,6 +208,8 @@ pub struct EnvContext<'a> {
     pub node_cpu_millis: i64,
     /// Node allocatable memory in bytes (for limits not set).
     pub node_memory: i64,
+    /// Service-account tokens of projected volumes.
+    pub tokens: &'a super::tokens::ProjectedTokens,
 }
 
 fn not_found(e: &kube::Error) -> bool {

@@ -21,6 +21,7 @@ pub mod sandbox;
 pub mod status;
 pub mod stream;
 mod teardown;
+pub mod tokens;
 pub mod volumes;
 
 use std::path::PathBuf;

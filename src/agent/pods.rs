@@ -27,6 +27,7 @@ use super::probes::Probes;
 use super::sandbox::{self, NodeNetwork};
 use super::status::{self, Facts, Waiting};
 use super::teardown::{grace_seconds, housekeeping};
+use super::tokens::ProjectedTokens;
 use super::volumes;
 use super::{container, Error};
 use crate::events::{Kind, Recorder};
@@ -54,6 +55,8 @@ pub struct Worker {
     pub probes: Probes,
     /// The Events of this node's kubelet.
     pub events: Recorder,
+    /// Service-account tokens of the pods' projected volumes.
+    pub tokens: ProjectedTokens,
     state: std::sync::Mutex<State>,
 }
 
@@ -138,6 +141,7 @@ impl Worker {
             pods_dir,
             allocatable,
             probes,
+            tokens: ProjectedTokens::default(),
             state: std::sync::Mutex::new(State {
                 crash: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
                 pulls: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
@@ -195,6 +199,7 @@ impl Worker {
             pod_ip,
             node_cpu_millis: self.allocatable.cpu_millis,
             node_memory: self.allocatable.memory,
+            tokens: &self.tokens,
         };
         let dir = volumes::pod_dir(&self.pods_dir, &pod.uid().unwrap_or_default());
         let mut out = BTreeMap::new();
@@ -217,6 +222,7 @@ impl Worker {
 
     /// Forgets the back-off and waiting bookkeeping of pod `uid` (a pod that is gone).
     pub(super) fn forget(&self, uid: &str) {
+        self.tokens.forget(uid);
         let prefix = format!("{uid}/");
         let mut st = self.state();
         st.crash.reset_prefix(&prefix);
@@ -307,6 +313,7 @@ impl Worker {
             pod_ip,
             node_cpu_millis: self.allocatable.cpu_millis,
             node_memory: self.allocatable.memory,
+            tokens: &self.tokens,
         };
         let config_error = |message: String| Waiting {
             reason: "CreateContainerConfigError".into(),

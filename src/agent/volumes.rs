@@ -1,5 +1,6 @@
 //! Pod volumes on the node: emptyDir (on disk, or tmpfs for `medium: Memory`), hostPath,
-//! configMap, secret, downwardAPI and projected (configMap, secret, downwardAPI sources),
+//! configMap, secret, downwardAPI and projected (configMap, secret, downwardAPI and
+//! serviceAccountToken sources),
 //! written the way kubelet's atomic writer does (a timestamped directory behind a `..data`
 //! link, swapped in one rename) so containers never see a half-written update; plus the
 //! pod's managed `/etc/hosts`.
@@ -265,10 +266,15 @@ async fn projection_files(
     if let Some(d) = &source.downward_api {
         downward_files(ctx, pod, d.items.as_deref().unwrap_or_default(), mode, out)?;
     }
-    if source.service_account_token.is_some() {
-        return Err(ConfigError(
-            "serviceAccountToken projections are not supported yet (no TokenRequest API)".into(),
-        ));
+    if let Some(t) = &source.service_account_token {
+        if !relative_ok(&t.path) {
+            return Err(ConfigError(format!(
+                "invalid serviceAccountToken path {:?}",
+                t.path
+            )));
+        }
+        let token = ctx.tokens.token(ctx.client, pod, t).await?;
+        out.insert(t.path.clone(), (token.into_bytes(), mode));
     }
     Ok(())
 }

@@ -171,6 +171,10 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
                 "responseKind": {"group": "", "version": "v1", "kind": kind}, "verbs": verbs}));
         }
     }
+    if d.kind == "ServiceAccount" && d.group.is_empty() {
+        subresources.push(json!({"subresource": "token",
+            "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
+    }
     if super::rest::has_scale(d) {
         subresources.push(json!({"subresource": "scale",
             "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));

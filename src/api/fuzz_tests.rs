@@ -162,6 +162,7 @@ async fn random_requests_never_get_a_server_error() {
     let admin = Identity {
         user: "system:admin".into(),
         groups: vec!["system:masters".into()],
+        ..Default::default()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let methods = [

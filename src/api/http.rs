@@ -12,7 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use super::authn::Tokens;
+use super::authn::Authenticator;
 use super::router::Identity;
 use crate::pki::{tls, Pki};
 
@@ -54,7 +54,11 @@ pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(String::from))
         .collect();
-    Some(Identity { user, groups })
+    Some(Identity {
+        user,
+        groups,
+        ..Default::default()
+    })
 }
 
 /// Longest time a client may take for the TLS handshake.
@@ -86,10 +90,31 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    tokens: Arc<Tokens>,
+    auth: Arc<Authenticator>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // A verified client certificate wins; otherwise a bearer token the authenticator knows.
+    let router = router.layer(axum::middleware::from_fn(
+        move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+            let auth = auth.clone();
+            async move {
+                if req.extensions().get::<Identity>().is_none() {
+                    let header = req
+                        .headers()
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from);
+                    if let Some(h) = header {
+                        if let Some(id) = auth.authenticate(&h).await {
+                            req.extensions_mut().insert(id);
+                        }
+                    }
+                }
+                next.run(req).await
+            }
+        },
+    ));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
@@ -104,7 +129,6 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let tokens = tokens.clone();
         tokio::spawn(async move {
             let Some(stream) = accept_tls(&acceptor, tcp, peer).await else {
                 return;
@@ -117,14 +141,7 @@ pub async fn serve(
                 .and_then(|c| identity_from_cert(c.as_ref()));
             let svc =
                 router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    // A verified client certificate wins; otherwise a known bearer token.
-                    let id = identity.clone().or_else(|| {
-                        req.headers()
-                            .get(axum::http::header::AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| tokens.authenticate(v))
-                    });
-                    if let Some(id) = id {
+                    if let Some(id) = identity.clone() {
                         req.extensions_mut().insert(id);
                     }
                     req

@@ -408,6 +408,16 @@ pub const REVIEWS: &[ResourceDef] = &[
         NONE,
         NONE
     ),
+    def!(
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
+        false,
+        NONE,
+        NONE
+    ),
 ];
 
 /// Every served resource: the stored kinds and the reviews.

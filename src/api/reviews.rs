@@ -35,19 +35,30 @@ pub fn rules(_identity: &Identity) -> Value {
     })
 }
 
+/// The `UserInfo` of an identity, as SelfSubjectReview and TokenReview report it (with
+/// `system:authenticated` among its groups).
+pub fn user_info(identity: &Identity) -> Value {
+    let mut groups = identity.groups.clone();
+    if !groups.iter().any(|g| g == AUTHENTICATED) {
+        groups.push(AUTHENTICATED.to_string());
+    }
+    let mut user = json!({"username": identity.user, "groups": groups});
+    if !identity.uid.is_empty() {
+        user["uid"] = json!(identity.uid);
+    }
+    if !identity.extra.is_empty() {
+        user["extra"] = json!(identity.extra);
+    }
+    user
+}
+
 /// Answers a POST of a review object `body` (already decoded) for `identity`.
 pub fn create(def: &ResourceDef, identity: &Identity, mut body: Value) -> Result<Value, ApiError> {
     objects::check_type(def, &mut body)?;
     let status = match def.kind {
         "SelfSubjectAccessReview" => access_review(def, identity, &body)?,
         "SelfSubjectRulesReview" => rules(identity),
-        "SelfSubjectReview" => {
-            let mut groups = identity.groups.clone();
-            if !groups.iter().any(|g| g == AUTHENTICATED) {
-                groups.push(AUTHENTICATED.to_string());
-            }
-            json!({"userInfo": {"username": identity.user, "groups": groups}})
-        }
+        "SelfSubjectReview" => json!({ "userInfo": user_info(identity) }),
         other => return Err(ApiError::method_not_allowed(other)),
     };
     let obj = objects::child_map(&mut body, "metadata");
@@ -92,6 +103,7 @@ mod tests {
         let admin = Identity {
             user: "system:admin".into(),
             groups: vec!["system:masters".into()],
+            ..Default::default()
         };
         let ssar = lookup("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap();
         let out = create(

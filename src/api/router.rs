@@ -18,6 +18,7 @@ use super::fields::FieldValidation;
 use super::managed::Manager;
 use super::rest::{self, ListOptions, PatchKind, Registry, Target};
 use super::selectors::{FieldSelector, LabelSelector};
+use super::service_account_tokens::{self, SigningKey};
 use super::services::ServiceRanges;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
@@ -26,12 +27,16 @@ use super::{discovery, objects, resources};
 
 /// Who is making a request: set by the TLS layer from the client certificate, or by the
 /// in-process client for components of the server itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// User name (certificate CN).
     pub user: String,
     /// Groups (certificate O values).
     pub groups: Vec<String>,
+    /// The user's uid, when the authenticator knows one (service accounts).
+    pub uid: String,
+    /// Extra attributes (a service-account token's pod and credential id).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The API server: the store plus what the HTTP surface needs.
@@ -40,6 +45,8 @@ pub struct ApiServer {
     registry: Registry,
     server_address: String,
     node_tls: Option<Arc<rustls::ClientConfig>>,
+    service_account_key: Option<Arc<SigningKey>>,
+    authenticator: Option<Arc<super::authn::Authenticator>>,
 }
 
 impl ApiServer {
@@ -54,7 +61,22 @@ impl ApiServer {
             },
             server_address,
             node_tls: None,
+            service_account_key: None,
+            authenticator: None,
         }
+    }
+
+    /// The same server, answering TokenReviews with `auth` (the authenticator its HTTPS
+    /// listener uses).
+    pub fn with_authenticator(mut self, auth: Arc<super::authn::Authenticator>) -> Self {
+        self.authenticator = Some(auth);
+        self
+    }
+
+    /// The same server, issuing service-account tokens (TokenRequest) signed with `key`.
+    pub fn with_service_account_key(mut self, key: Arc<SigningKey>) -> Self {
+        self.service_account_key = Some(key);
+        self
     }
 
     /// The same server, reaching node agents (pods' log, exec, attach) with `tls`.
@@ -161,6 +183,7 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
             "status" => objects::has_status(def),
             "scale" => rest::has_scale(def),
             "binding" => def.kind == "Pod",
+            "token" => def.kind == "ServiceAccount" && def.group.is_empty(),
             "log" | "exec" | "attach" | "portforward" => def.kind == "Pod",
             _ => false,
         };
@@ -340,8 +363,26 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::method_not_allowed(&what));
         }
         let obj = objects::decode_body(&headers, &body)?;
-        let review = super::reviews::create(target.def, &identity, obj)?;
+        let review = if target.def.kind == "TokenReview" {
+            super::authn::token_review(api.authenticator.as_deref(), target.def, obj).await?
+        } else {
+            super::reviews::create(target.def, &identity, obj)?
+        };
         return Ok(json_response(StatusCode::CREATED, &review));
+    }
+    if target.subresource.as_deref() == Some("token") {
+        if method != Method::POST {
+            return Err(ApiError::method_not_allowed(&what));
+        }
+        let key = api
+            .service_account_key
+            .as_ref()
+            .ok_or_else(|| ApiError::no_route(&path))?;
+        let obj = objects::decode_body(&headers, &body)?;
+        let ns = target.namespace.clone().unwrap_or_default();
+        let name = target.name.clone().unwrap_or_default();
+        let issued = service_account_tokens::token_request(&store, key, &ns, &name, obj).await?;
+        return Ok(json_response(StatusCode::CREATED, &issued));
     }
     if target.subresource.as_deref() == Some("binding") {
         if method != Method::POST {

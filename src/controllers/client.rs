@@ -10,6 +10,7 @@ pub fn in_process(api: &ApiServer, user: &str, groups: &[&str]) -> kube::Client 
     let identity = Identity {
         user: user.to_string(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..Default::default()
     };
     // Writes are recorded in managedFields under the component's name, as Kubernetes
     // components name themselves: `kube-controller-manager`, `kubelet` for nodes, …

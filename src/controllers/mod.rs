@@ -20,6 +20,7 @@ pub mod owner_index;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
+pub mod rootca;
 pub mod schedule;
 pub mod serviceaccount;
 pub mod servicelb;
@@ -117,6 +118,49 @@ where
     Ok(())
 }
 
+/// What a controller can watch: a typed, cloneable, sendable Kubernetes object.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<T> Watched for T where
+    T: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A controller of Namespaces that also runs when a `K` (selected by `children`) in one
+/// of them changes: for objects every namespace must have (its default ServiceAccount,
+/// its root CA ConfigMap).
+pub fn per_namespace<K>(
+    client: &Client,
+    children: watcher::Config,
+) -> Controller<k8s_openapi::api::core::v1::Namespace>
+where
+    K: Watched,
+{
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::runtime::reflector::ObjectRef;
+    use kube::ResourceExt;
+    Controller::new(Api::<Namespace>::all(client.clone()), watch_config()).watches(
+        Api::<K>::all(client.clone()),
+        children,
+        |o: K| o.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
+    )
+}
+
+/// Whether a namespace is being deleted (nothing new is created in it).
+pub fn terminating(ns: &k8s_openapi::api::core::v1::Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+}
+
 /// Runs `controller` with `reconcile` until `shutdown` completes; failures are logged
 /// and the object retried.
 pub async fn run<K, F, Fut>(
@@ -126,13 +170,7 @@ pub async fn run<K, F, Fut>(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     F: FnMut(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {

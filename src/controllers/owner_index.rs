@@ -11,7 +11,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
 
 use super::pods;
 
@@ -93,13 +92,7 @@ pub struct OwnerIndex<C: Resource<DynamicType = ()> + Clone + 'static> {
 
 impl<C> OwnerIndex<C>
 where
-    C: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    C: super::Watched,
 {
     /// The index of `api` and the stream that keeps it filled: the touched objects, as a
     /// controller's `owns_stream` wants them (poll it, or nothing is indexed).

@@ -6,28 +6,19 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::PostParams;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::{watch_config, Context, Result};
+use super::{per_namespace, terminating, watch_config, Context, Result};
 
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let namespaces = Api::<Namespace>::all(ctx.client.clone());
-    let accounts = Api::<ServiceAccount>::all(ctx.client.clone());
-    let controller = Controller::new(namespaces, watch_config()).watches(
-        accounts,
-        watch_config(),
-        |sa: ServiceAccount| sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
-    );
+    let controller = per_namespace::<ServiceAccount>(&ctx.client, watch_config());
     super::run("serviceaccount", controller, reconcile, ctx, shutdown).await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
-    let terminating = ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
-    if terminating {
+    if terminating(&ns) {
         return Ok(Action::await_change());
     }
     let api = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns.name_any());

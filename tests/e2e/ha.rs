@@ -90,6 +90,17 @@ fn three_servers_share_one_store_and_survive_losing_one() {
     // Every server takes the cluster's agent token: agents join through any of them.
     assert_eq!(agent_token(&s2), agent_token(&s1));
     assert_eq!(agent_token(&s3), agent_token(&s1));
+    // And the service-account signing key: a token one server issues works on the others.
+    let sa_token = wait_for(30, "a token of the default ServiceAccount", || {
+        let out = s1.kubectl("1.33", &["create", "token", "default"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    for s in [&s2, &s3] {
+        let user = crate::service_accounts::whoami(s, &sa_token).expect("token accepted");
+        assert_eq!(user["username"], "system:serviceaccount:default:default");
+    }
 
     // One store: written on one server, read on every other.
     configmap(&s2, "one", "1").expect("write through server 2");

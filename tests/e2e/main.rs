@@ -18,6 +18,7 @@ mod kube_client;
 mod openapi;
 mod protobuf;
 mod python_client;
+mod service_accounts;
 mod services;
 mod sets;
 mod sim;

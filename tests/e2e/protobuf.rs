@@ -185,7 +185,18 @@ fn normalized(mut obj: Value) -> Value {
         o.remove("status");
     }
     drop_uid_labels(&mut obj);
+    drop_token_volume_suffix(&mut obj);
     obj
+}
+
+/// Cuts the random suffix of a pod's `kube-api-access-<suffix>` volume (name and mounts).
+fn drop_token_volume_suffix(v: &mut Value) {
+    match v {
+        Value::String(s) if s.starts_with("kube-api-access-") => *s = "kube-api-access-".into(),
+        Value::Object(map) => map.values_mut().for_each(drop_token_volume_suffix),
+        Value::Array(items) => items.iter_mut().for_each(drop_token_volume_suffix),
+        _ => {}
+    }
 }
 
 /// Removes the labels the Job controller derives from the Job's uid (in its labels, its

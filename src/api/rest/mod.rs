@@ -99,6 +99,9 @@ impl Registry {
         if def.group == "batch" {
             super::batch::prepare(def.kind, old, obj)?;
         }
+        if old.is_none() && def.kind == "Pod" && def.group.is_empty() {
+            super::pod_admission::admit(&self.store, obj).await?;
+        }
         if self.reserves(def) {
             return services::prepare(&self.store, &self.services, old, obj).await;
         }
