@@ -108,6 +108,9 @@ fn group_versions() -> Vec<GroupVersion> {
             .kind::<api::policy::v1::PodDisruptionBudget>("PodDisruptionBudget"),
         common(GroupVersion::new("autoscaling", "v2"))
             .kind::<api::autoscaling::v2::HorizontalPodAutoscaler>("HorizontalPodAutoscaler"),
+        common(GroupVersion::new("apiextensions.k8s.io", "v1")).kind::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >("CustomResourceDefinition"),
         common(GroupVersion::new("authorization.k8s.io", "v1"))
             .kind::<api::authorization::v1::SelfSubjectAccessReview>("SelfSubjectAccessReview")
             .kind::<api::authorization::v1::SelfSubjectRulesReview>("SelfSubjectRulesReview"),

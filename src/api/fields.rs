@@ -43,7 +43,7 @@ pub fn validate(
     obj: &mut Value,
     mode: FieldValidation,
 ) -> Result<Vec<String>, ApiError> {
-    let Some(root) = Schemas::builtin().kind(&def.api_version(), def.kind) else {
+    let Some(root) = Schemas::of_def(def) else {
         return Ok(Vec::new());
     };
     let mut unknown = Vec::new();
@@ -119,7 +119,7 @@ mod tests {
     use crate::api::resources;
     use serde_json::json;
 
-    fn deployments() -> &'static ResourceDef {
+    fn deployments() -> resources::Def {
         resources::lookup("apps", "v1", "deployments").expect("deployments")
     }
 
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_named_like_kube_apiserver_names_them() {
         let mut obj = with_unknowns();
-        let warnings = validate(deployments(), &mut obj, FieldValidation::Warn).expect("warn");
+        let warnings = validate(&deployments(), &mut obj, FieldValidation::Warn).expect("warn");
         assert_eq!(
             warnings,
             [
@@ -162,19 +162,19 @@ mod tests {
     #[test]
     fn strict_refuses_and_ignore_drops_silently() {
         let mut obj = with_unknowns();
-        let err = validate(deployments(), &mut obj, FieldValidation::Strict).expect_err("strict");
+        let err = validate(&deployments(), &mut obj, FieldValidation::Strict).expect_err("strict");
         assert_eq!(err.code, 400);
         assert!(err.message.starts_with(
             "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"bogus\", "
         ), "{}", err.message);
         let mut obj = with_unknowns();
-        assert!(validate(deployments(), &mut obj, FieldValidation::Ignore)
+        assert!(validate(&deployments(), &mut obj, FieldValidation::Ignore)
             .expect("ignore")
             .is_empty());
         assert!(obj.get("bogus").is_none());
         let mut clean =
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}});
-        assert!(validate(deployments(), &mut clean, FieldValidation::Strict)
+        assert!(validate(&deployments(), &mut clean, FieldValidation::Strict)
             .expect("clean")
             .is_empty());
     }

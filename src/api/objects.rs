@@ -32,7 +32,10 @@ const STATUS_KINDS: &[&str] = &[
 
 /// Whether the kind has a status subresource.
 pub fn has_status(def: &ResourceDef) -> bool {
-    STATUS_KINDS.contains(&def.kind)
+    match &def.custom {
+        Some(c) => c.status,
+        None => STATUS_KINDS.contains(&def.kind.as_str()),
+    }
 }
 
 /// Decodes a JSON, YAML or Kubernetes protobuf request body into an object.
@@ -156,7 +159,7 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 
 /// Checks an object's name for its resource; `Err` lists the causes for a 422.
 pub fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
-    let label = matches!(def.kind, "Namespace" | "Service");
+    let label = def.custom.is_none() && matches!(def.kind.as_str(), "Namespace" | "Service");
     let ok = if label {
         is_dns1123_label(name)
     } else {
@@ -171,8 +174,8 @@ pub fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
     };
     Err(ApiError::invalid(
-        def.kind,
-        def.group,
+        &def.kind,
+        &def.group,
         name,
         vec![(
             "metadata.name".into(),

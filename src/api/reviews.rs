@@ -38,7 +38,7 @@ pub fn rules(_identity: &Identity) -> Value {
 /// Answers a POST of a review object `body` (already decoded) for `identity`.
 pub fn create(def: &ResourceDef, identity: &Identity, mut body: Value) -> Result<Value, ApiError> {
     objects::check_type(def, &mut body)?;
-    let status = match def.kind {
+    let status = match def.kind.as_str() {
         "SelfSubjectAccessReview" => access_review(def, identity, &body)?,
         "SelfSubjectRulesReview" => rules(identity),
         "SelfSubjectReview" => {
@@ -68,8 +68,8 @@ fn access_review(def: &ResourceDef, identity: &Identity, body: &Value) -> Result
         (Some(a), None) | (None, Some(a)) => a,
         _ => {
             return Err(ApiError::invalid(
-                def.kind,
-                def.group,
+                &def.kind,
+                &def.group,
                 "",
                 vec![(
                     "spec.resourceAttributes".into(),

@@ -89,12 +89,12 @@ pub fn human_duration(seconds: i64) -> String {
     format!("{}y", h / 24 / 365)
 }
 
-fn age(obj: &Value) -> String {
+pub(crate) fn age(obj: &Value) -> String {
     since(obj, "/metadata/creationTimestamp")
 }
 
 /// How long ago the time at `pointer` was, as kubectl prints ages.
-fn since(obj: &Value, pointer: &str) -> String {
+pub(crate) fn since(obj: &Value, pointer: &str) -> String {
     obj.pointer(pointer)
         .and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -237,14 +237,14 @@ fn pod_status(pod: &Value) -> String {
     reason
 }
 
-type Column = (&'static str, &'static str, i32);
+type Column = (&'static str, &'static str, i64);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
-    if def.kind == "Event" {
+    if def.is("", "Event") {
         return EVENT_COLUMNS.to_vec();
     }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
-    cols.extend(match def.kind {
+    cols.extend(match def.kind.as_str() {
         "Namespace" => vec![("Status", "string", 0)],
         "ConfigMap" => vec![("Data", "integer", 0)],
         "Secret" => vec![("Type", "string", 0), ("Data", "integer", 0)],
@@ -296,7 +296,7 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
         _ => vec![],
     });
     cols.push(("Age", "string", 0));
-    cols.extend(match def.kind {
+    cols.extend(match def.kind.as_str() {
         "Pod" => vec![
             ("IP", "string", 1),
             ("Node", "string", 1),
@@ -317,12 +317,12 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
 }
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
-    if def.kind == "Event" {
+    if def.is("", "Event") {
         return event_cells(o);
     }
     let name = json!(s(o, "/metadata/name"));
     let age = json!(age(o));
-    match def.kind {
+    match def.kind.as_str() {
         "Namespace" => vec![name, json!(s(o, "/status/phase")), age],
         "ConfigMap" => vec![
             name,
@@ -393,7 +393,7 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                 json!(or_none(selector(o, "/spec/selector"))),
             ]
         }
-        "Job" | "CronJob" => batch_cells(def.kind, o, name, age),
+        "Job" | "CronJob" => batch_cells(&def.kind, o, name, age),
         "Deployment" | "ReplicaSet" => {
             let wide = [
                 json!(containers(o, "/spec/template/spec/containers", "name")),
@@ -610,9 +610,23 @@ fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
     row
 }
 
+/// One column definition.
+pub(crate) fn column(name: &str, ty: &str, priority: i64) -> Value {
+    let mut c = json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
+    if name == "Name" {
+        c["format"] = json!("name");
+        c["description"] = json!("Name must be unique within a namespace.");
+    }
+    c
+}
+
 /// One table row for `obj`.
 fn row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
-    let mut r = json!({"cells": cells(def, obj)});
+    let cells = match &def.custom {
+        Some(c) => super::crd::printer::cells(c, obj),
+        None => cells(def, obj),
+    };
+    let mut r = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
         IncludeObject::Metadata => {
@@ -634,17 +648,13 @@ pub fn to_table(
     include: IncludeObject,
     list_metadata: Value,
 ) -> Value {
-    let column_definitions: Vec<Value> = columns(def)
-        .into_iter()
-        .map(|(name, ty, priority)| {
-            let mut c = json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
-            if name == "Name" {
-                c["format"] = json!("name");
-                c["description"] = json!("Name must be unique within a namespace.");
-            }
-            c
-        })
-        .collect();
+    let column_definitions: Vec<Value> = match &def.custom {
+        Some(c) => super::crd::printer::columns(c),
+        None => columns(def)
+            .into_iter()
+            .map(|(name, ty, priority)| column(name, ty, priority))
+            .collect(),
+    };
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",

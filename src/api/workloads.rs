@@ -13,7 +13,7 @@ use crate::controllers::pods::selector_matches;
 
 /// Defaults and checks `obj` (a new object when `old` is None).
 pub fn prepare(def: &ResourceDef, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {
-    if def.group != "apps" || !matches!(def.kind, "DaemonSet" | "StatefulSet") {
+    if !def.is("apps", "DaemonSet") && !def.is("apps", "StatefulSet") {
         return Ok(());
     }
     if obj.get("spec").is_some_and(|s| !s.is_object()) {
@@ -28,12 +28,12 @@ pub fn prepare(def: &ResourceDef, old: Option<&Value>, obj: &mut Value) -> Resul
     } else {
         default_statefulset(spec);
     }
-    let causes = check(def.kind, old, obj);
+    let causes = check(&def.kind, old, obj);
     if causes.is_empty() {
         Ok(())
     } else {
         let name = meta_str(obj, "name").unwrap_or("");
-        Err(ApiError::invalid(def.kind, def.group, name, causes))
+        Err(ApiError::invalid(&def.kind, &def.group, name, causes))
     }
 }
 

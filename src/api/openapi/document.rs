@@ -64,7 +64,7 @@ fn group_version_id(def: &ResourceDef) -> String {
         def.group.trim_end_matches(".k8s.io")
     };
     let mut out = String::new();
-    for part in group.split('.').chain([def.version]) {
+    for part in group.split('.').chain([def.version.as_str()]) {
         let mut chars = part.chars();
         if let Some(first) = chars.next() {
             out.extend(first.to_uppercase());
@@ -179,7 +179,7 @@ fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef) {
     };
     let gv_id = group_version_id(def);
     let scope = if def.namespaced { "Namespaced" } else { "" };
-    let kind = def.kind;
+    let kind = def.kind.as_str();
     let Some(name) = Schemas::builtin().schema_name(&def.api_version(), kind) else {
         return;
     };
@@ -306,7 +306,7 @@ mod tests {
                 );
             }
             // kubectl looks for a PATCH operation of each kind that takes fieldValidation.
-            for def in resources::BUILTIN.iter().filter(|d| {
+            for def in resources::builtin().iter().filter(|d| {
                 path == if d.group.is_empty() {
                     format!("api/{}", d.version)
                 } else {

@@ -11,7 +11,7 @@ use super::fields::FieldValidation;
 use super::managed;
 use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
 use super::openapi::schema::Schemas;
-use super::resources::{self, ResourceDef};
+use super::resources::{self, Def, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::services::{self, ServiceRanges};
 use super::status::ApiError;
@@ -34,7 +34,7 @@ const SCAN_PAGE: usize = 500;
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The resource.
-    pub def: &'static ResourceDef,
+    pub def: Def,
     /// The namespace from the URL, for namespaced resources.
     pub namespace: Option<String>,
     /// The object name, for object requests.
@@ -56,7 +56,7 @@ impl Target {
     }
 
     fn not_found(&self, name: &str) -> ApiError {
-        ApiError::not_found(self.def.plural, self.def.group, name)
+        ApiError::not_found(&self.def.plural, &self.def.group, name)
     }
 }
 
@@ -71,12 +71,14 @@ pub struct Registry {
     /// Held from choosing reserved values to storing them, so the creates and updates
     /// this server runs at once do not pick the same free value and fail each other.
     pub allocating: Arc<tokio::sync::Mutex<()>>,
+    /// The served resources (custom ones change with their definitions).
+    pub catalog: resources::Catalog,
 }
 
 impl Registry {
     /// Whether objects of `def` hold values reserved under other keys.
     fn reserves(&self, def: &ResourceDef) -> bool {
-        def.kind == "Service" && def.group.is_empty()
+        def.is("", "Service")
     }
 
     /// The allocation lock when objects of `def` reserve values, None otherwise.
@@ -96,8 +98,14 @@ impl Registry {
         old: Option<&Value>,
         obj: &mut Value,
     ) -> Result<services::Reservations, ApiError> {
-        if def.group == "batch" {
-            super::batch::prepare(def.kind, old, obj)?;
+        if def.group == "batch" && def.custom.is_none() {
+            super::batch::prepare(&def.kind, old, obj)?;
+        }
+        if super::crd::is_definitions(def) {
+            super::crd::prepare(&self.catalog, old, obj)?;
+        }
+        if let Some(custom) = &def.custom {
+            super::crd::check_values(def, custom, obj)?;
         }
         if self.reserves(def) {
             return services::prepare(&self.store, &self.services, old, obj).await;
@@ -175,7 +183,7 @@ async fn check_namespace(store: &Store, target: &Target) -> Result<(), ApiError>
             {
                 return Err(ApiError::forbidden(format!(
                     "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                    target.def.plural,
+                    &target.def.plural,
                     meta_str(&obj, "name").unwrap_or("")
                 )));
             }
@@ -208,8 +216,8 @@ async fn put_if_unchanged(
 
 /// Fills in server-set metadata of a new object and checks it.
 fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
-    objects::check_type(target.def, obj)?;
-    let def = target.def;
+    objects::check_type(&target.def, obj)?;
+    let def = &target.def;
     let m = meta(obj);
     let name = match m
         .get("name")
@@ -225,8 +233,8 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
             Some(prefix) => objects::generate_name(prefix),
             None => {
                 return Err(ApiError::invalid(
-                    def.kind,
-                    def.group,
+                    &def.kind,
+                    &def.group,
                     "",
                     vec![(
                         "metadata.name".into(),
@@ -265,7 +273,7 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
     if obj.get("spec").is_some() {
         meta(obj).insert("generation".into(), json!(1));
     }
-    if def.kind == "Namespace" {
+    if def.is("", "Namespace") {
         obj["status"] = json!({"phase": "Active"});
     }
     Ok(name)
@@ -301,8 +309,8 @@ impl WriteOptions {
                 apply: false,
                 subresource: target.subresource.clone(),
             };
-            let schema = Schemas::builtin().of(target.def);
-            managed::track_update(schema, old, new, &who, has_status(target.def));
+            let schema = Schemas::of(&target.def);
+            managed::track_update(schema, old, new, &who, has_status(&target.def));
         }
     }
 
@@ -340,19 +348,19 @@ pub async fn create(
     };
     check_namespace(store, &ns_target).await?;
     let key = ns_target.key(&name);
-    let exists = || ApiError::already_exists(target.def.plural, target.def.group, &name);
-    let warnings = opts.check_fields(target.def, &mut obj)?;
+    let exists = || ApiError::already_exists(&target.def.plural, &target.def.group, &name);
+    let warnings = opts.check_fields(&target.def, &mut obj)?;
     opts.track(target, None, &mut obj);
     let original = obj.clone();
     // A reservation taken by a concurrent create is retried with fresh values.
     for _ in 0..5 {
         let mut obj = original.clone();
-        let _allocating = reg.allocation(target.def).await;
+        let _allocating = reg.allocation(&target.def).await;
         // An existing object is reported as such, before its values are checked.
-        if reg.reserves(target.def) && store.get(key.as_bytes()).await?.is_some() {
+        if reg.reserves(&target.def) && store.get(key.as_bytes()).await?.is_some() {
             return Err(exists());
         }
-        let extra = reg.prepare(target.def, None, &mut obj).await?;
+        let extra = reg.prepare(&target.def, None, &mut obj).await?;
         if dry_run {
             if store.get(key.as_bytes()).await?.is_some() {
                 return Err(exists());
@@ -389,8 +397,8 @@ pub async fn create(
         }
     }
     Err(ApiError::conflict(
-        target.def.plural,
-        target.def.group,
+        &target.def.plural,
+        &target.def.group,
         &name,
     ))
 }
@@ -500,7 +508,7 @@ async fn write_update(
     opts: WriteOptions,
 ) -> Result<Written, ApiError> {
     let store = &reg.store;
-    let def = target.def;
+    let def = &target.def;
     let dry_run = opts.dry_run;
     objects::check_type(def, &mut obj)?;
     let warnings = opts.check_fields(def, &mut obj)?;
@@ -512,7 +520,7 @@ async fn write_update(
     }
     if let Some(rv) = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()) {
         if objects::parse_rv(rv)? != current_rev {
-            return Err(ApiError::conflict(def.plural, def.group, name));
+            return Err(ApiError::conflict(&def.plural, &def.group, name));
         }
     }
     let status_only = target.subresource.as_deref() == Some("status");
@@ -617,7 +625,7 @@ async fn write_update(
         })
         .await?;
     if !r.succeeded {
-        return Err(ApiError::conflict(def.plural, def.group, name));
+        return Err(ApiError::conflict(&def.plural, &def.group, name));
     }
     if finalizing {
         reg.removed(def, current).await;
