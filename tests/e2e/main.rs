@@ -6,6 +6,7 @@ mod agent;
 mod api;
 mod apply;
 mod cli;
+mod crd;
 mod dns;
 mod events;
 mod ha;

@@ -1,0 +1,315 @@
+//! CustomResourceDefinitions with the real kubectl (1.27 and 1.33) and kube-rs: a
+//! namespaced kind with status and scale subresources and printer columns, and a
+//! cluster-scoped one.
+
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+
+use crate::harness::{get_json, s, Server};
+
+const CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names:
+    plural: widgets
+    singular: widget
+    kind: Widget
+    shortNames: [wd]
+    categories: [all]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale:
+        specReplicasPath: .spec.replicas
+        statusReplicasPath: .status.replicas
+    additionalPrinterColumns:
+    - name: Size
+      type: string
+      jsonPath: .spec.size
+    - name: Replicas
+      type: integer
+      jsonPath: .spec.replicas
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size:
+                type: string
+                enum: [small, large]
+              replicas:
+                type: integer
+                minimum: 0
+                default: 1
+              extra:
+                type: object
+                x-kubernetes-preserve-unknown-fields: true
+          status:
+            type: object
+            properties:
+              replicas:
+                type: integer
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Cluster
+  names:
+    plural: gadgets
+    kind: Gadget
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              color:
+                type: string
+"#;
+
+const WIDGET: &str = r#"
+apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: w1
+spec:
+  size: small
+  extra:
+    anything: [1, 2]
+"#;
+
+const GADGET: &str = r#"
+apiVersion: example.com/v1
+kind: Gadget
+metadata:
+  name: g1
+spec:
+  color: red
+"#;
+
+fn round_trip(server: &Server, v: &str) {
+    let crds = server.file("crds.yaml", CRDS);
+    server.ok(v, &["apply", "-f", s(&crds)]);
+    server.ok(
+        v,
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/widgets.example.com",
+            "crd/gadgets.example.com",
+        ],
+    );
+    let resources = server.ok(v, &["api-resources", "--api-group=example.com"]);
+    assert!(
+        resources.contains("widgets") && resources.contains("wd") && resources.contains("Widget"),
+        "{resources}"
+    );
+    assert!(resources.contains("gadgets"), "{resources}");
+
+    let widget = server.file("widget.yaml", WIDGET);
+    server.ok(v, &["apply", "-f", s(&widget)]);
+    // Defaults applied, unknown fields kept where the schema says so.
+    let w = get_json(server, &["get", "widget", "w1", "-o", "json"]);
+    assert_eq!(w["spec"]["replicas"], 1, "{w}");
+    assert_eq!(w["spec"]["extra"]["anything"], serde_json::json!([1, 2]));
+    // Every name kubectl resolves, and the printer columns.
+    for name in ["widgets", "widget", "wd", "Widget", "widgets.example.com"] {
+        let out = server.ok(v, &["get", name]);
+        assert!(out.contains("w1"), "{name}: {out}");
+    }
+    let table = server.ok(v, &["get", "wd"]);
+    let header = table.lines().next().unwrap_or("");
+    assert!(
+        header.contains("NAME") && header.contains("SIZE") && header.contains("REPLICAS") && header.contains("AGE"),
+        "{table}"
+    );
+    assert!(table.contains("small"), "{table}");
+    let all = server.ok(v, &["get", "all"]);
+    assert!(all.contains("widget.example.com/w1"), "{all}");
+
+    // Unknown fields refused (kubectl validates on the server, Strict).
+    let bad = server.file(
+        "bad.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w2\nspec:\n  size: small\n  colour: blue\n",
+    );
+    let err = server.fails(v, &["apply", "-f", s(&bad)]);
+    assert!(err.contains("unknown field \"spec.colour\""), "{err}");
+    // Schema violations: 422 with field paths.
+    let invalid = server.file(
+        "invalid.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w3\nspec:\n  size: huge\n  replicas: -2\n",
+    );
+    let err = server.fails(v, &["apply", "-f", s(&invalid)]);
+    assert!(
+        err.contains("spec.size: Unsupported value: \"huge\"") && err.contains("spec.replicas"),
+        "{err}"
+    );
+
+    // Patches: merge and JSON; strategic merge refused.
+    server.ok(
+        v,
+        &["patch", "widget", "w1", "--type=merge", "-p", r#"{"spec":{"size":"large"}}"#],
+    );
+    server.ok(
+        v,
+        &["patch", "widget", "w1", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#],
+    );
+    let err = server.fails(v, &["patch", "widget", "w1", "-p", r#"{"spec":{"size":"small"}}"#]);
+    assert!(err.contains("UnsupportedMediaType") || err.contains("unknown format") || err.contains("415"), "{err}");
+    // Status is its own subresource: the main resource does not change it.
+    server.ok(
+        v,
+        &["patch", "widget", "w1", "--type=merge", "-p", r#"{"status":{"replicas":9}}"#],
+    );
+    let w = get_json(server, &["get", "widget", "w1", "-o", "json"]);
+    assert!(w["status"]["replicas"].is_null(), "{w}");
+    assert_eq!(w["spec"]["size"], "large");
+    assert_eq!(w["metadata"]["generation"], 3, "{w}");
+    // Scale.
+    server.ok(v, &["scale", "widget", "w1", "--replicas=5"]);
+    let w = get_json(server, &["get", "widget", "w1", "-o", "json"]);
+    assert_eq!(w["spec"]["replicas"], 5, "{w}");
+    // Server-side apply records its manager.
+    // kubectl patch owns spec.size now: a conflict, then taken over.
+    let err = server.fails(v, &["apply", "--server-side", "--field-manager=ssa-test", "-f", s(&widget)]);
+    assert!(err.contains("conflict with \"kubectl-patch\""), "{err}");
+    server.ok(v, &["apply", "--server-side", "--force-conflicts", "--field-manager=ssa-test", "-f", s(&widget)]);
+    let w = get_json(server, &["get", "widget", "w1", "-o", "json", "--show-managed-fields"]);
+    let managers: Vec<&str> = w["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"ssa-test"), "{w}");
+
+    // The cluster-scoped kind.
+    let gadget = server.file("gadget.yaml", GADGET);
+    server.ok(v, &["apply", "-f", s(&gadget)]);
+    let g = get_json(server, &["get", "gadget", "g1", "-o", "json"]);
+    assert_eq!(g["spec"]["color"], "red");
+    assert!(g["metadata"].get("namespace").is_none(), "{g}");
+    server.ok(v, &["label", "gadget", "g1", "tier=gold"]);
+    let listed = server.ok(v, &["get", "gadgets", "-l", "tier=gold", "-o", "name"]);
+    assert_eq!(listed.trim(), "gadget.example.com/g1");
+    server.ok(v, &["delete", "gadget", "g1"]);
+
+    // Deleting a definition removes its objects and stops serving them.
+    server.ok(v, &["delete", "-f", s(&crds)]);
+    let err = server.fails(v, &["get", "widgets"]);
+    assert!(err.contains("doesn't have a resource type") || err.contains("the server"), "{err}");
+    server.ok(v, &["apply", "-f", s(&crds)]);
+    server.ok(
+        v,
+        &["wait", "--for", "condition=established", "--timeout=30s", "crd/widgets.example.com"],
+    );
+    let out = server.ok(v, &["get", "widgets", "-A", "-o", "name"]);
+    assert!(out.trim().is_empty(), "old objects came back: {out}");
+    server.ok(v, &["delete", "-f", s(&crds)]);
+}
+
+#[test]
+fn crd_round_trip_kubectl_1_27() {
+    let server = Server::start();
+    round_trip(&server, "1.27");
+}
+
+#[test]
+fn crd_round_trip_kubectl_1_33() {
+    let server = Server::start();
+    round_trip(&server, "1.33");
+}
+
+#[test]
+fn invalid_definitions_are_refused_with_field_paths() {
+    let server = Server::start();
+    let bad = server.file(
+        "bad-crd.yaml",
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: things.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: stuff, kind: Thing}
+  versions:
+  - {name: v1, served: true, storage: false, schema: {openAPIV3Schema: {type: object, properties: {spec: {properties: {a: {type: string}}}}}}}
+"#,
+    );
+    let err = server.fails("1.33", &["apply", "-f", s(&bad)]);
+    for want in [
+        "metadata.name: Invalid value: \"things.example.com\": must be spec.names.plural+\".\"+spec.group",
+        "must have exactly one version marked as storage version",
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_dynamic_objects() {
+    let server = tokio::task::spawn_blocking(Server::start)
+        .await
+        .expect("server");
+    let crds = server.file("crds.yaml", CRDS);
+    let s2 = tokio::task::spawn_blocking(move || {
+        server.ok("1.33", &["apply", "-f", s(&crds)]);
+        server
+    })
+    .await
+    .expect("apply");
+    let kubeconfig = Kubeconfig::read_from(s2.kubeconfig()).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    let client = Client::try_from(config).expect("client");
+    let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
+    let (ar, _caps) = kube::discovery::pinned_kind(&client, &gvk)
+        .await
+        .expect("discovered");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "from-kube-rs"},
+        "spec": {"size": "large"},
+    }))
+    .expect("object");
+    let created = api.create(&PostParams::default(), &obj).await.expect("create");
+    assert_eq!(created.data["spec"]["replicas"], 1);
+    let listed = api.list(&ListParams::default()).await.expect("list");
+    assert!(listed.iter().any(|o| o.name_any() == "from-kube-rs"));
+    let ar2 = ApiResource::from_gvk_with_plural(&gvk, "widgets");
+    let api2: Api<DynamicObject> = Api::all_with(client, &ar2);
+    let everywhere = tokio::time::timeout(Duration::from_secs(20), api2.list(&ListParams::default()))
+        .await
+        .expect("in time")
+        .expect("list all");
+    assert_eq!(everywhere.items.len(), 1);
+}
