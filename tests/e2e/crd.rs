@@ -130,6 +130,14 @@ fn round_trip(server: &Server, v: &str) {
     );
     assert!(resources.contains("gadgets"), "{resources}");
 
+    // The schema is published: kubectl explain reads it from /openapi/v3.
+    let explained = server.ok(v, &["explain", "widget.spec"]);
+    assert!(
+        explained.contains("Widget")
+            && explained.contains("size")
+            && explained.contains("replicas"),
+        "{explained}"
+    );
     let widget = server.file("widget.yaml", WIDGET);
     server.ok(v, &["apply", "-f", s(&widget)]);
     // Defaults applied, unknown fields kept where the schema says so.

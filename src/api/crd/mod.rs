@@ -58,7 +58,7 @@ pub struct CustomVersion {
     pub crd: String,
     /// The schema, completed with `apiVersion`, `kind` and `metadata`, as published.
     pub schema: Value,
-    /// The same, as field validation and field management walk it.
+    /// The same with closed objects, as field validation and field management walk it.
     pub schemas: Schemas,
     /// Whether the `status` subresource is on.
     pub status: bool,
@@ -88,7 +88,7 @@ pub fn json_path_pointer(path: &str) -> Option<String> {
 }
 
 /// The completed schema of a version: the definition's `openAPIV3Schema` with
-/// `apiVersion`, `kind` and `metadata` (ObjectMeta) as kube-apiserver adds them.
+/// `apiVersion`, `kind` and `metadata` (ObjectMeta) as kube-apiserver publishes it.
 fn complete_schema(mut schema: Value) -> Value {
     if !schema.is_object() {
         schema = json!({"type": "object"});
@@ -104,7 +104,6 @@ fn complete_schema(mut schema: Value) -> Value {
             json!({"$ref": Schemas::object_meta_ref()}),
         );
     }
-    values::close_objects(&mut schema);
     schema
 }
 
@@ -135,6 +134,9 @@ pub fn served_defs(crd: &Value) -> Vec<Def> {
         }
         let version = text(&v["name"]);
         let schema = complete_schema(v["schema"]["openAPIV3Schema"].clone());
+        // What pruning walks: objects that list no fields keep none.
+        let mut closed = schema.clone();
+        values::close_objects(&mut closed);
         let subs = &v["subresources"];
         let pointer = |p: &Value| p.as_str().and_then(json_path_pointer);
         let scale = subs.get("scale").and_then(|s| {
@@ -169,7 +171,7 @@ pub fn served_defs(crd: &Value) -> Vec<Def> {
             categories: strings(&names["categories"]),
             custom: Some(Arc::new(CustomVersion {
                 crd: name.to_string(),
-                schemas: Schemas::custom(&api_version, &kind, schema.clone()),
+                schemas: Schemas::custom(&api_version, &kind, closed),
                 schema,
                 status: subs.get("status").is_some(),
                 scale,
