@@ -215,6 +215,17 @@ pub fn from_stored(bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
     Ok(o)
 }
 
+/// A stored object of `def`, read: custom resources are stored in the version that
+/// wrote them and served in every version of their definition (conversion `None`: only
+/// `apiVersion` changes).
+pub fn read_stored(def: &ResourceDef, bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
+    let mut o = from_stored(bytes, revision)?;
+    if def.custom.is_some() && o.is_object() {
+        o["apiVersion"] = json!(def.api_version());
+    }
+    Ok(o)
+}
+
 /// Parses a resourceVersion sent by a client.
 pub fn parse_rv(rv: &str) -> Result<i64, ApiError> {
     rv.parse::<i64>()
@@ -235,7 +246,7 @@ mod tests {
         assert!(!is_dns1123_label("-a"));
         assert!(is_dns1123_subdomain("a.b-c"));
         assert!(!is_dns1123_subdomain("a..b"));
-        let cm = lookup("", "v1", "configmaps").unwrap();
+        let cm = &lookup("", "v1", "configmaps").unwrap();
         assert_eq!(validate_name(cm, "Bad_Name").unwrap_err().code, 422);
         let g = generate_name("web-");
         assert!(g.starts_with("web-") && g.len() == 9);

@@ -93,7 +93,7 @@ mod tests {
             user: "system:admin".into(),
             groups: vec!["system:masters".into()],
         };
-        let ssar = lookup("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap();
+        let ssar = &lookup("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap();
         let out = create(
             ssar,
             &admin,
@@ -104,11 +104,11 @@ mod tests {
         assert_eq!(out["kind"], "SelfSubjectAccessReview");
         let err = create(ssar, &admin, json!({"spec": {}})).unwrap_err();
         assert_eq!(err.code, 422);
-        let rules = lookup("authorization.k8s.io", "v1", "selfsubjectrulesreviews").unwrap();
+        let rules = &lookup("authorization.k8s.io", "v1", "selfsubjectrulesreviews").unwrap();
         let out = create(rules, &admin, json!({"spec": {"namespace": "default"}})).unwrap();
         assert_eq!(out["status"]["resourceRules"][0]["verbs"], json!(["*"]));
         assert_eq!(out["spec"]["namespace"], "default");
-        let ssr = lookup("authentication.k8s.io", "v1", "selfsubjectreviews").unwrap();
+        let ssr = &lookup("authentication.k8s.io", "v1", "selfsubjectreviews").unwrap();
         let out = create(ssr, &admin, json!({})).unwrap();
         assert_eq!(
             out["status"]["userInfo"],

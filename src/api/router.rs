@@ -574,44 +574,42 @@ mod tests {
     fn paths_resolve_like_kube_apiserver() {
         let catalog = resources::Catalog::default();
         let t = |p: &str| match parse_path(&catalog, p) {
-            Ok(Route::Resource(t)) => (t.def.plural.clone(), t.namespace, t.name, t.subresource),
+            Ok(Route::Resource(t)) => (t.def.plural.to_string(), t.namespace, t.name, t.subresource),
             _ => panic!("{p} did not resolve to a resource"),
         };
-        assert_eq!(t("/api/v1/namespaces"), ("namespaces", None, None, None));
+        assert_eq!(t("/api/v1/namespaces"), ("namespaces".to_string(), None, None, None));
         assert_eq!(
             t("/api/v1/namespaces/default"),
-            ("namespaces", None, Some("default".into()), None)
+            ("namespaces".to_string(), None, Some("default".into()), None)
         );
         assert_eq!(
             t("/api/v1/namespaces/x/status"),
-            ("namespaces", None, Some("x".into()), Some("status".into()))
+            ("namespaces".to_string(), None, Some("x".into()), Some("status".into()))
         );
         assert_eq!(
             t("/api/v1/namespaces/d/configmaps"),
-            ("configmaps", Some("d".into()), None, None)
+            ("configmaps".to_string(), Some("d".into()), None, None)
         );
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/status"),
-            (
-                "pods",
+            ("pods".to_string(),
                 Some("d".into()),
                 Some("p".into()),
                 Some("status".into())
             )
         );
-        assert_eq!(t("/api/v1/pods"), ("pods", None, None, None));
+        assert_eq!(t("/api/v1/pods"), ("pods".to_string(), None, None, None));
         assert_eq!(
             t("/apis/apps/v1/namespaces/d/deployments/x"),
-            ("deployments", Some("d".into()), Some("x".into()), None)
+            ("deployments".to_string(), Some("d".into()), Some("x".into()), None)
         );
         assert_eq!(
             t("/api/v1/nodes/n1"),
-            ("nodes", None, Some("n1".into()), None)
+            ("nodes".to_string(), None, Some("n1".into()), None)
         );
         assert_eq!(
             t("/apis/apps/v1/namespaces/d/deployments/x/scale"),
-            (
-                "deployments",
+            ("deployments".to_string(),
                 Some("d".into()),
                 Some("x".into()),
                 Some("scale".into())
@@ -619,8 +617,7 @@ mod tests {
         );
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/exec"),
-            (
-                "pods",
+            ("pods".to_string(),
                 Some("d".into()),
                 Some("p".into()),
                 Some("exec".into())

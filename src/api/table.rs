@@ -703,7 +703,7 @@ mod tests {
             "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 3, "numberReady": 2,
                 "updatedNumberScheduled": 1, "numberAvailable": 2}});
         let t = to_table(
-            lookup("apps", "v1", "daemonsets").unwrap(),
+            &lookup("apps", "v1", "daemonsets").unwrap(),
             &[ds],
             IncludeObject::None,
             json!({}),
@@ -727,7 +727,7 @@ mod tests {
         let sts = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3},
             "status": {"readyReplicas": 2}});
         let t = to_table(
-            lookup("apps", "v1", "statefulsets").unwrap(),
+            &lookup("apps", "v1", "statefulsets").unwrap(),
             &[sts],
             IncludeObject::None,
             json!({}),
@@ -736,7 +736,7 @@ mod tests {
         let rev = json!({"metadata": {"name": "web-abc", "ownerReferences": [{"apiVersion": "apps/v1",
             "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true}]}, "revision": 2});
         let t = to_table(
-            lookup("apps", "v1", "controllerrevisions").unwrap(),
+            &lookup("apps", "v1", "controllerrevisions").unwrap(),
             &[rev],
             IncludeObject::None,
             json!({}),
@@ -758,7 +758,7 @@ mod tests {
             ]}
         });
         let t = to_table(
-            lookup("", "v1", "pods").unwrap(),
+            &lookup("", "v1", "pods").unwrap(),
             &[pod],
             IncludeObject::Metadata,
             json!({}),
@@ -773,7 +773,7 @@ mod tests {
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "web"}}});
         let t = to_table(
-            lookup("", "v1", "services").unwrap(),
+            &lookup("", "v1", "services").unwrap(),
             &[svc],
             IncludeObject::None,
             json!({}),

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use pikube_raft::{EventKind, Store, WatchRequest};
 use serde_json::{json, Value};
 
-use super::objects::from_stored;
+use super::objects::read_stored;
 use super::resources::Def;
 use super::rest::{self, ListOptions, Target};
 use super::status::ApiError;
@@ -179,7 +179,7 @@ fn translate(ev: &pikube_raft::Event, opts: &ListOptions, enc: &Encoding) -> Opt
     let prev = ev
         .prev_kv
         .as_ref()
-        .and_then(|p| from_stored(&p.value, p.mod_revision).ok());
+        .and_then(|p| read_stored(&enc.def, &p.value, p.mod_revision).ok());
     match ev.kind {
         EventKind::Delete => {
             let mut obj = prev?;
@@ -190,7 +190,7 @@ fn translate(ev: &pikube_raft::Event, opts: &ListOptions, enc: &Encoding) -> Opt
             opts.matches(&obj).then(|| enc.event("DELETED", &obj))
         }
         EventKind::Put => {
-            let obj = from_stored(&ev.kv.value, ev.kv.mod_revision).ok()?;
+            let obj = read_stored(&enc.def, &ev.kv.value, ev.kv.mod_revision).ok()?;
             let now = opts.matches(&obj);
             let before = prev.as_ref().map(|p| opts.matches(p)).unwrap_or(false);
             match (before, now) {

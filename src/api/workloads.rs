@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn defaults_are_those_of_kube_apiserver() {
-        let ds = lookup("apps", "v1", "daemonsets").expect("ds");
+        let ds = &lookup("apps", "v1", "daemonsets").expect("ds");
         let mut o = obj(json!({"selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "b"}}}}));
         prepare(ds, None, &mut o).expect("valid");
@@ -222,7 +222,7 @@ mod tests {
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
         );
         assert_eq!(o["spec"]["revisionHistoryLimit"], 10);
-        let sts = lookup("apps", "v1", "statefulsets").expect("sts");
+        let sts = &lookup("apps", "v1", "statefulsets").expect("sts");
         let mut o = obj(json!({"selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "b"}}},
             "updateStrategy": {"type": "OnDelete"}}));
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_422() {
-        let sts = lookup("apps", "v1", "statefulsets").expect("sts");
+        let sts = &lookup("apps", "v1", "statefulsets").expect("sts");
         let mut o = obj(json!({"selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "c"}}}, "podManagementPolicy": "Whenever"}));
         let e = prepare(sts, None, &mut o).expect_err("invalid").to_status();

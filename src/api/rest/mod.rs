@@ -406,7 +406,7 @@ pub async fn create(
 /// Reads one object.
 pub async fn get(store: &Store, target: &Target, name: &str) -> Result<Value, ApiError> {
     match store.get(target.key(name).as_bytes()).await? {
-        Some(kv) => from_stored(&kv.value, kv.mod_revision),
+        Some(kv) => objects::read_stored(&target.def, &kv.value, kv.mod_revision),
         None => Err(target.not_found(name)),
     }
 }
@@ -455,7 +455,7 @@ pub async fn list(store: &Store, target: &Target, opts: &ListOptions) -> Result<
         }
         let last_key = resp.kvs.last().map(|kv| kv.key.clone());
         for kv in resp.kvs {
-            let obj = from_stored(&kv.value, kv.mod_revision)?;
+            let obj = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
             if opts.matches(&obj) {
                 items.push(obj);
             }
@@ -652,6 +652,6 @@ pub async fn update(
         .get(target.key(name).as_bytes())
         .await?
         .ok_or_else(|| target.not_found(name))?;
-    let current = from_stored(&kv.value, kv.mod_revision)?;
+    let current = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
     write_update(reg, target, name, &current, kv.mod_revision, obj, opts).await
 }

@@ -30,7 +30,7 @@ pub async fn patch(
             .get(target.key(name).as_bytes())
             .await?
             .ok_or_else(|| target.not_found(name))?;
-        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let current = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
         let mut doc = current.clone();
         match kind {
             PatchKind::Merge => json_patch::merge(&mut doc, &patch),
@@ -161,7 +161,7 @@ pub async fn apply(
                 }
             }
         };
-        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let current = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
         let mut obj = managed::apply::apply(
             schema,
             Some(&current),

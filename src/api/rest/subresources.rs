@@ -185,7 +185,7 @@ pub async fn update_scale(
             .get(main.key(name).as_bytes())
             .await?
             .ok_or_else(|| main.not_found(name))?;
-        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let current = objects::read_stored(&main.def, &kv.value, kv.mod_revision)?;
         let mut scale = scale_of(&target.def, &current);
         let explicit_rv = match (&patch, &body) {
             (Some((kind, raw)), _) => {
