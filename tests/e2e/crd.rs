@@ -8,7 +8,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, P
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 
-use crate::harness::{get_json, s, Server};
+use crate::harness::{get_json, s, spawn_lines, Server};
 
 const CRDS: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -152,7 +152,10 @@ fn round_trip(server: &Server, v: &str) {
     let table = server.ok(v, &["get", "wd"]);
     let header = table.lines().next().unwrap_or("");
     assert!(
-        header.contains("NAME") && header.contains("SIZE") && header.contains("REPLICAS") && header.contains("AGE"),
+        header.contains("NAME")
+            && header.contains("SIZE")
+            && header.contains("REPLICAS")
+            && header.contains("AGE"),
         "{table}"
     );
     assert!(table.contains("small"), "{table}");
@@ -180,18 +183,53 @@ fn round_trip(server: &Server, v: &str) {
     // Patches: merge and JSON; strategic merge refused.
     server.ok(
         v,
-        &["patch", "widget", "w1", "--type=merge", "-p", r#"{"spec":{"size":"large"}}"#],
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"size":"large"}}"#,
+        ],
     );
     server.ok(
         v,
-        &["patch", "widget", "w1", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#],
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#,
+        ],
     );
-    let err = server.fails(v, &["patch", "widget", "w1", "-p", r#"{"spec":{"size":"small"}}"#]);
-    assert!(err.contains("UnsupportedMediaType") || err.contains("unknown format") || err.contains("415"), "{err}");
+    let err = server.fails(
+        v,
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "-p",
+            r#"{"spec":{"size":"small"}}"#,
+        ],
+    );
+    assert!(
+        err.contains("UnsupportedMediaType")
+            || err.contains("unknown format")
+            || err.contains("415"),
+        "{err}"
+    );
     // Status is its own subresource: the main resource does not change it.
     server.ok(
         v,
-        &["patch", "widget", "w1", "--type=merge", "-p", r#"{"status":{"replicas":9}}"#],
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"replicas":9}}"#,
+        ],
     );
     let w = get_json(server, &["get", "widget", "w1", "-o", "json"]);
     assert!(w["status"]["replicas"].is_null(), "{w}");
@@ -203,10 +241,32 @@ fn round_trip(server: &Server, v: &str) {
     assert_eq!(w["spec"]["replicas"], 5, "{w}");
     // Server-side apply records its manager.
     // kubectl patch owns spec.size now: a conflict, then taken over.
-    let err = server.fails(v, &["apply", "--server-side", "--field-manager=ssa-test", "-f", s(&widget)]);
+    let err = server.fails(
+        v,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ssa-test",
+            "-f",
+            s(&widget),
+        ],
+    );
     assert!(err.contains("conflict with \"kubectl-patch\""), "{err}");
-    server.ok(v, &["apply", "--server-side", "--force-conflicts", "--field-manager=ssa-test", "-f", s(&widget)]);
-    let w = get_json(server, &["get", "widget", "w1", "-o", "json", "--show-managed-fields"]);
+    server.ok(
+        v,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=ssa-test",
+            "-f",
+            s(&widget),
+        ],
+    );
+    let w = get_json(
+        server,
+        &["get", "widget", "w1", "-o", "json", "--show-managed-fields"],
+    );
     let managers: Vec<&str> = w["metadata"]["managedFields"]
         .as_array()
         .into_iter()
@@ -229,11 +289,20 @@ fn round_trip(server: &Server, v: &str) {
     // Deleting a definition removes its objects and stops serving them.
     server.ok(v, &["delete", "-f", s(&crds)]);
     let err = server.fails(v, &["get", "widgets"]);
-    assert!(err.contains("doesn't have a resource type") || err.contains("the server"), "{err}");
+    assert!(
+        err.contains("doesn't have a resource type") || err.contains("the server"),
+        "{err}"
+    );
     server.ok(v, &["apply", "-f", s(&crds)]);
     server.ok(
         v,
-        &["wait", "--for", "condition=established", "--timeout=30s", "crd/widgets.example.com"],
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/widgets.example.com",
+        ],
     );
     let out = server.ok(v, &["get", "widgets", "-A", "-o", "name"]);
     assert!(out.trim().is_empty(), "old objects came back: {out}");
@@ -309,15 +378,123 @@ async fn kube_rs_dynamic_objects() {
         "spec": {"size": "large"},
     }))
     .expect("object");
-    let created = api.create(&PostParams::default(), &obj).await.expect("create");
+    let created = api
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
     assert_eq!(created.data["spec"]["replicas"], 1);
     let listed = api.list(&ListParams::default()).await.expect("list");
     assert!(listed.iter().any(|o| o.name_any() == "from-kube-rs"));
     let ar2 = ApiResource::from_gvk_with_plural(&gvk, "widgets");
     let api2: Api<DynamicObject> = Api::all_with(client, &ar2);
-    let everywhere = tokio::time::timeout(Duration::from_secs(20), api2.list(&ListParams::default()))
-        .await
-        .expect("in time")
-        .expect("list all");
+    let everywhere =
+        tokio::time::timeout(Duration::from_secs(20), api2.list(&ListParams::default()))
+            .await
+            .expect("in time")
+            .expect("list all");
     assert_eq!(everywhere.items.len(), 1);
+}
+
+const MULTI: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: sprockets.example.org
+spec:
+  group: example.org
+  scope: Namespaced
+  names:
+    plural: sprockets
+    kind: Sprocket
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"#;
+
+#[test]
+fn custom_resources_list_select_watch_and_go_with_their_namespace() {
+    let server = Server::start();
+    let v = "1.33";
+    let crd = server.file("multi.yaml", MULTI);
+    server.ok(v, &["apply", "-f", s(&crd)]);
+    server.ok(
+        v,
+        &["wait", "--for", "condition=established", "--timeout=30s", "crd/sprockets.example.org"],
+    );
+    // Both versions are discovered; v1 is preferred.
+    let group = get_json(&server, &["get", "--raw", "/apis/example.org"]);
+    assert_eq!(group["preferredVersion"]["version"], "v1", "{group}");
+    assert_eq!(group["versions"].as_array().map(Vec::len), Some(2), "{group}");
+    server.ok(v, &["create", "namespace", "gears"]);
+    let mut cmd = server.kubectl_cmd(v);
+    cmd.args(["get", "sprockets", "-n", "gears", "-w", "-o", "name"]);
+    let (watch, rx) = spawn_lines(cmd);
+    for i in 0..4 {
+        let obj = format!(
+            "apiVersion: example.org/v1\nkind: Sprocket\nmetadata:\n  name: s{i}\n  namespace: gears\n  labels:\n    parity: {}\nspec:\n  teeth: {i}\n",
+            if i % 2 == 0 { "even" } else { "odd" }
+        );
+        let f = server.file(&format!("s{i}.yaml"), &obj);
+        server.ok(v, &["create", "-f", s(&f)]);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("watch saw only {seen:?}"),
+        }
+    }
+    drop(watch);
+    assert!(seen.contains(&"sprocket.example.org/s3".to_string()), "{seen:?}");
+    // Read in the other version: only apiVersion differs.
+    let old = get_json(
+        &server,
+        &["get", "--raw", "/apis/example.org/v1beta1/namespaces/gears/sprockets/s1"],
+    );
+    assert_eq!(old["apiVersion"], "example.org/v1beta1");
+    assert_eq!(old["spec"]["teeth"], 1);
+    // Selectors and pages.
+    let odd = server.ok(v, &["get", "sprockets", "-n", "gears", "-l", "parity=odd", "-o", "name"]);
+    assert_eq!(odd.lines().count(), 2, "{odd}");
+    let named = server.ok(
+        v,
+        &["get", "sprockets", "-A", "--field-selector", "metadata.name=s2", "-o", "name"],
+    );
+    assert_eq!(named.trim(), "sprocket.example.org/s2");
+    let page = get_json(
+        &server,
+        &["get", "--raw", "/apis/example.org/v1/namespaces/gears/sprockets?limit=3"],
+    );
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(3));
+    let token = page["metadata"]["continue"].as_str().expect("continue").to_string();
+    let rest = get_json(
+        &server,
+        &["get", "--raw", &format!("/apis/example.org/v1/namespaces/gears/sprockets?limit=3&continue={token}")],
+    );
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1));
+    let chunked = server.ok(v, &["get", "sprockets", "-n", "gears", "--chunk-size=1", "-o", "name"]);
+    assert_eq!(chunked.lines().count(), 4, "{chunked}");
+    // deletecollection with a selector.
+    server.ok(v, &["delete", "sprockets", "-n", "gears", "-l", "parity=even"]);
+    let left = server.ok(v, &["get", "sprockets", "-n", "gears", "-o", "name"]);
+    assert_eq!(left.lines().count(), 2, "{left}");
+    // A deleted namespace takes its custom resources.
+    server.ok(v, &["delete", "namespace", "gears", "--wait=true", "--timeout=60s"]);
+    let after = server.ok(v, &["get", "sprockets", "-A", "-o", "name"]);
+    assert!(after.trim().is_empty(), "{after}");
 }
