@@ -8,7 +8,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, P
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 
-use crate::harness::{get_json, s, spawn_lines, Server};
+use crate::harness::{free_port, get_json, s, spawn_lines, wait_for, Server};
 
 const CRDS: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -497,4 +497,40 @@ fn custom_resources_list_select_watch_and_go_with_their_namespace() {
     server.ok(v, &["delete", "namespace", "gears", "--wait=true", "--timeout=60s"]);
     let after = server.ok(v, &["get", "sprockets", "-A", "-o", "name"]);
     assert!(after.trim().is_empty(), "{after}");
+}
+
+/// In a cluster every server serves custom resources, whichever server (leader or not)
+/// stored the definition.
+#[test]
+fn every_server_of_a_cluster_serves_custom_resources() {
+    let peer1 = free_port().to_string();
+    let s1 = Server::start_with(&["--cluster-init", "--peer-port", &peer1]);
+    let token = std::fs::read_to_string(s1.data_dir().join("server/token"))
+        .expect("token file")
+        .trim()
+        .to_string();
+    let url = format!("https://127.0.0.1:{}", s1.port);
+    let peer2 = free_port().to_string();
+    let s2 = Server::start_with(&["--server", &url, "--token", &token, "--peer-port", &peer2]);
+    let v = "1.33";
+    // Defined through the joined server, served by the first one.
+    let crds = s2.file("crds.yaml", CRDS);
+    s2.ok(v, &["apply", "-f", s(&crds)]);
+    let widget = s1.file("widget.yaml", WIDGET);
+    wait_for(20, "server 1 serves widgets", || {
+        s1.kubectl(v, &["apply", "-f", s(&widget)])
+            .status
+            .success()
+            .then_some(())
+    });
+    let out = s2.ok(v, &["get", "wd", "-o", "name"]);
+    assert_eq!(out.trim(), "widget.example.com/w1");
+    // Removed through one, gone from the other.
+    s2.ok(v, &["delete", "crd", "widgets.example.com"]);
+    wait_for(20, "server 1 stops serving widgets", || {
+        (!s1.kubectl(v, &["get", "--raw", "/apis/example.com/v1/widgets"])
+            .status
+            .success())
+        .then_some(())
+    });
 }
