@@ -428,7 +428,7 @@ spec:
 
 #[test]
 fn custom_resources_list_select_watch_and_go_with_their_namespace() {
-    let server = Server::start();
+    let mut server = Server::start();
     let v = "1.33";
     let crd = server.file("multi.yaml", MULTI);
     server.ok(v, &["apply", "-f", s(&crd)]);
@@ -493,6 +493,10 @@ fn custom_resources_list_select_watch_and_go_with_their_namespace() {
     server.ok(v, &["delete", "sprockets", "-n", "gears", "-l", "parity=even"]);
     let left = server.ok(v, &["get", "sprockets", "-n", "gears", "-o", "name"]);
     assert_eq!(left.lines().count(), 2, "{left}");
+    // Served again right after a restart.
+    server.restart();
+    let again = server.ok(v, &["get", "sprockets", "-n", "gears", "-o", "name"]);
+    assert_eq!(again.lines().count(), 2, "{again}");
     // A deleted namespace takes its custom resources.
     server.ok(v, &["delete", "namespace", "gears", "--wait=true", "--timeout=60s"]);
     let after = server.ok(v, &["get", "sprockets", "-A", "-o", "name"]);
