@@ -264,7 +264,11 @@ pub fn aggregated(catalog: &Catalog, core: bool, format: Aggregated) -> Value {
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
-            let metadata = if g.is_empty() { json!({}) } else { json!({"name": g}) };
+            let metadata = if g.is_empty() {
+                json!({})
+            } else {
+                json!({"name": g})
+            };
             json!({"metadata": metadata, "versions": versions})
         })
         .collect();

@@ -174,9 +174,11 @@ mod tests {
         assert!(obj.get("bogus").is_none());
         let mut clean =
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}});
-        assert!(validate(&deployments(), &mut clean, FieldValidation::Strict)
-            .expect("clean")
-            .is_empty());
+        assert!(
+            validate(&deployments(), &mut clean, FieldValidation::Strict)
+                .expect("clean")
+                .is_empty()
+        );
     }
 
     #[test]

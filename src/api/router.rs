@@ -574,17 +574,27 @@ mod tests {
     fn paths_resolve_like_kube_apiserver() {
         let catalog = resources::Catalog::default();
         let t = |p: &str| match parse_path(&catalog, p) {
-            Ok(Route::Resource(t)) => (t.def.plural.to_string(), t.namespace, t.name, t.subresource),
+            Ok(Route::Resource(t)) => {
+                (t.def.plural.to_string(), t.namespace, t.name, t.subresource)
+            }
             _ => panic!("{p} did not resolve to a resource"),
         };
-        assert_eq!(t("/api/v1/namespaces"), ("namespaces".to_string(), None, None, None));
+        assert_eq!(
+            t("/api/v1/namespaces"),
+            ("namespaces".to_string(), None, None, None)
+        );
         assert_eq!(
             t("/api/v1/namespaces/default"),
             ("namespaces".to_string(), None, Some("default".into()), None)
         );
         assert_eq!(
             t("/api/v1/namespaces/x/status"),
-            ("namespaces".to_string(), None, Some("x".into()), Some("status".into()))
+            (
+                "namespaces".to_string(),
+                None,
+                Some("x".into()),
+                Some("status".into())
+            )
         );
         assert_eq!(
             t("/api/v1/namespaces/d/configmaps"),
@@ -592,7 +602,8 @@ mod tests {
         );
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/status"),
-            ("pods".to_string(),
+            (
+                "pods".to_string(),
                 Some("d".into()),
                 Some("p".into()),
                 Some("status".into())
@@ -601,7 +612,12 @@ mod tests {
         assert_eq!(t("/api/v1/pods"), ("pods".to_string(), None, None, None));
         assert_eq!(
             t("/apis/apps/v1/namespaces/d/deployments/x"),
-            ("deployments".to_string(), Some("d".into()), Some("x".into()), None)
+            (
+                "deployments".to_string(),
+                Some("d".into()),
+                Some("x".into()),
+                None
+            )
         );
         assert_eq!(
             t("/api/v1/nodes/n1"),
@@ -609,7 +625,8 @@ mod tests {
         );
         assert_eq!(
             t("/apis/apps/v1/namespaces/d/deployments/x/scale"),
-            ("deployments".to_string(),
+            (
+                "deployments".to_string(),
                 Some("d".into()),
                 Some("x".into()),
                 Some("scale".into())
@@ -617,7 +634,8 @@ mod tests {
         );
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/exec"),
-            ("pods".to_string(),
+            (
+                "pods".to_string(),
                 Some("d".into()),
                 Some("p".into()),
                 Some("exec".into())

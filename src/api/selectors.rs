@@ -132,7 +132,10 @@ const FIELDS: &[(&str, &str)] = &[
     ("involvedObject.uid", "/involvedObject/uid"),
     ("involvedObject.kind", "/involvedObject/kind"),
     ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
-    ("involvedObject.resourceVersion", "/involvedObject/resourceVersion"),
+    (
+        "involvedObject.resourceVersion",
+        "/involvedObject/resourceVersion",
+    ),
     ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
     ("reason", "/reason"),
     ("reportingComponent", "/reportingComponent"),

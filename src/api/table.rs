@@ -612,7 +612,8 @@ fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
 
 /// One column definition.
 pub(crate) fn column(name: &str, ty: &str, priority: i64) -> Value {
-    let mut c = json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
+    let mut c =
+        json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
     if name == "Name" {
         c["format"] = json!("name");
         c["description"] = json!("Name must be unique within a namespace.");

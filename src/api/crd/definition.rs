@@ -16,18 +16,7 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
+use crate::api::objects::{is_dns1123_label as is_dns_label, is_dns1123_subdomain};
 
 /// Whether a stored definition is established (its resources are served).
 pub fn is_established(crd: &Value) -> bool {
@@ -111,15 +100,24 @@ fn check_names(names: &mut Map<String, Value>, causes: &mut Causes) {
 /// each, subresource paths.
 fn check_versions(spec: &Value, causes: &mut Causes) {
     let Some(versions) = spec["versions"].as_array().filter(|v| !v.is_empty()) else {
-        causes.push(("spec.versions".into(), "Invalid value: null: must have exactly one version marked as storage version".into()));
+        causes.push((
+            "spec.versions".into(),
+            "Invalid value: null: must have exactly one version marked as storage version".into(),
+        ));
         return;
     };
     let mut seen: Vec<&str> = Vec::new();
-    let storage = versions.iter().filter(|v| v["storage"] == json!(true)).count();
+    let storage = versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count();
     if storage != 1 {
         causes.push((
             "spec.versions".into(),
-            format!("Invalid value: {}: must have exactly one version marked as storage version", json!(versions.iter().map(|v| &v["name"]).collect::<Vec<_>>())),
+            format!(
+                "Invalid value: {}: must have exactly one version marked as storage version",
+                json!(versions.iter().map(|v| &v["name"]).collect::<Vec<_>>())
+            ),
         ));
     }
     for (i, v) in versions.iter().enumerate() {
@@ -144,11 +142,7 @@ fn check_versions(spec: &Value, causes: &mut Causes) {
                         "Unsupported value: must be object at the root".into(),
                     ));
                 }
-                super::values::check_structural(
-                    schema,
-                    &at("schema.openAPIV3Schema"),
-                    causes,
-                );
+                super::values::check_structural(schema, &at("schema.openAPIV3Schema"), causes);
             }
         }
         if let Some(scale) = v.pointer("/subresources/scale") {
@@ -157,7 +151,9 @@ fn check_versions(spec: &Value, causes: &mut Causes) {
                 if super::json_path_pointer(p).is_none() {
                     causes.push((
                         at(&format!("subresources.scale.{f}")),
-                        format!("Invalid value: \"{p}\": should be a json path under .spec or .status"),
+                        format!(
+                            "Invalid value: \"{p}\": should be a json path under .spec or .status"
+                        ),
                     ));
                 }
             }
@@ -178,7 +174,9 @@ fn check_versions(spec: &Value, causes: &mut Causes) {
             if super::json_path_pointer(p).is_none() {
                 causes.push((
                     at(&format!("additionalPrinterColumns[{j}].jsonPath")),
-                    format!("Invalid value: \"{p}\": pikube supports simple field paths (.a.b) only"),
+                    format!(
+                        "Invalid value: \"{p}\": pikube supports simple field paths (.a.b) only"
+                    ),
                 ));
             }
         }
@@ -194,7 +192,7 @@ pub fn prepare(catalog: &Catalog, old: Option<&Value>, crd: &mut Value) -> Resul
     let group = text(crd, "/spec/group").to_string();
     if group.is_empty() {
         causes.push(("spec.group".into(), "Required value".into()));
-    } else if !is_dns_subdomain(&group) || !group.contains('.') {
+    } else if !is_dns1123_subdomain(&group) || !group.contains('.') {
         causes.push((
             "spec.group".into(),
             format!("Invalid value: \"{group}\": should be a domain with at least one dot"),
@@ -204,7 +202,9 @@ pub fn prepare(catalog: &Catalog, old: Option<&Value>, crd: &mut Value) -> Resul
     if scope != "Namespaced" && scope != "Cluster" {
         causes.push((
             "spec.scope".into(),
-            format!("Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""),
+            format!(
+                "Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""
+            ),
         ));
     }
     if let Some(old) = old {
@@ -215,7 +215,10 @@ pub fn prepare(catalog: &Catalog, old: Option<&Value>, crd: &mut Value) -> Resul
             ));
         }
     }
-    match crd.pointer_mut("/spec/names").and_then(Value::as_object_mut) {
+    match crd
+        .pointer_mut("/spec/names")
+        .and_then(Value::as_object_mut)
+    {
         Some(names) => check_names(names, &mut causes),
         None => causes.push(("spec.names".into(), "Required value".into())),
     }

@@ -121,7 +121,12 @@ pub fn served_defs(crd: &Value) -> Vec<Def> {
     let names = &crd["status"]["acceptedNames"];
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let text = |v: &Value| v.as_str().unwrap_or("").to_string();

@@ -68,8 +68,14 @@ fn valid_definitions_are_established_with_their_names() {
     let defs = served_defs(&crd);
     assert_eq!(defs.len(), 1, "v1beta1 is not served");
     let d = &defs[0];
-    assert_eq!((d.group.as_str(), d.version.as_str()), ("example.com", "v1"));
-    assert_eq!((d.plural.as_str(), d.singular.as_str()), ("widgets", "widget"));
+    assert_eq!(
+        (d.group.as_str(), d.version.as_str()),
+        ("example.com", "v1")
+    );
+    assert_eq!(
+        (d.plural.as_str(), d.singular.as_str()),
+        ("widgets", "widget")
+    );
     assert!(d.namespaced);
     let c = d.custom.as_ref().expect("custom");
     assert!(c.status);
@@ -121,7 +127,10 @@ fn invalid_definitions_name_each_field() {
     let mut crd = widgets();
     crd["spec"]["scope"] = json!("Cluster");
     let m = causes(&prepare(&catalog, Some(&old), &mut crd).expect_err("immutable"));
-    assert!(m.contains("spec.scope: Invalid value: \"Cluster\": field is immutable"), "{m}");
+    assert!(
+        m.contains("spec.scope: Invalid value: \"Cluster\": field is immutable"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -203,13 +212,23 @@ fn unknown_fields_are_pruned_unless_preserved() {
         "spec": {"size": "small", "colour": "blue"}});
     let e = fields::validate(&def, &mut strict, FieldValidation::Strict).expect_err("strict");
     assert_eq!(e.code, 400);
-    assert!(e.message.contains("unknown field \"spec.colour\""), "{}", e.message);
+    assert!(
+        e.message.contains("unknown field \"spec.colour\""),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
 fn simple_json_paths_become_pointers() {
-    assert_eq!(json_path_pointer(".spec.replicas").as_deref(), Some("/spec/replicas"));
-    assert_eq!(json_path_pointer("{.status.a/b}").as_deref(), Some("/status/a~1b"));
+    assert_eq!(
+        json_path_pointer(".spec.replicas").as_deref(),
+        Some("/spec/replicas")
+    );
+    assert_eq!(
+        json_path_pointer("{.status.a/b}").as_deref(),
+        Some("/status/a~1b")
+    );
     assert_eq!(json_path_pointer(".spec.items[0].name"), None);
     assert_eq!(json_path_pointer("spec"), None);
     assert_eq!(json_path_pointer("."), None);

@@ -39,8 +39,9 @@ pub fn close_objects(schema: &mut Value) {
         if let Some(Value::Object(p)) = m.get_mut("properties") {
             p.entry("apiVersion").or_insert(json!({"type": "string"}));
             p.entry("kind").or_insert(json!({"type": "string"}));
-            p.entry("metadata")
-                .or_insert(json!({"$ref": crate::api::openapi::schema::Schemas::object_meta_ref()}));
+            p.entry("metadata").or_insert(
+                json!({"$ref": crate::api::openapi::schema::Schemas::object_meta_ref()}),
+            );
         }
     }
     if let Some(Value::Object(p)) = m.get_mut("properties") {
@@ -65,37 +66,35 @@ pub fn check_structural(schema: &Value, path: &str, causes: &mut Causes) {
             || flag(s, "x-kubernetes-int-or-string")
             || flag(s, "x-kubernetes-preserve-unknown-fields")
     };
+    let mut children: Vec<(String, &Value, &str)> = Vec::new();
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, child) in props {
-            let at = format!("{path}.properties[{name}]");
-            if !typed(child) {
-                causes.push((
-                    format!("{at}.type"),
-                    "Required value: must not be empty for specified object fields".into(),
-                ));
-            }
-            check_structural(child, &at, causes);
+            children.push((
+                format!("{path}.properties[{name}]"),
+                child,
+                "must not be empty for specified object fields",
+            ));
         }
     }
     if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
-        let at = format!("{path}.items");
-        if !typed(items) {
-            causes.push((
-                format!("{at}.type"),
-                "Required value: must not be empty for specified array items".into(),
-            ));
-        }
-        check_structural(items, &at, causes);
+        children.push((
+            format!("{path}.items"),
+            items,
+            "must not be empty for specified array items",
+        ));
     }
     if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-        let at = format!("{path}.additionalProperties");
-        if !typed(ap) {
-            causes.push((
-                format!("{at}.type"),
-                "Required value: must not be empty if additionalProperties or properties are specified".into(),
-            ));
+        children.push((
+            format!("{path}.additionalProperties"),
+            ap,
+            "must not be empty if additionalProperties or properties are specified",
+        ));
+    }
+    for (at, child, why) in children {
+        if !typed(child) {
+            causes.push((format!("{at}.type"), format!("Required value: {why}")));
         }
-        check_structural(ap, &at, causes);
+        check_structural(child, &at, causes);
     }
 }
 
@@ -120,14 +119,7 @@ pub fn check(def: &ResourceDef, custom: &CustomVersion, obj: &mut Value) -> Resu
             }
         }
     }
-    if causes.is_empty() {
-        return Ok(());
-    }
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    Err(ApiError::invalid(&def.kind, &def.group, name, causes))
+    ApiError::unless_invalid(&def.kind, &def.group, obj, causes)
 }
 
 /// The type a JSON value has, in OpenAPI's words.
@@ -176,7 +168,9 @@ fn walk(schema: &Value, v: &mut Value, path: &str, causes: &mut Causes) {
         let actual = type_of(v);
         causes.push((
             path.to_string(),
-            format!("Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""),
+            format!(
+                "Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""
+            ),
         ));
         return;
     }
@@ -223,7 +217,10 @@ fn check_bounds(schema: &Value, v: &Value, path: &str, causes: &mut Causes) {
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
             causes.push((
                 path.to_string(),
-                format!("Unsupported value: {v}: supported values: {}", list.join(", ")),
+                format!(
+                    "Unsupported value: {v}: supported values: {}",
+                    list.join(", ")
+                ),
             ));
         }
     }
@@ -231,7 +228,11 @@ fn check_bounds(schema: &Value, v: &Value, path: &str, causes: &mut Causes) {
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
             let exclusive = flag(schema, "exclusiveMinimum");
             if n < min || (exclusive && n == min) {
-                let than = if exclusive { "greater than" } else { "greater than or equal to" };
+                let than = if exclusive {
+                    "greater than"
+                } else {
+                    "greater than or equal to"
+                };
                 causes.push((
                     path.to_string(),
                     format!("Invalid value: {v}: {path} in body should be {than} {min}"),
@@ -241,7 +242,11 @@ fn check_bounds(schema: &Value, v: &Value, path: &str, causes: &mut Causes) {
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
             let exclusive = flag(schema, "exclusiveMaximum");
             if n > max || (exclusive && n == max) {
-                let than = if exclusive { "less than" } else { "less than or equal to" };
+                let than = if exclusive {
+                    "less than"
+                } else {
+                    "less than or equal to"
+                };
                 causes.push((
                     path.to_string(),
                     format!("Invalid value: {v}: {path} in body should be {than} {max}"),
@@ -255,13 +260,19 @@ fn check_bounds(schema: &Value, v: &Value, path: &str, causes: &mut Causes) {
         if bound("minLength").is_some_and(|m| len < m) {
             causes.push((
                 path.to_string(),
-                format!("Invalid value: {v}: {path} in body should be at least {} chars long", bound("minLength").unwrap_or(0)),
+                format!(
+                    "Invalid value: {v}: {path} in body should be at least {} chars long",
+                    bound("minLength").unwrap_or(0)
+                ),
             ));
         }
         if bound("maxLength").is_some_and(|m| len > m) {
             causes.push((
                 path.to_string(),
-                format!("Too long: may not be more than {} bytes", bound("maxLength").unwrap_or(0)),
+                format!(
+                    "Too long: may not be more than {} bytes",
+                    bound("maxLength").unwrap_or(0)
+                ),
             ));
         }
     }
@@ -270,13 +281,19 @@ fn check_bounds(schema: &Value, v: &Value, path: &str, causes: &mut Causes) {
         if bound("minItems").is_some_and(|m| len < m) {
             causes.push((
                 path.to_string(),
-                format!("Invalid value: {len}: {path} in body should have at least {} items", bound("minItems").unwrap_or(0)),
+                format!(
+                    "Invalid value: {len}: {path} in body should have at least {} items",
+                    bound("minItems").unwrap_or(0)
+                ),
             ));
         }
         if bound("maxItems").is_some_and(|m| len > m) {
             causes.push((
                 path.to_string(),
-                format!("Too many: {len}: must have at most {} items", bound("maxItems").unwrap_or(0)),
+                format!(
+                    "Too many: {len}: must have at most {} items",
+                    bound("maxItems").unwrap_or(0)
+                ),
             ));
         }
     }

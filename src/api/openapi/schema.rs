@@ -185,7 +185,9 @@ impl<'a> Node<'a> {
             return match props.get(name) {
                 Some(p) => Some(self.at(Some(p))),
                 // Custom resources keep unknown fields where their schema says so.
-                None if s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {
+                None if s.get("x-kubernetes-preserve-unknown-fields")
+                    == Some(&Value::Bool(true)) =>
+                {
                     Some(self.at(None))
                 }
                 None => None,
