@@ -94,10 +94,14 @@ pub(crate) fn age(obj: &Value) -> String {
 }
 
 /// How long ago the time at `pointer` was, as kubectl prints ages.
-pub(crate) fn since(obj: &Value, pointer: &str) -> String {
-    obj.pointer(pointer)
-        .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+fn since(obj: &Value, pointer: &str) -> String {
+    since_time(obj.pointer(pointer).and_then(Value::as_str).unwrap_or(""))
+}
+
+/// How long ago the RFC 3339 time `t` was, as kubectl prints ages.
+pub(crate) fn since_time(t: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
         .map(|t| human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()))
         .unwrap_or_else(|| "<unknown>".into())
 }

@@ -40,6 +40,9 @@ spec:
     - name: Replicas
       type: integer
       jsonPath: .spec.replicas
+    - name: Ready
+      type: string
+      jsonPath: .status.conditions[?(@.type=="Ready")].status
     schema:
       openAPIV3Schema:
         type: object
@@ -63,6 +66,15 @@ spec:
             properties:
               replicas:
                 type: integer
+              conditions:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    type:
+                      type: string
+                    status:
+                      type: string
 ---
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -218,6 +230,27 @@ fn round_trip(server: &Server, v: &str) {
     patched("merge", r#"{"status":{"replicas":9}}"#);
     let w = get_json(server, &["get", "widget", "w1", "-o", "json"]);
     assert!(w["status"]["replicas"].is_null(), "{w}");
+    // … the status subresource does, and the printer columns show it.
+    server.ok(
+        v,
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"replicas":2,"conditions":[{"type":"Issuing","status":"False"},{"type":"Ready","status":"True"}]}}"#,
+        ],
+    );
+    let table = server.ok(v, &["get", "widget", "w1"]);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(1..4), Some(&["large", "2", "True"][..]), "{table}");
     assert_eq!(w["spec"]["size"], "large");
     assert_eq!(w["metadata"]["generation"], 3, "{w}");
     // Scale.

@@ -171,11 +171,11 @@ fn check_versions(spec: &Value, causes: &mut Causes) {
                     "Required value".into(),
                 ));
             }
-            if super::json_path_pointer(p).is_none() {
+            if super::JsonPath::parse(p).is_none() {
                 causes.push((
                     at(&format!("additionalPrinterColumns[{j}].jsonPath")),
                     format!(
-                        "Invalid value: \"{p}\": pikube supports simple field paths (.a.b) only"
+                        "Invalid value: \"{p}\": pikube supports fields, indexes, [*] and [?(@.field==\"value\")] only"
                     ),
                 ));
             }

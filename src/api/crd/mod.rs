@@ -18,10 +18,12 @@ use super::rest::{self, ListOptions, Target};
 use super::status::ApiError;
 
 mod definition;
+mod jsonpath;
 pub mod printer;
 mod values;
 
 pub use definition::prepare;
+pub use jsonpath::JsonPath;
 pub use values::check as check_values;
 
 /// The group of CustomResourceDefinitions.
@@ -45,8 +47,8 @@ pub struct PrinterColumn {
     pub name: String,
     /// OpenAPI type (`string`, `integer`, `date`, …).
     pub type_: String,
-    /// JSON pointer of the value (from a simple `.a.b` jsonPath).
-    pub pointer: String,
+    /// Where the value is (`jsonPath`).
+    pub path: JsonPath,
     /// 0: always shown; more: with `-o wide`.
     pub priority: i64,
 }
@@ -70,21 +72,7 @@ pub struct CustomVersion {
 
 /// `.spec.replicas` → `/spec/replicas`; None for anything but simple field paths.
 pub fn json_path_pointer(path: &str) -> Option<String> {
-    let path = path.trim();
-    let path = path
-        .strip_prefix("{")
-        .and_then(|p| p.strip_suffix("}"))
-        .unwrap_or(path);
-    let rest = path.strip_prefix('.')?;
-    let mut out = String::new();
-    for seg in rest.split('.') {
-        if seg.is_empty() || seg.contains(['[', ']', '*', '@', '?', '(', ' ']) {
-            return None;
-        }
-        out.push('/');
-        out.push_str(&seg.replace('~', "~0").replace('/', "~1"));
-    }
-    Some(out)
+    JsonPath::parse(path)?.pointer()
 }
 
 /// The completed schema of a version: the definition's `openAPIV3Schema` with
@@ -159,7 +147,7 @@ pub fn served_defs(crd: &Value) -> Vec<Def> {
                 Some(PrinterColumn {
                     name: c["name"].as_str()?.to_string(),
                     type_: c["type"].as_str().unwrap_or("string").to_string(),
-                    pointer: pointer(&c["jsonPath"])?,
+                    path: JsonPath::parse(c["jsonPath"].as_str()?)?,
                     priority: c["priority"].as_i64().unwrap_or(0),
                 })
             })

@@ -5,12 +5,12 @@
 use serde_json::{json, Value};
 
 use super::CustomVersion;
-use crate::api::table::{age, column, since};
-
-const CREATED: &str = "/metadata/creationTimestamp";
+use crate::api::table::{age, column, since_time};
 
 fn shows_age(c: &CustomVersion) -> bool {
-    !c.columns.iter().any(|col| col.pointer == CREATED)
+    !c.columns
+        .iter()
+        .any(|col| col.path.pointer().as_deref() == Some("/metadata/creationTimestamp"))
 }
 
 /// The column definitions.
@@ -31,9 +31,10 @@ pub fn columns(c: &CustomVersion) -> Vec<Value> {
 pub fn cells(c: &CustomVersion, o: &Value) -> Vec<Value> {
     let mut out = vec![o.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
     for col in &c.columns {
-        out.push(match col.type_.as_str() {
-            "date" => json!(since(o, &col.pointer)),
-            _ => o.pointer(&col.pointer).cloned().unwrap_or(Value::Null),
+        let v = col.path.eval(o);
+        out.push(match (col.type_.as_str(), v.as_str()) {
+            ("date", Some(t)) => json!(since_time(t)),
+            _ => v,
         });
     }
     if shows_age(c) {

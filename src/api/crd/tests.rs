@@ -87,7 +87,7 @@ fn valid_definitions_are_established_with_their_names() {
             label_selector: None,
         })
     );
-    assert_eq!(c.columns[0].pointer, "/spec/size");
+    assert_eq!(c.columns[0].path.pointer().as_deref(), Some("/spec/size"));
     // Not established: nothing served.
     assert!(served_defs(&widgets()).is_empty());
 }
