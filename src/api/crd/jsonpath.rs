@@ -115,7 +115,9 @@ impl JsonPath {
                             }
                             match at {
                                 Some(Value::String(s)) => s == want,
-                                Some(other) => other.to_string() == *want,
+                                Some(other) => {
+                                    serde_json::from_str::<Value>(want).is_ok_and(|w| *other == w)
+                                }
                                 None => false,
                             }
                         }))
