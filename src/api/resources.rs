@@ -520,9 +520,14 @@ impl Catalog {
     /// Finds the resource served at `group/version/plural`.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Def> {
         lookup(group, version, plural).or_else(|| {
-            self.custom()
-                .into_iter()
+            let custom = match self.custom.read() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            custom
+                .iter()
                 .find(|d| d.group == group && d.version == version && d.plural == plural)
+                .cloned()
         })
     }
 
