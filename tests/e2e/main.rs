@@ -7,6 +7,7 @@ mod api;
 mod apply;
 mod cli;
 mod crd;
+mod crd_cert_manager;
 mod dns;
 mod events;
 mod ha;

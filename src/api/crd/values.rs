@@ -254,47 +254,37 @@ fn check_bounds(schema: &Value, v: &Value, path: &str, causes: &mut Causes) {
             }
         }
     }
-    let bound = |k: &str| schema.get(k).and_then(Value::as_u64);
-    if let Some(s) = v.as_str() {
-        let len = s.chars().count() as u64;
-        if bound("minLength").is_some_and(|m| len < m) {
-            causes.push((
-                path.to_string(),
-                format!(
-                    "Invalid value: {v}: {path} in body should be at least {} chars long",
-                    bound("minLength").unwrap_or(0)
-                ),
-            ));
+    // (length, its minimum, its maximum) of a string or a list, with the messages.
+    let sized = match v {
+        Value::String(s) => Some((s.chars().count() as u64, "minLength", "maxLength")),
+        Value::Array(a) => Some((a.len() as u64, "minItems", "maxItems")),
+        _ => None,
+    };
+    if let Some((len, min_key, max_key)) = sized {
+        let strings = v.is_string();
+        if let Some(min) = schema
+            .get(min_key)
+            .and_then(Value::as_u64)
+            .filter(|m| len < *m)
+        {
+            let message = if strings {
+                format!("Invalid value: {v}: {path} in body should be at least {min} chars long")
+            } else {
+                format!("Invalid value: {len}: {path} in body should have at least {min} items")
+            };
+            causes.push((path.to_string(), message));
         }
-        if bound("maxLength").is_some_and(|m| len > m) {
-            causes.push((
-                path.to_string(),
-                format!(
-                    "Too long: may not be more than {} bytes",
-                    bound("maxLength").unwrap_or(0)
-                ),
-            ));
-        }
-    }
-    if let Some(a) = v.as_array() {
-        let len = a.len() as u64;
-        if bound("minItems").is_some_and(|m| len < m) {
-            causes.push((
-                path.to_string(),
-                format!(
-                    "Invalid value: {len}: {path} in body should have at least {} items",
-                    bound("minItems").unwrap_or(0)
-                ),
-            ));
-        }
-        if bound("maxItems").is_some_and(|m| len > m) {
-            causes.push((
-                path.to_string(),
-                format!(
-                    "Too many: {len}: must have at most {} items",
-                    bound("maxItems").unwrap_or(0)
-                ),
-            ));
+        if let Some(max) = schema
+            .get(max_key)
+            .and_then(Value::as_u64)
+            .filter(|m| len > *m)
+        {
+            let message = if strings {
+                format!("Too long: may not be more than {max} bytes")
+            } else {
+                format!("Too many: {len}: must have at most {max} items")
+            };
+            causes.push((path.to_string(), message));
         }
     }
 }
