@@ -11,26 +11,9 @@ set -euo pipefail
 
 PIKUBE=${1:-${CARGO_TARGET_DIR:-target}/release/pikube}
 N=${2:-1000}
-DIR=$(mktemp -d /tmp/pikube-bench-crd.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-API_PORT=$(free_port)
-PID=
-
-cleanup() {
-	if [ -n "$PID" ]; then
-		kill "$PID" 2>/dev/null || true
-		while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
-	fi
-	rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-: >"$DIR/resolv.conf"
-"$PIKUBE" server --config /dev/null --disable-agent --bind-address 127.0.0.1 \
-	--https-listen-port "$API_PORT" --data-dir "$DIR/data" --write-kubeconfig "$DIR/kubeconfig" \
-	--dns-listen-address "127.0.0.1:$(free_port)" --resolv-conf "$DIR/resolv.conf" \
-	>"$DIR/server.log" 2>&1 &
-PID=$!
+# shellcheck source=common/server.sh
+. "$(dirname "$0")/common/server.sh"
+start_server "$PIKUBE" bench-crd
 k() { kubectl --kubeconfig "$DIR/kubeconfig" --cache-dir "$DIR/cache" "$@"; }
 until k get --raw /readyz >/dev/null 2>&1; do sleep 0.05; done
 
