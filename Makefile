@@ -141,6 +141,13 @@ images:
 bench-runtime:
 	$(CARGO) run --release -p pikube-runtime --example bench_runtime
 
+.PHONY: bench-crd
+
+## bench-crd: custom resources against ConfigMaps (definition to first object, creates, lists)
+bench-crd:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_crd.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
 .PHONY: bench-join
 
 ## bench-join: latency of a node's join request (first join, rejoin, refused claim of a taken name)

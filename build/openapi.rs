@@ -108,6 +108,9 @@ fn group_versions() -> Vec<GroupVersion> {
             .kind::<api::policy::v1::PodDisruptionBudget>("PodDisruptionBudget"),
         common(GroupVersion::new("autoscaling", "v2"))
             .kind::<api::autoscaling::v2::HorizontalPodAutoscaler>("HorizontalPodAutoscaler"),
+        common(GroupVersion::new("apiextensions.k8s.io", "v1")).kind::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >("CustomResourceDefinition"),
         common(GroupVersion::new("authorization.k8s.io", "v1"))
             .kind::<api::authorization::v1::SelfSubjectAccessReview>("SelfSubjectAccessReview")
             .kind::<api::authorization::v1::SelfSubjectRulesReview>("SelfSubjectRulesReview"),
@@ -294,12 +297,23 @@ fn list_schema(group: &str, version: &str, kind: &str, item: &str) -> Value {
     })
 }
 
-/// The same schema without descriptions (validation needs only the structure).
+/// The same schema without descriptions (validation needs only the structure); a
+/// field named `description` (JSONSchemaProps has one) stays.
 fn strip_descriptions(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            m.remove("description");
-            m.values_mut().for_each(strip_descriptions);
+            if m.get("description").is_some_and(Value::is_string) {
+                m.remove("description");
+            }
+            for (k, child) in m.iter_mut() {
+                if k == "properties" {
+                    if let Value::Object(props) = child {
+                        props.values_mut().for_each(strip_descriptions);
+                    }
+                } else {
+                    strip_descriptions(child);
+                }
+            }
         }
         Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
         _ => {}

@@ -240,6 +240,12 @@ pub async fn run(
     )
     .await?;
 
+    // Every server serves the custom resources (not only the store's leader).
+    if let Err(e) = api.load_definitions().await {
+        tracing::warn!(error = %e.message, "cannot read CustomResourceDefinitions");
+    }
+    let definitions = tokio::spawn(api.follow_definitions());
+
     let listen = SocketAddr::new(config.bind_address, config.https_listen_port);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -360,6 +366,7 @@ pub async fn run(
     )
     .await;
     let _ = stop_tx.send(true);
+    definitions.abort();
     if tokio::time::timeout(std::time::Duration::from_secs(15), async {
         while components.join_next().await.is_some() {}
     })

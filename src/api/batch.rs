@@ -299,14 +299,7 @@ pub fn prepare(kind: &str, old: Option<&Value>, obj: &mut Value) -> Result<(), A
         "CronJob" => prepare_cronjob(obj, &mut causes),
         _ => return Ok(()),
     }
-    if causes.is_empty() {
-        return Ok(());
-    }
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    Err(ApiError::invalid(kind, "batch", name, causes))
+    ApiError::unless_invalid(kind, "batch", obj, causes)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::resources::{self, ResourceDef};
+use super::resources::{Catalog, Def, ResourceDef};
 
 /// `/api`: the core group's versions.
 pub fn api_versions(server_address: &str) -> Value {
@@ -17,25 +17,70 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
+/// Kubernetes' version priority: GA before beta before alpha, higher numbers first,
+/// other names last in alphabetical order.
+fn version_rank(v: &str) -> (u8, i64, i64, String) {
+    let parse = || -> Option<(u8, i64, i64)> {
+        let rest = v.strip_prefix('v')?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let major: i64 = digits.parse().ok()?;
+        match &rest[digits.len()..] {
+            "" => Some((0, -major, 0)),
+            t => {
+                let (level, n) = if let Some(n) = t.strip_prefix("beta") {
+                    (1, n)
+                } else {
+                    (2, t.strip_prefix("alpha")?)
+                };
+                Some((level, -major, -n.parse::<i64>().ok()?))
+            }
+        }
+    };
+    match parse() {
+        Some((l, a, b)) => (l, a, b, String::new()),
+        None => (3, 0, 0, v.to_string()),
+    }
+}
+
+/// Every non-core group with its versions, the preferred one first.
+fn grouped(catalog: &Catalog) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (g, v) in catalog.groups() {
+        match out.iter_mut().find(|(x, _)| *x == g) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((g, vec![v])),
+        }
+    }
+    for (_, vs) in &mut out {
+        vs.sort_by_key(|v| version_rank(v));
+    }
+    out
+}
+
+fn group_entry(g: &str, versions: &[String]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    json!({"name": g, "versions": gvs, "preferredVersion": gvs.first()})
+}
+
 /// `/apis`: every non-core group with its versions.
-pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = resources::groups()
-        .into_iter()
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-        })
+pub fn api_group_list(catalog: &Catalog) -> Value {
+    let groups: Vec<Value> = grouped(catalog)
+        .iter()
+        .map(|(g, vs)| group_entry(g, vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/G`: one group.
-pub fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = resources::groups().into_iter().find(|(g, _)| *g == group)?;
-    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-    Some(
-        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv}),
-    )
+pub fn api_group(catalog: &Catalog, group: &str) -> Option<Value> {
+    let (g, vs) = grouped(catalog).into_iter().find(|(g, _)| g == group)?;
+    let mut doc = group_entry(&g, &vs);
+    doc["kind"] = json!("APIGroup");
+    doc["apiVersion"] = json!("v1");
+    Some(doc)
 }
 
 fn resource_entry(d: &ResourceDef) -> Value {
@@ -56,8 +101,10 @@ fn resource_entry(d: &ResourceDef) -> Value {
 }
 
 /// `/api/v1` or `/apis/G/V`: the resources of one group-version.
-pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = resources::served()
+pub fn api_resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<Def> = catalog
+        .all()
+        .into_iter()
         .filter(|d| d.group == group && d.version == version)
         .collect();
     if defs.is_empty() {
@@ -69,13 +116,14 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
         format!("{group}/{version}")
     };
     let mut list: Vec<Value> = Vec::new();
-    for d in defs {
+    for d in &defs {
+        let d: &ResourceDef = d;
         list.push(resource_entry(d));
         if super::objects::has_status(d) {
             list.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
                 "kind": d.kind, "verbs": ["get", "patch", "update"]}));
         }
-        if d.kind == "Pod" {
+        if d.is("", "Pod") {
             list.push(
                 json!({"name": "pods/binding", "singularName": "", "namespaced": true,
                 "kind": "Binding", "verbs": ["create"]}),
@@ -163,7 +211,7 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
         subresources.push(json!({"subresource": "status",
             "responseKind": {"group": d.group, "version": d.version, "kind": d.kind}, "verbs": ["get", "patch", "update"]}));
     }
-    if d.kind == "Pod" {
+    if d.is("", "Pod") {
         subresources.push(json!({"subresource": "binding",
             "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
         for (sub, kind, verbs) in POD_STREAMS {
@@ -199,19 +247,33 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
 }
 
 /// The aggregated discovery document of `/api` (`core`) or `/apis`.
-pub fn aggregated(core: bool, format: Aggregated) -> Value {
-    let groups: Vec<(&str, &str)> = if core {
-        vec![("", "v1")]
+pub fn aggregated(catalog: &Catalog, core: bool, format: Aggregated) -> Value {
+    let groups: Vec<(String, Vec<String>)> = if core {
+        vec![(String::new(), vec!["v1".to_string()])]
     } else {
-        resources::groups()
+        grouped(catalog)
     };
+    let all = catalog.all();
     let items: Vec<Value> = groups
         .into_iter()
-        .map(|(g, v)| {
-            let resources: Vec<Value> =
-                resources::served().filter(|d| d.group == g && d.version == v).map(aggregated_resource).collect();
-            let metadata = if g.is_empty() { json!({}) } else { json!({"name": g}) };
-            json!({"metadata": metadata, "versions": [{"version": v, "resources": resources, "freshness": "Current"}]})
+        .map(|(g, vs)| {
+            let versions: Vec<Value> = vs
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = all
+                        .iter()
+                        .filter(|d| d.group == g && d.version == *v)
+                        .map(|d| aggregated_resource(d))
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            let metadata = if g.is_empty() {
+                json!({})
+            } else {
+                json!({"name": g})
+            };
+            json!({"metadata": metadata, "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": format.api_version(), "metadata": {}, "items": items})
@@ -223,7 +285,8 @@ mod tests {
 
     #[test]
     fn documents_list_what_the_catalogue_serves() {
-        let core = api_resource_list("", "v1").unwrap();
+        let catalog = Catalog::default();
+        let core = api_resource_list(&catalog, "", "v1").unwrap();
         let pods = core["resources"]
             .as_array()
             .unwrap()
@@ -233,7 +296,7 @@ mod tests {
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert_eq!(pods["namespaced"], json!(true));
         assert_eq!(pods["categories"], json!(["all"]));
-        let apps = api_resource_list("apps", "v1").unwrap();
+        let apps = api_resource_list(&catalog, "apps", "v1").unwrap();
         let scale = apps["resources"]
             .as_array()
             .unwrap()
@@ -242,12 +305,12 @@ mod tests {
             .unwrap();
         assert_eq!(scale["kind"], "Scale");
         assert_eq!(scale["group"], "autoscaling");
-        assert!(api_resource_list("nope", "v1").is_none());
+        assert!(api_resource_list(&catalog, "nope", "v1").is_none());
         let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
         assert_eq!(negotiate_aggregated(accept), Some(Aggregated::V2));
         assert_eq!(negotiate_aggregated("application/json"), None);
         assert_eq!(negotiate_aggregated("application/json, application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"), None);
-        let agg = aggregated(false, Aggregated::V2);
+        let agg = aggregated(&catalog, false, Aggregated::V2);
         let apps = agg["items"]
             .as_array()
             .unwrap()
@@ -263,18 +326,21 @@ mod tests {
         assert_eq!(deploy["scope"], "Namespaced");
         assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
         assert_eq!(
-            aggregated(true, Aggregated::V2Beta1)["items"][0]["versions"][0]["version"],
+            aggregated(&catalog, true, Aggregated::V2Beta1)["items"][0]["versions"][0]["version"],
             "v1"
         );
-        let groups = api_group_list();
+        let groups = api_group_list(&catalog);
         assert!(groups["groups"]
             .as_array()
             .unwrap()
             .iter()
             .any(|g| g["name"] == "apps"));
         assert_eq!(
-            api_group("batch").unwrap()["preferredVersion"]["groupVersion"],
+            api_group(&catalog, "batch").unwrap()["preferredVersion"]["groupVersion"],
             "batch/v1"
         );
+        let mut vs = vec!["v1alpha1", "v2", "v1beta2", "v1", "v1beta1", "foo"];
+        vs.sort_by_key(|v| version_rank(v));
+        assert_eq!(vs, ["v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]);
     }
 }

@@ -48,7 +48,7 @@ pub fn validate(
     mode: FieldValidation,
     before: Option<&Value>,
 ) -> Result<Vec<String>, ApiError> {
-    let Some(root) = Schemas::builtin().kind(&def.api_version(), def.kind) else {
+    let Some(root) = Schemas::of_def(def) else {
         return Ok(Vec::new());
     };
     let cannot = |why: String| {
@@ -58,13 +58,16 @@ pub fn validate(
             version = def.version,
         ))
     };
+    // Custom resources' values are checked against their schema by `crd` (422s, as
+    // kube-apiserver's schema validation answers), not as Go's decoder would.
     let mut walk = Walk {
         path: String::new(),
         go_path: String::new(),
         unknown: Vec::new(),
         wrong: None,
+        types: def.custom.is_none(),
     };
-    walk.value(root, def.kind, obj);
+    walk.value(root, &def.kind, obj);
     if let Some(why) = walk.wrong {
         return Err(cannot(why));
     }
@@ -74,8 +77,9 @@ pub fn validate(
             go_path: String::new(),
             unknown: Vec::new(),
             wrong: None,
+            types: false,
         };
-        old.value(root, def.kind, &mut before.clone());
+        old.value(root, &def.kind, &mut before.clone());
         walk.unknown.retain(|p| !old.unknown.contains(p));
     }
     if walk.unknown.is_empty() {
@@ -105,6 +109,8 @@ struct Walk {
     go_path: String,
     unknown: Vec<String>,
     wrong: Option<String>,
+    /// Whether values are type-checked.
+    types: bool,
 }
 
 /// The JSON type of `v` as Go's decoder names it in errors.
@@ -141,7 +147,7 @@ fn go_type(node: &Node<'_>, expect: Expect<'_>) -> String {
 
 impl Walk {
     fn value(&mut self, node: Node<'_>, parent: &str, v: &mut Value) {
-        if self.wrong.is_none() {
+        if self.types && self.wrong.is_none() {
             self.check_type(&node, parent, v);
         }
         match v {
@@ -238,7 +244,7 @@ mod tests {
     use crate::api::resources;
     use serde_json::json;
 
-    fn deployments() -> &'static ResourceDef {
+    fn deployments() -> resources::Def {
         resources::lookup("apps", "v1", "deployments").expect("deployments")
     }
 
@@ -258,7 +264,7 @@ mod tests {
     fn unknown_fields_are_named_like_kube_apiserver_names_them() {
         let mut obj = with_unknowns();
         let warnings =
-            validate(deployments(), &mut obj, FieldValidation::Warn, None).expect("warn");
+            validate(&deployments(), &mut obj, FieldValidation::Warn, None).expect("warn");
         assert_eq!(
             warnings,
             [
@@ -283,14 +289,14 @@ mod tests {
     fn strict_refuses_and_ignore_drops_silently() {
         let mut obj = with_unknowns();
         let err =
-            validate(deployments(), &mut obj, FieldValidation::Strict, None).expect_err("strict");
+            validate(&deployments(), &mut obj, FieldValidation::Strict, None).expect_err("strict");
         assert_eq!(err.code, 400);
         assert!(err.message.starts_with(
             "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"bogus\", "
         ), "{}", err.message);
         let mut obj = with_unknowns();
         assert!(
-            validate(deployments(), &mut obj, FieldValidation::Ignore, None)
+            validate(&deployments(), &mut obj, FieldValidation::Ignore, None)
                 .expect("ignore")
                 .is_empty()
         );
@@ -298,7 +304,7 @@ mod tests {
         let mut clean =
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}});
         assert!(
-            validate(deployments(), &mut clean, FieldValidation::Strict, None)
+            validate(&deployments(), &mut clean, FieldValidation::Strict, None)
                 .expect("clean")
                 .is_empty()
         );
@@ -309,7 +315,7 @@ mod tests {
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"replicas": "two"}});
         let err =
-            validate(deployments(), &mut obj, FieldValidation::Ignore, None).expect_err("type");
+            validate(&deployments(), &mut obj, FieldValidation::Ignore, None).expect_err("type");
         assert_eq!(err.code, 400);
         assert_eq!(
             err.message,
@@ -317,11 +323,13 @@ mod tests {
         );
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"template": {"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 1.5}]}]}}}});
-        let err = validate(deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
+        let err =
+            validate(&deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
         assert!(err.message.ends_with("json: cannot unmarshal number 1.5 into Go struct field ContainerPort.spec.template.spec.containers.ports.containerPort of type int32"), "{}", err.message);
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"template": {"spec": {"containers": {"name": "a"}}}}});
-        let err = validate(deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
+        let err =
+            validate(&deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
         assert!(
             err.message.ends_with("of type []v1.Container"),
             "{}",
@@ -331,17 +339,17 @@ mod tests {
         let mut ok = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": null},
             "spec": {"strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
                 "template": {"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": 0.5, "memory": "1Gi"}}}]}}}});
-        assert!(validate(deployments(), &mut ok, FieldValidation::Strict, None).is_ok());
+        assert!(validate(&deployments(), &mut ok, FieldValidation::Strict, None).is_ok());
         let secrets = resources::lookup("", "v1", "secrets").expect("secrets");
         let mut bad = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "no!"}});
-        let err = validate(secrets, &mut bad, FieldValidation::Warn, None).expect_err("base64");
+        let err = validate(&secrets, &mut bad, FieldValidation::Warn, None).expect_err("base64");
         assert!(
             err.message.ends_with("illegal base64 data at input byte 2"),
             "{}",
             err.message
         );
         let mut time = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "creationTimestamp": "yesterday"}});
-        assert!(validate(secrets, &mut time, FieldValidation::Warn, None).is_err());
+        assert!(validate(&secrets, &mut time, FieldValidation::Warn, None).is_err());
     }
 
     #[test]
@@ -351,7 +359,7 @@ mod tests {
         let mut obj = before.clone();
         obj["spec"]["paused"] = json!(true);
         let w = validate(
-            deployments(),
+            &deployments(),
             &mut obj,
             FieldValidation::Strict,
             Some(&before),
@@ -360,7 +368,7 @@ mod tests {
         assert!(w.is_empty());
         obj["spec"]["pausd"] = json!(true);
         assert!(validate(
-            deployments(),
+            &deployments(),
             &mut obj,
             FieldValidation::Strict,
             Some(&before)

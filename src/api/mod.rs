@@ -3,6 +3,7 @@
 
 pub mod authn;
 pub mod batch;
+pub mod crd;
 pub mod discovery;
 pub mod fields;
 #[cfg(test)]

@@ -32,7 +32,10 @@ const STATUS_KINDS: &[&str] = &[
 
 /// Whether the kind has a status subresource.
 pub fn has_status(def: &ResourceDef) -> bool {
-    STATUS_KINDS.contains(&def.kind)
+    match &def.custom {
+        Some(c) => c.status,
+        None => STATUS_KINDS.contains(&def.kind.as_str()),
+    }
 }
 
 /// Decodes a JSON, YAML or Kubernetes protobuf request body into an object.
@@ -156,7 +159,7 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 
 /// Checks an object's name for its resource; `Err` lists the causes for a 422.
 pub fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
-    let label = matches!(def.kind, "Namespace" | "Service");
+    let label = def.custom.is_none() && matches!(def.kind.as_str(), "Namespace" | "Service");
     let ok = if label {
         is_dns1123_label(name)
     } else {
@@ -171,8 +174,8 @@ pub fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
     };
     Err(ApiError::invalid(
-        def.kind,
-        def.group,
+        &def.kind,
+        &def.group,
         name,
         vec![(
             "metadata.name".into(),
@@ -212,6 +215,17 @@ pub fn from_stored(bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
     Ok(o)
 }
 
+/// A stored object of `def`, read: custom resources are stored in the version that
+/// wrote them and served in every version of their definition (conversion `None`: only
+/// `apiVersion` changes).
+pub fn read_stored(def: &ResourceDef, bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
+    let mut o = from_stored(bytes, revision)?;
+    if def.custom.is_some() && o.is_object() {
+        o["apiVersion"] = json!(def.api_version());
+    }
+    Ok(o)
+}
+
 /// Parses a resourceVersion sent by a client.
 pub fn parse_rv(rv: &str) -> Result<i64, ApiError> {
     rv.parse::<i64>()
@@ -232,7 +246,7 @@ mod tests {
         assert!(!is_dns1123_label("-a"));
         assert!(is_dns1123_subdomain("a.b-c"));
         assert!(!is_dns1123_subdomain("a..b"));
-        let cm = lookup("", "v1", "configmaps").unwrap();
+        let cm = &lookup("", "v1", "configmaps").unwrap();
         assert_eq!(validate_name(cm, "Bad_Name").unwrap_err().code, 422);
         let g = generate_name("web-");
         assert!(g.starts_with("web-") && g.len() == 9);

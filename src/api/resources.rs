@@ -1,32 +1,44 @@
 //! The catalogue of served resources: the built-in kinds, with the names, scopes and
-//! short names that kubectl resolves (`po`, `deploy`, …).
+//! short names that kubectl resolves (`po`, `deploy`, …), and the custom resources of
+//! established CustomResourceDefinitions ([`Catalog`]), which change while serving.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use super::crd::CustomVersion;
 
 /// One served resource.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ResourceDef {
     /// API group; "" for the core group.
-    pub group: &'static str,
+    pub group: String,
     /// API version.
-    pub version: &'static str,
+    pub version: String,
     /// Kind of its objects.
-    pub kind: &'static str,
+    pub kind: String,
     /// Plural resource name used in URLs.
-    pub plural: &'static str,
+    pub plural: String,
     /// Singular name.
-    pub singular: &'static str,
+    pub singular: String,
     /// Whether objects live in a namespace.
     pub namespaced: bool,
     /// kubectl short names.
-    pub short_names: &'static [&'static str],
+    pub short_names: Vec<String>,
     /// Categories (`all` decides what `kubectl get all` shows).
-    pub categories: &'static [&'static str],
+    pub categories: Vec<String>,
+    /// What a CustomResourceDefinition says of this version (schema, subresources,
+    /// printer columns); None for built-in kinds.
+    pub custom: Option<Arc<CustomVersion>>,
 }
+
+/// A served resource, shared: built-in ones live as long as the process, custom ones as
+/// long as their definition is served or a request still uses them.
+pub type Def = Arc<ResourceDef>;
 
 impl ResourceDef {
     /// `group/version`, or `version` for the core group.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
-            self.version.to_string()
+            self.version.clone()
         } else {
             format!("{}/{}", self.group, self.version)
         }
@@ -37,12 +49,13 @@ impl ResourceDef {
         format!("{}List", self.kind)
     }
 
-    /// The storage prefix of all objects of this resource (ends with `/`).
+    /// The storage prefix of all objects of this resource (ends with `/`); the same for
+    /// every version of a resource.
     pub fn storage_prefix(&self) -> String {
         let group = if self.group.is_empty() {
             "core"
         } else {
-            self.group
+            &self.group
         };
         format!("/registry/{group}/{}/", self.plural)
     }
@@ -57,7 +70,15 @@ impl ResourceDef {
 
     /// Whether this is a create-only review resource, answered and never stored.
     pub fn is_review(&self) -> bool {
-        REVIEWS.contains(self)
+        self.custom.is_none()
+            && REVIEWS_TABLE
+                .iter()
+                .any(|r| r.group == self.group && r.plural == self.plural)
+    }
+
+    /// Whether this is `kind` of the built-in group `group`.
+    pub fn is(&self, group: &str, kind: &str) -> bool {
+        self.custom.is_none() && self.group == group && self.kind == kind
     }
 
     /// Verbs served for this resource.
@@ -78,12 +99,41 @@ impl ResourceDef {
     }
 }
 
+/// A row of the built-in table.
+struct Builtin {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+}
+
+impl Builtin {
+    fn def(&self) -> Def {
+        let strings = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+        Arc::new(ResourceDef {
+            group: self.group.into(),
+            version: self.version.into(),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+            singular: self.singular.into(),
+            namespaced: self.namespaced,
+            short_names: strings(self.short_names),
+            categories: strings(self.categories),
+            custom: None,
+        })
+    }
+}
+
 const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
 
 macro_rules! def {
     ($g:expr, $v:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr, $short:expr, $cat:expr) => {
-        ResourceDef {
+        Builtin {
             group: $g,
             version: $v,
             kind: $kind,
@@ -96,8 +146,8 @@ macro_rules! def {
     };
 }
 
-/// Every built-in resource pikube serves.
-pub static BUILTIN: &[ResourceDef] = &[
+/// Every built-in resource pikube serves (see [`builtin`]).
+static BUILTIN_TABLE: &[Builtin] = &[
     def!(
         "",
         "v1",
@@ -373,11 +423,21 @@ pub static BUILTIN: &[ResourceDef] = &[
         &["hpa"],
         ALL
     ),
+    def!(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd", "crds"],
+        NONE
+    ),
 ];
 
 /// The review resources (`kubectl auth can-i [--list]`, `kubectl auth whoami`): served by
-/// `reviews.rs`, not stored, so not among the [`BUILTIN`] kinds controllers watch.
-pub const REVIEWS: &[ResourceDef] = &[
+/// `reviews.rs`, not stored, so not among the [`builtin`] kinds controllers watch.
+const REVIEWS_TABLE: &[Builtin] = &[
     def!(
         "authorization.k8s.io",
         "v1",
@@ -420,25 +480,99 @@ pub const REVIEWS: &[ResourceDef] = &[
     ),
 ];
 
-/// Every served resource: the stored kinds and the reviews.
-pub fn served() -> impl Iterator<Item = &'static ResourceDef> {
-    BUILTIN.iter().chain(REVIEWS)
+/// Every stored built-in resource (built once).
+pub fn builtin() -> &'static [Def] {
+    static DEFS: OnceLock<Vec<Def>> = OnceLock::new();
+    DEFS.get_or_init(|| BUILTIN_TABLE.iter().map(Builtin::def).collect())
 }
 
-/// Finds the resource served at `group/version/plural`.
-pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    served().find(|d| d.group == group && d.version == version && d.plural == plural)
+/// The review resources.
+pub fn reviews() -> &'static [Def] {
+    static DEFS: OnceLock<Vec<Def>> = OnceLock::new();
+    DEFS.get_or_init(|| REVIEWS_TABLE.iter().map(Builtin::def).collect())
 }
 
-/// The API groups (other than core) with their versions, in a stable order.
-pub fn groups() -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for d in served().filter(|d| !d.group.is_empty()) {
-        if !out.contains(&(d.group, d.version)) {
-            out.push((d.group, d.version));
+/// Every built-in served resource: the stored kinds and the reviews.
+pub fn served() -> impl Iterator<Item = &'static Def> {
+    builtin().iter().chain(reviews())
+}
+
+/// Finds the built-in resource served at `group/version/plural`.
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<Def> {
+    served()
+        .find(|d| d.group == group && d.version == version && d.plural == plural)
+        .cloned()
+}
+
+/// The resources served now: the built-in ones and the custom resources of established
+/// CustomResourceDefinitions. Cheap to clone (shared); every API server keeps its own
+/// current from a watch of the definitions (`crd::follow`), so each of an HA cluster's
+/// servers serves them.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    custom: Arc<RwLock<Vec<Def>>>,
+}
+
+impl Catalog {
+    /// The custom resources served now.
+    pub fn custom(&self) -> Vec<Def> {
+        match self.custom.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
-    out
+
+    /// Every served resource, built-in first.
+    pub fn all(&self) -> Vec<Def> {
+        served().cloned().chain(self.custom()).collect()
+    }
+
+    /// Finds the resource served at `group/version/plural`.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Def> {
+        lookup(group, version, plural).or_else(|| {
+            let custom = match self.custom.read() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            custom
+                .iter()
+                .find(|d| d.group == group && d.version == version && d.plural == plural)
+                .cloned()
+        })
+    }
+
+    /// Serves `defs` as the versions of the definition named `crd` (replacing what it
+    /// served before; empty: stops serving it).
+    pub fn set(&self, crd: &str, defs: Vec<Def>) {
+        let mut c = match self.custom.write() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        c.retain(|d| d.custom.as_ref().is_some_and(|x| x.crd != crd));
+        c.extend(defs);
+    }
+
+    /// Serves exactly `defs` as the custom resources (after a full list of the
+    /// definitions).
+    pub fn reset(&self, defs: Vec<Def>) {
+        let mut c = match self.custom.write() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        *c = defs;
+    }
+
+    /// The API groups (other than core) with their versions, built-in ones first, in a
+    /// stable order.
+    pub fn groups(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for d in self.all().iter().filter(|d| !d.group.is_empty()) {
+            if !out.iter().any(|(g, v)| *g == d.group && *v == d.version) {
+                out.push((d.group.clone(), d.version.clone()));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -462,11 +596,13 @@ mod tests {
             "apps/v1"
         );
         assert!(lookup("apps", "v2", "deployments").is_none());
-        assert!(groups().contains(&("batch", "v1")));
+        assert!(Catalog::default()
+            .groups()
+            .contains(&("batch".into(), "v1".into())));
         // Plurals are unique within a group.
-        for a in BUILTIN {
+        for a in builtin() {
             assert_eq!(
-                BUILTIN
+                builtin()
                     .iter()
                     .filter(|b| b.group == a.group && b.plural == a.plural)
                     .count(),

@@ -55,7 +55,7 @@ pub fn user_info(identity: &Identity) -> Value {
 /// Answers a POST of a review object `body` (already decoded) for `identity`.
 pub fn create(def: &ResourceDef, identity: &Identity, mut body: Value) -> Result<Value, ApiError> {
     objects::check_type(def, &mut body)?;
-    let status = match def.kind {
+    let status = match def.kind.as_str() {
         "SelfSubjectAccessReview" => access_review(def, identity, &body)?,
         "SelfSubjectRulesReview" => rules(identity),
         "SelfSubjectReview" => json!({ "userInfo": user_info(identity) }),
@@ -79,8 +79,8 @@ fn access_review(def: &ResourceDef, identity: &Identity, body: &Value) -> Result
         (Some(a), None) | (None, Some(a)) => a,
         _ => {
             return Err(ApiError::invalid(
-                def.kind,
-                def.group,
+                &def.kind,
+                &def.group,
                 "",
                 vec![(
                     "spec.resourceAttributes".into(),
@@ -105,7 +105,7 @@ mod tests {
             groups: vec!["system:masters".into()],
             ..Default::default()
         };
-        let ssar = lookup("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap();
+        let ssar = &lookup("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap();
         let out = create(
             ssar,
             &admin,
@@ -116,11 +116,11 @@ mod tests {
         assert_eq!(out["kind"], "SelfSubjectAccessReview");
         let err = create(ssar, &admin, json!({"spec": {}})).unwrap_err();
         assert_eq!(err.code, 422);
-        let rules = lookup("authorization.k8s.io", "v1", "selfsubjectrulesreviews").unwrap();
+        let rules = &lookup("authorization.k8s.io", "v1", "selfsubjectrulesreviews").unwrap();
         let out = create(rules, &admin, json!({"spec": {"namespace": "default"}})).unwrap();
         assert_eq!(out["status"]["resourceRules"][0]["verbs"], json!(["*"]));
         assert_eq!(out["spec"]["namespace"], "default");
-        let ssr = lookup("authentication.k8s.io", "v1", "selfsubjectreviews").unwrap();
+        let ssr = &lookup("authentication.k8s.io", "v1", "selfsubjectreviews").unwrap();
         let out = create(ssr, &admin, json!({})).unwrap();
         assert_eq!(
             out["status"]["userInfo"],

@@ -58,6 +58,7 @@ impl ApiServer {
                 store,
                 services: Arc::new(services),
                 allocating: Arc::default(),
+                catalog: resources::Catalog::default(),
             },
             server_address,
             node_tls: None,
@@ -98,6 +99,42 @@ impl ApiServer {
     /// The write path shared by every verb.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The resources this server serves now.
+    pub fn catalog(&self) -> &resources::Catalog {
+        &self.registry.catalog
+    }
+
+    /// Keeps the served custom resources current with the stored
+    /// CustomResourceDefinitions (every API server of a cluster runs this); ends when
+    /// the store shuts down.
+    pub fn follow_definitions(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        super::crd::follow(self.registry.store.clone(), self.registry.catalog.clone())
+    }
+
+    /// After a write of a CustomResourceDefinition through this server: serve what it
+    /// defines now (`obj`; None once removed), before the watch of [`Self::follow_definitions`]
+    /// reports it.
+    fn settle(&self, target: &Target, dry_run: bool, obj: Option<&Value>) {
+        if dry_run || !super::crd::is_definitions(&target.def) {
+            return;
+        }
+        let name = obj
+            .and_then(|o| o.pointer("/metadata/name"))
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or_else(|| target.name.clone())
+            .unwrap_or_default();
+        super::crd::install(&self.registry.catalog, &name, obj);
+    }
+
+    /// Serves the custom resources of the stored definitions (before the first request;
+    /// [`Self::follow_definitions`] keeps them current).
+    pub async fn load_definitions(&self) -> Result<(), ApiError> {
+        super::crd::load(&self.registry.store, &self.registry.catalog)
+            .await
+            .map(|_| ())
     }
 
     /// The axum router serving the whole API; requests must carry an [`Identity`].
@@ -142,7 +179,7 @@ enum Route {
     Resource(Target),
 }
 
-fn parse_path(path: &str) -> Result<Route, ApiError> {
+fn parse_path(catalog: &resources::Catalog, path: &str) -> Result<Route, ApiError> {
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -169,7 +206,9 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
     if rest.len() > 3 {
         return Err(ApiError::no_route(path));
     }
-    let def = resources::lookup(group, version, rest[0]).ok_or_else(|| ApiError::no_route(path))?;
+    let def = catalog
+        .lookup(group, version, rest[0])
+        .ok_or_else(|| ApiError::no_route(path))?;
     let name = rest.get(1).map(|s| s.to_string());
     let subresource = rest.get(2).map(|s| s.to_string());
     if namespace.is_some() && !def.namespaced {
@@ -180,11 +219,10 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
     }
     if let Some(sub) = &subresource {
         let served = match sub.as_str() {
-            "status" => objects::has_status(def),
-            "scale" => rest::has_scale(def),
-            "binding" => def.kind == "Pod",
-            "token" => def.kind == "ServiceAccount" && def.group.is_empty(),
-            "log" | "exec" | "attach" | "portforward" => def.kind == "Pod",
+            "status" => objects::has_status(&def),
+            "scale" => rest::has_scale(&def),
+            "binding" | "log" | "exec" | "attach" | "portforward" => def.is("", "Pod"),
+            "token" => def.is("", "ServiceAccount"),
             _ => false,
         };
         if !served {
@@ -261,6 +299,23 @@ fn is_apply(headers: &axum::http::HeaderMap) -> bool {
         })
 }
 
+/// The patch type of a PATCH on `def`; custom resources take no strategic merge patch
+/// (they have no merge facts), as kube-apiserver refuses it.
+fn patch_kind_for(
+    def: &resources::ResourceDef,
+    headers: &axum::http::HeaderMap,
+) -> Result<PatchKind, ApiError> {
+    match patch_kind(headers)? {
+        PatchKind::Strategic if def.custom.is_some() => Err(ApiError::unsupported_media_type(
+            "application/strategic-merge-patch+json",
+        )
+        .with_message(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        )),
+        kind => Ok(kind),
+    }
+}
+
 fn patch_kind(headers: &axum::http::HeaderMap) -> Result<PatchKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -281,7 +336,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let q = query_map(&req)?;
-    let route = parse_path(&path)?;
+    let route = parse_path(api.catalog(), &path)?;
     if let Route::Resource(t) = &route {
         if super::pod_streams::is_stream(t) {
             return super::pod_streams::handle(&api, t.clone(), req).await;
@@ -296,7 +351,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if let Some(format) = discovery::negotiate_aggregated(accept) {
-                let doc = discovery::aggregated(core, format);
+                let doc = discovery::aggregated(api.catalog(), core, format);
                 return Ok((
                     [(header::CONTENT_TYPE, format.content_type())],
                     doc.to_string(),
@@ -306,17 +361,17 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             let doc = if core {
                 discovery::api_versions(&api.server_address)
             } else {
-                discovery::api_group_list()
+                discovery::api_group_list(api.catalog())
             };
             return Ok(Json(doc).into_response());
         }
         Route::Group(g) => {
-            return discovery::api_group(&g)
+            return discovery::api_group(api.catalog(), &g)
                 .map(|v| Json(v).into_response())
                 .ok_or_else(|| ApiError::no_route(&path))
         }
         Route::ResourceList(g, v) => {
-            return discovery::api_resource_list(&g, &v)
+            return discovery::api_resource_list(api.catalog(), &g, &v)
                 .map(|v| Json(v).into_response())
                 .ok_or_else(|| ApiError::no_route(&path))
         }
@@ -363,10 +418,10 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::method_not_allowed(&what));
         }
         let obj = objects::decode_body(&headers, &body)?;
-        let review = if target.def.kind == "TokenReview" {
-            super::authn::token_review(api.authenticator.as_deref(), target.def, obj).await?
+        let review = if target.def.is("authentication.k8s.io", "TokenReview") {
+            super::authn::token_review(api.authenticator.as_deref(), &target.def, obj).await?
         } else {
-            super::reviews::create(target.def, &identity, obj)?
+            super::reviews::create(&target.def, &identity, obj)?
         };
         return Ok(json_response(StatusCode::CREATED, &review));
     }
@@ -405,7 +460,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                 )
             }
             Method::PATCH => {
-                let kind = patch_kind(&headers)?;
+                let kind = patch_kind_for(&target.def, &headers)?;
                 Ok(Json(
                     rest::update_scale(&reg, &target, &name, Some((kind, &body)), None, write?)
                         .await?,
@@ -425,7 +480,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                         .cloned()
                         .unwrap_or(Value::Null);
                     Ok(Json(table::to_table(
-                        target.def,
+                        &target.def,
                         &[obj],
                         include,
                         json!({"resourceVersion": rv}),
@@ -465,7 +520,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                 Some(include) => {
                     let items = list["items"].as_array().cloned().unwrap_or_default();
                     let meta = list.get("metadata").cloned().unwrap_or(json!({}));
-                    Ok(Json(table::to_table(target.def, &items, include, meta)).into_response())
+                    Ok(Json(table::to_table(&target.def, &items, include, meta)).into_response())
                 }
                 None => Ok(Json(list).into_response()),
             }
@@ -473,11 +528,13 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
         (&Method::POST, None) => {
             let obj = objects::decode_body(&headers, &body)?;
             let created = rest::create(&reg, &target, obj, write?).await?;
+            api.settle(&target, dry_run, Some(&created.object));
             Ok(written(StatusCode::CREATED, created))
         }
         (&Method::PUT, Some(name)) => {
             let obj = objects::decode_body(&headers, &body)?;
             let updated = rest::update(&reg, &target, &name, obj, write?).await?;
+            api.settle(&target, dry_run, Some(&updated.object));
             Ok(written(StatusCode::OK, updated))
         }
         (&Method::PATCH, Some(name)) if is_apply(&headers) => {
@@ -490,11 +547,13 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             } else {
                 StatusCode::OK
             };
+            api.settle(&target, dry_run, Some(&applied.object));
             Ok(written(code, applied))
         }
         (&Method::PATCH, Some(name)) => {
-            let kind = patch_kind(&headers)?;
+            let kind = patch_kind_for(&target.def, &headers)?;
             let patched = rest::patch(&reg, &target, &name, kind, &body, write?).await?;
+            api.settle(&target, dry_run, Some(&patched.object));
             Ok(written(StatusCode::OK, patched))
         }
         (&Method::DELETE, name) => {
@@ -514,6 +573,8 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             match name {
                 Some(name) => {
                     let obj = rest::delete(&reg, &target, &name, &opts, dry).await?;
+                    let remains = obj.pointer("/metadata/deletionTimestamp").is_some();
+                    api.settle(&target, dry, remains.then_some(&obj));
                     // Still there (finalizers pending): the object; removed: a Success
                     // Status, as kube-apiserver answers for immediate deletions.
                     if obj.pointer("/metadata/deletionTimestamp").is_some() {
@@ -552,45 +613,61 @@ mod tests {
 
     #[test]
     fn paths_resolve_like_kube_apiserver() {
-        let t = |p: &str| match parse_path(p) {
-            Ok(Route::Resource(t)) => (t.def.plural, t.namespace, t.name, t.subresource),
+        let catalog = resources::Catalog::default();
+        let t = |p: &str| match parse_path(&catalog, p) {
+            Ok(Route::Resource(t)) => {
+                (t.def.plural.to_string(), t.namespace, t.name, t.subresource)
+            }
             _ => panic!("{p} did not resolve to a resource"),
         };
-        assert_eq!(t("/api/v1/namespaces"), ("namespaces", None, None, None));
+        assert_eq!(
+            t("/api/v1/namespaces"),
+            ("namespaces".to_string(), None, None, None)
+        );
         assert_eq!(
             t("/api/v1/namespaces/default"),
-            ("namespaces", None, Some("default".into()), None)
+            ("namespaces".to_string(), None, Some("default".into()), None)
         );
         assert_eq!(
             t("/api/v1/namespaces/x/status"),
-            ("namespaces", None, Some("x".into()), Some("status".into()))
+            (
+                "namespaces".to_string(),
+                None,
+                Some("x".into()),
+                Some("status".into())
+            )
         );
         assert_eq!(
             t("/api/v1/namespaces/d/configmaps"),
-            ("configmaps", Some("d".into()), None, None)
+            ("configmaps".to_string(), Some("d".into()), None, None)
         );
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/status"),
             (
-                "pods",
+                "pods".to_string(),
                 Some("d".into()),
                 Some("p".into()),
                 Some("status".into())
             )
         );
-        assert_eq!(t("/api/v1/pods"), ("pods", None, None, None));
+        assert_eq!(t("/api/v1/pods"), ("pods".to_string(), None, None, None));
         assert_eq!(
             t("/apis/apps/v1/namespaces/d/deployments/x"),
-            ("deployments", Some("d".into()), Some("x".into()), None)
+            (
+                "deployments".to_string(),
+                Some("d".into()),
+                Some("x".into()),
+                None
+            )
         );
         assert_eq!(
             t("/api/v1/nodes/n1"),
-            ("nodes", None, Some("n1".into()), None)
+            ("nodes".to_string(), None, Some("n1".into()), None)
         );
         assert_eq!(
             t("/apis/apps/v1/namespaces/d/deployments/x/scale"),
             (
-                "deployments",
+                "deployments".to_string(),
                 Some("d".into()),
                 Some("x".into()),
                 Some("scale".into())
@@ -599,7 +676,7 @@ mod tests {
         assert_eq!(
             t("/api/v1/namespaces/d/pods/p/exec"),
             (
-                "pods",
+                "pods".to_string(),
                 Some("d".into()),
                 Some("p".into()),
                 Some("exec".into())
@@ -615,7 +692,7 @@ mod tests {
             "/api/v1/namespaces/d/configmaps/c/status",
             "/api/v1/namespaces/d/pods/p/status/x",
         ] {
-            assert!(parse_path(bad).is_err(), "{bad}");
+            assert!(parse_path(&catalog, bad).is_err(), "{bad}");
         }
     }
 }

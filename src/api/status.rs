@@ -120,6 +120,24 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"))
     }
 
+    /// Ok when `causes` is empty, else [`ApiError::invalid`] for `obj` (named by its
+    /// `metadata.name`).
+    pub fn unless_invalid(
+        kind: &str,
+        group: &str,
+        obj: &Value,
+        causes: Vec<(String, String)>,
+    ) -> Result<(), Self> {
+        if causes.is_empty() {
+            return Ok(());
+        }
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Err(Self::invalid(kind, group, name, causes))
+    }
+
     /// 422 Invalid with field causes `(field, message)`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<(String, String)>) -> Self {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();

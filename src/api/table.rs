@@ -89,15 +89,19 @@ pub fn human_duration(seconds: i64) -> String {
     format!("{}y", h / 24 / 365)
 }
 
-fn age(obj: &Value) -> String {
+pub(crate) fn age(obj: &Value) -> String {
     since(obj, "/metadata/creationTimestamp")
 }
 
 /// How long ago the time at `pointer` was, as kubectl prints ages.
 fn since(obj: &Value, pointer: &str) -> String {
-    obj.pointer(pointer)
-        .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    since_time(obj.pointer(pointer).and_then(Value::as_str).unwrap_or(""))
+}
+
+/// How long ago the RFC 3339 time `t` was, as kubectl prints ages.
+pub(crate) fn since_time(t: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
         .map(|t| human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()))
         .unwrap_or_else(|| "<unknown>".into())
 }
@@ -237,14 +241,14 @@ fn pod_status(pod: &Value) -> String {
     reason
 }
 
-type Column = (&'static str, &'static str, i32);
+type Column = (&'static str, &'static str, i64);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
-    if def.kind == "Event" {
+    if def.is("", "Event") {
         return EVENT_COLUMNS.to_vec();
     }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
-    cols.extend(match def.kind {
+    cols.extend(match def.kind.as_str() {
         "Namespace" => vec![("Status", "string", 0)],
         "ConfigMap" => vec![("Data", "integer", 0)],
         "Secret" => vec![("Type", "string", 0), ("Data", "integer", 0)],
@@ -296,7 +300,7 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
         _ => vec![],
     });
     cols.push(("Age", "string", 0));
-    cols.extend(match def.kind {
+    cols.extend(match def.kind.as_str() {
         "Pod" => vec![
             ("IP", "string", 1),
             ("Node", "string", 1),
@@ -317,12 +321,12 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
 }
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
-    if def.kind == "Event" {
+    if def.is("", "Event") {
         return event_cells(o);
     }
     let name = json!(s(o, "/metadata/name"));
     let age = json!(age(o));
-    match def.kind {
+    match def.kind.as_str() {
         "Namespace" => vec![name, json!(s(o, "/status/phase")), age],
         "ConfigMap" => vec![
             name,
@@ -393,7 +397,7 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
                 json!(or_none(selector(o, "/spec/selector"))),
             ]
         }
-        "Job" | "CronJob" => batch_cells(def.kind, o, name, age),
+        "Job" | "CronJob" => batch_cells(&def.kind, o, name, age),
         "Deployment" | "ReplicaSet" => {
             let wide = [
                 json!(containers(o, "/spec/template/spec/containers", "name")),
@@ -610,9 +614,24 @@ fn batch_cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
     row
 }
 
+/// One column definition.
+pub(crate) fn column(name: &str, ty: &str, priority: i64) -> Value {
+    let mut c =
+        json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
+    if name == "Name" {
+        c["format"] = json!("name");
+        c["description"] = json!("Name must be unique within a namespace.");
+    }
+    c
+}
+
 /// One table row for `obj`.
 fn row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
-    let mut r = json!({"cells": cells(def, obj)});
+    let cells = match &def.custom {
+        Some(c) => super::crd::printer::cells(c, obj),
+        None => cells(def, obj),
+    };
+    let mut r = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
         IncludeObject::Metadata => {
@@ -634,17 +653,13 @@ pub fn to_table(
     include: IncludeObject,
     list_metadata: Value,
 ) -> Value {
-    let column_definitions: Vec<Value> = columns(def)
-        .into_iter()
-        .map(|(name, ty, priority)| {
-            let mut c = json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
-            if name == "Name" {
-                c["format"] = json!("name");
-                c["description"] = json!("Name must be unique within a namespace.");
-            }
-            c
-        })
-        .collect();
+    let column_definitions: Vec<Value> = match &def.custom {
+        Some(c) => super::crd::printer::columns(c),
+        None => columns(def)
+            .into_iter()
+            .map(|(name, ty, priority)| column(name, ty, priority))
+            .collect(),
+    };
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -693,7 +708,7 @@ mod tests {
             "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 3, "numberReady": 2,
                 "updatedNumberScheduled": 1, "numberAvailable": 2}});
         let t = to_table(
-            lookup("apps", "v1", "daemonsets").unwrap(),
+            &lookup("apps", "v1", "daemonsets").unwrap(),
             &[ds],
             IncludeObject::None,
             json!({}),
@@ -717,7 +732,7 @@ mod tests {
         let sts = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3},
             "status": {"readyReplicas": 2}});
         let t = to_table(
-            lookup("apps", "v1", "statefulsets").unwrap(),
+            &lookup("apps", "v1", "statefulsets").unwrap(),
             &[sts],
             IncludeObject::None,
             json!({}),
@@ -726,7 +741,7 @@ mod tests {
         let rev = json!({"metadata": {"name": "web-abc", "ownerReferences": [{"apiVersion": "apps/v1",
             "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true}]}, "revision": 2});
         let t = to_table(
-            lookup("apps", "v1", "controllerrevisions").unwrap(),
+            &lookup("apps", "v1", "controllerrevisions").unwrap(),
             &[rev],
             IncludeObject::None,
             json!({}),
@@ -748,7 +763,7 @@ mod tests {
             ]}
         });
         let t = to_table(
-            lookup("", "v1", "pods").unwrap(),
+            &lookup("", "v1", "pods").unwrap(),
             &[pod],
             IncludeObject::Metadata,
             json!({}),
@@ -763,7 +778,7 @@ mod tests {
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "web"}}});
         let t = to_table(
-            lookup("", "v1", "services").unwrap(),
+            &lookup("", "v1", "services").unwrap(),
             &[svc],
             IncludeObject::None,
             json!({}),

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use pikube_raft::{EventKind, Store, WatchRequest};
 use serde_json::{json, Value};
 
-use super::objects::from_stored;
-use super::resources::ResourceDef;
+use super::objects::read_stored;
+use super::resources::Def;
 use super::rest::{self, ListOptions, Target};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
@@ -24,9 +24,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 /// How objects are written into events.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Encoding {
-    def: &'static ResourceDef,
+    def: Def,
     table: Option<IncludeObject>,
 }
 
@@ -39,7 +39,7 @@ impl Encoding {
                     .cloned()
                     .unwrap_or(Value::Null);
                 let t = table::to_table(
-                    self.def,
+                    &self.def,
                     std::slice::from_ref(object),
                     include,
                     json!({"resourceVersion": rv}),
@@ -78,7 +78,7 @@ pub async fn watch(
     params: WatchParams,
 ) -> Result<impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send, ApiError> {
     let enc = Encoding {
-        def: target.def,
+        def: target.def.clone(),
         table: params.table,
     };
     let mut initial: Vec<Bytes> = Vec::new();
@@ -142,7 +142,7 @@ pub async fn watch(
                         {
                             None
                         } else {
-                            translate(&ev, &opts, enc)
+                            translate(&ev, &opts, &enc)
                         }
                     }
                 };
@@ -153,7 +153,7 @@ pub async fn watch(
     };
     let timeout = params.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = params.bookmarks;
-    let kind = target.def.kind;
+    let kind = target.def.kind.clone();
     let api_version = target.def.api_version();
     let store_for_bookmarks = store.clone();
     let ticks = futures::stream::unfold((), move |()| async move {
@@ -175,11 +175,11 @@ pub async fn watch(
 
 /// Turns a store event into a watch event for a client with selectors: an object that
 /// stops matching is DELETED for it, one that starts matching is ADDED.
-fn translate(ev: &pikube_raft::Event, opts: &ListOptions, enc: Encoding) -> Option<Bytes> {
+fn translate(ev: &pikube_raft::Event, opts: &ListOptions, enc: &Encoding) -> Option<Bytes> {
     let prev = ev
         .prev_kv
         .as_ref()
-        .and_then(|p| from_stored(&p.value, p.mod_revision).ok());
+        .and_then(|p| read_stored(&enc.def, &p.value, p.mod_revision).ok());
     match ev.kind {
         EventKind::Delete => {
             let mut obj = prev?;
@@ -190,7 +190,7 @@ fn translate(ev: &pikube_raft::Event, opts: &ListOptions, enc: Encoding) -> Opti
             opts.matches(&obj).then(|| enc.event("DELETED", &obj))
         }
         EventKind::Put => {
-            let obj = from_stored(&ev.kv.value, ev.kv.mod_revision).ok()?;
+            let obj = read_stored(&enc.def, &ev.kv.value, ev.kv.mod_revision).ok()?;
             let now = opts.matches(&obj);
             let before = prev.as_ref().map(|p| opts.matches(p)).unwrap_or(false);
             match (before, now) {

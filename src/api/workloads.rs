@@ -13,7 +13,7 @@ use crate::controllers::pods::selector_matches;
 
 /// Defaults and checks `obj` (a new object when `old` is None).
 pub fn prepare(def: &ResourceDef, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {
-    if def.group != "apps" || !matches!(def.kind, "DaemonSet" | "StatefulSet") {
+    if !def.is("apps", "DaemonSet") && !def.is("apps", "StatefulSet") {
         return Ok(());
     }
     if obj.get("spec").is_some_and(|s| !s.is_object()) {
@@ -28,12 +28,12 @@ pub fn prepare(def: &ResourceDef, old: Option<&Value>, obj: &mut Value) -> Resul
     } else {
         default_statefulset(spec);
     }
-    let causes = check(def.kind, old, obj);
+    let causes = check(&def.kind, old, obj);
     if causes.is_empty() {
         Ok(())
     } else {
         let name = meta_str(obj, "name").unwrap_or("");
-        Err(ApiError::invalid(def.kind, def.group, name, causes))
+        Err(ApiError::invalid(&def.kind, &def.group, name, causes))
     }
 }
 
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn defaults_are_those_of_kube_apiserver() {
-        let ds = lookup("apps", "v1", "daemonsets").expect("ds");
+        let ds = &lookup("apps", "v1", "daemonsets").expect("ds");
         let mut o = obj(json!({"selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "b"}}}}));
         prepare(ds, None, &mut o).expect("valid");
@@ -222,7 +222,7 @@ mod tests {
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
         );
         assert_eq!(o["spec"]["revisionHistoryLimit"], 10);
-        let sts = lookup("apps", "v1", "statefulsets").expect("sts");
+        let sts = &lookup("apps", "v1", "statefulsets").expect("sts");
         let mut o = obj(json!({"selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "b"}}},
             "updateStrategy": {"type": "OnDelete"}}));
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_422() {
-        let sts = lookup("apps", "v1", "statefulsets").expect("sts");
+        let sts = &lookup("apps", "v1", "statefulsets").expect("sts");
         let mut o = obj(json!({"selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "c"}}}, "podManagementPolicy": "Whenever"}));
         let e = prepare(sts, None, &mut o).expect_err("invalid").to_status();

@@ -14,7 +14,7 @@ use pikube_raft::{RangeRequest, WatchRequest};
 use serde_json::{json, Value};
 
 use crate::api::objects::meta_str;
-use crate::api::resources::{self, ResourceDef};
+use crate::api::resources::Def;
 use crate::api::rest::{self, PatchKind, Registry, Target};
 use crate::api::status::ApiError;
 
@@ -29,7 +29,7 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 const RESYNC: Duration = Duration::from_secs(30);
 
 struct Obj {
-    def: &'static ResourceDef,
+    def: Def,
     namespace: Option<String>,
     name: String,
     value: Value,
@@ -38,7 +38,7 @@ struct Obj {
 impl Obj {
     fn target(&self) -> Target {
         Target {
-            def: self.def,
+            def: self.def.clone(),
             namespace: self.namespace.clone(),
             name: Some(self.name.clone()),
             subresource: None,
@@ -119,7 +119,7 @@ async fn load(reg: &Registry) -> Result<Vec<Obj>, ApiError> {
     let rev = reg.store.current_revision();
     let mut seen = HashSet::new();
     let mut all = Vec::new();
-    for def in resources::BUILTIN {
+    for def in reg.catalog.all().into_iter().filter(|d| !d.is_review()) {
         let prefix = def.storage_prefix();
         if !seen.insert(prefix.clone()) {
             continue;
@@ -136,7 +136,7 @@ async fn load(reg: &Registry) -> Result<Vec<Obj>, ApiError> {
                 continue;
             };
             all.push(Obj {
-                def,
+                def: def.clone(),
                 namespace: meta_str(&value, "namespace").map(String::from),
                 name,
                 value,

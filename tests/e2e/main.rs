@@ -6,6 +6,8 @@ mod agent;
 mod api;
 mod apply;
 mod cli;
+mod crd;
+mod crd_cert_manager;
 mod dns;
 mod events;
 mod ha;

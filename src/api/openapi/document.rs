@@ -64,7 +64,7 @@ fn group_version_id(def: &ResourceDef) -> String {
         def.group.trim_end_matches(".k8s.io")
     };
     let mut out = String::new();
-    for part in group.split('.').chain([def.version]) {
+    for part in group.split('.').chain([def.version.as_str()]) {
         let mut chars = part.chars();
         if let Some(first) = chars.next() {
             out.extend(first.to_uppercase());
@@ -125,7 +125,8 @@ fn list_params() -> Vec<Value> {
     .collect()
 }
 
-fn schema_ref(name: &str) -> Value {
+/// A reference to the schema `name` of the same document.
+pub(super) fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
@@ -169,9 +170,26 @@ const PATCH_TYPES: &[&str] = &[
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
 ];
+/// Custom resources take no strategic merge patch, but server-side apply.
+const CUSTOM_PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/apply-patch+yaml",
+];
 const BODY_TYPES: &[&str] = &["application/json", "application/yaml"];
 
-fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef) {
+/// The schema name of objects of `def` in its document.
+fn schema_name(def: &ResourceDef) -> Option<String> {
+    match &def.custom {
+        Some(_) => Some(super::custom::schema_name(def)),
+        None => Schemas::builtin()
+            .schema_name(&def.api_version(), &def.kind)
+            .map(String::from),
+    }
+}
+
+/// Adds the operations on `def`'s objects (and their subresources) to `paths`.
+pub(super) fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef) {
     let prefix = if def.group.is_empty() {
         format!("/api/{}", def.version)
     } else {
@@ -179,11 +197,11 @@ fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef) {
     };
     let gv_id = group_version_id(def);
     let scope = if def.namespaced { "Namespaced" } else { "" };
-    let kind = def.kind;
-    let Some(name) = Schemas::builtin().schema_name(&def.api_version(), kind) else {
+    let kind = def.kind.as_str();
+    let Some(name) = schema_name(def) else {
         return;
     };
-    let object = schema_ref(name);
+    let object = schema_ref(&name);
     let list = schema_ref(&format!("{name}List"));
     let gvk = json!({"group": def.group, "kind": kind, "version": def.version});
     let collection = if def.namespaced {
@@ -262,7 +280,12 @@ fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef) {
             }
         }
         put.body = Some((BODY_TYPES, put.response.clone()));
-        patch.body = Some((PATCH_TYPES, json!({"type": "object"})));
+        let patch_types = if def.custom.is_some() {
+            CUSTOM_PATCH_TYPES
+        } else {
+            PATCH_TYPES
+        };
+        patch.body = Some((patch_types, json!({"type": "object"})));
         let mut item = json!({
             "get": get.to_json(),
             "put": put.to_json(),
@@ -306,7 +329,7 @@ mod tests {
                 );
             }
             // kubectl looks for a PATCH operation of each kind that takes fieldValidation.
-            for def in resources::BUILTIN.iter().filter(|d| {
+            for def in resources::builtin().iter().filter(|d| {
                 path == if d.group.is_empty() {
                     format!("api/{}", d.version)
                 } else {

@@ -7,6 +7,7 @@
 //! merge facts of the vendored `.proto` files (`build/openapi.rs`); [`schema`] is their
 //! structure, which field validation and strategic merge patch walk.
 
+mod custom;
 mod document;
 pub mod schema;
 mod v2;
@@ -17,14 +18,14 @@ mod generated {
 
 use std::sync::OnceLock;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::status::ApiError;
-use super::Identity;
+use super::{ApiServer, Identity};
 
 /// Upper-case hex SHA-256 of `bytes`: the hashes and ETags of the documents.
 fn hash(bytes: &[u8]) -> String {
@@ -55,16 +56,35 @@ fn hashes() -> &'static [(&'static str, String)] {
     })
 }
 
+/// The custom resource documents served now, with their hashes (built per request:
+/// definitions change while serving).
+fn custom_documents(api: &ApiServer) -> Vec<(String, String, String)> {
+    custom::paths(api.catalog())
+        .into_iter()
+        .filter_map(|p| {
+            let doc = custom::build(api.catalog(), &p)?;
+            let h = hash(doc.as_bytes());
+            Some((p, h, doc))
+        })
+        .collect()
+}
+
 /// `GET /openapi/v3`: where each group-version's document is.
-pub async fn index(req: Request) -> Response {
+pub async fn index(State(api): State<ApiServer>, req: Request) -> Response {
     if req.extensions().get::<Identity>().is_none() {
         return ApiError::unauthorized().into_response();
     }
+    let custom: Vec<(String, String)> = custom_documents(&api)
+        .into_iter()
+        .map(|(p, h, _)| (p, h))
+        .collect();
     let paths: Map<String, Value> = hashes()
         .iter()
+        .map(|(p, h)| (p.to_string(), h.clone()))
+        .chain(custom)
         .map(|(p, h)| {
             (
-                p.to_string(),
+                p.clone(),
                 json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={h}")}),
             )
         })
@@ -77,7 +97,7 @@ pub async fn index(req: Request) -> Response {
 }
 
 /// `GET /openapi/v3/<path>`: one document; immutable when asked for by its hash.
-pub async fn group_version(req: Request) -> Response {
+pub async fn group_version(State(api): State<ApiServer>, req: Request) -> Response {
     if req.extensions().get::<Identity>().is_none() {
         return ApiError::unauthorized().into_response();
     }
@@ -87,9 +107,14 @@ pub async fn group_version(req: Request) -> Response {
         .trim_start_matches("/openapi/v3/")
         .trim_end_matches('/')
         .to_string();
-    let Some((_, hash)) = hashes().iter().find(|(p, _)| *p == path) else {
-        return ApiError::no_route(req.uri().path()).into_response();
+    let (hash, custom_doc) = match hashes().iter().find(|(p, _)| *p == path) {
+        Some((_, h)) => (h.clone(), None),
+        None => match custom::build(api.catalog(), &path) {
+            Some(doc) => (hash(doc.as_bytes()), Some(doc)),
+            None => return ApiError::no_route(req.uri().path()).into_response(),
+        },
     };
+    let hash = &hash;
     let asked = req
         .uri()
         .query()
@@ -116,7 +141,7 @@ pub async fn group_version(req: Request) -> Response {
         )
             .into_response();
     }
-    match document::build(&path) {
+    match custom_doc.or_else(|| document::build(&path)) {
         Some(doc) => (
             [
                 (header::CONTENT_TYPE, "application/json".to_string()),

@@ -15,6 +15,8 @@ static STRUCTURE: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi/structu
 pub struct Schemas {
     schemas: Map<String, Value>,
     kinds: Map<String, Value>,
+    /// Where references not found here resolve (custom resources' `metadata`).
+    base: Option<&'static Schemas>,
 }
 
 /// How a list field merges under a strategic merge patch.
@@ -85,6 +87,7 @@ impl Schemas {
                     Some(Value::Object(k)) => k,
                     _ => Map::new(),
                 },
+                base: None,
             },
             _ => {
                 tracing::error!("the built-in OpenAPI structure does not parse");
@@ -93,15 +96,45 @@ impl Schemas {
         })
     }
 
+    /// The schema of one custom resource kind (a CustomResourceDefinition version's
+    /// `openAPIV3Schema`, already completed with `apiVersion`, `kind` and a `metadata`
+    /// reference to [`Schemas::object_meta_ref`]); references resolve in the built-in
+    /// schemas.
+    pub fn custom(api_version: &str, kind: &str, schema: Value) -> Schemas {
+        let name = format!("{api_version}/{kind}");
+        let mut schemas = Map::new();
+        schemas.insert(name.clone(), schema);
+        let mut kinds = Map::new();
+        kinds.insert(name.clone(), Value::String(name));
+        Schemas {
+            schemas,
+            kinds,
+            base: Some(Schemas::builtin()),
+        }
+    }
+
+    /// The `$ref` of ObjectMeta, for the `metadata` of custom resources.
+    pub fn object_meta_ref() -> &'static str {
+        "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    }
+
+    /// The schema of objects of `def`: a custom resource's own, or the built-in one.
+    pub fn of_def(def: &ResourceDef) -> Option<Node<'_>> {
+        match &def.custom {
+            Some(c) => c.schemas.kind(&def.api_version(), &def.kind),
+            None => Schemas::builtin().kind(&def.api_version(), &def.kind),
+        }
+    }
+
     /// The name of the schema of `kind` in `api_version` (`v1`, `apps/v1`), if built in.
     pub fn schema_name(&self, api_version: &str, kind: &str) -> Option<&str> {
         self.kinds.get(&format!("{api_version}/{kind}"))?.as_str()
     }
 
     /// The schema of objects of `def`, free-form when it has none.
-    pub fn of(&self, def: &ResourceDef) -> Node<'_> {
-        self.kind(&def.api_version(), def.kind).unwrap_or(Node {
-            schemas: self,
+    pub fn of(def: &ResourceDef) -> Node<'_> {
+        Schemas::of_def(def).unwrap_or(Node {
+            schemas: Schemas::builtin(),
             schema: None,
         })
     }
@@ -120,10 +153,11 @@ impl Schemas {
     fn resolve<'a>(&'a self, mut s: &'a Value) -> &'a Value {
         for _ in 0..8 {
             if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-                match r
-                    .strip_prefix("#/components/schemas/")
-                    .and_then(|n| self.schemas.get(n))
-                {
+                match r.strip_prefix("#/components/schemas/").and_then(|n| {
+                    self.schemas
+                        .get(n)
+                        .or_else(|| self.base.and_then(|b| b.schemas.get(n)))
+                }) {
                     Some(next) => s = next,
                     None => return s,
                 }
@@ -202,7 +236,16 @@ impl<'a> Node<'a> {
             return Some(*self);
         };
         if let Some(props) = s.get("properties").and_then(Value::as_object) {
-            return props.get(name).map(|p| self.at(Some(p)));
+            return match props.get(name) {
+                Some(p) => Some(self.at(Some(p))),
+                // Custom resources keep unknown fields where their schema says so.
+                None if s.get("x-kubernetes-preserve-unknown-fields")
+                    == Some(&Value::Bool(true)) =>
+                {
+                    Some(self.at(None))
+                }
+                None => None,
+            };
         }
         match s.get("additionalProperties") {
             Some(ap @ Value::Object(_)) => Some(self.at(Some(ap))),
@@ -338,7 +381,7 @@ mod tests {
         let s = Schemas::builtin();
         for def in crate::api::resources::served() {
             assert!(
-                s.kind(&def.api_version(), def.kind).is_some(),
+                s.kind(&def.api_version(), &def.kind).is_some(),
                 "no schema for {}/{}",
                 def.api_version(),
                 def.kind

@@ -13,8 +13,8 @@ pub async fn delete(
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     let store = &reg.store;
-    let def = target.def;
-    if def.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
+    let def = &target.def;
+    if def.is("", "Namespace") && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(format!(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
         )));
@@ -28,7 +28,7 @@ pub async fn delete(
         let mut current = from_stored(&kv.value, kv.mod_revision)?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
             if meta_str(&current, "uid") != Some(uid) {
-                return Err(ApiError::conflict(def.plural, def.group, name));
+                return Err(ApiError::conflict(&def.plural, &def.group, name));
             }
         }
         if let Some(rv) = opts
@@ -36,7 +36,7 @@ pub async fn delete(
             .and_then(Value::as_str)
         {
             if objects::parse_rv(rv)? != kv.mod_revision {
-                return Err(ApiError::conflict(def.plural, def.group, name));
+                return Err(ApiError::conflict(&def.plural, &def.group, name));
             }
         }
         if dry_run {
@@ -119,16 +119,21 @@ pub async fn delete(
             }
             return Ok(current);
         }
-        if def.kind == "Namespace" {
-            delete_namespace_contents(store, name).await?;
+        if def.is("", "Namespace") {
+            delete_namespace_contents(reg, name).await?;
             services::repair(store).await?;
+        }
+        let mut success = vec![Op::Delete {
+            key: key.clone().into_bytes(),
+        }];
+        if super::super::crd::is_definitions(def) {
+            // A definition takes its custom resources with it.
+            success.extend(definition_contents(&current));
         }
         let r = store
             .txn(TxnRequest {
-                compare: vec![Compare::mod_revision_is(key.clone(), kv.mod_revision)],
-                success: vec![Op::Delete {
-                    key: key.into_bytes(),
-                }],
+                compare: vec![Compare::mod_revision_is(key, kv.mod_revision)],
+                success,
                 failure: vec![],
             })
             .await?;
@@ -138,7 +143,7 @@ pub async fn delete(
             return Ok(current);
         }
     }
-    Err(ApiError::conflict(def.plural, def.group, name))
+    Err(ApiError::conflict(&def.plural, &def.group, name))
 }
 
 /// The grace period of a pod deletion, as kube-apiserver's pod strategy decides it: pods
@@ -146,7 +151,7 @@ pub async fn delete(
 /// `terminationGracePeriodSeconds`, 30 by default) for their agent to stop them; pods not
 /// bound to a node, or already finished, go at once (0). Not a pod: 0.
 fn pod_grace_seconds(def: &ResourceDef, pod: &Value, opts: &Value) -> i64 {
-    if def.kind != "Pod" || !def.group.is_empty() {
+    if !def.is("", "Pod") {
         return 0;
     }
     let bound = pod
@@ -170,17 +175,37 @@ fn pod_grace_seconds(def: &ResourceDef, pod: &Value, opts: &Value) -> i64 {
         .max(0)
 }
 
-/// Removes every namespaced object in namespace `ns`.
-async fn delete_namespace_contents(store: &Store, ns: &str) -> Result<(), ApiError> {
-    for def in resources::BUILTIN.iter().filter(|d| d.namespaced) {
+/// The removal of every key under `prefix`.
+fn delete_prefix(prefix: String) -> Op {
+    let end = pikube_raft::prefix_end(prefix.as_bytes());
+    Op::DeleteRange {
+        key: prefix.into_bytes(),
+        range_end: end,
+    }
+}
+
+/// The removal of every custom resource a CustomResourceDefinition defines (stored
+/// under one prefix whatever their version).
+fn definition_contents(crd: &Value) -> Option<Op> {
+    let group = crd.pointer("/spec/group").and_then(Value::as_str)?;
+    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str)?;
+    (!group.is_empty() && !plural.is_empty())
+        .then(|| delete_prefix(format!("/registry/{group}/{plural}/")))
+}
+
+/// Removes every namespaced object in namespace `ns`, custom resources included.
+async fn delete_namespace_contents(reg: &Registry, ns: &str) -> Result<(), ApiError> {
+    let mut prefixes: Vec<String> = Vec::new();
+    for def in reg.catalog.all().iter().filter(|d| d.namespaced) {
         let prefix = format!("{}{ns}/", def.storage_prefix());
-        let end = pikube_raft::prefix_end(prefix.as_bytes());
-        store
+        if !prefixes.contains(&prefix) {
+            prefixes.push(prefix);
+        }
+    }
+    for prefix in prefixes {
+        reg.store
             .txn(TxnRequest {
-                success: vec![Op::DeleteRange {
-                    key: prefix.into_bytes(),
-                    range_end: end,
-                }],
+                success: vec![delete_prefix(prefix)],
                 ..Default::default()
             })
             .await?;

@@ -11,7 +11,7 @@ use super::fields::FieldValidation;
 use super::managed;
 use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
 use super::openapi::schema::Schemas;
-use super::resources::{self, ResourceDef};
+use super::resources::{self, Def, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::services::{self, ServiceRanges};
 use super::status::ApiError;
@@ -34,7 +34,7 @@ const SCAN_PAGE: usize = 500;
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The resource.
-    pub def: &'static ResourceDef,
+    pub def: Def,
     /// The namespace from the URL, for namespaced resources.
     pub namespace: Option<String>,
     /// The object name, for object requests.
@@ -56,7 +56,7 @@ impl Target {
     }
 
     fn not_found(&self, name: &str) -> ApiError {
-        ApiError::not_found(self.def.plural, self.def.group, name)
+        ApiError::not_found(&self.def.plural, &self.def.group, name)
     }
 }
 
@@ -71,12 +71,14 @@ pub struct Registry {
     /// Held from choosing reserved values to storing them, so the creates and updates
     /// this server runs at once do not pick the same free value and fail each other.
     pub allocating: Arc<tokio::sync::Mutex<()>>,
+    /// The served resources (custom ones change with their definitions).
+    pub catalog: resources::Catalog,
 }
 
 impl Registry {
     /// Whether objects of `def` hold values reserved under other keys.
     fn reserves(&self, def: &ResourceDef) -> bool {
-        def.kind == "Service" && def.group.is_empty()
+        def.is("", "Service")
     }
 
     /// The allocation lock when objects of `def` reserve values, None otherwise.
@@ -96,8 +98,14 @@ impl Registry {
         old: Option<&Value>,
         obj: &mut Value,
     ) -> Result<services::Reservations, ApiError> {
-        if def.group == "batch" {
-            super::batch::prepare(def.kind, old, obj)?;
+        if def.group == "batch" && def.custom.is_none() {
+            super::batch::prepare(&def.kind, old, obj)?;
+        }
+        if super::crd::is_definitions(def) {
+            super::crd::prepare(&self.catalog, old, obj)?;
+        }
+        if let Some(custom) = &def.custom {
+            super::crd::check_values(def, custom, obj)?;
         }
         if old.is_none() && def.kind == "Pod" && def.group.is_empty() {
             super::pod_admission::admit(&self.store, obj).await?;
@@ -178,7 +186,7 @@ async fn check_namespace(store: &Store, target: &Target) -> Result<(), ApiError>
             {
                 return Err(ApiError::forbidden(format!(
                     "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                    target.def.plural,
+                    &target.def.plural,
                     meta_str(&obj, "name").unwrap_or("")
                 )));
             }
@@ -211,8 +219,8 @@ async fn put_if_unchanged(
 
 /// Fills in server-set metadata of a new object and checks it.
 fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
-    objects::check_type(target.def, obj)?;
-    let def = target.def;
+    objects::check_type(&target.def, obj)?;
+    let def = &target.def;
     let m = meta(obj);
     let name = match m
         .get("name")
@@ -228,8 +236,8 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
             Some(prefix) => objects::generate_name(prefix),
             None => {
                 return Err(ApiError::invalid(
-                    def.kind,
-                    def.group,
+                    &def.kind,
+                    &def.group,
                     "",
                     vec![(
                         "metadata.name".into(),
@@ -268,7 +276,7 @@ fn prepare_new(target: &Target, obj: &mut Value) -> Result<String, ApiError> {
     if obj.get("spec").is_some() {
         meta(obj).insert("generation".into(), json!(1));
     }
-    if def.kind == "Namespace" {
+    if def.is("", "Namespace") {
         obj["status"] = json!({"phase": "Active"});
     }
     Ok(name)
@@ -309,8 +317,8 @@ impl WriteOptions {
                 apply: false,
                 subresource: target.subresource.clone(),
             };
-            let schema = Schemas::builtin().of(target.def);
-            managed::track_update(schema, old, new, &who, has_status(target.def));
+            let schema = Schemas::of(&target.def);
+            managed::track_update(schema, old, new, &who, has_status(&target.def));
         }
     }
 
@@ -348,19 +356,19 @@ pub async fn create(
     };
     check_namespace(store, &ns_target).await?;
     let key = ns_target.key(&name);
-    let exists = || ApiError::already_exists(target.def.plural, target.def.group, &name);
-    let warnings = opts.check_fields(target.def, &mut obj, None)?;
+    let exists = || ApiError::already_exists(&target.def.plural, &target.def.group, &name);
+    let warnings = opts.check_fields(&target.def, &mut obj, None)?;
     opts.track(target, None, &mut obj);
     let original = obj.clone();
     // A reservation taken by a concurrent create is retried with fresh values.
     for _ in 0..5 {
         let mut obj = original.clone();
-        let _allocating = reg.allocation(target.def).await;
+        let _allocating = reg.allocation(&target.def).await;
         // An existing object is reported as such, before its values are checked.
-        if reg.reserves(target.def) && store.get(key.as_bytes()).await?.is_some() {
+        if reg.reserves(&target.def) && store.get(key.as_bytes()).await?.is_some() {
             return Err(exists());
         }
-        let extra = reg.prepare(target.def, None, &mut obj).await?;
+        let extra = reg.prepare(&target.def, None, &mut obj).await?;
         if dry_run {
             if store.get(key.as_bytes()).await?.is_some() {
                 return Err(exists());
@@ -397,8 +405,8 @@ pub async fn create(
         }
     }
     Err(ApiError::conflict(
-        target.def.plural,
-        target.def.group,
+        &target.def.plural,
+        &target.def.group,
         &name,
     ))
 }
@@ -406,7 +414,7 @@ pub async fn create(
 /// Reads one object.
 pub async fn get(store: &Store, target: &Target, name: &str) -> Result<Value, ApiError> {
     match store.get(target.key(name).as_bytes()).await? {
-        Some(kv) => from_stored(&kv.value, kv.mod_revision),
+        Some(kv) => objects::read_stored(&target.def, &kv.value, kv.mod_revision),
         None => Err(target.not_found(name)),
     }
 }
@@ -455,7 +463,7 @@ pub async fn list(store: &Store, target: &Target, opts: &ListOptions) -> Result<
         }
         let last_key = resp.kvs.last().map(|kv| kv.key.clone());
         for kv in resp.kvs {
-            let obj = from_stored(&kv.value, kv.mod_revision)?;
+            let obj = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
             if opts.matches(&obj) {
                 items.push(obj);
             }
@@ -508,7 +516,7 @@ async fn write_update(
     opts: WriteOptions,
 ) -> Result<Written, ApiError> {
     let store = &reg.store;
-    let def = target.def;
+    let def = &target.def;
     let dry_run = opts.dry_run;
     objects::check_type(def, &mut obj)?;
     let warnings = opts.check_fields(def, &mut obj, Some(current))?;
@@ -520,7 +528,7 @@ async fn write_update(
     }
     if let Some(rv) = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()) {
         if objects::parse_rv(rv)? != current_rev {
-            return Err(ApiError::conflict(def.plural, def.group, name));
+            return Err(ApiError::conflict(&def.plural, &def.group, name));
         }
     }
     let status_only = target.subresource.as_deref() == Some("status");
@@ -625,7 +633,7 @@ async fn write_update(
         })
         .await?;
     if !r.succeeded {
-        return Err(ApiError::conflict(def.plural, def.group, name));
+        return Err(ApiError::conflict(&def.plural, &def.group, name));
     }
     if finalizing {
         reg.removed(def, current).await;
@@ -655,7 +663,7 @@ async fn rewrite(
             .get(target.key(name).as_bytes())
             .await?
             .ok_or_else(|| target.not_found(name))?;
-        let current = from_stored(&kv.value, kv.mod_revision)?;
+        let current = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
         let (mut obj, explicit_rv) = change(&current)?;
         if !explicit_rv {
             meta(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
@@ -667,8 +675,8 @@ async fn rewrite(
         }
     }
     Err(ApiError::conflict(
-        target.def.plural,
-        target.def.group,
+        &target.def.plural,
+        &target.def.group,
         name,
     ))
 }
@@ -686,6 +694,6 @@ pub async fn update(
         .get(target.key(name).as_bytes())
         .await?
         .ok_or_else(|| target.not_found(name))?;
-    let current = from_stored(&kv.value, kv.mod_revision)?;
+    let current = objects::read_stored(&target.def, &kv.value, kv.mod_revision)?;
     write_update(reg, target, name, &current, kv.mod_revision, obj, opts).await
 }

@@ -29,7 +29,7 @@ pub async fn patch(
         match kind {
             PatchKind::Merge => json_patch::merge(&mut doc, &patch),
             PatchKind::Strategic => {
-                let schema = crate::api::openapi::schema::Schemas::builtin().of(target.def);
+                let schema = crate::api::openapi::schema::Schemas::of(&target.def);
                 doc = crate::api::strategic::strategic_merge(schema, &doc, &patch)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
             }
@@ -38,8 +38,8 @@ pub async fn patch(
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
                 json_patch::patch(&mut doc, &ops).map_err(|e| {
                     ApiError::invalid(
-                        target.def.kind,
-                        target.def.group,
+                        &target.def.kind,
+                        &target.def.group,
                         name,
                         vec![("patch".into(), e.to_string())],
                     )
@@ -48,8 +48,8 @@ pub async fn patch(
         }
         if !doc.is_object() {
             return Err(ApiError::invalid(
-                target.def.kind,
-                target.def.group,
+                &target.def.kind,
+                &target.def.group,
                 name,
                 vec![(
                     "patch".into(),
@@ -85,7 +85,7 @@ pub async fn apply(
     body: &[u8],
     opts: WriteOptions,
 ) -> Result<(Written, bool), ApiError> {
-    let def = target.def;
+    let def = &target.def;
     let manager = opts.manager.clone().ok_or_else(|| {
         ApiError::bad_request(
             "fieldManager is required for apply requests (application/apply-patch+yaml)",
@@ -112,7 +112,7 @@ pub async fn apply(
         apply: true,
         subresource: target.subresource.clone(),
     };
-    let schema = Schemas::builtin().of(def);
+    let schema = Schemas::of(def);
     let conflicts = |c: Vec<managed::apply::Conflict>| managed::apply::conflict_error(&c);
     let exists = reg.store.get(target.key(name).as_bytes()).await?.is_some();
     if !exists && target.subresource.is_none() {

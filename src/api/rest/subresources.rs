@@ -100,21 +100,47 @@ pub async fn bind(
 
 /// Kinds served with a `scale` subresource.
 pub fn has_scale(def: &ResourceDef) -> bool {
-    matches!(def.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+    match &def.custom {
+        Some(c) => c.scale.is_some(),
+        None => matches!(
+            def.kind.as_str(),
+            "Deployment" | "ReplicaSet" | "StatefulSet"
+        ),
+    }
+}
+
+/// Where the replica counts of objects of `def` are: (spec, status, label selector).
+fn scale_paths(def: &ResourceDef) -> (&str, &str, Option<&str>) {
+    match def.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(s) => (
+            &s.spec_replicas,
+            &s.status_replicas,
+            s.label_selector.as_deref(),
+        ),
+        None => ("/spec/replicas", "/status/replicas", None),
+    }
 }
 
 /// The autoscaling/v1 Scale view of a scalable object.
-fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
+    let (spec_path, status_path, selector_path) = scale_paths(def);
+    let selector = match selector_path {
+        Some(p) => obj
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        None => obj
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+    };
     let m = obj.get("metadata").cloned().unwrap_or(json!({}));
     json!({
         "kind": "Scale",
@@ -126,9 +152,9 @@ fn scale_of(obj: &Value) -> Value {
             "resourceVersion": m.get("resourceVersion"),
             "creationTimestamp": m.get("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "spec": {"replicas": obj.pointer(spec_path).and_then(Value::as_i64).unwrap_or(0)},
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "replicas": obj.pointer(status_path).and_then(Value::as_i64).unwrap_or(0),
             "selector": selector,
         },
     })
@@ -136,7 +162,7 @@ fn scale_of(obj: &Value) -> Value {
 
 /// Reads the `scale` subresource.
 pub async fn get_scale(store: &Store, target: &Target, name: &str) -> Result<Value, ApiError> {
-    Ok(scale_of(&get(store, target, name).await?))
+    Ok(scale_of(&target.def, &get(store, target, name).await?))
 }
 
 /// Writes the `scale` subresource (PUT, or a patch of the Scale object): only
@@ -159,8 +185,8 @@ pub async fn update_scale(
             .get(main.key(name).as_bytes())
             .await?
             .ok_or_else(|| main.not_found(name))?;
-        let current = from_stored(&kv.value, kv.mod_revision)?;
-        let mut scale = scale_of(&current);
+        let current = objects::read_stored(&main.def, &kv.value, kv.mod_revision)?;
+        let mut scale = scale_of(&target.def, &current);
         let explicit_rv = match (&patch, &body) {
             (Some((kind, raw)), _) => {
                 let p: Value = serde_json::from_slice(raw)
@@ -212,7 +238,7 @@ pub async fn update_scale(
             ));
         }
         let mut obj = current.clone();
-        objects::child_map(&mut obj, "spec").insert("replicas".into(), json!(replicas));
+        set_pointer(&mut obj, scale_paths(&target.def).0, json!(replicas));
         if explicit_rv {
             meta(&mut obj).insert(
                 "resourceVersion".into(),
@@ -232,12 +258,37 @@ pub async fn update_scale(
         {
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
             Err(e) => return Err(e),
-            Ok(updated) => return Ok(scale_of(&updated.object)),
+            Ok(updated) => return Ok(scale_of(&target.def, &updated.object)),
         }
     }
     Err(ApiError::conflict(
-        target.def.plural,
-        target.def.group,
+        &target.def.plural,
+        &target.def.group,
         name,
     ))
+}
+
+/// Sets the value at a JSON pointer, making the objects on its way.
+fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    if !obj.is_object() {
+        return;
+    }
+    let mut at = obj;
+    let segs: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let Some((last, path)) = segs.split_last() else {
+        return;
+    };
+    for seg in path {
+        if !at.get(seg).is_some_and(Value::is_object) {
+            at[seg.as_str()] = json!({});
+        }
+        at = &mut at[seg.as_str()];
+    }
+    if at.is_object() {
+        at[last.as_str()] = value;
+    }
 }
