@@ -348,6 +348,10 @@ mod tests {
             "{}",
             err.message
         );
+        // A revision's data is any JSON (RawExtension).
+        let revisions = resources::lookup("apps", "v1", "controllerrevisions").expect("revs");
+        let mut any = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r"}, "revision": 1, "data": 7});
+        assert!(validate(&revisions, &mut any, FieldValidation::Strict, None).is_ok());
         let mut time = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "creationTimestamp": "yesterday"}});
         assert!(validate(&secrets, &mut time, FieldValidation::Warn, None).is_err());
     }

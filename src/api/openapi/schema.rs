@@ -199,6 +199,13 @@ impl<'a> Node<'a> {
         }
         let format = s.get("format").and_then(Value::as_str);
         match s.get("type").and_then(Value::as_str) {
+            // An object with neither fields nor values described is any JSON value
+            // (apiextensions' JSON, RawExtension), as Go decodes them.
+            Some("object")
+                if s.get("properties").is_none() && s.get("additionalProperties").is_none() =>
+            {
+                Expect::Any
+            }
             Some("object") => Expect::Object,
             Some("array") => Expect::Array,
             Some("string") => Expect::String(format),
