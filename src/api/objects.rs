@@ -275,3 +275,15 @@ mod tests {
         assert!(parse_rv("-1").is_err());
     }
 }
+
+/// The strings of a JSON list (none when it is missing or not a list; other items skipped).
+pub fn strings(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}

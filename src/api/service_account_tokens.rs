@@ -310,14 +310,7 @@ pub async fn still_bound(store: &Store, claims: &KubernetesClaim) -> Result<bool
 
 /// The strings of a request's `audiences` list (none when it is missing or not a list).
 pub fn audiences(list: Option<&Value>) -> Vec<String> {
-    list.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::api::objects::strings(list)
 }
 
 /// Serves `POST .../serviceaccounts/<name>/token`: a token for that service account,

@@ -107,16 +107,7 @@ pub fn served_defs(crd: &Value) -> Vec<Def> {
         .unwrap_or("");
     let spec = &crd["spec"];
     let names = &crd["status"]["acceptedNames"];
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = |v: &Value| crate::api::objects::strings(Some(v));
     let text = |v: &Value| v.as_str().unwrap_or("").to_string();
     let group = text(&spec["group"]);
     let kind = text(&names["kind"]);
