@@ -234,6 +234,18 @@ pub fn parse_rv(rv: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
 }
 
+/// The strings of a JSON list (none when it is missing or not a list; other items skipped).
+pub fn strings(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,16 +286,4 @@ mod tests {
         assert_eq!(back["metadata"]["resourceVersion"], "9");
         assert!(parse_rv("-1").is_err());
     }
-}
-
-/// The strings of a JSON list (none when it is missing or not a list; other items skipped).
-pub fn strings(list: Option<&Value>) -> Vec<String> {
-    list.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
 }
