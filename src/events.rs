@@ -48,9 +48,18 @@ impl Recorder {
     {
         let mut involved = obj.object_ref(&());
         involved.field_path = field.map(String::from);
+        // At most this many Events are being written at once; more are dropped (as
+        // client-go's broadcaster drops when its queue is full), so a slow API server
+        // never piles up tasks.
+        static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+        let Ok(permit) = IN_FLIGHT.try_acquire() else {
+            tracing::debug!(component = %self.component, %reason, "too many events in flight; dropped");
+            return;
+        };
         let this = self.clone();
         let (reason, message) = (reason.to_string(), message.to_string());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = this.write(involved, kind, &reason, &message).await {
                 tracing::debug!(component = %this.component, %reason, error = %e, "cannot record event");
             }

@@ -68,8 +68,22 @@ pub fn validate(
         types: def.custom.is_none(),
     };
     walk.value(root, &def.kind, obj);
-    if let Some(why) = walk.wrong {
-        return Err(cannot(why));
+    if let Some(why) = walk.wrong.take() {
+        // A value the stored object already had is not this write's mistake.
+        let inherited = before.is_some_and(|b| {
+            let mut old = Walk {
+                path: String::new(),
+                go_path: String::new(),
+                unknown: Vec::new(),
+                wrong: None,
+                types: true,
+            };
+            old.value(root, &def.kind, &mut b.clone());
+            old.wrong.as_deref() == Some(why.as_str())
+        });
+        if !inherited {
+            return Err(cannot(why));
+        }
     }
     if let (Some(before), false) = (before, walk.unknown.is_empty()) {
         let mut old = Walk {
@@ -224,7 +238,13 @@ fn bad_format(format: Option<&str>, s: &str) -> Option<String> {
         Some("date-time") if chrono::DateTime::parse_from_rfc3339(s).is_err() => Some(format!(
             "parsing time {s:?} as \"2006-01-02T15:04:05Z07:00\": not an RFC 3339 time"
         )),
-        Some("byte") => match base64::engine::general_purpose::STANDARD.decode(s) {
+        // As Go's decoder: line breaks are skipped and trailing bits allowed.
+        Some("byte") => match base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+        )
+        .decode(s.replace(['\r', '\n'], ""))
+        {
             Err(base64::DecodeError::InvalidByte(at, _)) => {
                 Some(format!("illegal base64 data at input byte {at}"))
             }
@@ -348,6 +368,19 @@ mod tests {
             "{}",
             err.message
         );
+        let mut wrapped = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "aGVs\nbG8=\n"}});
+        assert!(validate(&secrets, &mut wrapped, FieldValidation::Strict, None).is_ok());
+        // A bad value already stored does not block other changes.
+        let stored = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "no!"}});
+        let mut relabelled = stored.clone();
+        relabelled["metadata"]["labels"] = json!({"a": "b"});
+        assert!(validate(
+            &secrets,
+            &mut relabelled,
+            FieldValidation::Strict,
+            Some(&stored)
+        )
+        .is_ok());
         // A revision's data is any JSON (RawExtension).
         let revisions = resources::lookup("apps", "v1", "controllerrevisions").expect("revs");
         let mut any = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r"}, "revision": 1, "data": 7});

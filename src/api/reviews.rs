@@ -7,27 +7,96 @@ use serde_json::{json, Map, Value};
 
 use super::objects;
 use super::resources::ResourceDef;
+use super::rest::Target;
 use super::router::Identity;
 use super::status::ApiError;
 
 /// The group every authenticated user belongs to, as kube-apiserver adds it.
 const AUTHENTICATED: &str = "system:authenticated";
 
-/// Whether `identity` may do what `attributes` (a SubjectAccessReview's
-/// resourceAttributes or nonResourceAttributes) describe, and why. This is the one
-/// authorization decision of the API server: there is no authorization mode yet, so
-/// every authenticated user may do everything — the answer every request gets today.
-pub fn authorize(_identity: &Identity, _attributes: &Map<String, Value>) -> (bool, String) {
-    (
-        true,
-        "no authorization mode is configured: every authenticated user may do everything"
-            .to_string(),
-    )
+/// Whether `identity` is a service account: a pod's identity.
+pub fn is_service_account(identity: &Identity) -> bool {
+    identity.user.starts_with("system:serviceaccount:")
 }
 
-/// What `identity` may do (a SubjectRulesReviewStatus): everything, for the same reason
-/// as [`authorize`]; the two change together when authorization arrives.
-pub fn rules(_identity: &Identity) -> Value {
+/// The resources a service account may use until RBAC exists: asking about itself
+/// (Kubernetes' `system:basic-user`); discovery and OpenAPI are not resources and stay
+/// open to it (`system:discovery`).
+const SELF_REVIEWS: &[(&str, &str)] = &[
+    ("authorization.k8s.io", "selfsubjectaccessreviews"),
+    ("authorization.k8s.io", "selfsubjectrulesreviews"),
+    ("authentication.k8s.io", "selfsubjectreviews"),
+];
+
+/// Whether `identity` may do what `attributes` (a SubjectAccessReview's
+/// resourceAttributes or nonResourceAttributes) describe, and why. This is the one
+/// authorization decision of the API server: there is no RBAC yet, so users and nodes may
+/// do everything, while service accounts — whose tokens every pod holds — may only
+/// discover the API and ask about themselves, as with Kubernetes' default roles.
+pub fn authorize(identity: &Identity, attributes: &Map<String, Value>) -> (bool, String) {
+    if !is_service_account(identity) {
+        return (
+            true,
+            "no authorization mode is configured: every authenticated user may do everything"
+                .to_string(),
+        );
+    }
+    let text = |k: &str| attributes.get(k).and_then(Value::as_str).unwrap_or("");
+    let allowed = if attributes.contains_key("path") {
+        true
+    } else {
+        SELF_REVIEWS.contains(&(text("group"), text("resource"))) && text("verb") == "create"
+    };
+    let reason = if allowed {
+        "allowed to every service account".to_string()
+    } else {
+        "service accounts have no permissions until RBAC is available".to_string()
+    };
+    (allowed, reason)
+}
+
+/// Refuses a request to `target` that `identity` may not make (403 with kube-apiserver's
+/// message); `verb` is the Kubernetes verb of the request.
+pub fn admit(identity: &Identity, verb: &str, target: &Target) -> Result<(), ApiError> {
+    let def = &target.def;
+    let resource = match &target.subresource {
+        Some(sub) => format!("{}/{sub}", def.plural),
+        None => def.plural.clone(),
+    };
+    let mut attributes = Map::new();
+    attributes.insert("verb".into(), json!(verb));
+    attributes.insert("group".into(), json!(def.group));
+    attributes.insert("resource".into(), json!(resource));
+    if authorize(identity, &attributes).0 {
+        return Ok(());
+    }
+    let scope = match &target.namespace {
+        Some(ns) => format!("in the namespace {ns:?}"),
+        None => "at the cluster scope".to_string(),
+    };
+    let what = match &target.name {
+        Some(name) => format!("{resource} {name:?}"),
+        None => resource.clone(),
+    };
+    Err(ApiError::forbidden(format!(
+        "{what} is forbidden: User {:?} cannot {verb} resource {resource:?} in API group {:?} {scope}",
+        identity.user, def.group
+    )))
+}
+
+/// What `identity` may do (a SubjectRulesReviewStatus), by the same rule as [`authorize`].
+pub fn rules(identity: &Identity) -> Value {
+    if is_service_account(identity) {
+        let resource_rules: Vec<Value> = SELF_REVIEWS
+            .iter()
+            .map(|(g, r)| json!({"verbs": ["create"], "apiGroups": [g], "resources": [r]}))
+            .collect();
+        return json!({
+            "resourceRules": resource_rules,
+            "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/openapi", "/openapi/*", "/version", "/healthz", "/livez", "/readyz"]}],
+            "incomplete": false,
+        });
+    }
     json!({
         "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
         "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],

@@ -289,6 +289,22 @@ fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
     })
 }
 
+/// The Kubernetes verb of a request (what authorization decides on).
+fn verb_of(method: &Method, target: &Target, q: &HashMap<String, String>) -> &'static str {
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match (method, target.name.is_some()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "get",
+    }
+}
+
 /// Whether a PATCH is a server-side apply.
 fn is_apply(headers: &axum::http::HeaderMap) -> bool {
     headers
@@ -338,6 +354,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
     let q = query_map(&req)?;
     let route = parse_path(api.catalog(), &path)?;
     if let Route::Resource(t) = &route {
+        super::reviews::admit(&identity, verb_of(&method, t, &q), t)?;
         if super::pod_streams::is_stream(t) {
             return super::pod_streams::handle(&api, t.clone(), req).await;
         }

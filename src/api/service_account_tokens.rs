@@ -22,6 +22,8 @@ use super::resources;
 use super::rest::{self, Target};
 use super::status::ApiError;
 
+/// How far the clocks of the servers of a cluster may differ for a token to count.
+const LEEWAY_SECS: i64 = 60;
 /// The issuer (and default audience) of every token, as kube-apiserver's default.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// File of the signing key in the server's TLS directory (PKCS#8 PEM, mode 0600).
@@ -252,7 +254,8 @@ impl SigningKey {
             .map_err(|_| TokenError::BadSignature)?;
         let claims: Claims =
             serde_json::from_slice(&decode(c)?).map_err(|_| TokenError::Malformed)?;
-        if now >= claims.exp || now < claims.nbf {
+        // A minute of leeway for clocks of other servers (as Kubernetes' JWT checks).
+        if now >= claims.exp + LEEWAY_SECS || now + LEEWAY_SECS < claims.nbf {
             return Err(TokenError::Expired);
         }
         if claims.iss != ISSUER || !claims.aud.iter().any(|a| a == ISSUER) {
@@ -462,8 +465,11 @@ mod tests {
         let other = SigningKey::generate().unwrap();
         let c = claims(1_000_000, ISSUER);
         let token = key.issue(&c).unwrap();
-        assert_eq!(key.verify(&token, 1_000_600), Err(TokenError::Expired));
-        assert_eq!(key.verify(&token, 999_999), Err(TokenError::Expired));
+        // A minute of clock leeway on either side, then refused.
+        assert!(key.verify(&token, 1_000_659).is_ok());
+        assert_eq!(key.verify(&token, 1_000_660), Err(TokenError::Expired));
+        assert!(key.verify(&token, 999_940).is_ok());
+        assert_eq!(key.verify(&token, 999_939), Err(TokenError::Expired));
         assert_eq!(
             other.verify(&token, 1_000_001),
             Err(TokenError::BadSignature)

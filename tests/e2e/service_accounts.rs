@@ -85,6 +85,27 @@ fn created_tokens_authenticate_until_their_account_or_pod_is_gone() {
     for v in ["1.27", "1.33"] {
         let token = server.ok(v, &["create", "token", "default"]);
         assert_is(&whoami(&server, token.trim()), "default", "default");
+        // Until RBAC exists a service account may discover the API and ask about
+        // itself, nothing more: a pod's token is not an admin credential.
+        let kc = token_kubeconfig(&server, "sa", token.trim());
+        let out = server
+            .kubectl_cmd(v)
+            .args(["--kubeconfig", s(&kc), "get", "pods"])
+            .output()
+            .expect("kubectl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{v}: {err}");
+        assert!(
+            err.contains("pods is forbidden: User \"system:serviceaccount:default:default\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+            "{v}: {err}"
+        );
+        let out = server
+            .kubectl_cmd(v)
+            .args(["--kubeconfig", s(&kc), "auth", "can-i", "get", "secrets"])
+            .output()
+            .expect("kubectl");
+        let answer = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(answer.trim().starts_with("no"), "{v}: {answer}");
     }
     // TokenReview, what webhooks and authenticating proxies ask, answers for it too.
     let token = server.ok("1.33", &["create", "token", "default"]);

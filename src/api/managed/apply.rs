@@ -107,7 +107,7 @@ pub fn apply(
             continue;
         }
         for p in e.fields.intersection(&applied).paths() {
-            if !is_leaf(&applied, &p) {
+            if !applied.is_leaf(&p) {
                 continue;
             }
             if fieldset::value_at(live, &p) != fieldset::value_at(&config, &p) {
@@ -144,12 +144,6 @@ pub fn apply(
     merge(schema, &mut obj, &config);
     store(&mut obj, list, who, applied);
     Ok(obj)
-}
-
-/// Whether `path` is a member of `set` with nothing of `set` below it.
-fn is_leaf(set: &FieldSet, path: &[String]) -> bool {
-    let mut below = set.paths().into_iter().filter(|p| p.starts_with(path));
-    below.next().is_some() && below.next().is_none()
 }
 
 /// Merges `applied` into `live` by the schema at `node`.

@@ -74,6 +74,18 @@ impl FieldSet {
         node.member
     }
 
+    /// Whether `path` is a member with nothing below it.
+    pub fn is_leaf(&self, path: &[String]) -> bool {
+        let mut node = self;
+        for pe in path {
+            match node.children.get(pe) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        node.member && node.children.values().all(FieldSet::is_empty)
+    }
+
     /// Every member path, parents before their children.
     pub fn paths(&self) -> Vec<Vec<String>> {
         let mut out = Vec::new();

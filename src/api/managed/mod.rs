@@ -78,6 +78,7 @@ pub fn entries(obj: &Value) -> Vec<Entry> {
         .and_then(Value::as_array)
         .map(|es| {
             es.iter()
+                .filter(|e| e.is_object())
                 .map(|e| Entry {
                     raw: e.clone(),
                     fields: FieldSet::from_json(e.get("fieldsV1").unwrap_or(&Value::Null)),
