@@ -10,26 +10,9 @@ set -euo pipefail
 
 PIKUBE=${1:-${CARGO_TARGET_DIR:-target}/release/pikube}
 JOINS=${2:-100}
-DIR=$(mktemp -d /tmp/pikube-bench-join.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-API_PORT=$(free_port)
-PID=
-
-cleanup() {
-	if [ -n "$PID" ]; then
-		kill "$PID" 2>/dev/null || true
-		while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
-	fi
-	rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-: >"$DIR/resolv.conf"
-"$PIKUBE" server --config /dev/null --disable-agent --bind-address 127.0.0.1 \
-	--https-listen-port "$API_PORT" --data-dir "$DIR/data" --write-kubeconfig "$DIR/kubeconfig" \
-	--dns-listen-address "127.0.0.1:$(free_port)" --resolv-conf "$DIR/resolv.conf" \
-	>"$DIR/server.log" 2>&1 &
-PID=$!
+# shellcheck source=common/server.sh
+. "$(dirname "$0")/common/server.sh"
+start_server "$PIKUBE" bench-join
 until [ -s "$DIR/data/server/agent-token" ]; do sleep 0.05; done
 TOKEN=$(cat "$DIR/data/server/agent-token")
 until curl -sk -o /dev/null "https://127.0.0.1:$API_PORT/cacerts"; do sleep 0.05; done

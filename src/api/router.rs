@@ -257,7 +257,14 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
 /// The answer to a write: the object, and each warning in a `Warning` header.
 fn written(code: StatusCode, w: rest::Written) -> Response {
     let mut resp = json_response(code, &w.object);
-    for warning in &w.warnings {
+    // Bounded, as kube-apiserver bounds them: a body full of unknown fields must not
+    // make headers clients refuse.
+    const MAX: usize = 50;
+    let mut warnings: Vec<String> = w.warnings.iter().take(MAX).cloned().collect();
+    if w.warnings.len() > MAX {
+        warnings.push(format!("and {} more warnings", w.warnings.len() - MAX));
+    }
+    for warning in &warnings {
         // RFC 7234 warn-text: a quoted string, `"` and `\` escaped.
         let text = warning.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {

@@ -86,6 +86,21 @@ pub struct Reservations {
     pub release: Vec<String>,
 }
 
+impl Reservations {
+    /// The transaction that writes `op` when `guard` holds, with these reservations.
+    pub fn txn(self, guard: Compare, op: Op) -> TxnRequest {
+        let mut compare = vec![guard];
+        compare.extend(self.compare);
+        let mut success = vec![op];
+        success.extend(self.ops);
+        TxnRequest {
+            compare,
+            success,
+            failure: vec![],
+        }
+    }
+}
+
 fn invalid(name: &str, field: &str, msg: impl Into<String>) -> ApiError {
     ApiError::invalid("Service", "", name, vec![(field.to_string(), msg.into())])
 }

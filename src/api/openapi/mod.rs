@@ -166,7 +166,14 @@ pub async fn swagger(req: Request) -> Response {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(v2::wants_protobuf);
-    // Built per request (rare: clients keep it by its ETag) instead of held in memory.
+    // The document is static: its ETag is kept once known, so a revalidation is answered
+    // without building it; the body itself is built per request (rare: clients keep it
+    // by its ETag) instead of being held in memory.
+    static ETAGS: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    let known = &ETAGS[usize::from(wants_protobuf)];
+    if let Some(etag) = known.get().filter(|e| not_modified(&req, e)) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response();
+    }
     let doc = tokio::task::spawn_blocking(move || {
         let doc = v2::json();
         if wants_protobuf {
@@ -179,7 +186,7 @@ pub async fn swagger(req: Request) -> Response {
     let Ok((content_type, body)) = doc else {
         return ApiError::internal("cannot build the OpenAPI v2 document").into_response();
     };
-    let etag = format!("\"{}\"", hash(&body));
+    let etag = known.get_or_init(|| format!("\"{}\"", hash(&body))).clone();
     if not_modified(&req, &etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }

@@ -378,20 +378,13 @@ pub async fn create(
                 warnings,
             });
         }
-        let mut success = vec![Op::Put {
+        let put = Op::Put {
             key: key.clone().into_bytes(),
             value: to_stored(&obj)?,
             lease: 0,
-        }];
-        success.extend(extra.ops);
-        let mut compare = vec![Compare::absent(key.clone())];
-        compare.extend(extra.compare);
+        };
         let r = store
-            .txn(TxnRequest {
-                compare,
-                success,
-                failure: vec![],
-            })
+            .txn(extra.txn(Compare::absent(key.clone()), put))
             .await?;
         if r.succeeded {
             meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
@@ -582,7 +575,7 @@ async fn write_update(
     } else {
         reg.allocation(def).await
     };
-    let extra = if status_only {
+    let mut extra = if status_only {
         services::Reservations::default()
     } else {
         reg.prepare(def, Some(current), &mut obj).await?
@@ -619,26 +612,23 @@ async fn write_update(
             lease: 0,
         }
     };
-    let mut compare = vec![Compare::mod_revision_is(key, current_rev)];
-    let mut success = vec![op];
-    if !finalizing {
-        compare.extend(extra.compare);
-        success.extend(extra.ops);
-    }
+    let release = std::mem::take(&mut extra.release);
+    // A removed object reserves nothing.
+    let reserved = if finalizing {
+        services::Reservations::default()
+    } else {
+        extra
+    };
     let r = store
-        .txn(TxnRequest {
-            compare,
-            success,
-            failure: vec![],
-        })
+        .txn(reserved.txn(Compare::mod_revision_is(key, current_rev), op))
         .await?;
     if !r.succeeded {
         return Err(ApiError::conflict(&def.plural, &def.group, name));
     }
     if finalizing {
         reg.removed(def, current).await;
-    } else if !extra.release.is_empty() {
-        services::release(store, meta_str(&obj, "uid").unwrap_or(""), &extra.release).await;
+    } else if !release.is_empty() {
+        services::release(store, meta_str(&obj, "uid").unwrap_or(""), &release).await;
     }
     meta(&mut obj).insert("resourceVersion".into(), json!(r.revision.to_string()));
     Ok(Written {
