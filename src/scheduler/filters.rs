@@ -89,6 +89,32 @@ pub fn requests(pod: &Pod) -> Usage {
     total
 }
 
+/// CPU a container without a request counts for in scores (kube-scheduler's 100m).
+const DEFAULT_CPU: f64 = 0.1;
+/// Memory a container without a request counts for in scores (200 MiB, as kube-scheduler).
+const DEFAULT_MEMORY: f64 = 200.0 * 1024.0 * 1024.0;
+
+/// What `pod` weighs in the balance scores: its requests, with containers that request
+/// nothing counted as 100m CPU and 200 MiB, as kube-scheduler does, so that pods without
+/// requests still spread over the nodes instead of piling onto one.
+pub fn scored_requests(pod: &Pod) -> Usage {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Usage::default();
+    };
+    let mut total = Usage::default();
+    for c in &spec.containers {
+        let req = read(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
+        total.cpu += if req.cpu > 0.0 { req.cpu } else { DEFAULT_CPU };
+        total.memory += if req.memory > 0.0 {
+            req.memory
+        } else {
+            DEFAULT_MEMORY
+        };
+    }
+    total.pods = 1.0;
+    total
+}
+
 /// A node with what is already placed on it.
 pub struct NodeInfo {
     /// The node.
@@ -97,8 +123,19 @@ pub struct NodeInfo {
     pub allocatable: Usage,
     /// What bound and assumed pods take.
     pub used: Usage,
+    /// What they weigh in the scores ([`scored_requests`]).
+    pub scored: Usage,
     /// Host ports in use: (protocol, hostIP, port).
     pub host_ports: HashSet<(String, String, i32)>,
+}
+
+impl NodeInfo {
+    /// Counts `pod` as placed on this node.
+    fn place(&mut self, pod: &Pod) {
+        self.used.add(&requests(pod));
+        self.scored.add(&scored_requests(pod));
+        self.host_ports.extend(host_ports(pod));
+    }
 }
 
 fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
@@ -121,7 +158,7 @@ fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
 pub fn node_infos(
     nodes: &[Arc<Node>],
     pods: &[Arc<Pod>],
-    assumed: &HashMap<String, (String, Usage)>,
+    assumed: &HashMap<String, (String, Arc<Pod>)>,
 ) -> Vec<NodeInfo> {
     let mut infos: Vec<NodeInfo> = nodes
         .iter()
@@ -135,6 +172,7 @@ pub fn node_infos(
                 node: n.clone(),
                 allocatable: alloc,
                 used: Usage::default(),
+                scored: Usage::default(),
                 host_ports: HashSet::new(),
             }
         })
@@ -156,13 +194,12 @@ pub fn node_infos(
             continue;
         }
         if let Some(&i) = index.get(node) {
-            infos[i].used.add(&requests(p));
-            infos[i].host_ports.extend(host_ports(p));
+            infos[i].place(p);
         }
     }
-    for (node, usage) in assumed.values() {
+    for (node, pod) in assumed.values() {
         if let Some(&i) = index.get(node) {
-            infos[i].used.add(usage);
+            infos[i].place(pod);
         }
     }
     infos
@@ -340,7 +377,7 @@ fn score(pod: &Pod, req: &Usage, info: &NodeInfo) -> f64 {
         }
     };
     let a = &info.allocatable;
-    let u = &info.used;
+    let u = &info.scored;
     let mut s = 50.0 * free(a.cpu, u.cpu + req.cpu) + 50.0 * free(a.memory, u.memory + req.memory);
     let spec = pod.spec.as_ref();
     if let Some(prefs) = spec
@@ -376,12 +413,13 @@ fn score(pod: &Pod, req: &Usage, info: &NodeInfo) -> f64 {
 /// The node to bind `pod` to, or the message of why none fits.
 pub fn pick(pod: &Pod, infos: &[NodeInfo]) -> Result<String, String> {
     let req = requests(pod);
+    let weight = scored_requests(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Vec<(f64, &NodeInfo)> = Vec::new();
     for info in infos {
         match unfit(pod, &req, info) {
             Some(r) => *reasons.entry(r).or_default() += 1,
-            None => best.push((score(pod, &req, info), info)),
+            None => best.push((score(pod, &weight, info), info)),
         }
     }
     let top = best.iter().map(|(s, _)| *s).fold(f64::MIN, f64::max);
@@ -482,10 +520,29 @@ mod tests {
         let half =
             pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
         let mut assumed = HashMap::new();
-        assumed.insert("uid1".to_string(), ("a".to_string(), requests(&half)));
+        assumed.insert(
+            "uid1".to_string(),
+            ("a".to_string(), Arc::new(half.clone())),
+        );
         let infos = node_infos(&nodes, &[], &assumed);
         assert!(pick(&half, &infos).is_err());
         let infos = node_infos(&nodes, &[], &HashMap::new());
         assert_eq!(pick(&half, &infos).as_deref(), Ok("a"));
+    }
+
+    #[test]
+    fn pods_without_requests_spread_over_equal_nodes() {
+        let nodes = vec![node("a", "4", json!({})), node("b", "4", json!({}))];
+        let plain = pod(json!({"containers": [{"name": "c"}]}));
+        let mut assumed = HashMap::new();
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for i in 0..10 {
+            let infos = node_infos(&nodes, &[], &assumed);
+            let on = pick(&plain, &infos).expect("fits");
+            *count.entry(on.clone()).or_default() += 1;
+            assumed.insert(format!("uid{i}"), (on, Arc::new(plain.clone())));
+        }
+        assert_eq!(count.get("a"), Some(&5), "{count:?}");
+        assert_eq!(count.get("b"), Some(&5), "{count:?}");
     }
 }

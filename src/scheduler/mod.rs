@@ -21,7 +21,6 @@ use serde_json::json;
 
 use crate::controllers::{self, Context, Result};
 use crate::events::{Kind, Recorder};
-use filters::Usage;
 
 /// Scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -31,7 +30,7 @@ struct State {
     nodes: Store<Node>,
     pods: Store<Pod>,
     /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
-    assumed: Mutex<HashMap<String, (String, Usage)>>,
+    assumed: Mutex<HashMap<String, (String, Arc<Pod>)>>,
 }
 
 /// Runs the scheduler until `shutdown`.
@@ -157,7 +156,7 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
                             .assumed
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(uid, (node.clone(), filters::requests(&pod)));
+                            .insert(uid, (node.clone(), pod.clone()));
                     }
                     tracing::debug!(pod = %format!("{ns}/{name}"), %node, "bound");
                     Ok(Action::await_change())

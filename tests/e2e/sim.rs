@@ -202,6 +202,7 @@ async fn sim_loop(
     nodes: Vec<SimNode>,
     ready_after: Duration,
     stop: Arc<AtomicBool>,
+    registered: std::sync::mpsc::Sender<()>,
 ) {
     let client = client(kubeconfig).await;
     let api_nodes = Api::<Node>::all(client.clone());
@@ -242,6 +243,7 @@ async fn sim_loop(
                 }
             }
             last_heartbeat = Instant::now();
+            let _ = registered.send(());
         }
         if let Ok(list) = api_pods.list(&ListParams::default()).await {
             for pod in list.items {
@@ -315,18 +317,23 @@ async fn sim_loop(
 
 impl Sim {
     /// Starts simulating `nodes` against `server`; pods become Ready `ready_after` after
-    /// the simulator first sees them bound.
+    /// the simulator first sees them bound. Returns once every node has registered and
+    /// posted its Ready status, so a test's pods find all of them.
     pub fn start(server: &Server, nodes: Vec<SimNode>, ready_after: Duration) -> Sim {
         let stop = Arc::new(AtomicBool::new(false));
         let kubeconfig = server.kubeconfig();
         let flag = stop.clone();
+        let (registered, first_round) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(sim_loop(kubeconfig, nodes, ready_after, flag));
+            rt.block_on(sim_loop(kubeconfig, nodes, ready_after, flag, registered));
         });
+        first_round
+            .recv_timeout(Duration::from_secs(60))
+            .expect("simulated nodes registered");
         Sim {
             stop,
             thread: Some(thread),
