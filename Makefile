@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip shellcheck
 
-.PHONY: all build test lint unit e2e bench bench-store bench-api bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
+.PHONY: all build test lint unit newcomer e2e bench bench-store bench-api bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
 
 all: build
 
@@ -33,16 +33,21 @@ run: deps images
 	@echo "kubeconfig: $(RUN_DIR)/kubeconfig  (export KUBECONFIG=$(RUN_DIR)/kubeconfig)"
 	$(CARGO) run --bin pikube -- server --data-dir $(RUN_DIR)/data --write-kubeconfig $(RUN_DIR)/kubeconfig
 
-## test: formatting, lints and every test of the workspace
-test: lint unit
+## test: formatting, lints, every test of the workspace, then the README's quick start
+test: lint unit newcomer
 
 lint:
-	shellcheck install.sh
+	shellcheck install.sh tests/newcomer.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test --workspace
+
+## newcomer: the README's quick start followed word for word in a clean clone (root;
+## uses the default ports, so it runs after the other tests)
+newcomer:
+	bash tests/newcomer.sh
 
 ## e2e: the end-to-end test binary only (real processes, real kubectl)
 e2e:

@@ -4,6 +4,7 @@
 pub mod authn;
 pub mod batch;
 pub mod crd;
+pub mod defaults;
 pub mod discovery;
 pub mod fields;
 #[cfg(test)]

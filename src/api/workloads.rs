@@ -13,6 +13,7 @@ use crate::controllers::pods::selector_matches;
 
 /// Defaults and checks `obj` (a new object when `old` is None).
 pub fn prepare(def: &ResourceDef, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {
+    super::defaults::apply(def, obj, old.is_none());
     if !def.is("apps", "DaemonSet") && !def.is("apps", "StatefulSet") {
         return Ok(());
     }
