@@ -250,7 +250,8 @@ fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, St
     }
 }
 
-fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
+/// Whether `node` satisfies one node selector term (all its expressions and fields).
+pub(crate) fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
     let empty = BTreeMap::new();
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
     let exprs = t.match_expressions.as_deref().unwrap_or_default();

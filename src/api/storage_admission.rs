@@ -1,0 +1,109 @@
+//! The DefaultStorageClass admission of new PersistentVolumeClaims, as kube-apiserver's
+//! plugin does it: a claim created without `storageClassName` gets the default
+//! StorageClass (annotated `storageclass.kubernetes.io/is-default-class: "true"`; the
+//! newest when several are), and the `local-path` class each server creates at start.
+//! A claim with `storageClassName: ""` asks for no class and is left alone.
+
+use pikube_raft::Store;
+use serde_json::{json, Value};
+
+use super::objects::{child_map, meta_str};
+use super::resources;
+use super::rest::{self, ListOptions, Target};
+use super::status::ApiError;
+use crate::controllers::persistentvolume::{DEFAULT_CLASS, IS_DEFAULT_CLASS, LOCAL_PATH_PROVISIONER};
+
+/// The beta name of the default-class annotation, still honoured by kube.
+const BETA_IS_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-class";
+
+/// The `local-path` StorageClass (k3s's): local-path provisioner, WaitForFirstConsumer,
+/// reclaim Delete, the cluster's default.
+pub fn local_path_class() -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": DEFAULT_CLASS, "annotations": {IS_DEFAULT_CLASS: "true"}},
+        "provisioner": LOCAL_PATH_PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": false,
+    })
+}
+
+/// Whether a StorageClass object is marked as the default.
+pub fn is_default(class: &Value) -> bool {
+    [IS_DEFAULT_CLASS, BETA_IS_DEFAULT_CLASS].iter().any(|k| {
+        class
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(*k))
+            .and_then(Value::as_str)
+            == Some("true")
+    })
+}
+
+/// The name of the default StorageClass among `classes`: the newest marked one (the name
+/// decides between equals), as kube does since 1.28.
+pub fn default_class(classes: &[Value]) -> Option<String> {
+    classes
+        .iter()
+        .filter(|c| is_default(c))
+        .max_by(|a, b| {
+            let created = |c: &Value| meta_str(c, "creationTimestamp").unwrap_or("").to_string();
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| meta_str(b, "name").cmp(&meta_str(a, "name")))
+        })
+        .and_then(|c| meta_str(c, "name").map(String::from))
+}
+
+/// Admits a new claim: a claim without a class gets the default one.
+pub async fn admit(store: &Store, pvc: &mut Value) -> Result<(), ApiError> {
+    if !pvc.get("spec").is_some_and(Value::is_object) {
+        return Ok(()); // validation reports it
+    }
+    if pvc
+        .pointer("/spec/storageClassName")
+        .is_some_and(|c| !c.is_null())
+    {
+        return Ok(());
+    }
+    let def = resources::lookup("storage.k8s.io", "v1", "storageclasses")
+        .ok_or_else(|| ApiError::internal("storageclasses are not served"))?;
+    let target = Target {
+        def,
+        namespace: None,
+        name: None,
+        subresource: None,
+    };
+    let list = rest::list(store, &target, &ListOptions::default()).await?;
+    let classes = list
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(name) = default_class(&classes) {
+        child_map(pvc, "spec").insert("storageClassName".into(), json!(name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_default_class_wins() {
+        let class = |name: &str, default: bool, created: &str| {
+            json!({"metadata": {"name": name, "creationTimestamp": created,
+                "annotations": {IS_DEFAULT_CLASS: if default { "true" } else { "false" }}}})
+        };
+        let classes = vec![
+            class("old", true, "2024-01-01T00:00:00Z"),
+            class("new", true, "2025-01-01T00:00:00Z"),
+            class("plain", false, "2026-01-01T00:00:00Z"),
+        ];
+        assert_eq!(default_class(&classes).as_deref(), Some("new"));
+        assert_eq!(default_class(&classes[2..]), None);
+        assert!(is_default(&local_path_class()));
+    }
+}
