@@ -2,7 +2,8 @@
 //! plugin does it: a claim created without `storageClassName` gets the default
 //! StorageClass (annotated `storageclass.kubernetes.io/is-default-class: "true"`; the
 //! newest when several are), and the `local-path` class each server creates at start.
-//! A claim with `storageClassName: ""` asks for no class and is left alone.
+//! A claim with `storageClassName: ""` asks for no class and is left alone. New claims
+//! and volumes get their in-use protection finalizers.
 
 use pikube_raft::Store;
 use serde_json::{json, Value};
@@ -11,6 +12,7 @@ use super::objects::{child_map, meta_str};
 use super::resources;
 use super::rest::{self, ListOptions, Target};
 use super::status::ApiError;
+use crate::controllers::persistentvolume::protection::{PVC_PROTECTION, PV_PROTECTION};
 use crate::controllers::persistentvolume::{DEFAULT_CLASS, IS_DEFAULT_CLASS, LOCAL_PATH_PROVISIONER};
 
 /// The beta name of the default-class annotation, still honoured by kube.
@@ -56,11 +58,33 @@ pub fn default_class(classes: &[Value]) -> Option<String> {
         .and_then(|c| meta_str(c, "name").map(String::from))
 }
 
-/// Admits a new claim: a claim without a class gets the default one.
+/// Adds `finalizer` to a new object's finalizers unless it is there (kube's
+/// StorageObjectInUseProtection admission).
+fn protect(obj: &mut Value, finalizer: &str) {
+    let meta = child_map(obj, "metadata");
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if !list.is_array() {
+        return; // validation reports it
+    }
+    if let Some(items) = list.as_array_mut() {
+        if !items.iter().any(|f| f.as_str() == Some(finalizer)) {
+            items.push(json!(finalizer));
+        }
+    }
+}
+
+/// Admits a new volume: in-use protection.
+pub fn admit_volume(pv: &mut Value) {
+    protect(pv, PV_PROTECTION);
+}
+
+/// Admits a new claim: in-use protection, and a claim without a class gets the
+/// default one.
 pub async fn admit(store: &Store, pvc: &mut Value) -> Result<(), ApiError> {
     if !pvc.get("spec").is_some_and(Value::is_object) {
         return Ok(()); // validation reports it
     }
+    protect(pvc, PVC_PROTECTION);
     if pvc
         .pointer("/spec/storageClassName")
         .is_some_and(|c| !c.is_null())

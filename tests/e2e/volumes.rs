@@ -1,6 +1,6 @@
 //! PersistentVolumes with the real containerd agent: the default `local-path` class, a
 //! claim that waits for its first pod, data that outlives the pod, the volume and its
-//! directory going with the claim, StatefulSet claims from volumeClaimTemplates, and a
+//! directory going with the claim (once no pod uses it), StatefulSet claims from volumeClaimTemplates, and a
 //! hand-made hostPath volume bound to a matching claim.
 
 use std::path::{Path, PathBuf};
@@ -141,9 +141,15 @@ spec:
     assert!(out.contains("persisted"), "{out}");
     assert!(!dir.join("other").exists());
 
-    // Deleting the claim removes the volume and then its directory.
+    // A claim deleted while a pod uses it stays (pvc-protection) until the pod is gone;
+    // then the volume and its directory go.
+    server.ok("1.33", &["delete", "pvc", "data", "--wait=false"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let c = claim(&server, "data");
+    assert!(c["metadata"]["deletionTimestamp"].is_string(), "{c}");
+    assert_eq!(c["metadata"]["finalizers"][0], "kubernetes.io/pvc-protection");
+    assert!(dir.join("file").exists(), "the data stays while the pod runs");
     server.ok("1.33", &["delete", "pod", "reader", "--wait=true"]);
-    server.ok("1.33", &["delete", "pvc", "data"]);
     wait_for(60, "the volume to go", || {
         let out = server.kubectl("1.33", &["get", "pv", &pv_name]);
         (!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound"))

@@ -8,12 +8,14 @@
 //! (`agent::storage`), which owns their directory.
 
 pub mod matching;
+pub mod protection;
 pub mod provisioner;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
@@ -79,13 +81,14 @@ pub async fn run(
         volume_events,
         super::reconcile_all::<_, PersistentVolume>(waiting),
     );
+    let shutdown = shutdown.shared();
     let store = volumes.clone();
     let claim_loop = super::run(
         "persistentvolume-binder",
         claims,
         move |pvc, ctx| sync_claim(pvc, ctx, store.clone(), local_path),
         ctx.clone(),
-        shutdown,
+        shutdown.clone(),
     );
     let vols = Controller::new(Api::<PersistentVolume>::all(client.clone()), watch_config())
         .watches(
@@ -98,16 +101,17 @@ pub async fn run(
                     .map(|n| ObjectRef::new(&n))
             },
         );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let volume_loop = super::run("persistentvolume", vols, sync_volume, ctx, async move {
-        let _ = stop_rx.await;
-    });
+    let volume_loop = super::run(
+        "persistentvolume",
+        vols,
+        sync_volume,
+        ctx.clone(),
+        shutdown.clone(),
+    );
     tokio::join!(
-        async move {
-            claim_loop.await;
-            let _ = stop_tx.send(());
-        },
-        volume_loop
+        claim_loop,
+        volume_loop,
+        protection::run(ctx, shutdown)
     );
 }
 
