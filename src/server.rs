@@ -245,7 +245,14 @@ pub async fn run(
     .await?;
     if !config.is_disabled("local-storage") {
         let class = api::storage_admission::local_path_class();
-        create_if_missing(&api, "storageclasses", None, class, "storageclass local-path").await?;
+        create_if_missing(
+            &api,
+            "storageclasses",
+            None,
+            class,
+            "storageclass local-path",
+        )
+        .await?;
     }
 
     // Every server serves the custom resources (not only the store's leader).

@@ -54,12 +54,19 @@ pub async fn run(
         .patch(
             &node,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {STORAGE_DIR: dir.to_string_lossy()}}})),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {STORAGE_DIR: dir.to_string_lossy()}}}),
+            ),
         )
         .await?;
     let local = Arc::new(Local { node, dir });
-    let ctx = Arc::new(Context { client: client.clone() });
-    let controller = Controller::new(Api::<PersistentVolume>::all(client), controllers::watch_config());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+    });
+    let controller = Controller::new(
+        Api::<PersistentVolume>::all(client),
+        controllers::watch_config(),
+    );
     controllers::run(
         "local-path-volumes",
         controller,
@@ -71,7 +78,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>, local: Arc<Local>) -> Result<Action> {
+async fn reconcile(
+    pv: Arc<PersistentVolume>,
+    ctx: Arc<Context>,
+    local: Arc<Local>,
+) -> Result<Action> {
     let Some(path) = local_dir(&pv, &local.node, &local.dir) else {
         return Ok(Action::await_change());
     };
@@ -136,9 +147,18 @@ mod tests {
             local_dir(&pv("a", "/data/storage/pvc-1_ns_c"), "a", dir),
             Some(PathBuf::from("/data/storage/pvc-1_ns_c"))
         );
-        assert_eq!(local_dir(&pv("b", "/data/storage/pvc-1_ns_c"), "a", dir), None);
+        assert_eq!(
+            local_dir(&pv("b", "/data/storage/pvc-1_ns_c"), "a", dir),
+            None
+        );
         assert_eq!(local_dir(&pv("a", "/etc"), "a", dir), None);
-        assert_eq!(local_dir(&pv("a", "/data/storage/../x/pvc-1_ns_c"), "a", dir), None);
-        assert_eq!(local_dir(&pv("a", "/data/storage/pvc-2_ns_c"), "a", dir), None);
+        assert_eq!(
+            local_dir(&pv("a", "/data/storage/../x/pvc-1_ns_c"), "a", dir),
+            None
+        );
+        assert_eq!(
+            local_dir(&pv("a", "/data/storage/pvc-2_ns_c"), "a", dir),
+            None
+        );
     }
 }

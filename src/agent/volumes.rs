@@ -381,7 +381,11 @@ async fn claim_path(client: &Client, ns: &str, name: &str) -> Result<PathBuf, Co
         .get_opt(name)
         .await?
         .ok_or_else(|| ConfigError(format!("persistentvolumeclaim {name:?} not found")))?;
-    let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
     let volume = pvc
         .spec
         .as_ref()

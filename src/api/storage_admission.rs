@@ -13,7 +13,9 @@ use super::resources;
 use super::rest::{self, ListOptions, Target};
 use super::status::ApiError;
 use crate::controllers::persistentvolume::protection::{PVC_PROTECTION, PV_PROTECTION};
-use crate::controllers::persistentvolume::{DEFAULT_CLASS, IS_DEFAULT_CLASS, LOCAL_PATH_PROVISIONER};
+use crate::controllers::persistentvolume::{
+    DEFAULT_CLASS, IS_DEFAULT_CLASS, LOCAL_PATH_PROVISIONER,
+};
 
 /// The beta name of the default-class annotation, still honoured by kube.
 const BETA_IS_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-class";

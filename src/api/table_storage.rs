@@ -130,7 +130,11 @@ pub fn cells(kind: &str, o: &Value, name: Value, age: Value) -> Vec<Value> {
                     "" => "Immediate",
                     m => m,
                 }),
-                json!(o.pointer("/allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+                json!(o
+                    .pointer("/allowVolumeExpansion")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string()),
                 age,
             ]
         }
@@ -151,8 +155,15 @@ mod tests {
         assert_eq!(
             row,
             vec![
-                json!("data"), json!("Bound"), json!("pvc-1"), json!("1Gi"), json!("RWO,ROX"),
-                json!("local-path"), json!("<unset>"), json!("5s"), json!("Filesystem"),
+                json!("data"),
+                json!("Bound"),
+                json!("pvc-1"),
+                json!("1Gi"),
+                json!("RWO,ROX"),
+                json!("local-path"),
+                json!("<unset>"),
+                json!("5s"),
+                json!("Filesystem"),
             ]
         );
         assert_eq!(

@@ -138,7 +138,10 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
         .and_then(|v| Ok((filters::pick_with(&pod, &infos, &|n| v.unfit(n))?, v)));
     match picked {
         Ok((node, claims)) => {
-            if let Some(info) = infos.iter().find(|i| i.node.metadata.name.as_ref() == Some(&node)) {
+            if let Some(info) = infos
+                .iter()
+                .find(|i| i.node.metadata.name.as_ref() == Some(&node))
+            {
                 claims.assign(&ctx.client, &info.node).await?;
             }
             let name = pod.name_any();

@@ -19,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::controllers::persistentvolume::{matching, waits_for_consumer, SELECTED_NODE};
+use crate::controllers::Watched;
 
 /// Why a node cannot host the pod's bound volumes (kube's message).
 pub const NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
@@ -34,20 +35,14 @@ pub struct VolumeCaches {
     classes: Store<StorageClass>,
 }
 
-fn cache<K>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+fn cache<K: Watched>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send) {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .for_each(|_| async {});
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
     (store, stream)
 }
 
@@ -94,12 +89,7 @@ impl VolumeCaches {
             if claim.metadata.deletion_timestamp.is_some() {
                 return Err(format!("persistentvolumeclaim {name:?} is being deleted"));
             }
-            let bound = claim
-                .spec
-                .as_ref()
-                .and_then(|s| s.volume_name.as_deref())
-                .filter(|n| !n.is_empty());
-            if let Some(pv) = bound {
+            if let Some(pv) = matching::bound_volume(&claim) {
                 let volume = self
                     .volumes
                     .get(&ObjectRef::new(pv))
@@ -176,7 +166,11 @@ impl PodVolumes {
                     }},
                 });
                 Api::<PersistentVolume>::all(client.clone())
-                    .patch(&pv.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                    .patch(
+                        &pv.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
                     .await?;
                 continue;
             }
@@ -212,8 +206,10 @@ mod tests {
     use super::*;
 
     fn node(name: &str) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}))
-            .expect("node")
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}),
+        )
+        .expect("node")
     }
 
     fn on_node(name: &str) -> Arc<PersistentVolume> {

@@ -24,7 +24,12 @@ fn wait_bound(server: &Server, name: &str) -> Value {
 fn wait_ready(server: &Server, pod: &str) {
     server.ok(
         "1.33",
-        &["wait", "--for=condition=Ready", &format!("pod/{pod}"), "--timeout=90s"],
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{pod}"),
+            "--timeout=90s",
+        ],
     );
 }
 
@@ -53,6 +58,13 @@ spec:
     )
 }
 
+/// A ReadWriteOnce claim `name` of `size`; `extra`: more lines of its spec.
+fn claim_yaml(name: &str, size: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: {size}}}}}\n{extra}"
+    )
+}
+
 fn logs(server: &Server, pod: &str) -> String {
     server.ok("1.33", &["logs", pod])
 }
@@ -63,52 +75,88 @@ fn local_path_claims_wait_for_a_pod_keep_data_and_go_with_the_claim() {
     server.wait_node_ready("node25");
     let classes = server.ok("1.33", &["get", "storageclass"]);
     assert!(
-        classes.lines().any(|l| l.starts_with("local-path (default)")
-            && l.contains("rancher.io/local-path")
-            && l.contains("Delete")
-            && l.contains("WaitForFirstConsumer")),
+        classes
+            .lines()
+            .any(|l| l.starts_with("local-path (default)")
+                && l.contains("rancher.io/local-path")
+                && l.contains("Delete")
+                && l.contains("WaitForFirstConsumer")),
         "{classes}"
     );
-    apply(
-        &server,
-        "claim",
-        r#"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data}
-spec:
-  accessModes: [ReadWriteOnce]
-  resources: {requests: {storage: 64Mi}}
-"#,
-    );
+    apply(&server, "claim", &claim_yaml("data", "64Mi", ""));
     let c = claim(&server, "data");
-    assert_eq!(c["spec"]["storageClassName"], "local-path", "default class: {c}");
+    assert_eq!(
+        c["spec"]["storageClassName"], "local-path",
+        "default class: {c}"
+    );
     std::thread::sleep(std::time::Duration::from_secs(3));
     let c = claim(&server, "data");
-    assert_eq!(c["status"]["phase"], "Pending", "waits for its first pod: {c}");
+    assert_eq!(
+        c["status"]["phase"], "Pending",
+        "waits for its first pod: {c}"
+    );
     assert!(c["spec"].get("volumeName").is_none(), "{c}");
-    let events = server.ok("1.33", &["get", "events", "--field-selector", "involvedObject.name=data"]);
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=data",
+        ],
+    );
     assert!(events.contains("WaitForFirstConsumer"), "{events}");
 
+    // Start-up time of a pod on a new local-path claim (provisioning and binding
+    // included) against one with an emptyDir, measured in the same run.
+    let mut plain = std::time::Duration::ZERO;
+    for name in ["warm-up", "plain"] {
+        let started = std::time::Instant::now();
+        apply(
+            &server,
+            name,
+            &pod_yaml(name, "unused", false, "true").replace(
+                "persistentVolumeClaim: {claimName: unused, readOnly: false}",
+                "emptyDir: {}",
+            ),
+        );
+        wait_ready(&server, name);
+        plain = started.elapsed();
+    }
+    let started = std::time::Instant::now();
     apply(
         &server,
         "writer",
         &pod_yaml("writer", "data", false, "echo persisted > /data/file"),
     );
     wait_ready(&server, "writer");
+    eprintln!(
+        "pod start: emptyDir {:.2}s, new local-path claim {:.2}s",
+        plain.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     let c = wait_bound(&server, "data");
     let uid = c["metadata"]["uid"].as_str().expect("uid");
     let pv_name = format!("pvc-{uid}");
     assert_eq!(c["spec"]["volumeName"], pv_name.as_str(), "{c}");
-    assert_eq!(c["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"], "yes");
-    assert_eq!(c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"], "node25");
+    assert_eq!(
+        c["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"],
+        "yes"
+    );
+    assert_eq!(
+        c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        "node25"
+    );
     let pv = get_json(&server, &["get", "pv", &pv_name, "-o", "json"]);
     assert_eq!(pv["status"]["phase"], "Bound", "{pv}");
     assert_eq!(pv["spec"]["claimRef"]["uid"], uid);
     let dir = host_path(&pv);
     assert_eq!(
         dir,
-        server.data_dir().join("storage").join(format!("{pv_name}_default_data")),
+        server
+            .data_dir()
+            .join("storage")
+            .join(format!("{pv_name}_default_data")),
         "k3s's layout under the node's data dir"
     );
     let file = dir.join("file");
@@ -118,8 +166,18 @@ spec:
     let table = server.ok("1.27", &["get", "pv,pvc"]);
     let rows: Vec<&str> = table.lines().filter(|l| l.contains("Bound")).collect();
     assert_eq!(rows.len(), 2, "the volume and the claim are Bound: {table}");
-    assert!(rows.iter().any(|l| l.contains("default/data") && l.contains("RWO") && l.contains("Delete")), "{table}");
-    assert!(rows.iter().any(|l| l.starts_with("persistentvolumeclaim/data") && l.contains(&pv_name) && l.contains("64Mi")), "{table}");
+    assert!(
+        rows.iter()
+            .any(|l| l.contains("default/data") && l.contains("RWO") && l.contains("Delete")),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("persistentvolumeclaim/data")
+                && l.contains(&pv_name)
+                && l.contains("64Mi")),
+        "{table}"
+    );
 
     // The data outlives the pod: a new pod on the claim reads it, read-only.
     server.ok("1.33", &["delete", "pod", "writer", "--wait=true"]);
@@ -147,8 +205,14 @@ spec:
     std::thread::sleep(std::time::Duration::from_secs(3));
     let c = claim(&server, "data");
     assert!(c["metadata"]["deletionTimestamp"].is_string(), "{c}");
-    assert_eq!(c["metadata"]["finalizers"][0], "kubernetes.io/pvc-protection");
-    assert!(dir.join("file").exists(), "the data stays while the pod runs");
+    assert_eq!(
+        c["metadata"]["finalizers"][0],
+        "kubernetes.io/pvc-protection"
+    );
+    assert!(
+        dir.join("file").exists(),
+        "the data stays while the pod runs"
+    );
     server.ok("1.33", &["delete", "pod", "reader", "--wait=true"]);
     wait_for(60, "the volume to go", || {
         let out = server.kubectl("1.33", &["get", "pv", &pv_name]);
@@ -179,42 +243,27 @@ fn pre_made_volumes_and_statefulset_claims_bind() {
     let server = Server::start_node(26, &[]);
     server.wait_node_ready("node26");
     let manual = server.data_dir().join("manual");
-    apply(
-        &server,
-        "volumes",
-        &format!(
-            r#"
+    // Hand-made volumes of class "manual" (no StorageClass object: bound at once).
+    let volumes: Vec<String> = [("tiny", "16Mi"), ("fits", "128Mi"), ("huge", "10Gi")]
+        .iter()
+        .map(|(name, size)| {
+            format!(
+                r#"
 apiVersion: v1
 kind: PersistentVolume
-metadata: {{name: tiny, labels: {{kind: hand-made}}}}
+metadata: {{name: {name}, labels: {{kind: hand-made}}}}
 spec:
-  capacity: {{storage: 16Mi}}
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  hostPath: {{path: {dir}/tiny, type: DirectoryOrCreate}}
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: fits, labels: {{kind: hand-made}}}}
-spec:
-  capacity: {{storage: 128Mi}}
+  capacity: {{storage: {size}}}
   accessModes: [ReadWriteOnce]
   storageClassName: manual
   persistentVolumeReclaimPolicy: Retain
-  hostPath: {{path: {dir}/fits, type: DirectoryOrCreate}}
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: huge, labels: {{kind: hand-made}}}}
-spec:
-  capacity: {{storage: 10Gi}}
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  hostPath: {{path: {dir}/huge, type: DirectoryOrCreate}}
+  hostPath: {{path: {dir}/{name}, type: DirectoryOrCreate}}
 "#,
-            dir = manual.display()
-        ),
-    );
+                dir = manual.display()
+            )
+        })
+        .collect();
+    apply(&server, "volumes", &volumes.join("---\n"));
     wait_for(30, "the volumes to be Available", || {
         let l = get_json(&server, &["get", "pv", "-o", "json"]);
         let items = l["items"].as_array()?.clone();
@@ -222,37 +271,39 @@ spec:
             .then_some(())
     });
     // A pod whose claim does not exist is not scheduled.
-    apply(&server, "orphan", &pod_yaml("orphan", "nope", false, "true"));
+    apply(
+        &server,
+        "orphan",
+        &pod_yaml("orphan", "nope", false, "true"),
+    );
     let msg = unschedulable(&server, "orphan");
     assert!(
         msg.starts_with("0/1 nodes are available: persistentvolumeclaim \"nope\" not found."),
         "{msg}"
     );
-    apply(
-        &server,
-        "claim",
-        r#"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: claim}
-spec:
-  storageClassName: manual
-  accessModes: [ReadWriteOnce]
-  resources: {requests: {storage: 100Mi}}
-  selector: {matchLabels: {kind: hand-made}}
-"#,
-    );
+    let hand_made = "  storageClassName: manual\n  selector: {matchLabels: {kind: hand-made}}\n";
+    apply(&server, "claim", &claim_yaml("claim", "100Mi", hand_made));
     let c = wait_bound(&server, "claim");
-    assert_eq!(c["spec"]["volumeName"], "fits", "the smallest fitting volume: {c}");
+    assert_eq!(
+        c["spec"]["volumeName"], "fits",
+        "the smallest fitting volume: {c}"
+    );
     assert_eq!(c["status"]["capacity"]["storage"], "128Mi");
     let pv = get_json(&server, &["get", "pv", "fits", "-o", "json"]);
-    assert_eq!(pv["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"], "yes");
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"],
+        "yes"
+    );
     assert_eq!(pv["spec"]["claimRef"]["name"], "claim");
     wait_for(30, "the volume to be Bound", || {
         let pv = get_json(&server, &["get", "pv", "fits", "-o", "json"]);
         (pv["status"]["phase"] == "Bound").then_some(())
     });
-    apply(&server, "user", &pod_yaml("user", "claim", false, "echo hand-made > /data/f"));
+    apply(
+        &server,
+        "user",
+        &pod_yaml("user", "claim", false, "echo hand-made > /data/f"),
+    );
     wait_ready(&server, "user");
     wait_for(30, "the pod's file in the hand-made volume", || {
         (read(&manual.join("fits/f"))? == "hand-made\n").then_some(())
@@ -297,12 +348,19 @@ spec:
     for i in 0..2 {
         let pod = format!("web-{i}");
         wait_for(120, &format!("{pod} to exist"), || {
-            server.kubectl("1.33", &["get", "pod", &pod]).status.success().then_some(())
+            server
+                .kubectl("1.33", &["get", "pod", &pod])
+                .status
+                .success()
+                .then_some(())
         });
         wait_ready(&server, &pod);
         let c = wait_bound(&server, &format!("data-web-{i}"));
         assert_eq!(c["spec"]["storageClassName"], "local-path", "{c}");
-        let pv_name = c["spec"]["volumeName"].as_str().expect("volume").to_string();
+        let pv_name = c["spec"]["volumeName"]
+            .as_str()
+            .expect("volume")
+            .to_string();
         let pv = get_json(&server, &["get", "pv", &pv_name, "-o", "json"]);
         let id = host_path(&pv).join("id");
         wait_for(30, &format!("{pod}'s file on the node"), || {

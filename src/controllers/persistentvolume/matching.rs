@@ -24,6 +24,14 @@ pub fn volume_class(pv: &PersistentVolume) -> &str {
         .unwrap_or("")
 }
 
+/// The volume a claim names (bound or pre-bound), if any.
+pub fn bound_volume(pvc: &PersistentVolumeClaim) -> Option<&str> {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
 /// Bytes the claim requests (0 when it names none).
 pub fn requested(pvc: &PersistentVolumeClaim) -> f64 {
     pvc.spec
@@ -117,7 +125,11 @@ pub fn find<'a>(
         if node.is_some_and(|n| !fits_node(pv, n)) {
             continue;
         }
-        let claimed = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some();
+        let claimed = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some();
         if claimed {
             if claimed_by(pv, pvc) {
                 return Some(pv);
@@ -195,7 +207,8 @@ mod tests {
 
     #[test]
     fn claimed_volumes_are_skipped_unless_pre_bound_to_the_claim() {
-        let other = json!({"spec": {"claimRef": {"namespace": "ns", "name": "other", "uid": "u9"}}});
+        let other =
+            json!({"spec": {"claimRef": {"namespace": "ns", "name": "other", "uid": "u9"}}});
         let mine = json!({"spec": {"claimRef": {"namespace": "ns", "name": "data"}}});
         let vols = [
             pv("taken", "1Gi", other),
@@ -203,8 +216,16 @@ mod tests {
             pv("reserved", "5Gi", mine),
         ];
         assert_eq!(pick(&vols, &pvc("1Gi", json!({}))), Some("reserved"));
-        let vols = [pv("taken", "1Gi", json!({"spec": {"claimRef": {"namespace": "ns", "name": "data", "uid": "old"}}}))];
-        assert_eq!(pick(&vols, &pvc("1Gi", json!({}))), None, "a released volume of an earlier claim of that name");
+        let vols = [pv(
+            "taken",
+            "1Gi",
+            json!({"spec": {"claimRef": {"namespace": "ns", "name": "data", "uid": "old"}}}),
+        )];
+        assert_eq!(
+            pick(&vols, &pvc("1Gi", json!({}))),
+            None,
+            "a released volume of an earlier claim of that name"
+        );
     }
 
     #[test]
@@ -213,8 +234,10 @@ mod tests {
             {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}]}}}});
         let vols = [pv("local", "1Gi", affinity)];
         let node = |n: &str| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}}))
-                .expect("node")
+            serde_json::from_value(
+                json!({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}}),
+            )
+            .expect("node")
         };
         let c = pvc("1Gi", json!({}));
         assert!(find(&vols, &c, Some(&node("a"))).is_some());

@@ -94,12 +94,7 @@ pub async fn run(
         .watches(
             Api::<PersistentVolumeClaim>::all(client),
             watch_config(),
-            |pvc: PersistentVolumeClaim| {
-                pvc.spec
-                    .and_then(|s| s.volume_name)
-                    .filter(|n| !n.is_empty())
-                    .map(|n| ObjectRef::new(&n))
-            },
+            |pvc: PersistentVolumeClaim| matching::bound_volume(&pvc).map(ObjectRef::new),
         );
     let volume_loop = super::run(
         "persistentvolume",
@@ -108,15 +103,16 @@ pub async fn run(
         ctx.clone(),
         shutdown.clone(),
     );
-    tokio::join!(
-        claim_loop,
-        volume_loop,
-        protection::run(ctx, shutdown)
-    );
+    tokio::join!(claim_loop, volume_loop, protection::run(ctx, shutdown));
 }
 
 fn recorder(ctx: &Context) -> Recorder {
     Recorder::new(ctx.client.clone(), COMPONENT, None)
+}
+
+/// The API of the claim's namespace.
+fn claims_api(ctx: &Context, pvc: &PersistentVolumeClaim) -> Api<PersistentVolumeClaim> {
+    Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default())
 }
 
 fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
@@ -127,12 +123,17 @@ fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str>
 }
 
 /// The claim's StorageClass, when it names one that exists.
-pub async fn class_of(client: &Client, pvc: &PersistentVolumeClaim) -> Result<Option<StorageClass>> {
+pub async fn class_of(
+    client: &Client,
+    pvc: &PersistentVolumeClaim,
+) -> Result<Option<StorageClass>> {
     let name = matching::claim_class(pvc);
     if name.is_empty() {
         return Ok(None);
     }
-    Ok(Api::<StorageClass>::all(client.clone()).get_opt(name).await?)
+    Ok(Api::<StorageClass>::all(client.clone())
+        .get_opt(name)
+        .await?)
 }
 
 /// Whether a class waits for the first pod before binding.
@@ -152,13 +153,8 @@ async fn sync_claim(
     if volumes.wait_until_ready().await.is_err() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let bound_to = pvc
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_name.clone())
-        .filter(|n| !n.is_empty());
-    if let Some(name) = bound_to {
-        return sync_bound_claim(&pvc, &ctx, &name).await;
+    if let Some(name) = matching::bound_volume(&pvc) {
+        return sync_bound_claim(&pvc, &ctx, name).await;
     }
     let class = class_of(&ctx.client, &pvc).await?;
     let selected = annotation(&pvc.metadata, SELECTED_NODE).map(String::from);
@@ -276,10 +272,7 @@ async fn bind(ctx: &Context, pv: &PersistentVolume, pvc: &PersistentVolumeClaim)
         )
         .await?;
     }
-    let claims = Api::<PersistentVolumeClaim>::namespaced(
-        ctx.client.clone(),
-        &pvc.namespace().unwrap_or_default(),
-    );
+    let claims = claims_api(ctx, pvc);
     let named = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(pv_name.as_str());
     let completed = annotation(&pvc.metadata, BIND_COMPLETED).is_some();
     if !named || !completed {
@@ -292,7 +285,11 @@ async fn bind(ctx: &Context, pv: &PersistentVolume, pvc: &PersistentVolumeClaim)
             "spec": {"volumeName": pv_name},
         });
         claims
-            .patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .patch(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
             .await?;
     }
     let spec = pv.spec.clone().unwrap_or_default();
@@ -318,7 +315,7 @@ async fn set_claim_phase(ctx: &Context, pvc: &PersistentVolumeClaim, phase: &str
     if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase) {
         return Ok(());
     }
-    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default())
+    claims_api(ctx, pvc)
         .patch_status(
             &pvc.name_any(),
             &PatchParams::default(),
@@ -331,7 +328,12 @@ async fn set_claim_phase(ctx: &Context, pvc: &PersistentVolumeClaim, phase: &str
 /// Records a claim Event the first time it applies (when the claim has no phase yet,
 /// i.e. on its first pass), so a waiting claim does not repeat it every sync.
 fn note_once(ctx: &Context, pvc: &PersistentVolumeClaim, reason: &str, message: &str) {
-    if pvc.status.as_ref().and_then(|s| s.phase.as_deref()).is_none() {
+    if pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_none()
+    {
         let kind = if reason == "FailedBinding" {
             Kind::Warning
         } else {
@@ -343,7 +345,11 @@ fn note_once(ctx: &Context, pvc: &PersistentVolumeClaim, reason: &str, message: 
 
 /// Marks the claim for an external provisioner (kube's `storage-provisioner`
 /// annotations) and says so in an Event.
-async fn ask_provisioner(ctx: &Context, pvc: &PersistentVolumeClaim, provisioner: &str) -> Result<()> {
+async fn ask_provisioner(
+    ctx: &Context,
+    pvc: &PersistentVolumeClaim,
+    provisioner: &str,
+) -> Result<()> {
     if annotation(&pvc.metadata, STORAGE_PROVISIONER[0]) == Some(provisioner) {
         return Ok(());
     }
@@ -351,7 +357,7 @@ async fn ask_provisioner(ctx: &Context, pvc: &PersistentVolumeClaim, provisioner
         .iter()
         .map(|k| (k.to_string(), json!(provisioner)))
         .collect();
-    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default())
+    claims_api(ctx, pvc)
         .patch(
             &pvc.name_any(),
             &PatchParams::default(),
@@ -436,9 +442,17 @@ async fn release(ctx: &Context, pv: &PersistentVolume) -> Result<Action> {
         "Delete" | "Recycle" => {
             let message = format!(
                 "error getting {} volume plugin for volume {:?}: no {} volume plugin matched",
-                if policy == "Delete" { "deleter" } else { "recycler" },
+                if policy == "Delete" {
+                    "deleter"
+                } else {
+                    "recycler"
+                },
                 pv.name_any(),
-                if policy == "Delete" { "deletable" } else { "recyclable" },
+                if policy == "Delete" {
+                    "deletable"
+                } else {
+                    "recyclable"
+                },
             );
             set_volume_phase(ctx, pv, "Failed", Some(&message)).await?;
             recorder(ctx).record(pv, None, Kind::Warning, "VolumeFailedDelete", &message);

@@ -28,12 +28,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watch_config(),
     )
-    .watches(Api::<Pod>::all(client.clone()), watch_config(), |pod: Pod| {
-        let ns = pod.namespace().unwrap_or_default();
-        claims_of(&pod)
-            .map(|c| ObjectRef::new(c).within(&ns))
-            .collect::<Vec<_>>()
-    });
+    .watches(
+        Api::<Pod>::all(client.clone()),
+        watch_config(),
+        |pod: Pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            claims_of(&pod)
+                .map(|c| ObjectRef::new(c).within(&ns))
+                .collect::<Vec<_>>()
+        },
+    );
     let shutdown = shutdown.shared();
     let claim_loop = super::super::run(
         "pvc-protection",
@@ -62,13 +66,21 @@ async fn release_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let rest: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
+    let rest: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .collect();
     let patch = json!({"metadata": {
         "finalizers": rest,
         "resourceVersion": obj.meta().resource_version,
     }});
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
     Ok(())
 }
 

@@ -53,8 +53,7 @@ pub fn volume_for(
     let modes = spec.access_modes.clone().unwrap_or_default();
     if modes.is_empty() || modes.iter().any(|m| !SUPPORTED_MODES.contains(&m.as_str())) {
         return Err(
-            "NodePath only supports ReadWriteOnce and ReadWriteOncePod (1.22+) access modes"
-                .into(),
+            "NodePath only supports ReadWriteOnce and ReadWriteOncePod (1.22+) access modes".into(),
         );
     }
     let size = spec
@@ -118,7 +117,10 @@ pub async fn provision(
                 None,
                 Kind::Warning,
                 "ProvisioningFailed",
-                &format!("failed to provision volume with StorageClass {:?}: {reason}", class.name_any()),
+                &format!(
+                    "failed to provision volume with StorageClass {:?}: {reason}",
+                    class.name_any()
+                ),
             );
             return Err(Error::Object(reason));
         }
@@ -131,7 +133,8 @@ pub async fn provision(
         "Provisioning",
         &format!("External provisioner is provisioning volume for claim {claim:?}"),
     );
-    let pv: PersistentVolume = serde_json::from_value(pv).map_err(|e| Error::Object(e.to_string()))?;
+    let pv: PersistentVolume =
+        serde_json::from_value(pv).map_err(|e| Error::Object(e.to_string()))?;
     match api.create(&PostParams::default(), &pv).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -179,7 +182,8 @@ mod tests {
         assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Delete");
         assert_eq!(pv["spec"]["claimRef"]["uid"], "abc");
         assert_eq!(
-            pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
+            pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+                ["values"][0],
             "n1"
         );
         let mut rwx = pvc.clone();
