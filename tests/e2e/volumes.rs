@@ -281,6 +281,56 @@ spec:
         msg.starts_with("0/1 nodes are available: persistentvolumeclaim \"nope\" not found."),
         "{msg}"
     );
+    // A claim of a class without provisioner that no volume fits stays unbound: its pod
+    // is not scheduled. A claim bound to a volume of another node: no node fits.
+    apply(
+        &server,
+        "big",
+        &claim_yaml("big", "100Gi", "  storageClassName: manual\n"),
+    );
+    apply(
+        &server,
+        "waiting",
+        &pod_yaml("waiting", "big", false, "true"),
+    );
+    let msg = unschedulable(&server, "waiting");
+    assert!(
+        msg.starts_with(
+            "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+        ),
+        "{msg}"
+    );
+    apply(
+        &server,
+        "far",
+        &format!(
+            "{}---\n{}",
+            claim_yaml("far", "1Mi", "  storageClassName: far\n"),
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: far}
+spec:
+  capacity: {storage: 1Mi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: far
+  local: {path: /nonexistent}
+  nodeAffinity: {required: {nodeSelectorTerms: [{matchExpressions: [
+    {key: kubernetes.io/hostname, operator: In, values: [another-node]}]}]}}
+"#
+        ),
+    );
+    wait_bound(&server, "far");
+    apply(
+        &server,
+        "stranded",
+        &pod_yaml("stranded", "far", false, "true"),
+    );
+    let msg = unschedulable(&server, "stranded");
+    assert!(
+        msg.starts_with("0/1 nodes are available: 1 node(s) had volume node affinity conflict."),
+        "{msg}"
+    );
     let hand_made = "  storageClassName: manual\n  selector: {matchLabels: {kind: hand-made}}\n";
     apply(&server, "claim", &claim_yaml("claim", "100Mi", hand_made));
     let c = wait_bound(&server, "claim");
