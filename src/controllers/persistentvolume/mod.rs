@@ -75,12 +75,22 @@ pub async fn run(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watch_config(),
     );
-    // A new or changed volume may fit any waiting claim.
-    let waiting = claims.store();
-    let claims = claims.watches_stream(
-        volume_events,
-        super::reconcile_all::<_, PersistentVolume>(waiting),
-    );
+    // A new or changed volume may fit any waiting claim, and concerns the claim it names.
+    let known = claims.store();
+    let claims = claims.watches_stream(volume_events, move |pv: PersistentVolume| {
+        let mut refs: Vec<ObjectRef<PersistentVolumeClaim>> = known
+            .state()
+            .iter()
+            .filter(|c| matching::bound_volume(c).is_none())
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect();
+        if let Some(r) = pv.spec.and_then(|s| s.claim_ref) {
+            if let (Some(name), Some(ns)) = (r.name, r.namespace) {
+                refs.push(ObjectRef::new(&name).within(&ns));
+            }
+        }
+        refs
+    });
     let shutdown = shutdown.shared();
     let store = volumes.clone();
     let claim_loop = super::run(
@@ -154,7 +164,8 @@ async fn sync_claim(
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if let Some(name) = matching::bound_volume(&pvc) {
-        return sync_bound_claim(&pvc, &ctx, name).await;
+        let pv = volumes.get(&ObjectRef::new(name));
+        return sync_bound_claim(&pvc, &ctx, pv.as_deref()).await;
     }
     let class = class_of(&ctx.client, &pvc).await?;
     let selected = annotation(&pvc.metadata, SELECTED_NODE).map(String::from);
@@ -204,14 +215,14 @@ async fn sync_claim(
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
-/// A claim that names its volume: completes the binding when the volume agrees.
+/// A claim that names its volume (`pv`, None when it does not exist): completes the
+/// binding when the volume agrees.
 async fn sync_bound_claim(
     pvc: &PersistentVolumeClaim,
     ctx: &Context,
-    name: &str,
+    pv: Option<&PersistentVolume>,
 ) -> Result<Action> {
-    let api = Api::<PersistentVolume>::all(ctx.client.clone());
-    let Some(pv) = api.get_opt(name).await? else {
+    let Some(pv) = pv else {
         let was_bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         if was_bound {
             set_claim_phase(ctx, pvc, "Lost").await?;
@@ -228,8 +239,8 @@ async fn sync_bound_claim(
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-    if claim_ref.is_none() || matching::claimed_by(&pv, pvc) {
-        bind(ctx, &pv, pvc).await?;
+    if claim_ref.is_none() || matching::claimed_by(pv, pvc) {
+        bind(ctx, pv, pvc).await?;
     } else {
         set_claim_phase(ctx, pvc, "Pending").await?;
         note_once(
