@@ -75,8 +75,26 @@ fn protect(obj: &mut Value, finalizer: &str) {
     }
 }
 
-/// Admits a new volume: in-use protection.
+/// Defaults of a new claim or volume (kube's `SetDefaults_*` after `PrepareForCreate`):
+/// status reset to phase Pending, `volumeMode` Filesystem.
+fn defaults(obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("status".into(), json!({"phase": "Pending"}));
+    }
+    child_map(obj, "spec")
+        .entry("volumeMode")
+        .or_insert_with(|| json!("Filesystem"));
+}
+
+/// Admits a new volume: defaults (reclaim policy Retain) and in-use protection.
 pub fn admit_volume(pv: &mut Value) {
+    if !pv.get("spec").is_some_and(Value::is_object) {
+        return; // validation reports it
+    }
+    defaults(pv);
+    child_map(pv, "spec")
+        .entry("persistentVolumeReclaimPolicy")
+        .or_insert_with(|| json!("Retain"));
     protect(pv, PV_PROTECTION);
 }
 
@@ -86,6 +104,7 @@ pub async fn admit(store: &Store, pvc: &mut Value) -> Result<(), ApiError> {
     if !pvc.get("spec").is_some_and(Value::is_object) {
         return Ok(()); // validation reports it
     }
+    defaults(pvc);
     protect(pvc, PVC_PROTECTION);
     if pvc
         .pointer("/spec/storageClassName")
@@ -131,5 +150,22 @@ mod tests {
         assert_eq!(default_class(&classes).as_deref(), Some("new"));
         assert_eq!(default_class(&classes[2..]), None);
         assert!(is_default(&local_path_class()));
+    }
+
+    #[test]
+    fn new_volumes_are_pending_protected_and_retained() {
+        let mut pv = json!({"metadata": {"name": "v"}, "spec": {"capacity": {"storage": "1Gi"}},
+            "status": {"phase": "Bound"}});
+        admit_volume(&mut pv);
+        assert_eq!(pv["status"], json!({"phase": "Pending"}));
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(pv["metadata"]["finalizers"], json!([PV_PROTECTION]));
+        admit_volume(&mut pv);
+        assert_eq!(
+            pv["metadata"]["finalizers"],
+            json!([PV_PROTECTION]),
+            "added once"
+        );
     }
 }

@@ -171,7 +171,7 @@ async fn sync_claim(
     let selected = annotation(&pvc.metadata, SELECTED_NODE).map(String::from);
     if waits_for_consumer(class.as_ref()) && selected.is_none() {
         set_claim_phase(&ctx, &pvc, "Pending").await?;
-        note_once(
+        note(
             &ctx,
             &pvc,
             "WaitForFirstConsumer",
@@ -209,7 +209,7 @@ async fn sync_claim(
             } else {
                 format!("no persistent volumes available for this claim of class {class_name:?}")
             };
-            note_once(&ctx, &pvc, "FailedBinding", &message);
+            note(&ctx, &pvc, "FailedBinding", &message);
         }
     }
     Ok(Action::requeue(Duration::from_secs(30)))
@@ -243,7 +243,7 @@ async fn sync_bound_claim(
         bind(ctx, pv, pvc).await?;
     } else {
         set_claim_phase(ctx, pvc, "Pending").await?;
-        note_once(
+        note(
             ctx,
             pvc,
             "FailedBinding",
@@ -336,22 +336,15 @@ async fn set_claim_phase(ctx: &Context, pvc: &PersistentVolumeClaim, phase: &str
     Ok(())
 }
 
-/// Records a claim Event the first time it applies (when the claim has no phase yet,
-/// i.e. on its first pass), so a waiting claim does not repeat it every sync.
-fn note_once(ctx: &Context, pvc: &PersistentVolumeClaim, reason: &str, message: &str) {
-    if pvc
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_none()
-    {
-        let kind = if reason == "FailedBinding" {
-            Kind::Warning
-        } else {
-            Kind::Normal
-        };
-        recorder(ctx).record(pvc, None, kind, reason, message);
-    }
+/// Records a claim Event (each sync that finds the claim still waiting, as kube's
+/// controller does; repeats raise the Event's count).
+fn note(ctx: &Context, pvc: &PersistentVolumeClaim, reason: &str, message: &str) {
+    let kind = if reason == "FailedBinding" {
+        Kind::Warning
+    } else {
+        Kind::Normal
+    };
+    recorder(ctx).record(pvc, None, kind, reason, message);
 }
 
 /// Marks the claim for an external provisioner (kube's `storage-provisioner`
