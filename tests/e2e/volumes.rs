@@ -1,7 +1,8 @@
 //! PersistentVolumes with the real containerd agent: the default `local-path` class, a
 //! claim that waits for its first pod, data that outlives the pod, the volume and its
-//! directory going with the claim (once no pod uses it), StatefulSet claims from volumeClaimTemplates, and a
-//! hand-made hostPath volume bound to a matching claim.
+//! directory going with the claim (once no pod uses it), StatefulSet claims from
+//! volumeClaimTemplates, hand-made hostPath volumes bound to matching claims, the
+//! scheduler's volume reasons, and a pod that waits on the node for its claim.
 
 use std::path::{Path, PathBuf};
 
@@ -331,6 +332,61 @@ spec:
         msg.starts_with("0/1 nodes are available: 1 node(s) had volume node affinity conflict."),
         "{msg}"
     );
+    // A pod placed on the node directly, on a claim no volume serves yet, waits in
+    // ContainerCreating with the kubelet's message and a FailedMount Event; it starts once
+    // a volume for the claim appears.
+    apply(
+        &server,
+        "later",
+        &claim_yaml("later", "8Mi", "  storageClassName: late\n"),
+    );
+    apply(
+        &server,
+        "patient",
+        &pod_yaml("patient", "later", false, "true").replace(
+            "spec:\n  terminationGracePeriodSeconds",
+            "spec:\n  nodeName: node26\n  terminationGracePeriodSeconds",
+        ),
+    );
+    let waiting = wait_for(60, "the pod to wait for its claim", || {
+        let p = get_json(&server, &["get", "pod", "patient", "-o", "json"]);
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "ContainerCreating").then_some(w)
+    });
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PVC default/later has non-bound phase (\"Pending\")")),
+        "{waiting}"
+    );
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=patient",
+        ],
+    );
+    assert!(events.contains("FailedMount"), "{events}");
+    apply(
+        &server,
+        "late",
+        &format!(
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: late}}
+spec:
+  capacity: {{storage: 8Mi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: late
+  hostPath: {{path: {}/late, type: DirectoryOrCreate}}
+"#,
+            manual.display()
+        ),
+    );
+    wait_ready(&server, "patient");
     let hand_made = "  storageClassName: manual\n  selector: {matchLabels: {kind: hand-made}}\n";
     apply(&server, "claim", &claim_yaml("claim", "100Mi", hand_made));
     let c = wait_bound(&server, "claim");
