@@ -11,9 +11,10 @@ pub mod matching;
 pub mod protection;
 pub mod provisioner;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
@@ -92,11 +93,15 @@ pub async fn run(
         refs
     });
     let shutdown = shutdown.shared();
-    let store = volumes.clone();
+    let binder = Arc::new(Binder {
+        volumes,
+        local_path,
+        noted: Mutex::new(HashMap::new()),
+    });
     let claim_loop = super::run(
         "persistentvolume-binder",
         claims,
-        move |pvc, ctx| sync_claim(pvc, ctx, store.clone(), local_path),
+        move |pvc, ctx| sync_claim(pvc, ctx, binder.clone()),
         ctx.clone(),
         shutdown.clone(),
     );
@@ -151,12 +156,56 @@ pub fn waits_for_consumer(class: Option<&StorageClass>) -> bool {
     class.and_then(|c| c.volume_binding_mode.as_deref()) == Some(WAIT_FOR_FIRST_CONSUMER)
 }
 
+/// What the claim loop keeps: the volume cache, whether it provisions local-path, and
+/// when it last recorded each waiting claim's Event.
+struct Binder {
+    volumes: Store<PersistentVolume>,
+    local_path: bool,
+    /// (claim uid, reason) → when its Event was last recorded.
+    noted: Mutex<HashMap<(String, &'static str), Instant>>,
+}
+
+/// How often a claim that keeps waiting repeats its Event.
+const NOTE_EVERY: Duration = Duration::from_secs(60);
+
+impl Binder {
+    /// Records a claim Event unless the same one was recorded for it within
+    /// [`NOTE_EVERY`] (a waiting claim is synced on every volume change).
+    fn note(
+        &self,
+        ctx: &Context,
+        pvc: &PersistentVolumeClaim,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let key = (pvc.metadata.uid.clone().unwrap_or_default(), reason);
+        let now = Instant::now();
+        {
+            let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+            if noted
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < NOTE_EVERY)
+            {
+                return;
+            }
+            noted.retain(|_, t| now.duration_since(*t) < NOTE_EVERY);
+            noted.insert(key, now);
+        }
+        let kind = if reason == "FailedBinding" {
+            Kind::Warning
+        } else {
+            Kind::Normal
+        };
+        recorder(ctx).record(pvc, None, kind, reason, message);
+    }
+}
+
 async fn sync_claim(
     pvc: Arc<PersistentVolumeClaim>,
     ctx: Arc<Context>,
-    volumes: Store<PersistentVolume>,
-    local_path: bool,
+    binder: Arc<Binder>,
 ) -> Result<Action> {
+    let volumes = &binder.volumes;
     if pvc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -165,13 +214,13 @@ async fn sync_claim(
     }
     if let Some(name) = matching::bound_volume(&pvc) {
         let pv = volumes.get(&ObjectRef::new(name));
-        return sync_bound_claim(&pvc, &ctx, pv.as_deref()).await;
+        return sync_bound_claim(&pvc, &ctx, &binder, pv.as_deref()).await;
     }
     let class = class_of(&ctx.client, &pvc).await?;
     let selected = annotation(&pvc.metadata, SELECTED_NODE).map(String::from);
     if waits_for_consumer(class.as_ref()) && selected.is_none() {
         set_claim_phase(&ctx, &pvc, "Pending").await?;
-        note(
+        binder.note(
             &ctx,
             &pvc,
             "WaitForFirstConsumer",
@@ -193,7 +242,7 @@ async fn sync_claim(
     match provisioner {
         Some(p) if p != "kubernetes.io/no-provisioner" => {
             ask_provisioner(&ctx, &pvc, p).await?;
-            if p == LOCAL_PATH_PROVISIONER && local_path {
+            if p == LOCAL_PATH_PROVISIONER && binder.local_path {
                 if let (Some(class), Some(node)) = (&class, &node) {
                     provisioner::provision(&ctx, &pvc, class, node).await?;
                 }
@@ -209,7 +258,7 @@ async fn sync_claim(
             } else {
                 format!("no persistent volumes available for this claim of class {class_name:?}")
             };
-            note(&ctx, &pvc, "FailedBinding", &message);
+            binder.note(&ctx, &pvc, "FailedBinding", &message);
         }
     }
     Ok(Action::requeue(Duration::from_secs(30)))
@@ -220,6 +269,7 @@ async fn sync_claim(
 async fn sync_bound_claim(
     pvc: &PersistentVolumeClaim,
     ctx: &Context,
+    binder: &Binder,
     pv: Option<&PersistentVolume>,
 ) -> Result<Action> {
     let Some(pv) = pv else {
@@ -243,7 +293,7 @@ async fn sync_bound_claim(
         bind(ctx, pv, pvc).await?;
     } else {
         set_claim_phase(ctx, pvc, "Pending").await?;
-        note(
+        binder.note(
             ctx,
             pvc,
             "FailedBinding",
@@ -334,17 +384,6 @@ async fn set_claim_phase(ctx: &Context, pvc: &PersistentVolumeClaim, phase: &str
         )
         .await?;
     Ok(())
-}
-
-/// Records a claim Event (each sync that finds the claim still waiting, as kube's
-/// controller does; repeats raise the Event's count).
-fn note(ctx: &Context, pvc: &PersistentVolumeClaim, reason: &str, message: &str) {
-    let kind = if reason == "FailedBinding" {
-        Kind::Warning
-    } else {
-        Kind::Normal
-    };
-    recorder(ctx).record(pvc, None, kind, reason, message);
 }
 
 /// Marks the claim for an external provisioner (kube's `storage-provisioner`
