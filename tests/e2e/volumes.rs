@@ -474,3 +474,23 @@ spec:
         });
     }
 }
+
+#[test]
+fn disable_local_storage_leaves_out_the_class_and_claims_keep_no_class() {
+    let server = Server::start_with(&["--disable", "local-storage"]);
+    let out = server.kubectl("1.33", &["get", "storageclass"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No resources found"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    apply(&server, "claim", &claim_yaml("data", "1Mi", ""));
+    let c = claim(&server, "data");
+    assert!(c["spec"].get("storageClassName").is_none(), "{c}");
+    assert_eq!(c["status"]["phase"], "Pending");
+    assert_eq!(
+        c["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pvc-protection"])
+    );
+}
