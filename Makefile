@@ -159,3 +159,10 @@ bench-crd:
 bench-join:
 	$(CARGO) build --release --bin pikube
 	bash examples/bench_join.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
+.PHONY: bench-volumes
+
+## bench-volumes: PersistentVolume binding of N claims to hand-made volumes, against ConfigMap creates
+bench-volumes:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_volumes.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"

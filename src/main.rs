@@ -266,12 +266,14 @@ struct ServerArgs {
     /// Seconds pods without their own toleration stay on an unreachable node.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: u64,
-    /// Components not to run (repeatable): controllers, scheduler, dns, proxy.
+    /// Components not to run (repeatable): controllers, scheduler, dns, proxy,
+    /// local-storage (the `local-path` StorageClass and its provisioner, as k3s).
     #[arg(long, value_parser = [
         "controllers",
         "scheduler",
         "dns",
         "proxy",
+        "local-storage",
     ])]
     disable: Vec<String>,
     /// File of static bearer tokens, one `token,user,uid[,"group1,group2"]` per line.

@@ -43,7 +43,11 @@ async fn create_if_missing(
     obj: serde_json::Value,
     what: &str,
 ) -> Result<()> {
-    let def = api::resources::lookup("", "v1", resource)
+    let (group, version) = match obj["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), "v1".to_string()),
+    };
+    let def = api::resources::lookup(&group, &version, resource)
         .with_context(|| format!("{resource} are not served"))?;
     let target = rest::Target {
         def,
@@ -239,6 +243,17 @@ pub async fn run(
         },
     )
     .await?;
+    if !config.is_disabled("local-storage") {
+        let class = api::storage_admission::local_path_class();
+        create_if_missing(
+            &api,
+            "storageclasses",
+            None,
+            class,
+            "storageclass local-path",
+        )
+        .await?;
+    }
 
     // Every server serves the custom resources (not only the store's leader).
     if let Err(e) = api.load_definitions().await {
@@ -436,6 +451,17 @@ fn control_loops(
         set.spawn(crate::controllers::nodeipam::run(
             ipam_ctx,
             pod_cidrs,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+        let pv_ctx = Arc::new(crate::controllers::Context {
+            client: client.clone(),
+        });
+        let mut rx = stop_rx.clone();
+        set.spawn(crate::controllers::persistentvolume::run(
+            pv_ctx,
+            !config.is_disabled("local-storage"),
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },

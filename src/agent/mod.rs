@@ -19,6 +19,7 @@ pub mod portforward;
 pub mod probes;
 pub mod sandbox;
 pub mod status;
+pub mod storage;
 pub mod stream;
 mod teardown;
 pub mod tokens;
@@ -108,6 +109,12 @@ impl AgentConfig {
     /// The pods' volumes and managed files.
     pub fn pods_dir(&self) -> PathBuf {
         self.agent_dir().join("pods")
+    }
+
+    /// Local-path volumes of this node (`<data-dir>/storage`, as k3s's
+    /// `/var/lib/rancher/k3s/storage`).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.data_dir.join("storage")
     }
 
     /// The managed containerd's layout.
@@ -206,6 +213,22 @@ pub async fn run(
         agent_port: cfg.agent_port,
     };
     node::register(&client, &spec).await?;
+    let storage = {
+        let mut stop = shutdown.clone();
+        let run = storage::run(
+            client.clone(),
+            cfg.node_name.clone(),
+            cfg.storage_dir(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        );
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "local-path volumes are not served");
+            }
+        })
+    };
     let heartbeat = tokio::spawn(node::heartbeat(
         client.clone(),
         cri.clone(),
@@ -218,6 +241,7 @@ pub async fn run(
         c = wait_pod_cidr(&client, &cfg.node_name) => c,
         _ = shutdown.changed() => {
             heartbeat.abort();
+            storage.abort();
             if let Some(a) = agent_api { a.abort(); }
             if let Some(c) = managed { c.stop().await; }
             return Ok(());
@@ -268,6 +292,7 @@ pub async fn run(
     .await;
     pleg.abort();
     heartbeat.abort();
+    storage.abort();
     if let Some(a) = agent_api {
         a.abort();
     }

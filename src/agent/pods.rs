@@ -536,6 +536,11 @@ impl Worker {
         let volumes = match self.volumes(pod, &pod_ip).await {
             Ok(v) => v,
             Err(e) => {
+                let first = spec.containers.first().map_or("", |c| c.name.as_str());
+                if self.held(&uid, first).is_none_or(|w| w.message != e.0) {
+                    self.events
+                        .record(pod, None, Kind::Warning, "FailedMount", &e.0);
+                }
                 for c in spec
                     .init_containers
                     .iter()

@@ -1,6 +1,7 @@
 //! Pod volumes on the node: emptyDir (on disk, or tmpfs for `medium: Memory`), hostPath,
 //! configMap, secret, downwardAPI and projected (configMap, secret, downwardAPI and
-//! serviceAccountToken sources),
+//! serviceAccountToken sources), persistentVolumeClaim (the bound volume's hostPath or
+//! local directory),
 //! written the way kubelet's atomic writer does (a timestamped directory behind a `..data`
 //! link, swapped in one rename) so containers never see a half-written update; plus the
 //! pod's managed `/etc/hosts`.
@@ -9,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume, VolumeProjection,
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    Secret, Volume, VolumeProjection,
 };
 use kube::{Api, Client, ResourceExt};
 use pikube_runtime::cri::v1 as cri;
@@ -299,6 +301,8 @@ pub async fn prepare(
         (dir, false)
     } else if let Some(h) = &v.host_path {
         return host_path(&h.path, h.type_.as_deref().unwrap_or("")).map_err(io);
+    } else if let Some(c) = &v.persistent_volume_claim {
+        return claim_path(ctx.client, &ns, &c.claim_name).await;
     } else if let Some(cm) = &v.config_map {
         let optional = cm.optional == Some(true);
         let mode = cm.default_mode.map_or(0o644, |m| m as u32);
@@ -367,6 +371,58 @@ pub async fn prepare(
             .map_err(io)?;
     }
     Ok(dir)
+}
+
+/// The host directory of claim `name`'s volume: the claim must be Bound, its volume
+/// bound to it and a `hostPath` or `local` volume (what the local-path provisioner and
+/// hand-made node volumes are). Errors carry the kubelet's messages.
+async fn claim_path(client: &Client, ns: &str, name: &str) -> Result<PathBuf, ConfigError> {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| ConfigError(format!("persistentvolumeclaim {name:?} not found")))?;
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let volume = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    if phase != "Bound" || volume.is_empty() {
+        return Err(ConfigError(format!(
+            "PVC {ns}/{name} has non-bound phase ({phase:?}) or empty pvc.Spec.VolumeName ({volume:?})"
+        )));
+    }
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get_opt(&volume)
+        .await?
+        .ok_or_else(|| ConfigError(format!("persistentvolume {volume:?} not found")))?;
+    let spec = pv.spec.unwrap_or_default();
+    if spec.claim_ref.as_ref().and_then(|r| r.uid.as_deref()) != pvc.metadata.uid.as_deref() {
+        return Err(ConfigError(format!(
+            "volume {volume:?} is not bound to claim {ns}/{name}"
+        )));
+    }
+    let (path, kind) = match (&spec.host_path, &spec.local) {
+        (Some(h), _) => (h.path.clone(), h.type_.clone().unwrap_or_default()),
+        (None, Some(l)) => (l.path.clone(), String::new()),
+        (None, None) => {
+            return Err(ConfigError(format!(
+                "volume {volume:?} has a type this node does not support"
+            )))
+        }
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        let p = host_path(&path, &kind)?;
+        std::fs::metadata(&p)?;
+        Ok::<_, std::io::Error>(p)
+    })
+    .await
+    .map_err(|e| ConfigError(e.to_string()))?;
+    checked.map_err(|e| ConfigError(format!("volume {volume:?}: {e}")))
 }
 
 fn host_path(path: &str, kind: &str) -> std::io::Result<PathBuf> {
@@ -487,6 +543,9 @@ pub fn mounts(
         .flatten()
         .map(|v| {
             let ro = v.config_map.is_some()
+                || v.persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.read_only == Some(true))
                 || v.secret.is_some()
                 || v.downward_api.is_some()
                 || v.projected.is_some();

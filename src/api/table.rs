@@ -241,7 +241,8 @@ fn pod_status(pod: &Value) -> String {
     reason
 }
 
-type Column = (&'static str, &'static str, i64);
+/// A column: name, type, priority (1 = wide only).
+pub(crate) type Column = (&'static str, &'static str, i64);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
     if def.is("", "Event") {
@@ -297,7 +298,7 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
             ("Active", "integer", 0),
             ("Last Schedule", "string", 0),
         ],
-        _ => vec![],
+        k => super::table_storage::columns(k),
     });
     cols.push(("Age", "string", 0));
     cols.extend(match def.kind.as_str() {
@@ -315,7 +316,7 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
         ],
         "StatefulSet" => vec![("Containers", "string", 1), ("Images", "string", 1)],
         "Node" => vec![("Version", "string", 0), ("Internal-IP", "string", 1)],
-        _ => vec![],
+        k => super::table_storage::wide_columns(k),
     });
     cols
 }
@@ -398,6 +399,9 @@ fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
             ]
         }
         "Job" | "CronJob" => batch_cells(&def.kind, o, name, age),
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
+            super::table_storage::cells(&def.kind, o, name, age)
+        }
         "Deployment" | "ReplicaSet" => {
             let wide = [
                 json!(containers(o, "/spec/template/spec/containers", "name")),

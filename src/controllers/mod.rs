@@ -18,6 +18,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod owner_index;
 pub mod ownership;
+pub mod persistentvolume;
 pub mod pods;
 pub mod replicaset;
 pub mod rootca;

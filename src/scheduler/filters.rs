@@ -250,7 +250,8 @@ fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, St
     }
 }
 
-fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
+/// Whether `node` satisfies one node selector term (all its expressions and fields).
+pub(crate) fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
     let empty = BTreeMap::new();
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
     let exprs = t.match_expressions.as_deref().unwrap_or_default();
@@ -412,12 +413,21 @@ fn score(pod: &Pod, req: &Usage, info: &NodeInfo) -> f64 {
 
 /// The node to bind `pod` to, or the message of why none fits.
 pub fn pick(pod: &Pod, infos: &[NodeInfo]) -> Result<String, String> {
+    pick_with(pod, infos, &|_| None)
+}
+
+/// [`pick`] with one more filter (`extra`: why a node cannot run the pod, or None).
+pub fn pick_with(
+    pod: &Pod,
+    infos: &[NodeInfo],
+    extra: &dyn Fn(&Node) -> Option<String>,
+) -> Result<String, String> {
     let req = requests(pod);
     let weight = scored_requests(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Vec<(f64, &NodeInfo)> = Vec::new();
     for info in infos {
-        match unfit(pod, &req, info) {
+        match unfit(pod, &req, info).or_else(|| extra(&info.node)) {
             Some(r) => *reasons.entry(r).or_default() += 1,
             None => best.push((score(pod, &weight, info), info)),
         }

@@ -4,6 +4,7 @@
 
 pub mod filters;
 pub mod quantity;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +32,8 @@ struct State {
     pods: Store<Pod>,
     /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
     assumed: Mutex<HashMap<String, (String, Arc<Pod>)>>,
+    /// Claims, volumes and storage classes.
+    volumes: volumes::VolumeCaches,
 }
 
 /// Runs the scheduler until `shutdown`.
@@ -50,10 +53,12 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     )
     .default_backoff()
     .for_each(|_| async {});
+    let (volume_caches, volume_sync) = volumes::VolumeCaches::start(&client);
     let state = Arc::new(State {
         nodes: nodes.clone(),
         pods,
         assumed: Mutex::new(HashMap::new()),
+        volumes: volume_caches,
     });
     let pending = Controller::new(
         Api::<Pod>::all(client.clone()),
@@ -85,6 +90,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         _ = run => {}
         _ = node_stream => {}
         _ = pod_stream => {}
+        _ = volume_sync => {}
     }
 }
 
@@ -100,7 +106,9 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
     if !mine || pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if state.nodes.wait_until_ready().await.is_err() || state.pods.wait_until_ready().await.is_err()
+    if state.nodes.wait_until_ready().await.is_err()
+        || state.pods.wait_until_ready().await.is_err()
+        || !state.volumes.ready().await
     {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -123,8 +131,19 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
         });
         filters::node_infos(&nodes, &all_pods, &assumed)
     };
-    match filters::pick(&pod, &infos) {
-        Ok(node) => {
+    let picked = state
+        .volumes
+        .check(&pod)
+        .map_err(|reason| volumes::unschedulable(infos.len(), &reason))
+        .and_then(|v| Ok((filters::pick_with(&pod, &infos, &|n| v.unfit(n))?, v)));
+    match picked {
+        Ok((node, claims)) => {
+            if let Some(info) = infos
+                .iter()
+                .find(|i| i.node.metadata.name.as_ref() == Some(&node))
+            {
+                claims.assign(&ctx.client, &info.node).await?;
+            }
             let name = pod.name_any();
             let ns = pod.namespace().unwrap_or_default();
             let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);

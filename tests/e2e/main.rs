@@ -27,4 +27,5 @@ mod sim;
 mod snapshots;
 mod streams;
 mod token;
+mod volumes;
 mod workloads;

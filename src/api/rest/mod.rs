@@ -110,6 +110,12 @@ impl Registry {
         if old.is_none() && def.kind == "Pod" && def.group.is_empty() {
             super::pod_admission::admit(&self.store, obj).await?;
         }
+        if old.is_none() && def.kind == "PersistentVolumeClaim" && def.group.is_empty() {
+            super::storage_admission::admit(&self.store, obj).await?;
+        }
+        if old.is_none() && def.kind == "PersistentVolume" && def.group.is_empty() {
+            super::storage_admission::admit_volume(obj);
+        }
         if self.reserves(def) {
             return services::prepare(&self.store, &self.services, old, obj).await;
         }
