@@ -239,7 +239,11 @@ pub async fn run(
         .unwrap_or_default();
     let machine = node::Machine::read(&cfg.data_dir);
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let probes = probes::Probes::new(cri.clone(), tx.clone());
+    let probes = probes::Probes::new(
+        cri.clone(),
+        tx.clone(),
+        crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
+    );
     let worker = Arc::new(pods::Worker::new(
         client.clone(),
         cri.clone(),
