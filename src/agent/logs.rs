@@ -231,6 +231,18 @@ async fn log_file(cri: &pikube_runtime::Cri, id: &str) -> Result<(String, bool),
     ))
 }
 
+/// The file now at `path` when it is no longer `file` (the log was rotated and the
+/// runtime has opened a new one).
+async fn replaced(path: &str, file: &tokio::fs::File) -> Option<tokio::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let now = tokio::fs::metadata(path).await.ok()?;
+    let open = file.metadata().await.ok()?;
+    if (now.dev(), now.ino()) == (open.dev(), open.ino()) {
+        return None;
+    }
+    tokio::fs::File::open(path).await.ok()
+}
+
 /// Up to `max` bytes of `file` from `offset`.
 async fn read_at(file: &mut tokio::fs::File, offset: u64, max: u64) -> std::io::Result<Vec<u8>> {
     file.seek(std::io::SeekFrom::Start(offset)).await?;
@@ -332,6 +344,7 @@ pub async fn serve(
         }
         let mut checked = tokio::time::Instant::now();
         let mut exited = false;
+        let mut next_file = None;
         loop {
             let chunk = match read_at(&mut file, offset, CHUNK).await {
                 Ok(c) => c,
@@ -357,6 +370,17 @@ pub async fn serve(
             }
             if !follow || exited {
                 return;
+            }
+            // A rotated log: the old file is read to its end once more, then the new one
+            // from its start.
+            if let Some(next) = next_file.take() {
+                file = next;
+                offset = 0;
+                continue;
+            }
+            if let Some(next) = replaced(&path, &file).await {
+                next_file = Some(next);
+                continue;
             }
             if checked.elapsed() >= STATE_POLL {
                 checked = tokio::time::Instant::now();

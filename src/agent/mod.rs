@@ -10,6 +10,7 @@ pub mod env;
 pub mod images;
 pub mod join;
 pub mod killall;
+pub mod log_rotation;
 pub mod logs;
 pub mod node;
 mod observe;
@@ -87,6 +88,8 @@ pub struct AgentConfig {
     pub agent_port: u16,
     /// Certificates of the agent API; None = no agent API.
     pub tls: Option<api::AgentTls>,
+    /// Size and count limits of container log files.
+    pub log_policy: log_rotation::Policy,
 }
 
 impl AgentConfig {
@@ -264,6 +267,7 @@ pub async fn run(
         probes,
     ));
     let pleg = tokio::spawn(pleg::run(cri.clone(), cfg.node_name.clone(), tx));
+    let rotation = tokio::spawn(log_rotation::run(cri.clone(), cfg.log_policy));
     let changes = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut stop = shutdown.clone();
     pods::run(worker, changes, async move {
@@ -271,6 +275,7 @@ pub async fn run(
     })
     .await;
     pleg.abort();
+    rotation.abort();
     heartbeat.abort();
     if let Some(a) = agent_api {
         a.abort();

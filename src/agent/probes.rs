@@ -6,6 +6,9 @@
 
 pub mod grpc;
 pub mod http;
+#[cfg(test)]
+#[path = "../../tests/support/probe_servers.rs"]
+mod test_servers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

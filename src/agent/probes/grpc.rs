@@ -109,3 +109,27 @@ pub async fn check(host: &str, port: u16, service: &str, timeout: Duration) -> R
         format!("timeout: failed to connect service {addr:?} within {timeout:?}")
     })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::probes::test_servers::GrpcHealth;
+
+    #[tokio::test]
+    async fn serving_passes_and_anything_else_fails() {
+        let t = Duration::from_secs(5);
+        let server = GrpcHealth::start(ServingStatus::Serving as i32).await;
+        check("127.0.0.1", server.port, "", t).await.unwrap();
+        check("127.0.0.1", server.port, "shop.Cart", t).await.unwrap();
+        assert_eq!(server.services(), ["", "shop.Cart"]);
+        server.set(ServingStatus::NotServing as i32);
+        assert_eq!(
+            check("127.0.0.1", server.port, "", t).await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        let port = server.port;
+        drop(server);
+        let err = check("127.0.0.1", port, "", t).await.unwrap_err();
+        assert!(err.starts_with("error: failed to connect service"), "{err}");
+    }
+}

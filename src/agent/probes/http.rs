@@ -388,4 +388,83 @@ mod tests {
         assert_eq!(map.get_all("x-a").iter().count(), 2);
         assert!(probe(&[("bad name", "x")]).header_map().is_err());
     }
+
+    use crate::agent::probes::test_servers::{Answer, HttpsTarget};
+
+    fn probe_of(port: u16, path: &str, headers: &[(&str, &str)]) -> Probe {
+        Probe {
+            url: url(true, "127.0.0.1", port, path),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_probes_send_headers_and_follow_only_same_host_redirects() {
+        let t = Duration::from_secs(5);
+        let server = HttpsTarget::start(|path| match path {
+            "/start" => Answer::redirect("/next?x=1"),
+            "/next?x=1" => Answer::new(200, "ok"),
+            "/away" => Answer::redirect("https://elsewhere.invalid:8443/"),
+            "/loop" => Answer::redirect("/loop"),
+            "/big" => Answer::new(200, &"x".repeat(100 * 1024)),
+            _ => Answer::new(503, "down"),
+        })
+        .await;
+        let p = probe_of(server.port, "/start", &[("Host", "web.example"), ("X-Probe", "1")]);
+        assert_eq!(p.run(t).await, Ok(Outcome::Success));
+        let seen = server.seen();
+        assert_eq!(
+            seen.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(),
+            ["/start", "/next?x=1"]
+        );
+        for s in &seen {
+            // A custom Host header survives a relative redirect.
+            assert_eq!(s.headers[HOST], "web.example");
+            assert_eq!(s.headers["x-probe"], "1");
+            assert_eq!(s.headers[http::header::USER_AGENT], USER_AGENT);
+            assert_eq!(s.headers[ACCEPT], "*/*");
+        }
+        // Without one, Host is the address probed.
+        probe_of(server.port, "/big", &[]).run(t).await.unwrap();
+        let host = format!("127.0.0.1:{}", server.port);
+        assert_eq!(server.seen().last().unwrap().headers[HOST], host.as_str());
+        // A redirect to another host is not followed: success with a warning.
+        assert_eq!(
+            probe_of(server.port, "/away", &[]).run(t).await,
+            Ok(Outcome::Warning(
+                "Probe terminated redirects, Response body: moved".into()
+            ))
+        );
+        assert!(!server.seen().iter().any(|s| s.path == "/"));
+        let err = probe_of(server.port, "/loop", &[]).run(t).await.unwrap_err();
+        assert!(err.ends_with("stopped after 10 redirects"), "{err}");
+        assert_eq!(
+            probe_of(server.port, "/other", &[]).run(t).await,
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
+        // The same server over plain HTTP fails (it speaks TLS only).
+        let mut plain = probe_of(server.port, "/next?x=1", &[]);
+        plain.url.https = false;
+        assert!(plain.run(t).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_fails_the_probe_at_its_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let started = std::time::Instant::now();
+        let err = probe_of(port, "/", &[])
+            .run(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.contains("context deadline exceeded"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(listener);
+        // Nobody listening: connection refused.
+        let err = probe_of(port, "/", &[]).run(Duration::from_secs(2)).await.unwrap_err();
+        assert!(err.contains("dial tcp"), "{err}");
+    }
 }
