@@ -188,9 +188,9 @@ spec:
         &["wait", "--for=condition=Ready", "pod/chatty", "--timeout=60s"],
     );
     let pod = pod_json(&server, "chatty");
-    // A follower from before the first rotation.
+    // A follower from before the first rotation (without the harness's request timeout).
     let mut follow = server.kubectl_cmd("1.33");
-    follow.args(["logs", "-f", "chatty"]);
+    follow.args(["--request-timeout=0", "logs", "-f", "chatty"]);
     let (_follower, lines) = spawn_lines(follow);
 
     // Files on disk never exceed the limit; rotations leave one plain and older gzipped.
@@ -243,7 +243,7 @@ spec:
         "followed from before the rotations into the current file: {:?}..{:?}, current from {}",
         followed.first(),
         followed.last(),
-        now[0]
+        now[0],
     );
     assert_consecutive(&followed, "kubectl logs -f");
 }
