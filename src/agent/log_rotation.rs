@@ -84,7 +84,9 @@ pub fn prepare(log: &Path, policy: &Policy) -> std::io::Result<()> {
     let all = rotated(log)?;
     for f in &all {
         let name = f.to_string_lossy();
-        let compressed_exists = all.iter().any(|o| o.to_string_lossy() == format!("{name}{GZ}"));
+        let compressed_exists = all
+            .iter()
+            .any(|o| o.to_string_lossy() == format!("{name}{GZ}"));
         if name.ends_with(TMP) || compressed_exists {
             remove(f)?;
         } else {
@@ -96,10 +98,7 @@ pub fn prepare(log: &Path, policy: &Policy) -> std::io::Result<()> {
     for f in files.drain(..excess) {
         remove(&f)?;
     }
-    for f in files
-        .iter()
-        .filter(|f| !f.to_string_lossy().ends_with(GZ))
-    {
+    for f in files.iter().filter(|f| !f.to_string_lossy().ends_with(GZ)) {
         compress(f)?;
     }
     Ok(())
@@ -108,11 +107,7 @@ pub fn prepare(log: &Path, policy: &Policy) -> std::io::Result<()> {
 /// Renames `log` to `<log>.<YYYYMMDD-hhmmss>` of `now`; None when a file of that name
 /// exists already (a second rotation within one second waits for the next check).
 pub fn rename_latest(log: &Path, now: DateTime<Utc>) -> std::io::Result<Option<PathBuf>> {
-    let to = PathBuf::from(format!(
-        "{}.{}",
-        log.display(),
-        now.format("%Y%m%d-%H%M%S")
-    ));
+    let to = PathBuf::from(format!("{}.{}", log.display(), now.format("%Y%m%d-%H%M%S")));
     if to.exists() || PathBuf::from(format!("{}{GZ}", to.display())).exists() {
         return Ok(None);
     }

@@ -241,12 +241,7 @@ impl Probes {
         ] {
             let Some(probe) = probe.clone() else { continue };
             let this = self.clone();
-            let (c, id, ip, pod) = (
-                c.clone(),
-                id.to_string(),
-                pod_ip.to_string(),
-                pod.clone(),
-            );
+            let (c, id, ip, pod) = (c.clone(), id.to_string(), pod_ip.to_string(), pod.clone());
             state.tasks.push(tokio::spawn(async move {
                 this.probe_loop(kind, probe, c, id, ip, pod).await;
             }));

@@ -183,11 +183,12 @@ mod tests {
         let clock = elapsed.clone();
         let tokens = ProjectedTokens::with_clock(Arc::new(move || t0 + *clock.lock().unwrap()));
         // The pod's projected volume, written as the pod worker does at each sync.
-        let volume: k8s_openapi::api::core::v1::Volume = serde_json::from_value(serde_json::json!({
-            "name": "kube-api-access",
-            "projected": {"sources": [{"serviceAccountToken": source}]},
-        }))
-        .unwrap();
+        let volume: k8s_openapi::api::core::v1::Volume =
+            serde_json::from_value(serde_json::json!({
+                "name": "kube-api-access",
+                "projected": {"sources": [{"serviceAccountToken": source}]},
+            }))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::agent::env::EnvContext {
             client: &client,

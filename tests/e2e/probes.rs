@@ -64,7 +64,11 @@ spec:
         let p = pod_json(&server, "probed");
         (p["status"]["phase"] == "Running" && !https.seen().is_empty()).then_some(p)
     });
-    assert_eq!(condition(&running, "Ready").as_deref(), Some("False"), "{running}");
+    assert_eq!(
+        condition(&running, "Ready").as_deref(),
+        Some("False"),
+        "{running}"
+    );
     let first = https.seen()[0].clone();
     assert_eq!(first.path, "/healthz");
     assert_eq!(first.headers["host"], "web.example");
@@ -85,7 +89,12 @@ spec:
     https.set(|_| Answer::new(200, "ok"));
     server.ok(
         "1.33",
-        &["wait", "--for=condition=Ready", "pod/probed", "--timeout=30s"],
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/probed",
+            "--timeout=30s",
+        ],
     );
     // A redirect to another host is not followed: still ready, with a warning Event.
     https.set(|_| Answer::redirect("https://elsewhere.invalid/"));
@@ -105,10 +114,14 @@ spec:
 
     // The gRPC health check turns NOT_SERVING: the liveness probe restarts the container.
     grpc.set(2);
-    wait_for(60, "the gRPC liveness probe to restart the container", || {
-        let cs = container_status(&pod_json(&server, "probed"));
-        (cs["restartCount"].as_i64() >= Some(1)).then_some(())
-    });
+    wait_for(
+        60,
+        "the gRPC liveness probe to restart the container",
+        || {
+            let cs = container_status(&pod_json(&server, "probed"));
+            (cs["restartCount"].as_i64() >= Some(1)).then_some(())
+        },
+    );
     let unhealthy = events(&server, "probed", "Unhealthy");
     assert!(
         unhealthy.iter().any(|m| {
@@ -185,7 +198,12 @@ spec:
     );
     server.ok(
         "1.33",
-        &["wait", "--for=condition=Ready", "pod/chatty", "--timeout=60s"],
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/chatty",
+            "--timeout=60s",
+        ],
     );
     let pod = pod_json(&server, "chatty");
     // A follower from before the first rotation (without the harness's request timeout).
@@ -217,8 +235,13 @@ spec:
         rotated[0] < rotated[1],
         "the compressed file is the older: {files:?}"
     );
-    let current = std::fs::metadata(dir.join("0.log")).expect("current log").len();
-    assert!(current < 64 * 1024, "the current file was rotated: {current} bytes");
+    let current = std::fs::metadata(dir.join("0.log"))
+        .expect("current log")
+        .len();
+    assert!(
+        current < 64 * 1024,
+        "the current file was rotated: {current} bytes"
+    );
 
     // `kubectl logs` reads the current file: recent lines only, in order.
     let text = server.ok("1.33", &["logs", "chatty"]);

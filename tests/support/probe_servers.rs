@@ -93,29 +93,31 @@ impl HttpsTarget {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                        let path = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default();
-                        s.lock().unwrap().push(Seen {
-                            path: path.clone(),
-                            headers: req.headers().clone(),
+                    let service =
+                        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            s.lock().unwrap().push(Seen {
+                                path: path.clone(),
+                                headers: req.headers().clone(),
+                            });
+                            let handler = h.lock().unwrap().clone();
+                            let answer = handler(&path);
+                            let mut resp = http::Response::new(Full::new(Bytes::from(answer.body)));
+                            *resp.status_mut() =
+                                http::StatusCode::from_u16(answer.status).expect("status code");
+                            for (k, v) in answer.headers {
+                                resp.headers_mut().insert(
+                                    http::HeaderName::from_bytes(k.as_bytes())
+                                        .expect("header name"),
+                                    http::HeaderValue::from_str(&v).expect("header value"),
+                                );
+                            }
+                            async move { Ok::<_, Infallible>(resp) }
                         });
-                        let handler = h.lock().unwrap().clone();
-                        let answer = handler(&path);
-                        let mut resp = http::Response::new(Full::new(Bytes::from(answer.body)));
-                        *resp.status_mut() =
-                            http::StatusCode::from_u16(answer.status).expect("status code");
-                        for (k, v) in answer.headers {
-                            resp.headers_mut().insert(
-                                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                                http::HeaderValue::from_str(&v).expect("header value"),
-                            );
-                        }
-                        async move { Ok::<_, Infallible>(resp) }
-                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
@@ -166,7 +168,8 @@ fn service_of(message: &[u8]) -> String {
     }
 }
 
-type GrpcBody = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type GrpcBody =
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 fn grpc_answer(frames: Vec<Frame<Bytes>>) -> http::Response<GrpcBody> {
     let frames: Vec<Result<Frame<Bytes>, Infallible>> = frames.into_iter().map(Ok).collect();

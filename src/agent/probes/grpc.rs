@@ -105,9 +105,9 @@ pub async fn check(host: &str, port: u16, service: &str, timeout: Duration) -> R
             ))
         }
     };
-    tokio::time::timeout(timeout, run).await.map_err(|_| {
-        format!("timeout: failed to connect service {addr:?} within {timeout:?}")
-    })?
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("timeout: failed to connect service {addr:?} within {timeout:?}"))?
 }
 
 #[cfg(test)]
@@ -120,7 +120,9 @@ mod tests {
         let t = Duration::from_secs(5);
         let server = GrpcHealth::start(ServingStatus::Serving as i32).await;
         check("127.0.0.1", server.port, "", t).await.unwrap();
-        check("127.0.0.1", server.port, "shop.Cart", t).await.unwrap();
+        check("127.0.0.1", server.port, "shop.Cart", t)
+            .await
+            .unwrap();
         assert_eq!(server.services(), ["", "shop.Cart"]);
         server.set(ServingStatus::NotServing as i32);
         assert_eq!(

@@ -154,7 +154,10 @@ impl Probe {
             map.append(n, v);
         }
         if !map.contains_key(http::header::USER_AGENT) {
-            map.insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+            map.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(USER_AGENT),
+            );
         }
         match map.get(ACCEPT) {
             None => {
@@ -380,9 +383,14 @@ mod tests {
         let map = probe(&[]).header_map().unwrap();
         assert_eq!(map[http::header::USER_AGENT], USER_AGENT);
         assert_eq!(map[ACCEPT], "*/*");
-        let map = probe(&[("accept", ""), ("User-Agent", "me"), ("X-A", "1"), ("x-a", "2")])
-            .header_map()
-            .unwrap();
+        let map = probe(&[
+            ("accept", ""),
+            ("User-Agent", "me"),
+            ("X-A", "1"),
+            ("x-a", "2"),
+        ])
+        .header_map()
+        .unwrap();
         assert!(!map.contains_key(ACCEPT));
         assert_eq!(map[http::header::USER_AGENT], "me");
         assert_eq!(map.get_all("x-a").iter().count(), 2);
@@ -413,7 +421,11 @@ mod tests {
             _ => Answer::new(503, "down"),
         })
         .await;
-        let p = probe_of(server.port, "/start", &[("Host", "web.example"), ("X-Probe", "1")]);
+        let p = probe_of(
+            server.port,
+            "/start",
+            &[("Host", "web.example"), ("X-Probe", "1")],
+        );
         assert_eq!(p.run(t).await, Ok(Outcome::Success));
         let seen = server.seen();
         assert_eq!(
@@ -439,7 +451,10 @@ mod tests {
             ))
         );
         assert!(!server.seen().iter().any(|s| s.path == "/"));
-        let err = probe_of(server.port, "/loop", &[]).run(t).await.unwrap_err();
+        let err = probe_of(server.port, "/loop", &[])
+            .run(t)
+            .await
+            .unwrap_err();
         assert!(err.ends_with("stopped after 10 redirects"), "{err}");
         assert_eq!(
             probe_of(server.port, "/other", &[]).run(t).await,
@@ -464,7 +479,10 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(listener);
         // Nobody listening: connection refused.
-        let err = probe_of(port, "/", &[]).run(Duration::from_secs(2)).await.unwrap_err();
+        let err = probe_of(port, "/", &[])
+            .run(Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(err.contains("dial tcp"), "{err}");
     }
 }
