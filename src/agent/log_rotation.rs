@@ -135,21 +135,11 @@ async fn reopen(cri: &Cri, id: &str) -> Result<(), tonic::Status> {
 
 /// Rotates the log of container `id` when it reached the policy's size.
 async fn check(cri: &Cri, id: &str, policy: Policy) -> Result<(), String> {
-    let status = cri
-        .runtime()
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: false,
-        })
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner()
-        .status
-        .ok_or("no status")?;
-    if status.log_path.is_empty() {
+    let (path, _) = super::logs::log_path(cri, id).await?;
+    if path.is_empty() {
         return Ok(());
     }
-    let log = PathBuf::from(&status.log_path);
+    let log = PathBuf::from(path);
     let size = match tokio::fs::metadata(&log).await {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
