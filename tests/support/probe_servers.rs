@@ -199,6 +199,8 @@ impl GrpcHealth {
         let (st, sv) = (status.clone(), services.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                // Headers, message and trailers go out as separate writes.
+                let _ = tcp.set_nodelay(true);
                 let (st, sv) = (st.clone(), sv.clone());
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let (st, sv) = (st.clone(), sv.clone());
