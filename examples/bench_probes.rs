@@ -37,7 +37,13 @@ fn curl(url: &str, n: usize, dir: &std::path::Path) -> anyhow::Result<Vec<f64>> 
     }
     std::fs::write(&config, text)?;
     let out = Command::new("curl")
-        .args(["-sk", "-H", "Connection: close", "-H", "User-Agent: kube-probe/1.33"])
+        .args([
+            "-sk",
+            "-H",
+            "Connection: close",
+            "-H",
+            "User-Agent: kube-probe/1.33",
+        ])
         .args(["-w", "%{time_total}\\n", "-K"])
         .arg(&config)
         .output()?;
@@ -131,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
     let peer_in = dir.path().join("peer.log");
     std::fs::write(&peer_in, &text)?;
     let t = Instant::now();
-    let out = Command::new("gzip").args(["-6", "-k", "-f"]).arg(&peer_in).status()?;
+    let out = Command::new("gzip")
+        .args(["-6", "-k", "-f"])
+        .arg(&peer_in)
+        .status()?;
     anyhow::ensure!(out.success(), "gzip failed");
     let theirs = t.elapsed().as_secs_f64();
     let theirs_size = std::fs::metadata(dir.path().join("peer.log.gz"))?.len();
