@@ -6,7 +6,7 @@ DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc n
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
 	jq curl ca-certificates python3 python3-pip shellcheck
 
-.PHONY: all build test lint unit newcomer e2e bench bench-store bench-api bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart images release install deps run clean
+.PHONY: all build test lint unit newcomer e2e bench bench-store bench-api bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart bench-probes images release install deps run clean
 
 all: build
 
@@ -75,6 +75,10 @@ bench-pods:
 bench-streams:
 	$(CARGO) build --release --bin pikube
 	bash examples/bench_streams.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
+## bench-probes: HTTPS and gRPC probe latency against curl, log rotation's gzip against GNU gzip
+bench-probes:
+	$(CARGO) run --release --example bench_probes
 
 ## bench-coldstart: time from `pikube server` to its node Ready, with an empty and an existing data dir (root)
 bench-coldstart:

@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub cgroup_root: String,
     /// Bridge the pods attach to.
     pub cni_bridge: String,
+    /// Size and count limits of container log files.
+    pub container_logs: crate::agent::log_rotation::Policy,
     /// Components not to run (e.g. "dns", "proxy", "scheduler", "controllers").
     pub disable: Vec<String>,
     /// Labels for this node (`key=value`).
@@ -146,6 +148,7 @@ impl ServerConfig {
             cni_bridge: self.cni_bridge.clone(),
             agent_port: self.agent_port,
             tls: None,
+            log_policy: self.container_logs,
         }
     }
 

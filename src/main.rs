@@ -200,6 +200,14 @@ struct NodeArgs {
     /// Name of the bridge the pods attach to.
     #[arg(long, default_value = config::DEFAULT_CNI_BRIDGE, value_parser = parse_bridge)]
     cni_bridge: String,
+    /// Size at which a container's log file is rotated, a quantity such as 10Mi
+    /// (kubelet's containerLogMaxSize).
+    #[arg(long, default_value = "10Mi", value_parser = parse_log_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the current one included (kubelet's
+    /// containerLogMaxFiles).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    container_log_max_files: u64,
 }
 
 #[derive(Args, Debug)]
@@ -310,6 +318,13 @@ fn parse_bridge(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_log_size(s: &str) -> Result<u64, String> {
+    pikube::scheduler::quantity::bytes(s)
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive size such as 10Mi"))
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -357,6 +372,10 @@ fn server_config(a: ServerArgs) -> ServerConfig {
         run_dir: n.run_dir,
         cgroup_root: n.cgroup_root,
         cni_bridge: n.cni_bridge,
+        container_logs: pikube::agent::log_rotation::Policy {
+            max_size: n.container_log_max_size,
+            max_files: n.container_log_max_files as usize,
+        },
         disable: a.disable,
         node_labels: n.node_label,
         node_taints: n.node_taint,

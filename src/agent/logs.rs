@@ -1,7 +1,7 @@
 //! `GET /containerLogs/{ns}/{pod}/{container}`: a container's log file (CRI format,
 //! `<RFC3339Nano> <stdout|stderr> <F|P> <text>`) as plain text, with kubelet's options
 //! (follow, tailLines, sinceSeconds, sinceTime, timestamps, previous, limitBytes) and
-//! its error messages.
+//! its error messages. A followed log goes on in the new file when the log is rotated.
 
 use std::time::Duration;
 
@@ -212,8 +212,11 @@ pub fn log_container_id(pod: &Pod, container: &str, previous: bool) -> Result<St
     Ok(runtime_id(&id).to_string())
 }
 
-/// Where `id`'s log is, and whether it still runs.
-async fn log_file(cri: &pikube_runtime::Cri, id: &str) -> Result<(String, bool), Failure> {
+/// Where container `id`'s log is, and whether it still runs (CRI ContainerStatus).
+pub(super) async fn log_path(
+    cri: &pikube_runtime::Cri,
+    id: &str,
+) -> Result<(String, bool), String> {
     let status = cri
         .runtime()
         .container_status(cri::ContainerStatusRequest {
@@ -221,14 +224,33 @@ async fn log_file(cri: &pikube_runtime::Cri, id: &str) -> Result<(String, bool),
             verbose: false,
         })
         .await
-        .map_err(|e| Failure::not_found(format!("container {id} not found: {}", e.message())))?
+        .map_err(|e| e.message().to_string())?
         .into_inner()
         .status
-        .ok_or_else(|| Failure::not_found(format!("container {id} not found")))?;
+        .ok_or("the runtime reports no status")?;
     Ok((
         status.log_path,
         status.state == cri::ContainerState::ContainerRunning as i32,
     ))
+}
+
+/// [`log_path`], failing with kubelet's not-found answer.
+async fn log_file(cri: &pikube_runtime::Cri, id: &str) -> Result<(String, bool), Failure> {
+    log_path(cri, id)
+        .await
+        .map_err(|e| Failure::not_found(format!("container {id} not found: {e}")))
+}
+
+/// The file now at `path` when it is no longer `file` (the log was rotated and the
+/// runtime has opened a new one).
+async fn replaced(path: &str, file: &tokio::fs::File) -> Option<tokio::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let now = tokio::fs::metadata(path).await.ok()?;
+    let open = file.metadata().await.ok()?;
+    if (now.dev(), now.ino()) == (open.dev(), open.ino()) {
+        return None;
+    }
+    tokio::fs::File::open(path).await.ok()
 }
 
 /// Up to `max` bytes of `file` from `offset`.
@@ -332,6 +354,7 @@ pub async fn serve(
         }
         let mut checked = tokio::time::Instant::now();
         let mut exited = false;
+        let mut next_file = None;
         loop {
             let chunk = match read_at(&mut file, offset, CHUNK).await {
                 Ok(c) => c,
@@ -357,6 +380,17 @@ pub async fn serve(
             }
             if !follow || exited {
                 return;
+            }
+            // A rotated log: the old file is read to its end once more, then the new one
+            // from its start.
+            if let Some(next) = next_file.take() {
+                file = next;
+                offset = 0;
+                continue;
+            }
+            if let Some(next) = replaced(&path, &file).await {
+                next_file = Some(next);
+                continue;
             }
             if checked.elapsed() >= STATE_POLL {
                 checked = tokio::time::Instant::now();

@@ -10,6 +10,7 @@ pub mod env;
 pub mod images;
 pub mod join;
 pub mod killall;
+pub mod log_rotation;
 pub mod logs;
 pub mod node;
 mod observe;
@@ -88,6 +89,8 @@ pub struct AgentConfig {
     pub agent_port: u16,
     /// Certificates of the agent API; None = no agent API.
     pub tls: Option<api::AgentTls>,
+    /// Size and count limits of container log files.
+    pub log_policy: log_rotation::Policy,
 }
 
 impl AgentConfig {
@@ -263,7 +266,11 @@ pub async fn run(
         .unwrap_or_default();
     let machine = node::Machine::read(&cfg.data_dir);
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let probes = probes::Probes::new(cri.clone(), tx.clone());
+    let probes = probes::Probes::new(
+        cri.clone(),
+        tx.clone(),
+        crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
+    );
     let worker = Arc::new(pods::Worker::new(
         client.clone(),
         cri.clone(),
@@ -284,6 +291,7 @@ pub async fn run(
         probes,
     ));
     let pleg = tokio::spawn(pleg::run(cri.clone(), cfg.node_name.clone(), tx));
+    let rotation = tokio::spawn(log_rotation::run(cri.clone(), cfg.log_policy));
     let changes = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut stop = shutdown.clone();
     pods::run(worker, changes, async move {
@@ -291,6 +299,7 @@ pub async fn run(
     })
     .await;
     pleg.abort();
+    rotation.abort();
     heartbeat.abort();
     storage.abort();
     if let Some(a) = agent_api {

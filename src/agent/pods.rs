@@ -622,13 +622,6 @@ impl Worker {
                             self.events.record(
                                 pod,
                                 Some(&field),
-                                Kind::Warning,
-                                "Unhealthy",
-                                "Liveness probe failed",
-                            );
-                            self.events.record(
-                                pod,
-                                Some(&field),
                                 Kind::Normal,
                                 "Killing",
                                 &format!(

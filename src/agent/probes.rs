@@ -1,6 +1,14 @@
-//! Liveness, readiness and startup probes (exec, tcpSocket, httpGet) with their timings
-//! and thresholds, one task per probe of each running container; lifecycle hooks
-//! (postStart, preStop) use the same handlers. A changed result wakes the pod's worker.
+//! Liveness, readiness and startup probes (exec, tcpSocket, httpGet over HTTP or HTTPS,
+//! gRPC health) with their timings and thresholds, one task per probe of each running
+//! container; lifecycle hooks (postStart, preStop) use the same handlers. A changed
+//! result wakes the pod's worker; failures and warnings become the pod's Events
+//! (`Unhealthy`, `ProbeWarning`) as kubelet's prober writes them.
+
+pub mod grpc;
+pub mod http;
+#[cfg(test)]
+#[path = "../../tests/support/probe_servers.rs"]
+mod test_servers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +20,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::reflector::ObjectRef;
 use pikube_runtime::cri::{v1 as cri, Cri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::pods::container_field;
+use crate::events::{Kind as EventKind, Recorder};
 
 #[derive(Default)]
 struct State {
@@ -30,6 +40,7 @@ pub struct Probes {
     cri: Cri,
     states: Arc<Mutex<HashMap<String, State>>>,
     notify: tokio::sync::mpsc::Sender<ObjectRef<Pod>>,
+    events: Recorder,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -43,7 +54,23 @@ enum Kind {
 enum Action {
     Exec(ExecAction),
     Tcp(String, u16),
-    Http(HTTPGetAction, String, u16),
+    Http(http::Probe),
+    Grpc {
+        host: String,
+        port: u16,
+        service: String,
+    },
+}
+
+impl Kind {
+    /// The probe's name in kubelet's event messages.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Startup => "Startup",
+            Kind::Readiness => "Readiness",
+            Kind::Liveness => "Liveness",
+        }
+    }
 }
 
 fn port_of(c: &Container, port: &IntOrString) -> Option<u16> {
@@ -77,23 +104,24 @@ fn action_of(
         return Ok(Action::Tcp(host, port));
     }
     if let Some(h) = http {
-        if h.scheme.as_deref() == Some("HTTPS") {
-            return Err("HTTPS probes are not supported by this node yet".into());
-        }
         let port = port_of(c, &h.port).ok_or("the probe names an unknown port")?;
         let host = h
             .host
             .clone()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| pod_ip.to_string());
-        return Ok(Action::Http(h.clone(), host, port));
+        return Ok(Action::Http(http::Probe::new(h, host, port)));
     }
-    Err("the probe has no handler this node supports (exec, tcpSocket, httpGet)".into())
+    Err("the probe has no handler this node supports (exec, tcpSocket, httpGet, grpc)".into())
 }
 
 fn probe_action(c: &Container, p: &Probe, pod_ip: &str) -> Result<Action, String> {
-    if p.grpc.is_some() {
-        return Err("gRPC probes are not supported by this node yet".into());
+    if let Some(g) = &p.grpc {
+        return Ok(Action::Grpc {
+            host: pod_ip.to_string(),
+            port: u16::try_from(g.port).map_err(|_| "the probe names an invalid port")?,
+            service: g.service.clone().unwrap_or_default(),
+        });
     }
     action_of(
         c,
@@ -104,63 +132,19 @@ fn probe_action(c: &Container, p: &Probe, pod_ip: &str) -> Result<Action, String
     )
 }
 
-/// One HTTP/1.1 GET; success is a status from 200 to 399, as kubelet's prober.
-async fn http_get(
-    h: &HTTPGetAction,
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<(), String> {
-    let run = async {
-        let mut s = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let path = h
-            .path
-            .clone()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "/".into());
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
-        for hd in h.http_headers.iter().flatten() {
-            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while n < 12 {
-            let k = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| "malformed HTTP response".to_string())?;
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
-        }
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| "timeout".to_string())?
-}
-
 impl Probes {
     /// Probe workers that report changes for pods on `notify`.
-    pub fn new(cri: Cri, notify: tokio::sync::mpsc::Sender<ObjectRef<Pod>>) -> Probes {
+    /// Failures and warnings are recorded through `events`.
+    pub fn new(
+        cri: Cri,
+        notify: tokio::sync::mpsc::Sender<ObjectRef<Pod>>,
+        events: Recorder,
+    ) -> Probes {
         Probes {
             cri,
             states: Arc::new(Mutex::new(HashMap::new())),
             notify,
+            events,
         }
     }
 
@@ -168,7 +152,13 @@ impl Probes {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn act(&self, action: &Action, id: &str, timeout: Duration) -> Result<(), String> {
+    /// Carries out `action` once; Ok(Some(warning)) is a success to warn about.
+    async fn act(
+        &self,
+        action: &Action,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
         match action {
             Action::Exec(e) => {
                 let r = self
@@ -183,7 +173,7 @@ impl Probes {
                     .map_err(|s| s.message().to_string())?
                     .into_inner();
                 if r.exit_code == 0 {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!("command exited with {}", r.exit_code))
                 }
@@ -194,9 +184,19 @@ impl Probes {
             )
             .await
             .map_err(|_| "timeout".to_string())?
-            .map(|_| ())
+            .map(|_| None)
             .map_err(|e| e.to_string()),
-            Action::Http(h, host, port) => http_get(h, host, *port, timeout).await,
+            Action::Http(probe) => match probe.run(timeout).await? {
+                http::Outcome::Success => Ok(None),
+                http::Outcome::Warning(w) => Ok(Some(w)),
+            },
+            Action::Grpc {
+                host,
+                port,
+                service,
+            } => grpc::check(host, *port, service, timeout)
+                .await
+                .map(|()| None),
         }
     }
 
@@ -219,7 +219,7 @@ impl Probes {
             hook.tcp_socket.as_ref().map(|t| (&t.host, &t.port)),
             hook.http_get.as_ref(),
         )?;
-        self.act(&action, id, timeout).await
+        self.act(&action, id, timeout).await.map(|_| ())
     }
 
     /// Starts the probe workers of a running container (once per container id).
@@ -233,7 +233,7 @@ impl Probes {
             started: c.startup_probe.as_ref().map(|_| false),
             ..Default::default()
         };
-        let pod_ref = ObjectRef::from_obj(pod);
+        let pod = Arc::new(pod.clone());
         for (kind, probe) in [
             (Kind::Startup, &c.startup_probe),
             (Kind::Readiness, &c.readiness_probe),
@@ -241,14 +241,9 @@ impl Probes {
         ] {
             let Some(probe) = probe.clone() else { continue };
             let this = self.clone();
-            let (c, id, ip, pod_ref) = (
-                c.clone(),
-                id.to_string(),
-                pod_ip.to_string(),
-                pod_ref.clone(),
-            );
+            let (c, id, ip, pod) = (c.clone(), id.to_string(), pod_ip.to_string(), pod.clone());
             state.tasks.push(tokio::spawn(async move {
-                this.probe_loop(kind, probe, c, id, ip, pod_ref).await;
+                this.probe_loop(kind, probe, c, id, ip, pod).await;
             }));
         }
         states.insert(id.to_string(), state);
@@ -261,8 +256,10 @@ impl Probes {
         c: Container,
         id: String,
         ip: String,
-        pod: ObjectRef<Pod>,
+        pod: Arc<Pod>,
     ) {
+        let pod_ref = ObjectRef::from_obj(pod.as_ref());
+        let field = container_field(&pod, &c.name);
         let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         let success_threshold = p.success_threshold.unwrap_or(1).max(1);
@@ -284,6 +281,21 @@ impl Probes {
                     Ok(a) => self.act(a, &id, timeout).await,
                     Err(e) => Err(e.clone()),
                 };
+                // Every failed or warned attempt is an Event (they aggregate by count).
+                let note = match &result {
+                    Ok(None) => None,
+                    Ok(Some(w)) => Some(("ProbeWarning", "warning", w)),
+                    Err(e) => Some(("Unhealthy", "failed", e)),
+                };
+                if let Some((reason, what, detail)) = note {
+                    self.events.record(
+                        pod.as_ref(),
+                        Some(&field),
+                        EventKind::Warning,
+                        reason,
+                        &format!("{} probe {what}: {detail}", kind.name()),
+                    );
+                }
                 if result.is_ok() {
                     successes += 1;
                     failures = 0;
@@ -300,10 +312,10 @@ impl Probes {
                 };
                 if let Some(ok) = verdict {
                     if let Err(e) = &result {
-                        tracing::info!(pod = %pod, container = %c.name, probe = ?kind, error = %e, "probe failed");
+                        tracing::info!(pod = %pod_ref, container = %c.name, probe = ?kind, error = %e, "probe failed");
                     }
                     if self.record(kind, &id, ok) {
-                        let _ = self.notify.try_send(pod.clone());
+                        let _ = self.notify.try_send(pod_ref.clone());
                     }
                     if kind == Kind::Startup && ok {
                         return;

@@ -10,15 +10,18 @@ use serde_json::Value;
 
 use crate::harness::{get_json, wait_for, Server};
 
-fn pod_json(server: &Server, name: &str) -> Value {
+/// Pod `name` as JSON.
+pub fn pod_json(server: &Server, name: &str) -> Value {
     get_json(server, &["get", "pod", name, "-o", "json"])
 }
 
-fn container_status(pod: &Value) -> Value {
+/// The status of the pod's first container.
+pub fn container_status(pod: &Value) -> Value {
     pod["status"]["containerStatuses"][0].clone()
 }
 
-fn condition(pod: &Value, kind: &str) -> Option<String> {
+/// The status of the pod's condition `kind`.
+pub fn condition(pod: &Value, kind: &str) -> Option<String> {
     pod["status"]["conditions"]
         .as_array()?
         .iter()

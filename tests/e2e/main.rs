@@ -18,6 +18,9 @@ mod jobs;
 mod join;
 mod kube_client;
 mod openapi;
+#[path = "../support/probe_servers.rs"]
+mod probe_servers;
+mod probes;
 mod protobuf;
 mod python_client;
 mod service_accounts;
