@@ -271,7 +271,8 @@ struct ServerArgs {
     /// kube-controller-manager's --node-monitor-grace-period).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
     node_monitor_grace_period: u64,
-    /// Seconds pods without their own toleration stay on an unreachable node.
+    /// Seconds new pods tolerate an unreachable node unless they set their own
+    /// toleration (as kube-apiserver's --default-unreachable-toleration-seconds).
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: u64,
     /// Components not to run (repeatable): controllers, scheduler, dns, proxy,

@@ -228,7 +228,10 @@ pub async fn run(
                 .context("client TLS towards node agents")?,
         )
         .with_service_account_key(sa_key.clone())
-        .with_authenticator(auth.clone());
+        .with_authenticator(auth.clone())
+        .with_unreachable_toleration(
+            i64::try_from(config.default_unreachable_toleration.as_secs()).unwrap_or(i64::MAX),
+        );
     match api::services::repair(&store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(freed = n, "freed service reservations of deleted Services"),

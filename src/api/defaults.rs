@@ -17,7 +17,8 @@ use super::resources::ResourceDef;
 
 /// Default grace period of a pod (`terminationGracePeriodSeconds`).
 pub const GRACE_PERIOD_SECONDS: i64 = 30;
-/// How long pods tolerate a not-ready or unreachable node (DefaultTolerationSeconds).
+/// How long pods tolerate a not-ready or unreachable node by default
+/// (DefaultTolerationSeconds).
 pub const TOLERATION_SECONDS: i64 = 300;
 /// Mode of files in secret, configMap, downwardAPI and projected volumes (0644).
 const VOLUME_MODE: i64 = 0o644;
@@ -271,8 +272,8 @@ fn volume(v: &mut Map<String, Value>) {
     }
 }
 
-/// What the admission chain adds to a new pod: requests from limits (SetDefaults_Pod),
-/// priority (Priority), the not-ready/unreachable tolerations (DefaultTolerationSeconds).
+/// What the admission chain adds to a new pod: requests from limits (SetDefaults_Pod)
+/// and priority (Priority); the tolerations come from [`add_tolerations`].
 fn admission(spec: &mut Map<String, Value>) {
     for key in ["initContainers", "containers"] {
         for c in objects_in(spec, key) {
@@ -294,25 +295,36 @@ fn admission(spec: &mut Map<String, Value>) {
         put(spec, "priority", json!(0));
     }
     put(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+}
+
+/// DefaultTolerationSeconds admission: a new pod that does not tolerate the
+/// `not-ready` or `unreachable` NoExecute taints itself tolerates them for
+/// `not_ready` / `unreachable` seconds (kube-apiserver's
+/// `--default-not-ready-toleration-seconds`/`--default-unreachable-toleration-seconds`),
+/// which is how long the node lifecycle controller leaves it on such a node.
+pub fn add_tolerations(pod: &mut Value, not_ready: i64, unreachable: i64) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
     put(spec, "tolerations", json!([]));
-    if let Some(t) = spec.get_mut("tolerations").and_then(Value::as_array_mut) {
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
-        ] {
-            let covered = t.iter().any(|t| {
-                let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
-                let k = t.get("key").and_then(Value::as_str).unwrap_or("");
-                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
-                (effect.is_empty() || effect == "NoExecute")
-                    && (k == key || (k.is_empty() && exists))
-            });
-            if !covered {
-                t.push(
-                    json!({"key": key, "operator": "Exists", "effect": "NoExecute",
-                    "tolerationSeconds": TOLERATION_SECONDS}),
-                );
-            }
+    let Some(t) = spec.get_mut("tolerations").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
+    ] {
+        let covered = t.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute") && (k == key || (k.is_empty() && exists))
+        });
+        if !covered {
+            t.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": seconds}),
+            );
         }
     }
 }
@@ -386,6 +398,7 @@ mod tests {
             "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}],
         }, "status": {"phase": "Running"}});
         apply(&def("", "Pod"), &mut pod, true);
+        add_tolerations(&mut pod, TOLERATION_SECONDS, 60);
         let s = &pod["spec"];
         assert_eq!(s["dnsPolicy"], "ClusterFirst");
         assert_eq!(s["restartPolicy"], "Always");
@@ -407,6 +420,7 @@ mod tests {
         assert_eq!(tolerations.len(), 2, "{tolerations:?}");
         assert_eq!(tolerations[0]["tolerationSeconds"], 5);
         assert_eq!(tolerations[1]["key"], "node.kubernetes.io/not-ready");
+        assert_eq!(tolerations[1]["tolerationSeconds"], 300);
         assert_eq!(
             pod["status"],
             json!({"phase": "Pending", "qosClass": "Guaranteed"})

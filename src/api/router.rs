@@ -59,6 +59,7 @@ impl ApiServer {
                 services: Arc::new(services),
                 allocating: Arc::default(),
                 catalog: resources::Catalog::default(),
+                unreachable_toleration_seconds: super::defaults::TOLERATION_SECONDS,
             },
             server_address,
             node_tls: None,
@@ -77,6 +78,13 @@ impl ApiServer {
     /// The same server, issuing service-account tokens (TokenRequest) signed with `key`.
     pub fn with_service_account_key(mut self, key: Arc<SigningKey>) -> Self {
         self.service_account_key = Some(key);
+        self
+    }
+
+    /// The same server, giving new pods `seconds` of tolerance of an unreachable node
+    /// (kube-apiserver's `--default-unreachable-toleration-seconds`).
+    pub fn with_unreachable_toleration(mut self, seconds: i64) -> Self {
+        self.registry.unreachable_toleration_seconds = seconds;
         self
     }
 

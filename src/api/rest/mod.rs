@@ -73,6 +73,8 @@ pub struct Registry {
     pub allocating: Arc<tokio::sync::Mutex<()>>,
     /// The served resources (custom ones change with their definitions).
     pub catalog: resources::Catalog,
+    /// Seconds new pods tolerate an unreachable node unless they say otherwise.
+    pub unreachable_toleration_seconds: i64,
 }
 
 impl Registry {
@@ -109,6 +111,11 @@ impl Registry {
         }
         if old.is_none() && def.kind == "Pod" && def.group.is_empty() {
             super::pod_admission::admit(&self.store, obj).await?;
+            super::defaults::add_tolerations(
+                obj,
+                super::defaults::TOLERATION_SECONDS,
+                self.unreachable_toleration_seconds,
+            );
         }
         if old.is_none() && def.kind == "PersistentVolumeClaim" && def.group.is_empty() {
             super::storage_admission::admit(&self.store, obj).await?;
