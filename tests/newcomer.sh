@@ -28,6 +28,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 work=$(mktemp -d /tmp/pikube-newcomer.XXXXXX)
 clone="$work/pikube"
 run_pid=
+started=
 
 say() { printf 'newcomer: %s\n' "$*" >&2; }
 fail() {
@@ -66,7 +67,8 @@ stop_cluster() {
 cleanup() {
   status=$?
   stop_cluster
-  if [ -x "$CARGO_TARGET_DIR/debug/pikube" ] && [ -d "$clone/.pikube/data" ]; then
+  # Only a node this script started is cleaned up (see the checks before step 1).
+  if [ -n "$started" ] && [ -x "$CARGO_TARGET_DIR/debug/pikube" ] && [ -d "$clone/.pikube/data" ]; then
     "$CARGO_TARGET_DIR/debug/pikube" killall --data-dir "$clone/.pikube/data" >/dev/null 2>&1 || true
   fi
   # Nothing may stay mounted under the clone before it is removed.
@@ -80,6 +82,28 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 [ "$(id -u)" -eq 0 ] || fail "needs root, as make run does"
+command -v kubectl >/dev/null || fail "kubectl is not installed (the README's kubectl session needs it)"
+
+# `make run` uses the defaults of an installed pikube (ports 6443 and 10250, the run dir
+# /run/pikube, the pod cgroups under /kubepods), and the clean-up line stops whatever runs
+# there: refuse to start next to another pikube instead of breaking it.
+busy() {
+  ss -Htln "sport = :$1" 2>/dev/null | grep -q .
+}
+# Processes in the pod cgroups (any depth below /kubepods).
+pod_processes() {
+  [ -d /sys/fs/cgroup/kubepods ] || return 0
+  find /sys/fs/cgroup/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null
+}
+for port in 6443 10250; do
+  busy "$port" && fail "port $port is in use (another pikube or Kubernetes runs here); stop it first"
+done
+if [ -S /run/pikube/containerd/containerd.sock ] || pgrep -f -- "-address /run/pikube/" >/dev/null; then
+  fail "a pikube node runs on this machine (/run/pikube); stop it first"
+fi
+if [ -n "$(pod_processes)" ]; then
+  fail "processes run in the pod cgroups (/sys/fs/cgroup/kubepods); stop that node first"
+fi
 
 if git -C "$repo" rev-parse --verify --quiet HEAD >/dev/null; then
   say "cloning $repo (HEAD) into $clone"
@@ -109,12 +133,13 @@ say "step 1: $start_cmd (in the background)"
 cd "$clone"
 setsid bash -c "$start_cmd" >"$work/run.log" 2>&1 &
 run_pid=$!
+started=1
 kubeconfig="$clone/.pikube/kubeconfig"
 ready=
 for _ in $(seq 1 1800); do
   kill -0 "$run_pid" 2>/dev/null || fail "'$start_cmd' exited before the node was Ready"
   if [ -s "$kubeconfig" ] &&
-    KUBECONFIG="$kubeconfig" kubectl get nodes --no-headers 2>/dev/null | awk '$2 == "Ready"' | grep -q .; then
+    KUBECONFIG="$kubeconfig" kubectl get nodes --no-headers --request-timeout=10s 2>/dev/null | awk '$2 == "Ready"' | grep -q .; then
     ready=1
     break
   fi
@@ -142,7 +167,10 @@ killall_line=$(grep -o 'pikube killall --data-dir [^`]*' "$clone/README.md" | he
 [ -n "$killall_line" ] || fail "the README no longer says how to stop the pods a node left"
 # `pikube` is the binary `make run` built.
 PATH="$CARGO_TARGET_DIR/debug:$PATH" bash -c "$killall_line" || fail "'$killall_line' failed"
-if pgrep -f "containerd-shim.*$clone" >/dev/null; then
+if pgrep -f -- "containerd-shim.*-address /run/pikube/" >/dev/null; then
   fail "container shims still run after '$killall_line'"
+fi
+if [ -n "$(pod_processes)" ]; then
+  fail "processes still run in the pod cgroups after '$killall_line'"
 fi
 say "passed"

@@ -41,6 +41,20 @@ fn local_dir(pv: &PersistentVolume, node: &str, dir: &Path) -> Option<PathBuf> {
     inside.then_some(path)
 }
 
+/// Creates a local-path volume's directory, writable by any container user (as k3s's
+/// provisioner makes it); an existing directory is left as it is.
+pub fn create_open_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(p) {
+        Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Publishes the storage directory on the Node, then keeps the local volumes' directories
 /// until `shutdown`.
 pub async fn run(
@@ -50,15 +64,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<()> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::Object(format!("{}: {e}", dir.display())))?;
-    Api::<Node>::all(client.clone())
-        .patch(
-            &node,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {STORAGE_DIR: dir.to_string_lossy()}}}),
-            ),
-        )
-        .await?;
+    // The provisioner places volumes only on nodes that publish their directory: keep
+    // trying (the Node may not be registered yet, the server may be restarting).
+    let patch = json!({"metadata": {"annotations": {STORAGE_DIR: dir.to_string_lossy()}}});
+    let mut shutdown = Box::pin(shutdown);
+    let mut wait = std::time::Duration::from_millis(200);
+    while let Err(e) = Api::<Node>::all(client.clone())
+        .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, "cannot publish the local-path storage directory yet");
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+    }
     let local = Arc::new(Local { node, dir });
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -113,18 +134,10 @@ async fn reconcile(
         }
     } else if pv.metadata.deletion_timestamp.is_none() && !released {
         let p = path.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::PermissionsExt;
-            if !p.exists() {
-                std::fs::create_dir_all(&p)?;
-                // As k3s's provisioner: any container user may write its volume.
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Object(e.to_string()))?
-        .map_err(io)?;
+        tokio::task::spawn_blocking(move || create_open_dir(&p))
+            .await
+            .map_err(|e| Error::Object(e.to_string()))?
+            .map_err(io)?;
     }
     Ok(Action::await_change())
 }

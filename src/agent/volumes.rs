@@ -400,6 +400,11 @@ async fn claim_path(client: &Client, ns: &str, name: &str) -> Result<PathBuf, Co
         .get_opt(&volume)
         .await?
         .ok_or_else(|| ConfigError(format!("persistentvolume {volume:?} not found")))?;
+    // A local-path volume's directory is made writable for any container user (as k3s's
+    // provisioner makes it), whether this mount or the node's storage loop creates it.
+    let local_path = pv.metadata.annotations.as_ref().is_some_and(|a| {
+        a.contains_key(crate::controllers::persistentvolume::provisioner::VOLUME_NODE)
+    });
     let spec = pv.spec.unwrap_or_default();
     if spec.claim_ref.as_ref().and_then(|r| r.uid.as_deref()) != pvc.metadata.uid.as_deref() {
         return Err(ConfigError(format!(
@@ -416,6 +421,9 @@ async fn claim_path(client: &Client, ns: &str, name: &str) -> Result<PathBuf, Co
         }
     };
     let checked = tokio::task::spawn_blocking(move || {
+        if local_path {
+            super::storage::create_open_dir(Path::new(&path))?;
+        }
         let p = host_path(&path, &kind)?;
         std::fs::metadata(&p)?;
         Ok::<_, std::io::Error>(p)

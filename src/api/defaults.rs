@@ -182,16 +182,20 @@ fn container(c: &mut Map<String, Value>, host_network: bool) {
     }
 }
 
-/// `Always` for `:latest` or untagged images, else `IfNotPresent` (digests included).
+/// `Always` for the `latest` tag, which an image with neither tag nor digest has, else
+/// `IfNotPresent` (kube's defaulting by the tag ParseImageName finds).
 pub fn pull_policy(image: &str) -> &'static str {
-    if image.contains('@') {
-        return "IfNotPresent";
-    }
+    let (name, digest) = match image.split_once('@') {
+        Some((name, _)) => (name, true),
+        None => (image, false),
+    };
     // The tag follows the last ':' after the last '/' (a registry port is not a tag).
-    let last = image.rsplit('/').next().unwrap_or(image);
+    let last = name.rsplit('/').next().unwrap_or(name);
     match last.rsplit_once(':') {
-        Some((_, tag)) if tag != "latest" => "IfNotPresent",
-        _ => "Always",
+        Some((_, "latest")) => "Always",
+        Some(_) => "IfNotPresent",
+        None if digest => "IfNotPresent",
+        None => "Always",
     }
 }
 
@@ -441,6 +445,8 @@ mod tests {
         assert_eq!(pull_policy("r.example:5000/app"), "Always");
         assert_eq!(pull_policy("r.example:5000/app:v1"), "IfNotPresent");
         assert_eq!(pull_policy("app:latest"), "Always");
+        assert_eq!(pull_policy("app@sha256:ab"), "IfNotPresent");
+        assert_eq!(pull_policy("app:latest@sha256:ab"), "Always");
     }
 
     #[test]

@@ -210,7 +210,11 @@ impl Walk {
             (_, Value::Null) | (Expect::Any, _) => true,
             (Expect::Object, Value::Object(_)) | (Expect::Array, Value::Array(_)) => true,
             (Expect::Boolean, Value::Bool(_)) | (Expect::Number, Value::Number(_)) => true,
-            (Expect::Integer(_), Value::Number(n)) => n.is_i64() || n.is_u64(),
+            // Go's decoder refuses what does not fit the field's integer type.
+            (Expect::Integer(Some("int32")), Value::Number(n)) => {
+                n.as_i64().is_some_and(|i| i32::try_from(i).is_ok())
+            }
+            (Expect::Integer(_), Value::Number(n)) => n.is_i64(),
             (Expect::NumberOrString, Value::Number(_) | Value::String(_)) => true,
             (Expect::String(format), Value::String(s)) => {
                 if let Some(why) = bad_format(format, s) {
@@ -346,6 +350,15 @@ mod tests {
         let err =
             validate(&deployments(), &mut obj, FieldValidation::Warn, None).expect_err("type");
         assert!(err.message.ends_with("json: cannot unmarshal number 1.5 into Go struct field ContainerPort.spec.template.spec.containers.ports.containerPort of type int32"), "{}", err.message);
+        let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+            "spec": {"replicas": 3_000_000_000_i64}});
+        let err =
+            validate(&deployments(), &mut obj, FieldValidation::Warn, None).expect_err("int32");
+        assert!(
+            err.message.ends_with("json: cannot unmarshal number 3000000000 into Go struct field DeploymentSpec.spec.replicas of type int32"),
+            "{}",
+            err.message
+        );
         let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
             "spec": {"template": {"spec": {"containers": {"name": "a"}}}}});
         let err =

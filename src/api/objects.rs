@@ -220,6 +220,9 @@ pub fn from_stored(bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
 /// `apiVersion` changes).
 pub fn read_stored(def: &ResourceDef, bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
     let mut o = from_stored(bytes, revision)?;
+    // As kube-apiserver defaults what it decodes from storage: objects stored before a
+    // default existed read as if written with it.
+    super::defaults::apply(def, &mut o, false);
     if def.custom.is_some() && o.is_object() {
         o["apiVersion"] = json!(def.api_version());
     }

@@ -427,6 +427,20 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             force: q.get("force").is_some_and(|f| f == "true"),
         }
     });
+    let options = match method {
+        Method::POST => Some("CreateOptions"),
+        Method::PUT => Some("UpdateOptions"),
+        Method::PATCH => Some("PatchOptions"),
+        _ => None,
+    };
+    if let Some(options) = options {
+        Manager::check_options(
+            options,
+            q.get("fieldManager").map(String::as_str),
+            q.get("force").is_some_and(|f| f == "true"),
+            method == Method::PATCH && is_apply(req.headers()),
+        )?;
+    }
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), objects::MAX_BODY_BYTES)
         .await

@@ -94,23 +94,39 @@ const DEFAULT_CPU: f64 = 0.1;
 /// Memory a container without a request counts for in scores (200 MiB, as kube-scheduler).
 const DEFAULT_MEMORY: f64 = 200.0 * 1024.0 * 1024.0;
 
-/// What `pod` weighs in the balance scores: its requests, with containers that request
-/// nothing counted as 100m CPU and 200 MiB, as kube-scheduler does, so that pods without
-/// requests still spread over the nodes instead of piling onto one.
+/// What `pod` weighs in the balance scores: its requests, with a container that does not
+/// request cpu or memory at all counted as 100m CPU and 200 MiB (kube-scheduler's
+/// non-zero requests; an explicit 0 stays 0), so that pods without requests still spread
+/// over the nodes instead of piling onto one. Init containers count by their maximum,
+/// overhead on top, as for the requests.
 pub fn scored_requests(pod: &Pod) -> Usage {
     let Some(spec) = pod.spec.as_ref() else {
         return Usage::default();
     };
+    let one = |c: &k8s_openapi::api::core::v1::Container| {
+        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let req = read(requests);
+        let has = |k: &str| requests.is_some_and(|r| r.contains_key(k));
+        Usage {
+            cpu: if has("cpu") { req.cpu } else { DEFAULT_CPU },
+            memory: if has("memory") {
+                req.memory
+            } else {
+                DEFAULT_MEMORY
+            },
+            ..Usage::default()
+        }
+    };
     let mut total = Usage::default();
     for c in &spec.containers {
-        let req = read(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
-        total.cpu += if req.cpu > 0.0 { req.cpu } else { DEFAULT_CPU };
-        total.memory += if req.memory > 0.0 {
-            req.memory
-        } else {
-            DEFAULT_MEMORY
-        };
+        total.add(&one(c));
     }
+    for c in spec.init_containers.iter().flatten() {
+        let u = one(c);
+        total.cpu = total.cpu.max(u.cpu);
+        total.memory = total.memory.max(u.memory);
+    }
+    total.add(&read(spec.overhead.as_ref()));
     total.pods = 1.0;
     total
 }

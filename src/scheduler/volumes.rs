@@ -18,7 +18,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use crate::controllers::persistentvolume::{matching, waits_for_consumer, SELECTED_NODE};
+use crate::controllers::persistentvolume::{
+    matching, waits_for_consumer, LOCAL_PATH_PROVISIONER, SELECTED_NODE, STORAGE_DIR,
+};
 use crate::controllers::Watched;
 
 /// Why a node cannot host the pod's bound volumes (kube's message).
@@ -122,9 +124,33 @@ pub struct PodVolumes {
     free: Vec<Arc<PersistentVolume>>,
 }
 
-/// Whether a class has a provisioner that makes volumes on demand.
-fn provisions(class: Option<&StorageClass>) -> bool {
-    class.is_some_and(|c| c.provisioner != "kubernetes.io/no-provisioner")
+/// Whether the class's provisioner can make a volume for `claim` on `node`: local-path
+/// only on nodes that publish their storage directory, and only for single-node access
+/// modes (what its provisioner accepts), so a pod never lands where its claim cannot be
+/// provisioned.
+fn provisions(class: Option<&StorageClass>, claim: &PersistentVolumeClaim, node: &Node) -> bool {
+    let Some(class) = class else {
+        return false;
+    };
+    if class.provisioner == "kubernetes.io/no-provisioner" {
+        return false;
+    }
+    if class.provisioner != LOCAL_PATH_PROVISIONER {
+        return true;
+    }
+    let published = node
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(STORAGE_DIR));
+    let single_node = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.as_ref())
+        .into_iter()
+        .flatten()
+        .all(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod");
+    published && single_node
 }
 
 impl PodVolumes {
@@ -135,7 +161,7 @@ impl PodVolumes {
         }
         for (claim, class) in &self.delayed {
             let found = matching::find(self.free.iter().map(|v| v.as_ref()), claim, Some(node));
-            if found.is_none() && !provisions(class.as_deref()) {
+            if found.is_none() && !provisions(class.as_deref(), claim, node) {
                 return Some(NO_VOLUME.into());
             }
         }

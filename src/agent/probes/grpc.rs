@@ -131,6 +131,16 @@ mod tests {
         );
         let port = server.port;
         drop(server);
+        // The aborted server task closes its listener when it is next polled.
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let err = check("127.0.0.1", port, "", t).await.unwrap_err();
         assert!(err.starts_with("error: failed to connect service"), "{err}");
     }

@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 
 use super::objects::meta;
 use super::openapi::schema::Node;
+use super::status::ApiError;
 use fieldset::FieldSet;
+
+/// The longest manager name kube-apiserver accepts (and cuts User-Agent names to).
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// Who writes, and how: the identity of a `managedFields` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +39,57 @@ impl Manager {
                 .unwrap_or("unknown")
                 .to_string(),
         };
-        name.chars().take(128).collect()
+        name.chars().take(MAX_NAME_BYTES).collect()
+    }
+
+    /// Checks a write's `fieldManager` and `force` parameters as kube-apiserver's
+    /// `ValidateCreateOptions`/`ValidateUpdateOptions`/`ValidatePatchOptions` do: at most
+    /// 128 bytes of printable characters, required by apply, `force` only with apply.
+    /// `options` names the kind in the 422 (`CreateOptions`, `UpdateOptions`,
+    /// `PatchOptions`).
+    pub fn check_options(
+        options: &str,
+        field_manager: Option<&str>,
+        force: bool,
+        apply: bool,
+    ) -> Result<(), ApiError> {
+        let mut causes = Vec::new();
+        let manager = field_manager.unwrap_or("");
+        if manager.len() > MAX_NAME_BYTES {
+            causes.push((
+                "fieldManager".to_string(),
+                format!("Too long: may not be more than {MAX_NAME_BYTES} bytes"),
+            ));
+        }
+        if let Some((i, c)) = manager
+            .char_indices()
+            .find(|(_, c)| c.is_control() || (c.is_whitespace() && *c != ' '))
+        {
+            causes.push((
+                "fieldManager".to_string(),
+                format!(
+                    "Invalid value: {manager:?}: invalid character U+{:04X} (at position {i})",
+                    c as u32
+                ),
+            ));
+        }
+        if apply && manager.is_empty() {
+            causes.push((
+                "fieldManager".to_string(),
+                "Required value: is required for apply patch".to_string(),
+            ));
+        }
+        if force && !apply {
+            causes.push((
+                "force".to_string(),
+                "Forbidden: may not be specified for non-apply patch".to_string(),
+            ));
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(options, "meta.k8s.io", "", causes))
+        }
     }
 
     fn operation(&self) -> &'static str {
@@ -197,4 +251,45 @@ pub fn track_update(
     }
     mine.union(&changed);
     store(new, list, who, mine);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_options_are_checked_as_kube_apiserver_checks_them() {
+        assert!(Manager::check_options("CreateOptions", Some("kubectl"), false, false).is_ok());
+        assert!(Manager::check_options("PatchOptions", Some("kubectl"), true, true).is_ok());
+        let long = "m".repeat(MAX_NAME_BYTES + 1);
+        let err = Manager::check_options("CreateOptions", Some(&long), false, false)
+            .expect_err("too long");
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            err.message,
+            "CreateOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes"
+        );
+        let err = Manager::check_options("PatchOptions", None, false, true).expect_err("apply");
+        assert!(
+            err.message
+                .ends_with("fieldManager: Required value: is required for apply patch"),
+            "{}",
+            err.message
+        );
+        let err =
+            Manager::check_options("PatchOptions", Some("k"), true, false).expect_err("force");
+        assert!(
+            err.message
+                .ends_with("force: Forbidden: may not be specified for non-apply patch"),
+            "{}",
+            err.message
+        );
+        let err =
+            Manager::check_options("UpdateOptions", Some("a\tb"), false, false).expect_err("tab");
+        assert!(
+            err.message.contains("invalid character U+0009"),
+            "{}",
+            err.message
+        );
+    }
 }

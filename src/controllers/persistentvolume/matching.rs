@@ -82,7 +82,7 @@ pub fn fits_node(pv: &PersistentVolume, node: &Node) -> bool {
 }
 
 /// Whether `pv` could serve `pvc` apart from who it is bound to and where.
-fn compatible(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
+pub(crate) fn compatible(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
     let (Some(vs), Some(cs)) = (pv.spec.as_ref(), pvc.spec.as_ref()) else {
         return false;
     };

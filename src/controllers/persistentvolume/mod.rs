@@ -289,7 +289,20 @@ async fn sync_bound_claim(
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-    if claim_ref.is_none() || matching::claimed_by(pv, pvc) {
+    if claim_ref.is_none() && !matching::compatible(pv, pvc) {
+        // A claim naming a free volume still needs one that satisfies it (kube's
+        // checkVolumeSatisfyClaim): class, mode, access modes, capacity.
+        set_claim_phase(ctx, pvc, "Pending").await?;
+        binder.note(
+            ctx,
+            pvc,
+            "VolumeMismatch",
+            &format!(
+                "Cannot bind to requested volume {:?}: it does not satisfy the claim (storage class, volume mode, access modes or capacity)",
+                pv.name_any()
+            ),
+        );
+    } else if claim_ref.is_none() || matching::claimed_by(pv, pvc) {
         bind(ctx, pv, pvc).await?;
     } else {
         set_claim_phase(ctx, pvc, "Pending").await?;
