@@ -2,21 +2,29 @@
 //! the `pods/binding` subresource, or marks it PodScheduled=False with the reasons
 //! kubectl shows ("0/3 nodes are available: …") and retries when the cluster changes.
 
+pub mod affinity;
 pub mod filters;
 pub mod quantity;
+pub mod score;
+pub mod selector;
+pub mod spread;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use kube::api::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::controllers::{self, Context, Result};
@@ -29,30 +37,43 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 struct State {
     nodes: Store<Node>,
     pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    services: Store<Service>,
+    replicasets: Store<ReplicaSet>,
+    statefulsets: Store<StatefulSet>,
+    controllers: Store<ReplicationController>,
     /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
     assumed: Mutex<HashMap<String, (String, Arc<Pod>)>>,
 }
 
+/// A reflector cache of every `K`; the future that keeps it current joins `streams`.
+fn cache<K>(client: &Client, streams: &mut Vec<BoxFuture<'static, ()>>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    streams.push(stream.boxed());
+    store
+}
+
 /// Runs the scheduler until `shutdown`.
 pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let (nodes, node_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| async {});
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
+    let mut streams = Vec::new();
+    let nodes = cache::<Node>(&client, &mut streams);
     let state = Arc::new(State {
         nodes: nodes.clone(),
-        pods,
+        pods: cache(&client, &mut streams),
+        namespaces: cache(&client, &mut streams),
+        services: cache(&client, &mut streams),
+        replicasets: cache(&client, &mut streams),
+        statefulsets: cache(&client, &mut streams),
+        controllers: cache(&client, &mut streams),
         assumed: Mutex::new(HashMap::new()),
     });
     let pending = Controller::new(
@@ -83,8 +104,34 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     );
     tokio::select! {
         _ = run => {}
-        _ = node_stream => {}
-        _ = pod_stream => {}
+        _ = futures::future::select_all(streams) => {}
+    }
+}
+
+/// The selector of the controller owning `meta` (ReplicaSet, StatefulSet or
+/// ReplicationController) from the caches, for kube's default spreading.
+fn owner_selector(state: &State, meta: &ObjectMeta) -> Option<selector::Selector> {
+    let owner = controllers::pods::controller_of(meta)?;
+    fn at<K: Resource<DynamicType = ()>>(name: &str, meta: &ObjectMeta) -> ObjectRef<K> {
+        ObjectRef::new(name).within(meta.namespace.as_deref().unwrap_or_default())
+    }
+    let from = |sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+        selector::Selector::compile(Some(sel), &Default::default(), &[], &[])
+    };
+    match (owner.api_version.as_str(), owner.kind.as_str()) {
+        ("apps/v1", "ReplicaSet") => {
+            let rs = state.replicasets.get(&at(&owner.name, meta))?;
+            from(&rs.spec.as_ref()?.selector)
+        }
+        ("apps/v1", "StatefulSet") => {
+            let ss = state.statefulsets.get(&at(&owner.name, meta))?;
+            from(&ss.spec.as_ref()?.selector)
+        }
+        ("v1", "ReplicationController") => {
+            let rc = state.controllers.get(&at(&owner.name, meta))?;
+            Some(selector::Selector::from_map(rc.spec.as_ref()?.selector.as_ref()?))
+        }
+        _ => None,
     }
 }
 
@@ -100,8 +147,14 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
     if !mine || pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if state.nodes.wait_until_ready().await.is_err() || state.pods.wait_until_ready().await.is_err()
-    {
+    let ready = state.nodes.wait_until_ready().await.is_ok()
+        && state.pods.wait_until_ready().await.is_ok()
+        && state.namespaces.wait_until_ready().await.is_ok()
+        && state.services.wait_until_ready().await.is_ok()
+        && state.replicasets.wait_until_ready().await.is_ok()
+        && state.statefulsets.wait_until_ready().await.is_ok()
+        && state.controllers.wait_until_ready().await.is_ok();
+    if !ready {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let nodes = state.nodes.state();
@@ -123,7 +176,18 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
         });
         filters::node_infos(&nodes, &all_pods, &assumed)
     };
-    match filters::pick(&pod, &infos) {
+    let namespaces = state.namespaces.state();
+    let inputs = filters::Inputs {
+        infos: &infos,
+        namespaces: &namespaces,
+        default_spread: spread::default_selector(
+            &pod,
+            &state.services.state(),
+            owner_selector(&state, &pod.metadata),
+        ),
+    };
+    let picked = filters::pick(&pod, &inputs);
+    match picked {
         Ok(node) => {
             let name = pod.name_any();
             let ns = pod.namespace().unwrap_or_default();
