@@ -19,10 +19,16 @@ pub const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
 /// The ConfigMap with the cluster CA that every namespace has.
 pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 
-/// Admits a new pod: defaults its service account and adds the token volume.
+/// Admits a new pod: defaults its service account and adds the token volume; a pod
+/// starts in phase Pending, as kube-apiserver's pod strategy sets it (`kubectl describe`
+/// shows "Status: Pending" while it waits for a node).
 pub async fn admit(store: &Store, pod: &mut Value) -> Result<(), ApiError> {
     if !pod.get("spec").is_some_and(Value::is_object) {
         return Ok(()); // validation reports it
+    }
+    let status = child_map(pod, "status");
+    if !status.get("phase").is_some_and(Value::is_string) {
+        status.insert("phase".into(), json!("Pending"));
     }
     let mirror = pod
         .pointer("/metadata/annotations/kubernetes.io~1config.mirror")

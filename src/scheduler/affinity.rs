@@ -10,9 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    Namespace, Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 
 use super::filters::NodeInfo;
 use super::selector::{pod_labels, Namespaces, Selector};
@@ -101,18 +99,22 @@ impl<'a> Terms<'a> {
         let pa = a.pod_affinity.as_ref();
         let anti = a.pod_anti_affinity.as_ref();
         Terms {
-            affinity: required(
-                pa.and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref()),
-            ),
-            anti: required(
-                anti.and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref()),
-            ),
-            preferred: preferred(
-                pa.and_then(|p| p.preferred_during_scheduling_ignored_during_execution.as_ref()),
-            ),
-            preferred_anti: preferred(
-                anti.and_then(|p| p.preferred_during_scheduling_ignored_during_execution.as_ref()),
-            ),
+            affinity: required(pa.and_then(|p| {
+                p.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            anti: required(anti.and_then(|p| {
+                p.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred: preferred(pa.and_then(|p| {
+                p.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred_anti: preferred(anti.and_then(|p| {
+                p.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
         }
     }
 }
@@ -312,7 +314,9 @@ mod tests {
         let infos = node_infos(&nodes, &[], &assumed);
         let err = pick(&web, &Inputs::nodes(&infos)).expect_err("no node left");
         assert!(
-            err.starts_with("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."),
+            err.starts_with(
+                "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+            ),
             "{err}"
         );
         // A pod without terms but matched by the placed pods' anti-affinity is kept
@@ -332,7 +336,11 @@ mod tests {
     fn zone_anti_affinity_rules_out_the_whole_zone() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z1"), zoned("c", "z2")];
         let mut assumed = HashMap::new();
-        placed("a", pod_in("default", json!({"app": "db"}), json!({})), &mut assumed);
+        placed(
+            "a",
+            pod_in("default", json!({"app": "db"}), json!({})),
+            &mut assumed,
+        );
         let infos = node_infos(&nodes, &[], &assumed);
         let p = pod_in(
             "default",
@@ -386,7 +394,11 @@ mod tests {
     fn namespace_selector_reaches_other_namespaces() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z2")];
         let mut assumed = HashMap::new();
-        placed("b", pod_in("team-x", json!({"app": "db"}), json!({})), &mut assumed);
+        placed(
+            "b",
+            pod_in("team-x", json!({"app": "db"}), json!({})),
+            &mut assumed,
+        );
         let infos = node_infos(&nodes, &[], &assumed);
         let ns: Namespace = serde_json::from_value(
             json!({"metadata": {"name": "team-x", "labels": {"team": "x"}}}),
@@ -421,7 +433,11 @@ mod tests {
     fn preferred_terms_weigh_in_the_score() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z2")];
         let mut assumed = HashMap::new();
-        placed("a", pod_in("default", json!({"app": "db"}), json!({})), &mut assumed);
+        placed(
+            "a",
+            pod_in("default", json!({"app": "db"}), json!({})),
+            &mut assumed,
+        );
         let infos = node_infos(&nodes, &[], &assumed);
         let pref = |kind: &str| {
             pod_in(

@@ -238,7 +238,10 @@ pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     })
 }
 
-pub(super) fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn requirement_matches(
+    r: &NodeSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let values = r.values.as_deref().unwrap_or_default();
     let v = labels.get(&r.key);
     match r.operator.as_str() {
@@ -435,11 +438,13 @@ pub fn pick(pod: &Pod, inputs: &Inputs<'_>) -> Result<String, String> {
     if n == 0 {
         return Err("0/0 nodes are available: no nodes available to schedule pods.".into());
     }
-    let list = reasons
+    // Sorted as kube-scheduler sorts them: as "<count> <reason>" strings.
+    let mut list = reasons
         .iter()
         .map(|(r, c)| format!("{c} {r}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .collect::<Vec<_>>();
+    list.sort();
+    let list = list.join(", ");
     Err(format!(
         "0/{n} nodes are available: {list}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
     ))
@@ -472,8 +477,10 @@ pub(super) mod tests {
     pub fn pod_in(ns: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
         let mut s = json!({"containers": [{"name": "c", "image": "i"}]});
         json_patch::merge(&mut s, &spec);
-        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": ns, "labels": labels}, "spec": s}))
-            .expect("pod")
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": ns, "labels": labels}, "spec": s}),
+        )
+        .expect("pod")
     }
 
     #[test]
@@ -496,9 +503,15 @@ pub(super) mod tests {
             "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}],
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
         }));
-        assert_eq!(pick(&tolerant, &Inputs::nodes(&infos)).as_deref(), Ok("tainted"));
+        assert_eq!(
+            pick(&tolerant, &Inputs::nodes(&infos)).as_deref(),
+            Ok("tainted")
+        );
         let selected = pod(json!({"nodeSelector": {"kubernetes.io/hostname": "small"}}));
-        assert_eq!(pick(&selected, &Inputs::nodes(&infos)).as_deref(), Ok("small"));
+        assert_eq!(
+            pick(&selected, &Inputs::nodes(&infos)).as_deref(),
+            Ok("small")
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
@@ -41,7 +41,6 @@ struct State {
     services: Store<Service>,
     replicasets: Store<ReplicaSet>,
     statefulsets: Store<StatefulSet>,
-    controllers: Store<ReplicationController>,
     /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
     assumed: Mutex<HashMap<String, (String, Arc<Pod>)>>,
 }
@@ -49,7 +48,13 @@ struct State {
 /// A reflector cache of every `K`; the future that keeps it current joins `streams`.
 fn cache<K>(client: &Client, streams: &mut Vec<BoxFuture<'static, ()>>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(
@@ -73,7 +78,6 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         services: cache(&client, &mut streams),
         replicasets: cache(&client, &mut streams),
         statefulsets: cache(&client, &mut streams),
-        controllers: cache(&client, &mut streams),
         assumed: Mutex::new(HashMap::new()),
     });
     let pending = Controller::new(
@@ -108,8 +112,8 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     }
 }
 
-/// The selector of the controller owning `meta` (ReplicaSet, StatefulSet or
-/// ReplicationController) from the caches, for kube's default spreading.
+/// The selector of the controller owning `meta` (ReplicaSet or StatefulSet; pikube
+/// serves no ReplicationControllers) from the caches, for kube's default spreading.
 fn owner_selector(state: &State, meta: &ObjectMeta) -> Option<selector::Selector> {
     let owner = controllers::pods::controller_of(meta)?;
     fn at<K: Resource<DynamicType = ()>>(name: &str, meta: &ObjectMeta) -> ObjectRef<K> {
@@ -126,10 +130,6 @@ fn owner_selector(state: &State, meta: &ObjectMeta) -> Option<selector::Selector
         ("apps/v1", "StatefulSet") => {
             let ss = state.statefulsets.get(&at(&owner.name, meta))?;
             from(&ss.spec.as_ref()?.selector)
-        }
-        ("v1", "ReplicationController") => {
-            let rc = state.controllers.get(&at(&owner.name, meta))?;
-            Some(selector::Selector::from_map(rc.spec.as_ref()?.selector.as_ref()?))
         }
         _ => None,
     }
@@ -152,8 +152,7 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
         && state.namespaces.wait_until_ready().await.is_ok()
         && state.services.wait_until_ready().await.is_ok()
         && state.replicasets.wait_until_ready().await.is_ok()
-        && state.statefulsets.wait_until_ready().await.is_ok()
-        && state.controllers.wait_until_ready().await.is_ok();
+        && state.statefulsets.wait_until_ready().await.is_ok();
     if !ready {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }

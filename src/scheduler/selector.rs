@@ -50,13 +50,17 @@ impl Selector {
             .flatten()
             .map(|(k, v)| requirement(k, "In", v))
             .collect();
-        reqs.extend(selector.match_expressions.iter().flatten().map(|e| {
-            NodeSelectorRequirement {
-                key: e.key.clone(),
-                operator: e.operator.clone(),
-                values: e.values.clone(),
-            }
-        }));
+        reqs.extend(
+            selector
+                .match_expressions
+                .iter()
+                .flatten()
+                .map(|e| NodeSelectorRequirement {
+                    key: e.key.clone(),
+                    operator: e.operator.clone(),
+                    values: e.values.clone(),
+                }),
+        );
         for (keys, op) in [(match_keys, "In"), (mismatch_keys, "NotIn")] {
             for k in keys {
                 if let Some(v) = owner.get(k) {

@@ -1,8 +1,8 @@
 //! Pod topology spread constraints, as kube-scheduler's PodTopologySpread plugin:
 //! `DoNotSchedule` constraints filter nodes whose domain would exceed `maxSkew`,
 //! `ScheduleAnyway` constraints score nodes by how few matching pods their domain has.
-//! Pods that set no constraints and belong to a Service, ReplicaSet, StatefulSet or
-//! ReplicationController get kube's default constraints (hostname maxSkew 3, zone
+//! Pods that set no constraints and belong to a Service, ReplicaSet or StatefulSet get
+//! kube's default constraints (hostname maxSkew 3, zone
 //! maxSkew 5, ScheduleAnyway) over the pods their owners select.
 //!
 //! Matching pods are counted per domain once per scheduling attempt.
@@ -194,7 +194,11 @@ impl<'a> Spread<'a> {
             .collect();
         let hard_self = hard
             .iter()
-            .map(|c| c.selector.as_ref().is_some_and(|s| s.matches(pod_labels(pod))))
+            .map(|c| {
+                c.selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(pod_labels(pod)))
+            })
             .collect();
         Spread {
             spec,
@@ -257,7 +261,11 @@ impl<'a> Spread<'a> {
             .iter()
             .zip(&pair_counts)
             .map(|(c, counts)| {
-                let size = if c.key == HOSTNAME { kept } else { counts.len() };
+                let size = if c.key == HOSTNAME {
+                    kept
+                } else {
+                    counts.len()
+                };
                 ((size + 2) as f64).ln()
             })
             .collect();
@@ -396,7 +404,10 @@ mod tests {
         let mut out = HashMap::new();
         for (node, n) in spots {
             for i in 0..*n {
-                out.insert(format!("{node}{i}"), (node.to_string(), Arc::new(p.clone())));
+                out.insert(
+                    format!("{node}{i}"),
+                    (node.to_string(), Arc::new(p.clone())),
+                );
             }
         }
         out
@@ -410,7 +421,10 @@ mod tests {
         // 0, so a second pod per zone would be skew 2.
         let infos = node_infos(&nodes, &[], &assumed_on(&[("a", 1), ("b", 1)], &p));
         let err = pick(&p, &Inputs::nodes(&infos)).expect_err("minDomains");
-        assert!(err.contains("2 node(s) didn't match pod topology spread constraints"), "{err}");
+        assert!(
+            err.contains("2 node(s) didn't match pod topology spread constraints"),
+            "{err}"
+        );
         let without = spread_pod(1, "DoNotSchedule", json!({}));
         assert!(pick(&without, &Inputs::nodes(&infos)).is_ok());
     }
@@ -420,10 +434,18 @@ mod tests {
         // z2 holds no web pods but the pod cannot go there; Honor (default) leaves it out
         // of the count, so z1 stays allowed; Ignore counts it and blocks z1.
         let nodes = vec![
-            node("a", "8", json!({"metadata": {"labels": {ZONE: "z1", "disk": "ssd"}}})),
+            node(
+                "a",
+                "8",
+                json!({"metadata": {"labels": {ZONE: "z1", "disk": "ssd"}}}),
+            ),
             zoned("b", "z2"),
         ];
-        let infos = node_infos(&nodes, &[], &assumed_on(&[("a", 1)], &spread_pod(1, "DoNotSchedule", json!({}))));
+        let infos = node_infos(
+            &nodes,
+            &[],
+            &assumed_on(&[("a", 1)], &spread_pod(1, "DoNotSchedule", json!({}))),
+        );
         let honor = {
             let mut p = spread_pod(1, "DoNotSchedule", json!({}));
             p.spec.as_mut().expect("spec").node_selector =
@@ -448,7 +470,11 @@ mod tests {
         // The default hostname constraint spreads a ReplicaSet's pods even when the
         // busier node has more room.
         let nodes = vec![
-            node("big", "64", json!({"status": {"allocatable": {"memory": "64Gi"}}})),
+            node(
+                "big",
+                "64",
+                json!({"status": {"allocatable": {"memory": "64Gi"}}}),
+            ),
             node("small", "4", json!({})),
         ];
         let plain = pod_in("default", json!({"app": "web"}), json!({}));
@@ -479,7 +505,10 @@ mod tests {
             svc("other", json!({"tier": "fe"})),
         ];
         let sel = default_selector(&p, &services, None).expect("selected by a service");
-        assert_eq!(sel, Selector::from_map(&[("app".to_string(), "web".to_string())].into()));
+        assert_eq!(
+            sel,
+            Selector::from_map(&[("app".to_string(), "web".to_string())].into())
+        );
         assert!(default_selector(&p, &services[1..], None).is_none());
         let owner = Selector::from_map(&[("tier".to_string(), "fe".to_string())].into());
         let sel = default_selector(&p, &[], Some(owner.clone())).expect("owner");

@@ -20,6 +20,7 @@ mod kube_client;
 mod openapi;
 mod protobuf;
 mod python_client;
+mod scheduling;
 mod service_accounts;
 mod services;
 mod sets;
