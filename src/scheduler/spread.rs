@@ -275,11 +275,14 @@ impl<'a> Spread<'a> {
             }
             let l = labels(&info.node);
             for (c, counts) in self.soft.iter().zip(pair_counts.iter_mut()) {
-                if c.key == HOSTNAME || !c.includes(spec, &info.node) {
+                // Nodes without the key are never scored by it: no need to count theirs.
+                let Some(v) = l.get(c.key).filter(|_| c.key != HOSTNAME) else {
                     continue;
-                }
-                if let Some(n) = counts.get_mut(l.get(c.key).map_or("", String::as_str)) {
-                    *n += c.count(info, self.ns);
+                };
+                if let Some(n) = counts.get_mut(v.as_str()) {
+                    if c.includes(spec, &info.node) {
+                        *n += c.count(info, self.ns);
+                    }
                 }
             }
         }
