@@ -234,7 +234,8 @@ impl<'a> InterPod<'a> {
                 }
             }
             // The first pod of a group with affinity to itself may go anywhere.
-            if !pods_exist && !(self.affinity_counts.is_empty() && self.self_match) {
+            let first_of_group = self.affinity_counts.is_empty() && self.self_match;
+            if !pods_exist && !first_of_group {
                 return Some(AFFINITY);
             }
         }
