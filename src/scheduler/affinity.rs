@@ -270,21 +270,29 @@ impl<'a> InterPod<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::filters::tests::{node, pod_in};
+    use super::super::filters::tests::{node, pod_in, zoned};
     use super::super::filters::{node_infos, pick, Inputs};
     use super::*;
     use serde_json::json;
 
-    fn zoned(name: &str, zone: &str) -> Arc<Node> {
-        node(
-            name,
-            "8",
-            json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}}),
+    fn term(app: &str, key: &str) -> serde_json::Value {
+        json!({"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": key})
+    }
+
+    /// A pod labelled app=`app` in `default` with required `kind` terms.
+    fn requiring(app: &str, kind: &str, terms: Vec<serde_json::Value>) -> Pod {
+        pod_in(
+            "default",
+            json!({"app": app}),
+            json!({"affinity": {kind: {"requiredDuringSchedulingIgnoredDuringExecution": terms}}}),
         )
     }
 
-    fn term(app: &str, key: &str) -> serde_json::Value {
-        json!({"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": key})
+    /// Node infos of `nodes` with `p` assumed on node `on`.
+    fn infos_with(nodes: &[Arc<Node>], on: &str, p: Pod) -> Vec<NodeInfo> {
+        let mut assumed = HashMap::new();
+        placed(on, p, &mut assumed);
+        node_infos(nodes, &[], &assumed)
     }
 
     fn placed(on: &str, p: Pod, assumed: &mut HashMap<String, (String, Arc<Pod>)>) {
@@ -298,12 +306,7 @@ mod tests {
     #[test]
     fn required_anti_affinity_spreads_one_per_node_then_waits() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z1"), zoned("c", "z2")];
-        let web = pod_in(
-            "default",
-            json!({"app": "web"}),
-            json!({"affinity": {"podAntiAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [term("web", HOST)]}}}),
-        );
+        let web = requiring("web", "podAntiAffinity", vec![term("web", HOST)]);
         let mut assumed = HashMap::new();
         let mut used = std::collections::HashSet::new();
         for _ in 0..3 {
@@ -336,19 +339,12 @@ mod tests {
     #[test]
     fn zone_anti_affinity_rules_out_the_whole_zone() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z1"), zoned("c", "z2")];
-        let mut assumed = HashMap::new();
-        placed(
+        let infos = infos_with(
+            &nodes,
             "a",
             pod_in("default", json!({"app": "db"}), json!({})),
-            &mut assumed,
         );
-        let infos = node_infos(&nodes, &[], &assumed);
-        let p = pod_in(
-            "default",
-            json!({"app": "web"}),
-            json!({"affinity": {"podAntiAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [term("db", ZONE)]}}}),
-        );
+        let p = requiring("web", "podAntiAffinity", vec![term("db", ZONE)]);
         for _ in 0..10 {
             assert_eq!(pick(&p, &Inputs::nodes(&infos)).as_deref(), Ok("c"));
         }
@@ -357,12 +353,7 @@ mod tests {
     #[test]
     fn required_affinity_co_locates_and_the_first_of_a_group_goes_anywhere() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z2"), zoned("c", "z3")];
-        let cache = pod_in(
-            "default",
-            json!({"app": "cache"}),
-            json!({"affinity": {"podAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [term("cache", ZONE)]}}}),
-        );
+        let cache = requiring("cache", "podAffinity", vec![term("cache", ZONE)]);
         let mut assumed = HashMap::new();
         let infos = node_infos(&nodes, &[], &assumed);
         let first = pick(&cache, &Inputs::nodes(&infos)).expect("first goes anywhere");
@@ -372,12 +363,7 @@ mod tests {
             assert_eq!(pick(&cache, &Inputs::nodes(&infos)), Ok(first.clone()));
         }
         // A pod wanting a group that does not exist (and not matching itself) waits.
-        let lonely = pod_in(
-            "default",
-            json!({"app": "web"}),
-            json!({"affinity": {"podAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [term("nothing", ZONE)]}}}),
-        );
+        let lonely = requiring("web", "podAffinity", vec![term("nothing", ZONE)]);
         let infos = node_infos(&nodes, &[], &assumed);
         let err = pick(&lonely, &Inputs::nodes(&infos)).expect_err("no such group");
         assert!(
@@ -394,13 +380,11 @@ mod tests {
     #[test]
     fn namespace_selector_reaches_other_namespaces() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z2")];
-        let mut assumed = HashMap::new();
-        placed(
+        let infos = infos_with(
+            &nodes,
             "b",
             pod_in("team-x", json!({"app": "db"}), json!({})),
-            &mut assumed,
         );
-        let infos = node_infos(&nodes, &[], &assumed);
         let ns: Namespace = serde_json::from_value(
             json!({"metadata": {"name": "team-x", "labels": {"team": "x"}}}),
         )
@@ -421,25 +405,18 @@ mod tests {
             assert_eq!(pick(&p, &inputs).as_deref(), Ok("b"));
         }
         // Without the selector the term looks only at the pod's own namespace.
-        let own = pod_in(
-            "default",
-            json!({"app": "web"}),
-            json!({"affinity": {"podAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [term("db", ZONE)]}}}),
-        );
+        let own = requiring("web", "podAffinity", vec![term("db", ZONE)]);
         assert!(pick(&own, &inputs).is_err());
     }
 
     #[test]
     fn preferred_terms_weigh_in_the_score() {
         let nodes = vec![zoned("a", "z1"), zoned("b", "z2")];
-        let mut assumed = HashMap::new();
-        placed(
+        let infos = infos_with(
+            &nodes,
             "a",
             pod_in("default", json!({"app": "db"}), json!({})),
-            &mut assumed,
         );
-        let infos = node_infos(&nodes, &[], &assumed);
         let pref = |kind: &str| {
             pod_in(
                 "default",
@@ -454,8 +431,8 @@ mod tests {
             assert_eq!(pick(&pref("podAntiAffinity"), &inputs).as_deref(), Ok("b"));
         }
         // A placed pod's preferred anti-affinity toward the incoming one counts too.
-        let mut assumed = HashMap::new();
-        placed(
+        let infos = infos_with(
+            &nodes,
             "a",
             pod_in(
                 "default",
@@ -463,9 +440,7 @@ mod tests {
                 json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
                     {"weight": 100, "podAffinityTerm": term("web", HOST)}]}}}),
             ),
-            &mut assumed,
         );
-        let infos = node_infos(&nodes, &[], &assumed);
         let web = pod_in("default", json!({"app": "web"}), json!({}));
         for _ in 0..5 {
             assert_eq!(pick(&web, &Inputs::nodes(&infos)).as_deref(), Ok("b"));

@@ -468,6 +468,15 @@ pub(super) mod tests {
         Arc::new(serde_json::from_value(n).expect("node"))
     }
 
+    /// A node with 8 cores in topology zone `zone`.
+    pub fn zoned(name: &str, zone: &str) -> Arc<Node> {
+        node(
+            name,
+            "8",
+            json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}}),
+        )
+    }
+
     /// A pod of one container, `spec` merged in.
     pub fn pod(spec: serde_json::Value) -> Pod {
         pod_in("default", json!({}), spec)

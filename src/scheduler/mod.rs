@@ -24,7 +24,6 @@ use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::controllers::{self, Context, Result};
@@ -46,16 +45,10 @@ struct State {
 }
 
 /// A reflector cache of every `K`; the future that keeps it current joins `streams`.
-fn cache<K>(client: &Client, streams: &mut Vec<BoxFuture<'static, ()>>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+fn cache<K: controllers::Watched>(
+    client: &Client,
+    streams: &mut Vec<BoxFuture<'static, ()>>,
+) -> Store<K> {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,

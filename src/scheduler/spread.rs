@@ -321,18 +321,10 @@ impl<'a> Spread<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::filters::tests::{node, pod_in};
+    use super::super::filters::tests::{node, pod_in, zoned};
     use super::super::filters::{node_infos, pick, Inputs};
     use super::*;
     use serde_json::json;
-
-    fn zoned(name: &str, zone: &str) -> Arc<Node> {
-        node(
-            name,
-            "8",
-            json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}}),
-        )
-    }
 
     fn spread_pod(skew: i32, when: &str, extra: serde_json::Value) -> Pod {
         let mut c = json!({"maxSkew": skew, "topologyKey": ZONE, "whenUnsatisfiable": when,

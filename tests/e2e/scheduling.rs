@@ -65,6 +65,38 @@ fn placements(server: &Server, app: &str, want: usize) -> Vec<String> {
     })
 }
 
+/// The name and PodScheduled message of an unbound pod of app `app` that the scheduler
+/// marked Unschedulable, once there is one.
+fn waiting_pod(server: &Server, app: &str) -> (String, String) {
+    let label = format!("app={app}");
+    wait_for(30, &format!("an unschedulable {app} pod"), || {
+        let pods = get_json(
+            server,
+            &[
+                "get",
+                "pods",
+                "-l",
+                &label,
+                "--field-selector",
+                "spec.nodeName=",
+                "-o",
+                "json",
+            ],
+        );
+        pods["items"].as_array()?.iter().find_map(|p| {
+            let c = p["status"]["conditions"].as_array()?.iter().find(|c| {
+                c["type"] == "PodScheduled"
+                    && c["status"] == "False"
+                    && c["reason"] == "Unschedulable"
+            })?;
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                c["message"].as_str()?.to_string(),
+            ))
+        })
+    })
+}
+
 fn selector(app: &str) -> Value {
     json!({"matchLabels": {"app": app}})
 }
@@ -87,35 +119,9 @@ fn anti_affinity_spreads_one_per_node_and_affinity_co_locates() {
     );
     let nodes = placements(&server, "solo", 3);
     assert_eq!(nodes, vec!["sched-a", "sched-b", "sched-c"]);
-    let pending = wait_for(30, "the fourth solo pod unschedulable", || {
-        let pods = get_json(
-            &server,
-            &[
-                "get",
-                "pods",
-                "-l",
-                "app=solo",
-                "--field-selector",
-                "spec.nodeName=",
-                "-o",
-                "json",
-            ],
-        );
-        let p = pods["items"].as_array()?.first()?.clone();
-        let cond = p["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")?
-            .clone();
-        Some((p["metadata"]["name"].as_str()?.to_string(), cond))
-    });
-    let (name, cond) = pending;
-    assert_eq!(cond["reason"], "Unschedulable");
+    let (name, message) = waiting_pod(&server, "solo");
     let want = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.";
-    assert!(
-        cond["message"].as_str().unwrap_or("").starts_with(want),
-        "{cond}"
-    );
+    assert!(message.starts_with(want), "{message}");
     let described = wait_for(30, "FailedScheduling in describe", || {
         let out = server.ok("1.33", &["describe", "pod", &name]);
         out.contains("FailedScheduling").then_some(out)
@@ -137,15 +143,7 @@ fn anti_affinity_spreads_one_per_node_and_affinity_co_locates() {
     });
     let f = server.file("twin.json", &twin.to_string());
     server.ok("1.27", &["create", "-f", s(&f)]);
-    let message = wait_for(30, "twin unschedulable", || {
-        let p = get_json(&server, &["get", "pod", "twin", "-o", "json"]);
-        p["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")?["message"]
-            .as_str()
-            .map(String::from)
-    });
+    let (_, message) = waiting_pod(&server, "twin");
     assert!(
         message.starts_with(
             "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
@@ -204,28 +202,7 @@ fn do_not_schedule_spread_keeps_zone_skew_within_max() {
     let nodes = placements(&server, "spread", 7);
     let z1 = nodes.iter().filter(|n| *n != "sched-c").count();
     assert_eq!(z1, 4, "{nodes:?}");
-    let message = wait_for(30, "the eighth pod unschedulable", || {
-        let pods = get_json(
-            &server,
-            &[
-                "get",
-                "pods",
-                "-l",
-                "app=spread",
-                "--field-selector",
-                "spec.nodeName=",
-                "-o",
-                "json",
-            ],
-        );
-        let p = pods["items"].as_array()?.first()?.clone();
-        p["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")?["message"]
-            .as_str()
-            .map(String::from)
-    });
+    let (_, message) = waiting_pod(&server, "spread");
     assert!(
         message.starts_with("0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't match pod topology spread constraints."),
         "{message}"
