@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -59,6 +60,28 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
     }
+
+    // The simulated kubelets renew their Leases, so node lifecycle keeps them Ready.
+    let leases = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
+    tokio::spawn(async move {
+        loop {
+            let renew = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            for i in 0..NODES {
+                let name = format!("sim-{i:03}");
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name},
+                    "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": renew}});
+                let _ = leases
+                    .patch(
+                        &name,
+                        &PatchParams::apply("bench").force(),
+                        &Patch::Apply(lease),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
 
     // The simulated kubelets: bound pods become Running.
     let pods = Api::<Pod>::all(client.clone());
