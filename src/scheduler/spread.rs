@@ -509,4 +509,56 @@ mod tests {
         let sel = default_selector(&p, &[], Some(owner.clone())).expect("owner");
         assert_eq!(sel, owner);
     }
+
+    /// Cost of one scheduling attempt at the benchmark's size (100 nodes in 3 zones,
+    /// 3,000 placed pods of 30 ReplicaSets): `cargo test -p pikube --lib pass_cost --
+    /// --ignored --nocapture` (add `--release` for optimized figures).
+    #[test]
+    #[ignore]
+    fn pass_cost() {
+        let nodes: Vec<_> = (0..100)
+            .map(|i| {
+                let zone = format!("z{}", i % 3);
+                node(
+                    &format!("n{i}"),
+                    "4",
+                    json!({"metadata": {"labels": {ZONE: zone}}}),
+                )
+            })
+            .collect();
+        let pods: Vec<_> = (0..3000)
+            .map(|i| {
+                let labels = json!({"app": format!("a{}", i % 30), "hash": "x"});
+                Arc::new(pod_in(
+                    "default",
+                    labels,
+                    json!({"nodeName": format!("n{}", i % 100)}),
+                ))
+            })
+            .collect();
+        let labels = [("app", "a1"), ("hash", "x")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let sel = Selector::from_map(&labels.into());
+        let p = pod_in("default", json!({"app": "a1", "hash": "x"}), json!({}));
+        let time = |what: &str, f: &dyn Fn()| {
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            eprintln!("{what}: {:?} per pod", t.elapsed() / 20);
+        };
+        time("node infos", &|| {
+            node_infos(&nodes, &pods, &HashMap::new());
+        });
+        let infos = node_infos(&nodes, &pods, &HashMap::new());
+        time("pick, no spreading", &|| {
+            pick(&p, &Inputs::nodes(&infos)).expect("fits");
+        });
+        time("pick, default spreading", &|| {
+            let inputs = Inputs {
+                default_spread: Some(sel.clone()),
+                ..Inputs::nodes(&infos)
+            };
+            pick(&p, &inputs).expect("fits");
+        });
+    }
 }
