@@ -70,6 +70,12 @@ bench-scheduler:
 	$(CARGO) build --release --bin pikube --example bench_scheduler
 	$(CARGO) run --release --example bench_scheduler
 
+## bench-scheduler-affinity: the same with pod anti-affinity and zone spread on every pod
+.PHONY: bench-scheduler-affinity
+bench-scheduler-affinity:
+	$(CARGO) build --release --bin pikube --example bench_scheduler
+	BENCH_AFFINITY=1 $(CARGO) run --release --example bench_scheduler
+
 ## bench-pods: pod startup latency, a 30-replica Deployment and agent memory on a real containerd (root)
 bench-pods:
 	$(CARGO) build --release --bin pikube --example bench_pods

@@ -6,12 +6,18 @@
 //!
 //! There is no kube-scheduler on this machine to run beside it; its published range
 //! (100-300 pods/s with API round trips) is printed for comparison.
+//!
+//! `BENCH_AFFINITY=1`: the nodes are spread over three zones and every pod also has a
+//! preferred pod anti-affinity (hostname, its own Deployment) and a DoNotSchedule zone
+//! spread constraint (maxSkew 1), so the cost of inter-pod affinity and topology spread
+//! shows.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -26,6 +32,7 @@ mod common;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let affinity = std::env::var("BENCH_AFFINITY").is_ok_and(|v| v == "1");
     let flags = ["--disable-agent", "--disable", "dns"].map(String::from);
     let server = common::start(&flags, |_| {}).await?;
     let client = server.client.clone();
@@ -36,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..NODES {
         let name = format!("sim-{i:03}");
         let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                "topology.kubernetes.io/zone": format!("zone-{}", i % 3)}},
         }))?;
         nodes.create(&PostParams::default(), &node).await?;
         let res = json!({"cpu": "4", "memory": "8Gi", "pods": "110"});
@@ -52,6 +60,28 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
     }
+
+    // The simulated kubelets renew their Leases, so node lifecycle keeps them Ready.
+    let leases = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
+    tokio::spawn(async move {
+        loop {
+            let renew = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            for i in 0..NODES {
+                let name = format!("sim-{i:03}");
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name},
+                    "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": renew}});
+                let _ = leases
+                    .patch(
+                        &name,
+                        &PatchParams::apply("bench").force(),
+                        &Patch::Apply(lease),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
 
     // The simulated kubelets: bound pods become Running.
     let pods = Api::<Pod>::all(client.clone());
@@ -101,6 +131,16 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     for i in 0..DEPLOYMENTS {
         let name = format!("bench-{i:02}");
+        let mut pod_spec = json!({"containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]});
+        if affinity {
+            let own = json!({"matchLabels": {"app": name}});
+            pod_spec["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"labelSelector": own, "topologyKey": "kubernetes.io/hostname"}}]}});
+            pod_spec["topologySpreadConstraints"] = json!([{"maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": own}]);
+        }
         let d: Deployment = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {
@@ -108,8 +148,7 @@ async fn main() -> anyhow::Result<()> {
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
                     "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "c", "image": "busybox",
-                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+                    "spec": pod_spec,
                 },
             },
         }))?;
@@ -151,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
     let bind_secs = (last_bound - start).as_secs_f64();
     let rss = common::rss_mb(server.child.id());
     let _ = pods;
-    println!("bench-scheduler: {NODES} simulated nodes, {DEPLOYMENTS} Deployments x {REPLICAS} replicas = {total} pods");
+    println!("bench-scheduler: {NODES} simulated nodes in 3 zones, {DEPLOYMENTS} Deployments x {REPLICAS} replicas = {total} pods{}",
+        if affinity { ", each with preferred pod anti-affinity and a zone spread constraint" } else { "" });
     println!(
         "  scheduled and bound: {total} pods in {bind_secs:.1} s = {:.0} pods/s (target >= 1000; kube-scheduler: 100-300)",
         total as f64 / bind_secs

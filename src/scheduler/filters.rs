@@ -5,11 +5,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
+    Namespace, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 use rand::Rng;
 
+use super::affinity::{has_pod_affinity, InterPod};
 use super::quantity;
+use super::selector::Selector;
+use super::spread::Spread;
 
 /// Resources a pod asks for, or a node has.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -143,14 +146,22 @@ pub struct NodeInfo {
     pub scored: Usage,
     /// Host ports in use: (protocol, hostIP, port).
     pub host_ports: HashSet<(String, String, i32)>,
+    /// The bound and assumed pods (for pod affinity and topology spread).
+    pub pods: Vec<Arc<Pod>>,
+    /// Those of `pods` with pod affinity or anti-affinity terms of their own.
+    pub affinity_pods: Vec<Arc<Pod>>,
 }
 
 impl NodeInfo {
     /// Counts `pod` as placed on this node.
-    fn place(&mut self, pod: &Pod) {
+    fn place(&mut self, pod: &Arc<Pod>) {
         self.used.add(&requests(pod));
         self.scored.add(&scored_requests(pod));
         self.host_ports.extend(host_ports(pod));
+        if has_pod_affinity(pod) {
+            self.affinity_pods.push(pod.clone());
+        }
+        self.pods.push(pod.clone());
     }
 }
 
@@ -190,6 +201,8 @@ pub fn node_infos(
                 used: Usage::default(),
                 scored: Usage::default(),
                 host_ports: HashSet::new(),
+                pods: Vec::new(),
+                affinity_pods: Vec::new(),
             }
         })
         .collect();
@@ -241,7 +254,10 @@ pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     })
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn requirement_matches(
+    r: &NodeSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let values = r.values.as_deref().unwrap_or_default();
     let v = labels.get(&r.key);
     match r.operator.as_str() {
@@ -383,76 +399,63 @@ fn unfit(pod: &Pod, req: &Usage, info: &NodeInfo) -> Option<String> {
     None
 }
 
-/// How good a feasible node is: balance of free cpu and memory (least allocated),
-/// preferred node affinity, and a penalty for untolerated PreferNoSchedule taints.
-fn score(pod: &Pod, req: &Usage, info: &NodeInfo) -> f64 {
-    let free = |cap: f64, used: f64| {
-        if cap <= 0.0 {
-            0.0
-        } else {
-            ((cap - used) / cap).clamp(0.0, 1.0)
-        }
-    };
-    let a = &info.allocatable;
-    let u = &info.scored;
-    let mut s = 50.0 * free(a.cpu, u.cpu + req.cpu) + 50.0 * free(a.memory, u.memory + req.memory);
-    let spec = pod.spec.as_ref();
-    if let Some(prefs) = spec
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-    {
-        for p in prefs {
-            if term_matches(&p.preference, &info.node) {
-                s += p.weight as f64;
-            }
+/// What one scheduling attempt looks at.
+pub struct Inputs<'a> {
+    /// The nodes with what is placed on them.
+    pub infos: &'a [NodeInfo],
+    /// The cluster's namespaces (for pod affinity `namespaceSelector`s).
+    pub namespaces: &'a [Arc<Namespace>],
+    /// The selector of kube's default topology spread constraints for this pod (its
+    /// Services' and controller's, [`super::spread::default_selector`]); None: no defaults.
+    pub default_spread: Option<Selector>,
+}
+
+impl<'a> Inputs<'a> {
+    /// Just the nodes: no namespaces, no default spreading.
+    pub fn nodes(infos: &'a [NodeInfo]) -> Inputs<'a> {
+        Inputs {
+            infos,
+            namespaces: &[],
+            default_spread: None,
         }
     }
-    let tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
-    for taint in info
-        .node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        if taint.effect == "PreferNoSchedule" && !tolerates(&tolerations, taint) {
-            s -= 100.0;
-        }
-    }
-    s
 }
 
 /// The node to bind `pod` to, or the message of why none fits.
-pub fn pick(pod: &Pod, infos: &[NodeInfo]) -> Result<String, String> {
-    pick_with(pod, infos, &|_| None)
+pub fn pick(pod: &Pod, inputs: &Inputs<'_>) -> Result<String, String> {
+    pick_with(pod, inputs, &|_| None)
 }
 
 /// [`pick`] with one more filter (`extra`: why a node cannot run the pod, or None).
 pub fn pick_with(
     pod: &Pod,
-    infos: &[NodeInfo],
+    inputs: &Inputs<'_>,
     extra: &dyn Fn(&Node) -> Option<String>,
 ) -> Result<String, String> {
+    let infos = inputs.infos;
     let req = requests(pod);
     let weight = scored_requests(pod);
+    let inter = InterPod::new(pod, infos, inputs.namespaces);
+    let spread = Spread::new(pod, infos, inputs.default_spread.as_ref());
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Vec<(f64, &NodeInfo)> = Vec::new();
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
     for info in infos {
-        match unfit(pod, &req, info).or_else(|| extra(&info.node)) {
+        let why = unfit(pod, &req, info)
+            .or_else(|| extra(&info.node))
+            .or_else(|| spread.filter(&info.node).map(String::from))
+            .or_else(|| inter.filter(&info.node).map(String::from));
+        match why {
             Some(r) => *reasons.entry(r).or_default() += 1,
-            None => best.push((score(pod, &weight, info), info)),
+            None => feasible.push(info),
         }
     }
-    let top = best.iter().map(|(s, _)| *s).fold(f64::MIN, f64::max);
-    let winners: Vec<&NodeInfo> = best
+    let scores = super::score::totals(pod, &weight, &feasible, infos, &inter, &spread);
+    let top = scores.iter().copied().fold(f64::MIN, f64::max);
+    let winners: Vec<&NodeInfo> = feasible
         .iter()
-        .filter(|(s, _)| (*s - top).abs() < 1e-6)
-        .map(|(_, i)| *i)
+        .zip(&scores)
+        .filter(|(_, s)| (**s - top).abs() < 1e-6)
+        .map(|(i, _)| *i)
         .collect();
     if !winners.is_empty() {
         let i = rand::thread_rng().gen_range(0..winners.len());
@@ -462,22 +465,25 @@ pub fn pick_with(
     if n == 0 {
         return Err("0/0 nodes are available: no nodes available to schedule pods.".into());
     }
-    let list = reasons
+    // Sorted as kube-scheduler sorts them: as "<count> <reason>" strings.
+    let mut list = reasons
         .iter()
         .map(|(r, c)| format!("{c} {r}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .collect::<Vec<_>>();
+    list.sort();
+    let list = list.join(", ");
     Err(format!(
         "0/{n} nodes are available: {list}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
     ))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn node(name: &str, cpu: &str, extra: serde_json::Value) -> Arc<Node> {
+    /// A Ready node with `cpu` cores, 4 GiB and 110 pods, `extra` merged in.
+    pub fn node(name: &str, cpu: &str, extra: serde_json::Value) -> Arc<Node> {
         let mut n = json!({
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             "status": {
@@ -489,10 +495,28 @@ mod tests {
         Arc::new(serde_json::from_value(n).expect("node"))
     }
 
-    fn pod(spec: serde_json::Value) -> Pod {
+    /// A node with 8 cores in topology zone `zone`.
+    pub fn zoned(name: &str, zone: &str) -> Arc<Node> {
+        node(
+            name,
+            "8",
+            json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}}),
+        )
+    }
+
+    /// A pod of one container, `spec` merged in.
+    pub fn pod(spec: serde_json::Value) -> Pod {
+        pod_in("default", json!({}), spec)
+    }
+
+    /// A pod in `ns` with `labels`, `spec` merged in.
+    pub fn pod_in(ns: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
         let mut s = json!({"containers": [{"name": "c", "image": "i"}]});
         json_patch::merge(&mut s, &spec);
-        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": s})).expect("pod")
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": ns, "labels": labels}, "spec": s}),
+        )
+        .expect("pod")
     }
 
     #[test]
@@ -509,15 +533,21 @@ mod tests {
         let infos = node_infos(&nodes, &[], &HashMap::new());
         let big =
             pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}));
-        let err = pick(&big, &infos).expect_err("nothing fits");
+        let err = pick(&big, &Inputs::nodes(&infos)).expect_err("nothing fits");
         assert!(err.starts_with("0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: db}, 1 node(s) were unschedulable."), "{err}");
         let tolerant = pod(json!({
             "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}],
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
         }));
-        assert_eq!(pick(&tolerant, &infos).as_deref(), Ok("tainted"));
+        assert_eq!(
+            pick(&tolerant, &Inputs::nodes(&infos)).as_deref(),
+            Ok("tainted")
+        );
         let selected = pod(json!({"nodeSelector": {"kubernetes.io/hostname": "small"}}));
-        assert_eq!(pick(&selected, &infos).as_deref(), Ok("small"));
+        assert_eq!(
+            pick(&selected, &Inputs::nodes(&infos)).as_deref(),
+            Ok("small")
+        );
     }
 
     #[test]
@@ -531,9 +561,9 @@ mod tests {
             )
         };
         for _ in 0..10 {
-            assert_eq!(pick(&on("b"), &infos).as_deref(), Ok("b"));
+            assert_eq!(pick(&on("b"), &Inputs::nodes(&infos)).as_deref(), Ok("b"));
         }
-        let err = pick(&on("gone"), &infos).expect_err("no such node");
+        let err = pick(&on("gone"), &Inputs::nodes(&infos)).expect_err("no such node");
         assert!(
             err.contains("2 node(s) didn't match Pod's node affinity/selector"),
             "{err}"
@@ -551,9 +581,9 @@ mod tests {
             ("a".to_string(), Arc::new(half.clone())),
         );
         let infos = node_infos(&nodes, &[], &assumed);
-        assert!(pick(&half, &infos).is_err());
+        assert!(pick(&half, &Inputs::nodes(&infos)).is_err());
         let infos = node_infos(&nodes, &[], &HashMap::new());
-        assert_eq!(pick(&half, &infos).as_deref(), Ok("a"));
+        assert_eq!(pick(&half, &Inputs::nodes(&infos)).as_deref(), Ok("a"));
     }
 
     #[test]
@@ -564,7 +594,7 @@ mod tests {
         let mut count: HashMap<String, usize> = HashMap::new();
         for i in 0..10 {
             let infos = node_infos(&nodes, &[], &assumed);
-            let on = pick(&plain, &infos).expect("fits");
+            let on = pick(&plain, &Inputs::nodes(&infos)).expect("fits");
             *count.entry(on.clone()).or_default() += 1;
             assumed.insert(format!("uid{i}"), (on, Arc::new(plain.clone())));
         }

@@ -2,8 +2,12 @@
 //! the `pods/binding` subresource, or marks it PodScheduled=False with the reasons
 //! kubectl shows ("0/3 nodes are available: …") and retries when the cluster changes.
 
+pub mod affinity;
 pub mod filters;
 pub mod quantity;
+pub mod score;
+pub mod selector;
+pub mod spread;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -11,13 +15,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kube::api::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controllers::{self, Context, Result};
@@ -30,33 +37,45 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 struct State {
     nodes: Store<Node>,
     pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    services: Store<Service>,
+    replicasets: Store<ReplicaSet>,
+    statefulsets: Store<StatefulSet>,
     /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
     assumed: Mutex<HashMap<String, (String, Arc<Pod>)>>,
     /// Claims, volumes and storage classes.
     volumes: volumes::VolumeCaches,
 }
 
+/// A reflector cache of every `K`; the future that keeps it current joins `streams`.
+fn cache<K: controllers::Watched>(
+    client: &Client,
+    streams: &mut Vec<BoxFuture<'static, ()>>,
+) -> Store<K> {
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    streams.push(stream.boxed());
+    store
+}
+
 /// Runs the scheduler until `shutdown`.
 pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let (nodes, node_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| async {});
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
+    let mut streams = Vec::new();
+    let nodes = cache::<Node>(&client, &mut streams);
     let (volume_caches, volume_sync) = volumes::VolumeCaches::start(&client);
+    streams.push(volume_sync.boxed());
     let state = Arc::new(State {
         nodes: nodes.clone(),
-        pods,
+        pods: cache(&client, &mut streams),
+        namespaces: cache(&client, &mut streams),
+        services: cache(&client, &mut streams),
+        replicasets: cache(&client, &mut streams),
+        statefulsets: cache(&client, &mut streams),
         assumed: Mutex::new(HashMap::new()),
         volumes: volume_caches,
     });
@@ -88,9 +107,30 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     );
     tokio::select! {
         _ = run => {}
-        _ = node_stream => {}
-        _ = pod_stream => {}
-        _ = volume_sync => {}
+        _ = futures::future::select_all(streams) => {}
+    }
+}
+
+/// The selector of the controller owning `meta` (ReplicaSet or StatefulSet; pikube
+/// serves no ReplicationControllers) from the caches, for kube's default spreading.
+fn owner_selector(state: &State, meta: &ObjectMeta) -> Option<selector::Selector> {
+    let owner = controllers::pods::controller_of(meta)?;
+    fn at<K: Resource<DynamicType = ()>>(name: &str, meta: &ObjectMeta) -> ObjectRef<K> {
+        ObjectRef::new(name).within(meta.namespace.as_deref().unwrap_or_default())
+    }
+    let from = |sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+        selector::Selector::compile(Some(sel), &Default::default(), &[], &[])
+    };
+    match (owner.api_version.as_str(), owner.kind.as_str()) {
+        ("apps/v1", "ReplicaSet") => {
+            let rs = state.replicasets.get(&at(&owner.name, meta))?;
+            from(&rs.spec.as_ref()?.selector)
+        }
+        ("apps/v1", "StatefulSet") => {
+            let ss = state.statefulsets.get(&at(&owner.name, meta))?;
+            from(&ss.spec.as_ref()?.selector)
+        }
+        _ => None,
     }
 }
 
@@ -106,10 +146,14 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
     if !mine || pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if state.nodes.wait_until_ready().await.is_err()
-        || state.pods.wait_until_ready().await.is_err()
-        || !state.volumes.ready().await
-    {
+    let ready = state.nodes.wait_until_ready().await.is_ok()
+        && state.pods.wait_until_ready().await.is_ok()
+        && state.namespaces.wait_until_ready().await.is_ok()
+        && state.services.wait_until_ready().await.is_ok()
+        && state.replicasets.wait_until_ready().await.is_ok()
+        && state.statefulsets.wait_until_ready().await.is_ok()
+        && state.volumes.ready().await;
+    if !ready {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let nodes = state.nodes.state();
@@ -131,11 +175,21 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
         });
         filters::node_infos(&nodes, &all_pods, &assumed)
     };
+    let namespaces = state.namespaces.state();
+    let inputs = filters::Inputs {
+        infos: &infos,
+        namespaces: &namespaces,
+        default_spread: spread::default_selector(
+            &pod,
+            &state.services.state(),
+            owner_selector(&state, &pod.metadata),
+        ),
+    };
     let picked = state
         .volumes
         .check(&pod)
         .map_err(|reason| volumes::unschedulable(infos.len(), &reason))
-        .and_then(|v| Ok((filters::pick_with(&pod, &infos, &|n| v.unfit(n))?, v)));
+        .and_then(|v| Ok((filters::pick_with(&pod, &inputs, &|n| v.unfit(n))?, v)));
     match picked {
         Ok((node, claims)) => {
             if let Some(info) = infos
