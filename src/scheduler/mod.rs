@@ -85,7 +85,9 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
     )
     .with_config(Config::default().concurrency(1));
     let queue = pending.store();
-    // A node change may make waiting pods schedulable: try them all again.
+    // A node change may make pods found unschedulable fit: try those again. Pods not yet
+    // tried are queued already; requeueing them on every node event (a cluster of many
+    // nodes posts many) would make each of them cost many attempts.
     let pending = pending.watches(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
@@ -93,6 +95,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
             queue
                 .state()
                 .iter()
+                .filter(|p| unschedulable(p))
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         },
@@ -109,6 +112,16 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
         _ = run => {}
         _ = futures::future::select_all(streams) => {}
     }
+}
+
+/// Whether the scheduler has found no node for `pod` (PodScheduled=False).
+fn unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "False")
 }
 
 /// The selector of the controller owning `meta` (ReplicaSet or StatefulSet; pikube

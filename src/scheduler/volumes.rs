@@ -289,10 +289,30 @@ mod tests {
             .expect("class"),
         );
         let vols = PodVolumes {
-            delayed: vec![(claim, Some(dynamic))],
+            delayed: vec![(claim.clone(), Some(dynamic.clone()))],
             ..Default::default()
         };
-        assert_eq!(vols.unfit(&node("b")), None);
+        // local-path provisions only on nodes that publish their storage directory.
+        assert_eq!(vols.unfit(&node("b")).as_deref(), Some(NO_VOLUME));
+        let mut publishing = node("b");
+        publishing.metadata.annotations = Some(
+            [(
+                STORAGE_DIR.to_string(),
+                "/var/lib/pikube/storage".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(vols.unfit(&publishing), None);
+        // … and only for single-node access modes.
+        let mut shared = PersistentVolumeClaim::clone(&claim);
+        if let Some(spec) = shared.spec.as_mut() {
+            spec.access_modes = Some(vec!["ReadWriteMany".into()]);
+        }
+        let vols = PodVolumes {
+            delayed: vec![(Arc::new(shared), Some(dynamic))],
+            ..Default::default()
+        };
+        assert_eq!(vols.unfit(&publishing).as_deref(), Some(NO_VOLUME));
         assert_eq!(
             unschedulable(2, UNBOUND_IMMEDIATE),
             "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."

@@ -75,7 +75,10 @@ fn node_object(n: &SimNode) -> Node {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": n.name, "labels": labels},
+        // As a node agent does, it publishes a local-path storage directory, so claims of
+        // the default class can be provisioned for its pods (nothing is written there).
+        "metadata": {"name": n.name, "labels": labels,
+            "annotations": {"pikube.io/local-path-storage": format!("/nonexistent/pikube-sim/{}", n.name)}},
         "spec": {"taints": taints},
     }))
     .expect("node")
