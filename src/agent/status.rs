@@ -243,38 +243,10 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
     }
 }
 
-/// The pod's QoS class from its containers' cpu and memory requests and limits.
+/// The pod's QoS class from its containers' cpu and memory requests and limits (the
+/// API server's computation, on the typed spec).
 pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-    {
-        let res = c.resources.clone().unwrap_or_default();
-        let limits = res.limits.unwrap_or_default();
-        let requests = res.requests.unwrap_or_default();
-        for r in ["cpu", "memory"] {
-            let (l, q) = (limits.get(r), requests.get(r).or(limits.get(r)));
-            any |= l.is_some() || q.is_some();
-            let equal = match (l, q) {
-                (Some(l), Some(q)) => {
-                    crate::scheduler::quantity::parse(&l.0)
-                        == crate::scheduler::quantity::parse(&q.0)
-                }
-                _ => false,
-            };
-            guaranteed &= equal;
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    crate::api::defaults::qos_class(serde_json::to_value(spec).ok().as_ref())
 }
 
 /// Whether a container finished with exit code 0.

@@ -55,41 +55,18 @@ fn read(
 /// What a pod requests: the sum over its containers (limits stand in for missing
 /// requests), at least the largest init container, plus overhead; one pod slot.
 pub fn requests(pod: &Pod) -> Usage {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Usage::default();
-    };
-    let one = |c: &k8s_openapi::api::core::v1::Container| {
+    per_pod(pod, |c| {
         let r = c.resources.as_ref();
         let req = read(r.and_then(|r| r.requests.as_ref()));
         let lim = read(r.and_then(|r| r.limits.as_ref()));
+        let pick = |req: f64, lim: f64| if req > 0.0 { req } else { lim };
         Usage {
-            cpu: if req.cpu > 0.0 { req.cpu } else { lim.cpu },
-            memory: if req.memory > 0.0 {
-                req.memory
-            } else {
-                lim.memory
-            },
-            ephemeral: if req.ephemeral > 0.0 {
-                req.ephemeral
-            } else {
-                lim.ephemeral
-            },
+            cpu: pick(req.cpu, lim.cpu),
+            memory: pick(req.memory, lim.memory),
+            ephemeral: pick(req.ephemeral, lim.ephemeral),
             pods: 0.0,
         }
-    };
-    let mut total = Usage::default();
-    for c in &spec.containers {
-        total.add(&one(c));
-    }
-    for c in spec.init_containers.iter().flatten() {
-        let u = one(c);
-        total.cpu = total.cpu.max(u.cpu);
-        total.memory = total.memory.max(u.memory);
-        total.ephemeral = total.ephemeral.max(u.ephemeral);
-    }
-    total.add(&read(spec.overhead.as_ref()));
-    total.pods = 1.0;
-    total
+    })
 }
 
 /// CPU a container without a request counts for in scores (kube-scheduler's 100m).
@@ -100,13 +77,10 @@ const DEFAULT_MEMORY: f64 = 200.0 * 1024.0 * 1024.0;
 /// What `pod` weighs in the balance scores: its requests, with a container that does not
 /// request cpu or memory at all counted as 100m CPU and 200 MiB (kube-scheduler's
 /// non-zero requests; an explicit 0 stays 0), so that pods without requests still spread
-/// over the nodes instead of piling onto one. Init containers count by their maximum,
-/// overhead on top, as for the requests.
+/// over the nodes instead of piling onto one. Init containers and overhead count as in
+/// [`requests`].
 pub fn scored_requests(pod: &Pod) -> Usage {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Usage::default();
-    };
-    let one = |c: &k8s_openapi::api::core::v1::Container| {
+    per_pod(pod, |c| {
         let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
         let req = read(requests);
         let has = |k: &str| requests.is_some_and(|r| r.contains_key(k));
@@ -119,6 +93,15 @@ pub fn scored_requests(pod: &Pod) -> Usage {
             },
             ..Usage::default()
         }
+    })
+}
+
+/// A pod's total from each container's `one`: the containers summed, at least the
+/// largest init container (they run one at a time, before the others), plus overhead;
+/// one pod slot.
+fn per_pod(pod: &Pod, one: impl Fn(&k8s_openapi::api::core::v1::Container) -> Usage) -> Usage {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Usage::default();
     };
     let mut total = Usage::default();
     for c in &spec.containers {
@@ -128,6 +111,7 @@ pub fn scored_requests(pod: &Pod) -> Usage {
         let u = one(c);
         total.cpu = total.cpu.max(u.cpu);
         total.memory = total.memory.max(u.memory);
+        total.ephemeral = total.ephemeral.max(u.ephemeral);
     }
     total.add(&read(spec.overhead.as_ref()));
     total.pods = 1.0;

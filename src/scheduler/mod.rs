@@ -67,8 +67,7 @@ fn cache<K: controllers::Watched>(
 pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let mut streams = Vec::new();
     let nodes = cache::<Node>(&client, &mut streams);
-    let (volume_caches, volume_sync) = volumes::VolumeCaches::start(&client);
-    streams.push(volume_sync.boxed());
+    let volume_caches = volumes::VolumeCaches::start(&client, &mut streams);
     let state = Arc::new(State {
         nodes: nodes.clone(),
         pods: cache(&client, &mut streams),

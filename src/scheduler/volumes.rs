@@ -6,22 +6,18 @@
 //! volume (its `claimRef`, the binder completes it) or the `selected-node` annotation
 //! that the provisioner waits for.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::controllers::persistentvolume::{
     matching, waits_for_consumer, LOCAL_PATH_PROVISIONER, SELECTED_NODE, STORAGE_DIR,
 };
-use crate::controllers::Watched;
 
 /// Why a node cannot host the pod's bound volumes (kube's message).
 pub const NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
@@ -37,34 +33,17 @@ pub struct VolumeCaches {
     classes: Store<StorageClass>,
 }
 
-fn cache<K: Watched>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send) {
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    (store, stream)
-}
-
 impl VolumeCaches {
-    /// The caches and the future that keeps them current (run it alongside).
-    pub fn start(client: &Client) -> (VolumeCaches, impl Future<Output = ()> + Send) {
-        let (claims, a) = cache(client);
-        let (volumes, b) = cache(client);
-        let (classes, c) = cache(client);
-        let sync = async move {
-            tokio::join!(a, b, c);
-        };
-        (
-            VolumeCaches {
-                claims,
-                volumes,
-                classes,
-            },
-            sync,
-        )
+    /// The caches, each kept current by a future added to `streams` (run them alongside).
+    pub fn start(
+        client: &Client,
+        streams: &mut Vec<futures::future::BoxFuture<'static, ()>>,
+    ) -> VolumeCaches {
+        VolumeCaches {
+            claims: super::cache(client, streams),
+            volumes: super::cache(client, streams),
+            classes: super::cache(client, streams),
+        }
     }
 
     /// Whether all three caches have their first list.
