@@ -64,6 +64,14 @@ stop_cluster() {
   run_pid=
 }
 
+# The node's service proxy sets these host sysctls (as kube-proxy does) and leaves them
+# set; the test puts back what the machine had.
+SYSCTLS="net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.ipv4.conf.all.route_localnet"
+saved_sysctls=
+for key in $SYSCTLS; do
+  value=$(cat "/proc/sys/${key//.//}" 2>/dev/null) && saved_sysctls="$saved_sysctls $key=$value"
+done
+
 cleanup() {
   status=$?
   stop_cluster
@@ -76,6 +84,9 @@ cleanup() {
     grep " $work" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
   fi
   rm -rf "$work"
+  for kv in $saved_sysctls; do
+    printf '%s' "${kv#*=}" >"/proc/sys/$(printf '%s' "${kv%%=*}" | tr . /)" 2>/dev/null || true
+  done
   exit "$status"
 }
 trap cleanup EXIT

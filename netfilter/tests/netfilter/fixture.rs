@@ -99,6 +99,11 @@ impl Cluster {
             localhost_nodeports,
             ..NodeNetworkConfig::new()
         };
+        // A new namespace starts with the host's IPv4 `all` settings; the tests start
+        // from the kernel default whatever the host has.
+        node.netns()
+            .sysctl("net.ipv4.conf.all.route_localnet", "0")
+            .expect("route_localnet");
         let mut net = NodeNetwork::new(node.netns(), net_cfg);
         net.install().expect("install node network");
         let proxier = Proxier::new(node.netns(), TABLE);
