@@ -381,6 +381,11 @@ async fn claim_path(client: &Client, ns: &str, name: &str) -> Result<PathBuf, Co
         .get_opt(name)
         .await?
         .ok_or_else(|| ConfigError(format!("persistentvolumeclaim {name:?} not found")))?;
+    if pvc.metadata.deletion_timestamp.is_some() {
+        return Err(ConfigError(format!(
+            "can't start pod because PVC {ns}/{name} is being deleted"
+        )));
+    }
     let phase = pvc
         .status
         .as_ref()

@@ -95,7 +95,17 @@ async fn protect_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Re
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await?;
+    // Only scheduled pods count, as in kube-controller-manager: a node agent refuses to
+    // start a pod on a claim that is being deleted, so a pod not yet on a node never will.
     let in_use = pods.items.iter().any(|p| {
+        let scheduled = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if !scheduled {
+            return false;
+        }
         let done = matches!(
             p.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded") | Some("Failed")
