@@ -14,8 +14,7 @@ N=${2:-1000}
 # shellcheck source=common/server.sh
 . "$(dirname "$0")/common/server.sh"
 start_server "$PIKUBE" bench-crd
-k() { kubectl --kubeconfig "$DIR/kubeconfig" --cache-dir "$DIR/cache" "$@"; }
-until k get --raw /readyz >/dev/null 2>&1; do sleep 0.05; done
+wait_ready
 
 cat >"$DIR/crd.yaml" <<'YAML'
 apiVersion: apiextensions.k8s.io/v1

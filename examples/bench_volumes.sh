@@ -15,8 +15,7 @@ N=${2:-300}
 # shellcheck source=common/server.sh
 . "$(dirname "$0")/common/server.sh"
 start_server "$PIKUBE" bench-volumes
-k() { kubectl --kubeconfig "$DIR/kubeconfig" --cache-dir "$DIR/cache" "$@"; }
-until k get --raw /readyz >/dev/null 2>&1; do sleep 0.05; done
+wait_ready
 
 python3 - "$N" "$DIR" <<'PY'
 import json, sys

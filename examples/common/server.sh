@@ -1,6 +1,8 @@
 # Sourced by the benchmark scripts: a `pikube server --disable-agent` in a temp dir, on
 # free loopback ports, stopped and removed when the script exits.
 #   start_server PIKUBE NAME   → sets DIR (the temp dir), API_PORT, PID; DIR/kubeconfig
+#   wait_ready                 → returns once the API server answers /readyz
+#   k ARGS…                    → kubectl against it
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cleanup() {
@@ -22,4 +24,10 @@ start_server() {
 		--dns-listen-address "127.0.0.1:$(free_port)" --resolv-conf "$DIR/resolv.conf" \
 		>"$DIR/server.log" 2>&1 &
 	PID=$!
+}
+
+k() { kubectl --kubeconfig "$DIR/kubeconfig" --cache-dir "$DIR/cache" "$@"; }
+
+wait_ready() {
+	until k get --raw /readyz >/dev/null 2>&1; do sleep 0.05; done
 }

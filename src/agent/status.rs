@@ -342,7 +342,12 @@ pub fn pod_status(f: &Facts<'_>) -> PodStatus {
         start_time: old_status.start_time.or(Some(Time(f.start_time))),
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(main),
-        qos_class: Some(qos_class(&spec).to_string()),
+        // Set by the API server when the pod was created (it never changes); computed
+        // here only for a pod that came without it.
+        qos_class: old_status
+            .qos_class
+            .clone()
+            .or_else(|| Some(qos_class(&spec).to_string())),
         ..Default::default()
     }
 }
