@@ -143,6 +143,7 @@ impl ServerConfig {
                     (k.to_string(), v.to_string())
                 })
                 .collect(),
+            role_labels: Vec::new(),
             node_taints: self.node_taints.clone(),
             cgroup_root: self.cgroup_root.clone(),
             cni_bridge: self.cni_bridge.clone(),

@@ -296,7 +296,10 @@ struct ServerArgs {
 
 fn parse_label(s: &str) -> Result<String, String> {
     match s.split_once('=') {
-        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        Some((k, _)) if !k.is_empty() => {
+            pikube::agent::node::check_own_label(k)?;
+            Ok(s.to_string())
+        }
         _ => Err(format!("{s:?} is not a label such as key=value")),
     }
 }

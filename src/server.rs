@@ -313,6 +313,8 @@ pub async fn run(
     ));
     if !config.disable_agent {
         let mut agent = config.agent();
+        // The server, not its node, decides the node's roles (see `server_roles`).
+        agent.role_labels = crate::agent::node::server_roles(prepared.clustered());
         let mut agent_sans = vec![agent.node_name.clone(), agent.node_ip.clone()];
         let host = hostname();
         if !host.is_empty() {

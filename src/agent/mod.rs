@@ -79,6 +79,9 @@ pub struct AgentConfig {
     pub resolv_conf: PathBuf,
     /// Extra node labels.
     pub node_labels: Vec<(String, String)>,
+    /// The node-role labels a server gives its own Node ([`node::server_roles`]), set on
+    /// every registration; empty for `pikube agent`.
+    pub role_labels: Vec<(String, String)>,
     /// Node taints at registration (`key=value:Effect`).
     pub node_taints: Vec<String>,
     /// Parent cgroup of pod cgroups.
@@ -211,7 +214,12 @@ pub async fn run(
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| cfg.node_name.clone()),
-        labels: cfg.node_labels.clone(),
+        labels: cfg
+            .node_labels
+            .iter()
+            .chain(&cfg.role_labels)
+            .cloned()
+            .collect(),
         taints,
         agent_port: cfg.agent_port,
     };

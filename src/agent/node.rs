@@ -104,6 +104,37 @@ pub fn arch() -> &'static str {
     }
 }
 
+/// The label namespace of node roles: `kubectl get nodes` shows ROLES from it.
+pub const ROLE_PREFIX: &str = "node-role.kubernetes.io/";
+
+/// The role labels of a server's own Node, as k3s sets them: `control-plane` and
+/// `master` on every server, and `etcd` on a server whose store is replicated
+/// (`--cluster-init`, or joined with `--server`) — k3s's embedded etcd; a one-node store
+/// is pikube's counterpart of k3s's default SQLite, which gets no `etcd` role.
+pub fn server_roles(replicated_store: bool) -> Vec<(String, String)> {
+    let mut roles = vec!["control-plane", "master"];
+    if replicated_store {
+        roles.push("etcd");
+    }
+    roles
+        .into_iter()
+        .map(|r| (format!("{ROLE_PREFIX}{r}"), "true".to_string()))
+        .collect()
+}
+
+/// Refuses a `--node-label` in the node-role namespace: a node does not give itself a
+/// role (kubelet refuses such labels and NodeRestriction such writes); servers label
+/// their own Node ([`server_roles`]) and admins use `kubectl label`.
+pub fn check_own_label(key: &str) -> Result<(), String> {
+    let role = key.starts_with(ROLE_PREFIX) || key == ROLE_PREFIX.trim_end_matches('/');
+    if role {
+        return Err(format!(
+            "{key:?}: a node may not set node-role labels on itself; servers get theirs, others are set with kubectl label"
+        ));
+    }
+    Ok(())
+}
+
 /// Identity and settings of the node.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -513,6 +544,33 @@ mod tests {
         assert!(parse_taint("gpu").is_err());
         assert!(parse_taint("a=b:Sometimes").is_err());
         assert!(parse_taint("=b:NoSchedule").is_err());
+    }
+
+    #[test]
+    fn servers_get_k3s_roles_and_nodes_cannot_claim_one() {
+        let keys = |r: Vec<(String, String)>| -> Vec<String> {
+            assert!(r.iter().all(|(_, v)| v == "true"));
+            r.into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(
+            keys(server_roles(false)),
+            [
+                "node-role.kubernetes.io/control-plane",
+                "node-role.kubernetes.io/master"
+            ]
+        );
+        assert_eq!(
+            keys(server_roles(true)),
+            [
+                "node-role.kubernetes.io/control-plane",
+                "node-role.kubernetes.io/master",
+                "node-role.kubernetes.io/etcd"
+            ]
+        );
+        assert!(check_own_label("node-role.kubernetes.io/worker").is_err());
+        assert!(check_own_label("node-role.kubernetes.io").is_err());
+        assert!(check_own_label("topology.kubernetes.io/zone").is_ok());
+        assert!(check_own_label("node-role.example.com/x").is_ok());
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! within `startingDeadlineSeconds`; applies `concurrencyPolicy` (Allow, Forbid,
 //! Replace) and `suspend`; keeps `status.active`, `lastScheduleTime` and
 //! `lastSuccessfulTime`; and deletes finished Jobs beyond the history limits. Decisions
-//! are pure functions of the CronJob and a given `now`, so they are unit-tested.
+//! are pure functions of the CronJob and a given `now`, so they are unit-tested. What it
+//! does is recorded as Events on the CronJob with kube-controller-manager's reasons and
+//! messages (`SuccessfulCreate`, `SawCompletedJob`, `SuccessfulDelete`, `MissingJob`,
+//! `UnexpectedJob`, `JobAlreadyActive`, `MissSchedule`, `TooManyMissedTimes`, …).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use super::job_status::finished_condition;
 use super::owner_index::OwnerIndex;
 use super::schedule::{self, Schedule};
 use super::{pods, watch_config, Context, Error, Result};
+use crate::events::{Kind, Recorder};
 
 /// Annotation on a Job with the time it was scheduled for, in the CronJob's time zone.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -30,13 +34,17 @@ pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-tim
 /// More missed start times than this are reported (kube-controller-manager's limit).
 const TOO_MANY_MISSED: usize = 100;
 
+/// The component that records the controller's Events (kube-controller-manager's name).
+pub const COMPONENT: &str = "cronjob-controller";
+
 /// Runs the controller until `shutdown`. Its Jobs come from a reflector indexed by
 /// owner, so a run reads only the CronJob's own Jobs and lists nothing.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let cronjobs = Api::<CronJob>::all(ctx.client.clone());
     let (jobs, job_events) = OwnerIndex::new(Api::<Job>::all(ctx.client.clone()), watch_config());
     let controller = Controller::new(cronjobs, watch_config()).owns_stream(job_events);
-    let reconcile = move |cj, ctx| reconcile(cj, ctx, jobs.clone());
+    let events = Recorder::new(ctx.client.clone(), COMPONENT, None);
+    let reconcile = move |cj, ctx| reconcile(cj, ctx, jobs.clone(), events.clone());
     super::run("cronjob", controller, reconcile, ctx, shutdown).await;
 }
 
@@ -141,6 +149,16 @@ pub fn next_wake(sched: &Schedule, tz: &TimeZone, now: Timestamp) -> Option<Dura
     Some(Duration::from_millis(ms + 100))
 }
 
+/// The `MissSchedule` message: the scheduled time in UTC as Go's `time.RFC1123Z`.
+pub fn missed_message(scheduled: Timestamp) -> String {
+    format!(
+        "Missed scheduled time to start a job: {}",
+        scheduled
+            .to_zoned(TimeZone::UTC)
+            .strftime("%a, %d %b %Y %H:%M:%S %z")
+    )
+}
+
 /// The name of the Job for `scheduled`: `<cronjob>-<minutes since the epoch>`.
 pub fn job_name(cj_name: &str, scheduled: Timestamp) -> String {
     format!("{cj_name}-{}", scheduled.as_second().div_euclid(60))
@@ -233,10 +251,54 @@ async fn children(cj: &CronJob, jobs: &OwnerIndex<Job>, api: &Api<Job>) -> Resul
     Ok(children)
 }
 
+/// The schedule and time zone of `cj`, or None — recorded as `UnknownTimeZone` or
+/// `UnparseableSchedule` — when one cannot be used (the API server refuses both, so
+/// only a time zone the server's database lacks gets here).
+fn plan(cj: &CronJob, events: &Recorder) -> Option<(Schedule, TimeZone)> {
+    let spec = cj.spec.as_ref()?;
+    let tz = match zone_of(cj) {
+        Ok(tz) => tz,
+        Err(e) => {
+            let zone = spec.time_zone.as_deref().unwrap_or_default();
+            tracing::warn!(cronjob = %cj.name_any(), error = %e, "unusable time zone");
+            let message = format!("invalid timeZone: {zone:?}: {e}");
+            events.record(cj, None, Kind::Warning, "UnknownTimeZone", &message);
+            return None;
+        }
+    };
+    match Schedule::parse(&spec.schedule) {
+        Ok(s) => Some((s, tz)),
+        Err(e) => {
+            tracing::warn!(cronjob = %cj.name_any(), error = %e, "unusable schedule");
+            let message = format!("unparseable schedule: {:?} : {e}", spec.schedule);
+            events.record(cj, None, Kind::Warning, "UnparseableSchedule", &message);
+            None
+        }
+    }
+}
+
+/// Deletes Job `name` of `cj` in the background (its pods with it), recording
+/// `SuccessfulDelete` or `FailedDelete` on the CronJob as kube's controller does.
+async fn delete_job(api: &Api<Job>, cj: &CronJob, name: &str, events: &Recorder) -> Result<()> {
+    match super::delete(api, name, &DeleteParams::background()).await {
+        Ok(()) => {
+            let message = format!("Deleted job {name}");
+            events.record(cj, None, Kind::Normal, "SuccessfulDelete", &message);
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!("Deleted job: {e}");
+            events.record(cj, None, Kind::Warning, "FailedDelete", &message);
+            Err(e)
+        }
+    }
+}
+
 async fn reconcile(
     cached: Arc<CronJob>,
     ctx: Arc<Context>,
     jobs: OwnerIndex<Job>,
+    events: Recorder,
 ) -> Result<Action> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
@@ -263,17 +325,44 @@ async fn reconcile(
     let mut active = Vec::new();
     for r in status.active.take().unwrap_or_default() {
         let Some(job) = children.iter().find(|j| j.metadata.uid == r.uid) else {
+            let message = format!(
+                "Active job went missing: {}",
+                r.name.as_deref().unwrap_or_default()
+            );
+            events.record(&cj, None, Kind::Normal, "MissingJob", &message);
             continue;
         };
         match finished_condition(job) {
             None => active.push(r),
-            Some(c) if c.type_ == "Complete" => {
-                let done = job.status.as_ref().and_then(|s| s.completion_time.clone());
-                if done.as_ref().map(|t| t.0) > status.last_successful_time.as_ref().map(|t| t.0) {
-                    status.last_successful_time = done;
+            Some(c) => {
+                let message = format!(
+                    "Saw completed job: {}, condition: {}",
+                    job.name_any(),
+                    c.type_
+                );
+                events.record(&cj, None, Kind::Normal, "SawCompletedJob", &message);
+                if c.type_ == "Complete" {
+                    let done = job.status.as_ref().and_then(|s| s.completion_time.clone());
+                    if done.as_ref().map(|t| t.0)
+                        > status.last_successful_time.as_ref().map(|t| t.0)
+                    {
+                        status.last_successful_time = done;
+                    }
                 }
             }
-            Some(_) => {}
+        }
+    }
+    // Unfinished Jobs it controls but does not list: created by someone else (`kubectl
+    // create job --from=cronjob/…`) or forgotten in a crash.
+    for job in &children {
+        let listed = active.iter().any(|r| r.uid == job.metadata.uid);
+        let going = job.metadata.deletion_timestamp.is_some();
+        if !listed && !going && finished_condition(job).is_none() {
+            let message = format!(
+                "Saw a job that the controller did not create or forgot: {}",
+                job.name_any()
+            );
+            events.record(&cj, None, Kind::Warning, "UnexpectedJob", &message);
         }
     }
     for victim in beyond_history(
@@ -281,19 +370,13 @@ async fn reconcile(
         spec.successful_jobs_history_limit,
         spec.failed_jobs_history_limit,
     ) {
-        super::delete(&api_jobs, &victim, &DeleteParams::background()).await?;
+        delete_job(&api_jobs, &cj, &victim, &events).await?;
     }
 
     let now = Timestamp::now();
     let mut wake = None;
-    let plan = match (Schedule::parse(&spec.schedule), zone_of(&cj)) {
-        (Ok(s), Ok(tz)) => Some((s, tz)),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(cronjob = %key, error = %e, "unusable schedule");
-            None
-        }
-    };
-    if let Some((sched, tz)) = plan.filter(|_| spec.suspend != Some(true)) {
+    let usable = plan(&cj, &events).filter(|_| spec.suspend != Some(true));
+    if let Some((sched, tz)) = usable {
         let mut view = cj.clone();
         view.status = Some(CronJobStatus {
             active: Some(active.clone()),
@@ -302,30 +385,39 @@ async fn reconcile(
         let (step, missed) = decide(&view, &sched, &tz, now);
         if missed > TOO_MANY_MISSED {
             tracing::warn!(cronjob = %key, "too many missed start times (> {TOO_MANY_MISSED}); check clock skew or set startingDeadlineSeconds");
+            events.record(
+                &cj,
+                None,
+                Kind::Warning,
+                "TooManyMissedTimes",
+                "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew",
+            );
         }
         match step {
             Step::Wait => {}
             Step::TooLate(t) => {
-                tracing::info!(cronjob = %key, scheduled = %t, "missed scheduled time to start a job")
+                tracing::info!(cronjob = %key, scheduled = %t, "missed scheduled time to start a job");
+                events.record(&cj, None, Kind::Warning, "MissSchedule", &missed_message(t));
             }
-            Step::Forbidden(t) => tracing::info!(
-                cronjob = %key, scheduled = %t,
-                "not starting job because prior execution is running and concurrency policy is Forbid"
-            ),
+            Step::Forbidden(t) => {
+                let message = "Not starting job because prior execution is running and concurrency policy is Forbid";
+                tracing::info!(cronjob = %key, scheduled = %t, "{message}");
+                events.record(&cj, None, Kind::Normal, "JobAlreadyActive", message);
+            }
             Step::Run(t) => {
                 if spec.concurrency_policy.as_deref() == Some("Replace") {
                     for r in active.drain(..) {
-                        super::delete(
-                            &api_jobs,
-                            r.name.as_deref().unwrap_or_default(),
-                            &DeleteParams::background(),
-                        )
-                        .await?;
+                        let name = r.name.as_deref().unwrap_or_default();
+                        delete_job(&api_jobs, &cj, name, &events).await?;
                     }
                 }
                 let job = job_for(&cj, t, &tz);
                 let created = match api_jobs.create(&PostParams::default(), &job).await {
-                    Ok(j) => j,
+                    Ok(j) => {
+                        let message = format!("Created job {}", j.name_any());
+                        events.record(&cj, None, Kind::Normal, "SuccessfulCreate", &message);
+                        j
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         // Created before a crash or a stale cache: ours if it names us.
                         let existing = api_jobs.get(&job.name_any()).await?;
@@ -335,7 +427,11 @@ async fn reconcile(
                         }
                         existing
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        let message = format!("Error creating job: {e}");
+                        events.record(&cj, None, Kind::Warning, "FailedCreate", &message);
+                        return Err(e.into());
+                    }
                 };
                 if finished_condition(&created).is_none()
                     && !active.iter().any(|r| r.uid == created.metadata.uid)
@@ -470,6 +566,14 @@ mod tests {
                 at("2024-01-01T00:00:30Z")
             ),
             Some(Duration::from_millis(30_100))
+        );
+    }
+
+    #[test]
+    fn missed_schedules_read_as_go_rfc1123z() {
+        assert_eq!(
+            missed_message(at("2024-01-02T09:05:00Z")),
+            "Missed scheduled time to start a job: Tue, 02 Jan 2024 09:05:00 +0000"
         );
     }
 

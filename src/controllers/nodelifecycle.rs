@@ -6,6 +6,12 @@
 //! kube-controller-manager. The pods of an unreachable node are evicted once their
 //! toleration of that taint runs out (300 s for pods that name none, as kube-apiserver's
 //! DefaultTolerationSeconds gives them). A node that reports again loses the taints.
+//!
+//! Events as kube-controller-manager records them: on Nodes, `RegisteredNode` and
+//! `RemovingNode` as the controller first sees or loses one and `NodeNotReady` when it
+//! marks one Unknown (`node-controller`); on pods, `TaintManagerEviction` when one is
+//! deleted for the taint and when a scheduled deletion is cancelled because the node came
+//! back (`taint-eviction-controller`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,9 +29,49 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::Result;
+use crate::events::{Kind, Recorder};
 
 /// The taint of a node that stopped reporting.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// The component that records Node events (kube-controller-manager's node lifecycle
+/// controller).
+pub const COMPONENT: &str = "node-controller";
+/// The component that records eviction events on pods (kube-controller-manager's
+/// taint eviction controller).
+pub const EVICTION_COMPONENT: &str = "taint-eviction-controller";
+
+/// The recorders of the two kube-controller-manager components whose work this does.
+struct Events {
+    node: Recorder,
+    eviction: Recorder,
+}
+
+impl Events {
+    /// `Node <name> event: <event>`, as kube's `RecordNodeEvent`.
+    fn node_event(&self, node: &Node, reason: &str, event: &str) {
+        let message = format!("Node {} event: {event}", node.name_any());
+        self.node.record(node, None, Kind::Normal, reason, &message);
+    }
+
+    /// `Node <name> status is now: <status>`, as kube's `RecordNodeStatusChange`.
+    fn status_change(&self, node: &Node, status: &str) {
+        let message = format!("Node {} status is now: {status}", node.name_any());
+        self.node.record(node, None, Kind::Normal, status, &message);
+    }
+
+    /// `TaintManagerEviction` on `pod`: `Marking for deletion Pod ns/name`, or
+    /// `Cancelling deletion of Pod ns/name`.
+    fn eviction(&self, pod: &Pod, what: &str) {
+        let message = format!(
+            "{what} Pod {}/{}",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any()
+        );
+        self.eviction
+            .record(pod, None, Kind::Normal, "TaintManagerEviction", &message);
+    }
+}
 
 /// A node's taints as Kubernetes would show them: its own, plus the NoSchedule taints
 /// kube's node lifecycle controller derives from conditions and cordoning
@@ -139,13 +185,21 @@ pub async fn run(client: Client, timing: Timing, mut shutdown: tokio::sync::watc
         _ = &mut feeds => return,
         _ = shutdown.changed() => return,
     }
+    let events = Events {
+        node: Recorder::new(client.clone(), COMPONENT, None),
+        eviction: Recorder::new(client.clone(), EVICTION_COMPONENT, None),
+    };
+    // The nodes this controller has seen (name → uid), for RegisteredNode/RemovingNode.
+    let mut known: HashMap<String, Option<String>> = HashMap::new();
     loop {
         let leases: HashMap<String, Lease> = leases
             .state()
             .iter()
             .map(|l| (l.name_any(), Lease::clone(l)))
             .collect();
-        if let Err(e) = pass(&client, &nodes.state(), &leases, timing).await {
+        let cached = nodes.state();
+        observe(&events, &cached, &mut known);
+        if let Err(e) = pass(&client, &events, &cached, &leases, timing).await {
             tracing::debug!(error = %e, "node lifecycle pass failed");
         }
         tokio::select! {
@@ -174,6 +228,36 @@ fn last_heard(node: &Node, leases: &HashMap<String, Lease>) -> Option<Timestamp>
         .or(node.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// Records `RegisteredNode` for nodes new to the controller and `RemovingNode` for
+/// those gone (kube's lifecycle controller does so for every node it finds at start).
+fn observe(events: &Events, cached: &[Arc<Node>], known: &mut HashMap<String, Option<String>>) {
+    for node in cached {
+        let name = node.name_any();
+        if !known.contains_key(&name) {
+            events.node_event(
+                node,
+                "RegisteredNode",
+                &format!("Registered Node {name} in Controller"),
+            );
+            known.insert(name, node.uid());
+        }
+    }
+    known.retain(|name, uid| {
+        let present = cached.iter().any(|n| n.name_any() == *name);
+        if !present {
+            let mut gone = Node::default();
+            gone.metadata.name = Some(name.clone());
+            gone.metadata.uid = uid.clone();
+            events.node_event(
+                &gone,
+                "RemovingNode",
+                &format!("Removing Node {name} from Controller"),
+            );
+        }
+        present
+    });
+}
+
 fn secs(d: Duration) -> SignedDuration {
     SignedDuration::from_millis(d.as_millis() as i64)
 }
@@ -182,6 +266,7 @@ fn secs(d: Duration) -> SignedDuration {
 /// when due; nodes that report again lose the taint.
 async fn pass(
     client: &Client,
+    events: &Events,
     cached: &[Arc<Node>],
     leases: &HashMap<String, Lease>,
     timing: Timing,
@@ -218,6 +303,9 @@ async fn pass(
                 nodes
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
                     .await?;
+                if ready.as_deref() == Some("True") {
+                    events.status_change(node, "NodeNotReady");
+                }
             }
             if !tainted {
                 let mut next = taints.clone();
@@ -232,7 +320,7 @@ async fn pass(
                 set_taints(&nodes, &name, &next).await?;
                 tracing::info!(node = %name, "node stopped reporting: tainted unreachable");
             } else {
-                evict(client, node, &taints, timing, now).await?;
+                evict(client, events, node, &taints, timing, now).await?;
             }
         } else if tainted && ready.as_deref() == Some("True") {
             let next: Vec<Taint> = taints
@@ -242,6 +330,12 @@ async fn pass(
                 .collect();
             set_taints(&nodes, &name, &next).await?;
             tracing::info!(node = %name, "node reports again: unreachable taint removed");
+            // The pods whose deletion was due later are not deleted after all.
+            for pod in pods_on(client, &name).await? {
+                if pod.metadata.deletion_timestamp.is_none() && allowance(&pod, timing).is_some() {
+                    events.eviction(&pod, "Cancelling deletion of");
+                }
+            }
         }
     }
     Ok(())
@@ -258,9 +352,46 @@ async fn set_taints(nodes: &Api<Node>, name: &str, taints: &[Taint]) -> Result<(
     Ok(())
 }
 
-/// Deletes the pods of an unreachable node whose toleration has run out.
+/// The pods bound to node `name`.
+async fn pods_on(client: &Client, name: &str) -> Result<Vec<Pod>> {
+    let lp = ListParams::default().fields(&format!("spec.nodeName={name}"));
+    Ok(Api::<Pod>::all(client.clone()).list(&lp).await?.items)
+}
+
+/// How long `pod` may stay on an unreachable node: its toleration of the NoExecute
+/// `unreachable` taint (None: it tolerates it for ever), or the default for a pod
+/// that names none.
+fn allowance(pod: &Pod, timing: Timing) -> Option<SignedDuration> {
+    let toleration = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .and_then(|ts| {
+            ts.iter().find(|t| {
+                let key_ok = t
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| k.is_empty() || k == UNREACHABLE);
+                let effect_ok = t
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "NoExecute");
+                key_ok && effect_ok
+            })
+        });
+    match toleration {
+        Some(t) => t
+            .toleration_seconds
+            .map(|s| SignedDuration::from_secs(s.max(0))),
+        None => Some(secs(timing.default_toleration)),
+    }
+}
+
+/// Deletes the pods of an unreachable node whose toleration has run out, each first
+/// marked with the `DisruptionTarget` condition, as kube's taint eviction controller.
 async fn evict(
     client: &Client,
+    events: &Events,
     node: &Node,
     taints: &[Taint],
     timing: Timing,
@@ -272,44 +403,42 @@ async fn evict(
         .and_then(|t| t.time_added.as_ref())
         .map(|t| t.0)
         .unwrap_or(now);
-    let pods = Api::<Pod>::all(client.clone());
-    let lp = ListParams::default().fields(&format!("spec.nodeName={}", node.name_any()));
-    for pod in pods.list(&lp).await?.items {
+    for pod in pods_on(client, &node.name_any()).await? {
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let toleration = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_ref())
-            .and_then(|ts| {
-                ts.iter().find(|t| {
-                    let key_ok = t
-                        .key
-                        .as_deref()
-                        .is_none_or(|k| k.is_empty() || k == UNREACHABLE);
-                    let effect_ok = t
-                        .effect
-                        .as_deref()
-                        .is_none_or(|e| e.is_empty() || e == "NoExecute");
-                    key_ok && effect_ok
-                })
-            });
-        let allowed = match toleration {
-            // Tolerated for ever.
-            Some(t) if t.toleration_seconds.is_none() => continue,
-            Some(t) => SignedDuration::from_secs(t.toleration_seconds.unwrap_or(0).max(0)),
-            None => secs(timing.default_toleration),
+        let due = allowance(&pod, timing)
+            .is_some_and(|allowed| since.checked_add(allowed).is_ok_and(|end| end <= now));
+        if !due {
+            continue;
+        }
+        events.eviction(&pod, "Marking for deletion");
+        let api = Api::<Pod>::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        let condition = json!({"status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "DeletionByTaintManager",
+            "message": "Taint manager: deleting due to NoExecute taint",
+            "lastTransitionTime": Time(now),
+        }]}});
+        let name = pod.name_any();
+        let pp = PatchParams::default();
+        let done = match api
+            .patch_status(&name, &pp, &Patch::Strategic(condition))
+            .await
+        {
+            Ok(_) => api
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
         };
-        if since.checked_add(allowed).is_ok_and(|end| end <= now) {
-            let api = Api::<Pod>::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-            match api.delete(&pod.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {
-                    tracing::info!(pod = %pod.name_any(), node = %node.name_any(), "evicted from unreachable node")
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+        match done {
+            Ok(()) => {
+                tracing::info!(pod = %pod.name_any(), node = %node.name_any(), "evicted from unreachable node")
             }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -318,6 +447,45 @@ async fn evict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_stay_as_long_as_their_toleration_says() {
+        let pod = |tolerations: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"},
+                "spec": {"containers": [], "tolerations": tolerations}}))
+            .unwrap()
+        };
+        let timing = Timing {
+            grace: Duration::from_secs(40),
+            default_toleration: Duration::from_secs(300),
+        };
+        let unreachable = |extra: serde_json::Value| {
+            let mut t = json!({"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"});
+            json_patch::merge(&mut t, &extra);
+            pod(json!([t]))
+        };
+        assert_eq!(
+            allowance(&unreachable(json!({"tolerationSeconds": 30})), timing),
+            Some(SignedDuration::from_secs(30))
+        );
+        // No seconds: tolerated for ever, nothing to schedule or cancel.
+        assert_eq!(allowance(&unreachable(json!({})), timing), None);
+        // Naming none, or only other taints: the default.
+        assert_eq!(
+            allowance(&pod(json!([])), timing),
+            Some(SignedDuration::from_secs(300))
+        );
+        let other = pod(json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]));
+        assert_eq!(
+            allowance(&other, timing),
+            Some(SignedDuration::from_secs(300))
+        );
+        // An empty key with Exists tolerates every taint.
+        assert_eq!(
+            allowance(&pod(json!([{"operator": "Exists"}])), timing),
+            None
+        );
+    }
 
     #[test]
     fn the_newer_of_lease_and_status_heartbeat_counts() {
