@@ -1,7 +1,8 @@
 //! Node heartbeats with a real agent: the Lease is the heartbeat, so a live, unchanged
 //! node is not written at all while the node lifecycle controller still sees it alive;
 //! an agent that stops is marked Ready=Unknown and tainted after the grace period, and
-//! comes back Ready when it returns.
+//! comes back Ready when it returns; the node lifecycle controller's Events tell it. The
+//! server's own Node shows k3s' roles.
 
 use std::time::Duration;
 
@@ -50,6 +51,17 @@ fn unreachable(node: &Value) -> bool {
 fn a_live_node_beats_by_its_lease_and_a_stopped_agent_goes_unknown() {
     let mut server = Server::start_node(20, &["--node-monitor-grace-period", "15"]);
     server.wait_node_ready("node20");
+    // A single server (one-node store) is `control-plane,master`, as k3s with SQLite.
+    let nodes = server.ok("1.33", &["get", "nodes"]);
+    let row = nodes
+        .lines()
+        .find(|l| l.starts_with("node20 "))
+        .unwrap_or("");
+    assert_eq!(
+        row.split_whitespace().nth(2),
+        Some("control-plane,master"),
+        "{nodes}"
+    );
     // Start-up writes (registration, pod CIDR, first statuses) settle.
     std::thread::sleep(Duration::from_secs(3));
     let before = node(&server);
@@ -65,6 +77,24 @@ fn a_live_node_beats_by_its_lease_and_a_stopped_agent_goes_unknown() {
     );
     assert_ne!(renew_time(&server), renewed, "the Lease was not renewed");
 
+    // A pod that tolerates the unreachable taint for 300 s (the default) rides out the
+    // outage below: its scheduled deletion is cancelled.
+    server.ok(
+        "1.33",
+        &[
+            "run",
+            "keep",
+            "--image=localhost/busybox:1.35",
+            "--image-pull-policy=Never",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/keep", "--timeout=60s"],
+    );
     // The agent stops; the API server and controllers run on.
     server.restart_without_agent();
     let gone = wait_for(60, "the silent node to become Unknown", || {
@@ -72,6 +102,14 @@ fn a_live_node_beats_by_its_lease_and_a_stopped_agent_goes_unknown() {
         (ready(&n)["status"] == "Unknown" && unreachable(&n)).then_some(n)
     });
     assert_eq!(ready(&gone)["reason"], "NodeStatusUnknown", "{gone}");
+    let described = wait_for(20, "the NodeNotReady event", || {
+        let out = server.ok("1.33", &["describe", "node", "node20"]);
+        out.contains("NodeNotReady").then_some(out)
+    });
+    assert!(
+        described.contains("node-controller  Node node20 status is now: NodeNotReady"),
+        "{described}"
+    );
 
     // It comes back: the changed status is posted at once, the taint goes.
     server.restart();
@@ -79,4 +117,24 @@ fn a_live_node_beats_by_its_lease_and_a_stopped_agent_goes_unknown() {
         let n = node(&server);
         (ready(&n)["status"] == "True" && !unreachable(&n)).then_some(())
     });
+    let pod = get_json(&server, &["get", "pod", "keep", "-o", "json"]);
+    assert!(pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
+    let described = wait_for(20, "the cancelled eviction", || {
+        let out = server.ok("1.33", &["describe", "pod", "keep"]);
+        out.contains("Cancelling deletion").then_some(out)
+    });
+    assert!(
+        described.contains("TaintManagerEviction  ")
+            && described
+                .contains("taint-eviction-controller  Cancelling deletion of Pod default/keep"),
+        "{described}"
+    );
+    // Registration after the restart kept the roles.
+    let labels = node(&server)["metadata"]["labels"].clone();
+    assert_eq!(
+        labels["node-role.kubernetes.io/control-plane"], "true",
+        "{labels}"
+    );
+    assert_eq!(labels["node-role.kubernetes.io/master"], "true", "{labels}");
+    assert!(labels["node-role.kubernetes.io/etcd"].is_null(), "{labels}");
 }

@@ -11,34 +11,42 @@ use crate::harness::{
 
 /// A `pikube agent` process on this machine, with its own dirs, bridge and cgroup;
 /// stopped and cleaned up when dropped.
-struct Agent {
-    child: Child,
+pub struct Agent {
+    child: Option<Child>,
     dir: tempfile::TempDir,
     /// Where the agent's own cluster DNS answers.
     dns_port: u16,
+    /// The test's node index: node `agent<index>` on 127.0.0.<index>, bridge
+    /// `pkt<index>`, cgroup `/pikube-test-<index>`.
+    index: u8,
 }
 
 impl Agent {
-    fn args(dir: &std::path::Path, server: &Server, token: &str, dns_port: u16) -> Vec<String> {
+    fn args(
+        dir: &std::path::Path,
+        index: u8,
+        dns_port: u16,
+        server: &Server,
+        token: &str,
+    ) -> Vec<String> {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, "").expect("empty resolv.conf");
         [
-            "agent",
-            "--config",
-            "/dev/null",
-            "--node-name",
-            "agent11",
-            "--node-ip",
-            "127.0.0.11",
-            "--cgroup-root",
-            "/pikube-test-11",
-            "--cni-bridge",
-            "pkt11",
-            "--disable",
-            "proxy",
+            "agent".to_string(),
+            "--config".into(),
+            "/dev/null".into(),
+            "--node-name".into(),
+            format!("agent{index}"),
+            "--node-ip".into(),
+            format!("127.0.0.{index}"),
+            "--cgroup-root".into(),
+            format!("/pikube-test-{index}"),
+            "--cni-bridge".into(),
+            format!("pkt{index}"),
+            "--disable".into(),
+            "proxy".into(),
         ]
-        .iter()
-        .map(|s| s.to_string())
+        .into_iter()
         .chain([
             "--server".into(),
             format!("https://127.0.0.1:{}", server.port),
@@ -58,26 +66,44 @@ impl Agent {
         .collect()
     }
 
-    fn start(server: &Server, token: &str) -> Agent {
+    /// Starts `pikube agent` as node `agent<index>`, joining `server` with `token`.
+    pub fn start(server: &Server, token: &str, index: u8) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let images = dir.path().join("data/agent/images");
         std::fs::create_dir_all(&images).expect("images dir");
         for tar in ["pause.tar", "busybox.tar"] {
             std::fs::copy(test_images().join(tar), images.join(tar)).expect("copy test image");
         }
-        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
-        let dns_port = free_dual_port();
+        std::fs::File::create(dir.path().join("agent.log")).expect("log");
+        let mut agent = Agent {
+            child: None,
+            dir,
+            dns_port: free_dual_port(),
+            index,
+        };
+        agent.spawn(server, token);
+        agent
+    }
+
+    /// Starts the agent process, its output appended to the log.
+    fn spawn(&mut self, server: &Server, token: &str) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_pikube"))
-            .args(Self::args(dir.path(), server, token, dns_port))
+            .args(Self::args(
+                self.dir.path(),
+                self.index,
+                self.dns_port,
+                server,
+                token,
+            ))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start pikube agent");
-        Agent {
-            child,
-            dir,
-            dns_port,
-        }
+        self.child = Some(child);
     }
 
     /// Stops the agent, forgets what its join got (keeping its node password), and starts
@@ -85,16 +111,7 @@ impl Agent {
     fn rejoin(&mut self, server: &Server, token: &str) {
         self.stop();
         std::fs::remove_file(self.dir.path().join("data/agent/join.json")).expect("join.json");
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .expect("log");
-        self.child = Command::new(env!("CARGO_BIN_EXE_pikube"))
-            .args(Self::args(self.dir.path(), server, token, self.dns_port))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start pikube agent");
+        self.spawn(server, token);
         wait_for(60, "the agent to join again", || {
             self.dir
                 .path()
@@ -106,20 +123,24 @@ impl Agent {
 
     /// Stops the agent process (SIGTERM, then SIGKILL after 10 s).
     fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status();
         for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
-    fn log(&self) -> String {
+    /// The agent's log.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 }
@@ -136,9 +157,9 @@ impl Drop for Agent {
             .arg(self.dir.path().join("run"))
             .args([
                 "--cgroup-root",
-                "/pikube-test-11",
+                &format!("/pikube-test-{}", self.index),
                 "--cni-bridge",
-                "pkt11",
+                &format!("pkt{}", self.index),
                 "--keep-proxy",
             ])
             .status();
@@ -151,7 +172,7 @@ fn refused(server: &Server, token: &str) -> String {
     let out = Command::new("timeout")
         .arg("20")
         .arg(env!("CARGO_BIN_EXE_pikube"))
-        .args(Agent::args(dir.path(), server, token, free_dual_port()))
+        .args(Agent::args(dir.path(), 11, free_dual_port(), server, token))
         .output()
         .expect("run pikube agent");
     assert!(!out.status.success(), "a bad token must not join");
@@ -182,7 +203,7 @@ fn an_agent_joins_with_the_token_runs_pods_and_serves_logs() {
     let err = refused(&server, &wrong_ca);
     assert!(err.contains("does not match the token"), "{err}");
 
-    let agent = Agent::start(&server, &token);
+    let agent = Agent::start(&server, &token, 11);
     wait_for(90, "agent11 to join and be Ready", || {
         server
             .kubectl(

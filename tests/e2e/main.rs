@@ -23,6 +23,7 @@ mod probe_servers;
 mod probes;
 mod protobuf;
 mod python_client;
+mod roles;
 mod scheduling;
 mod service_accounts;
 mod services;

@@ -455,4 +455,46 @@ fn a_silent_node_goes_unreachable_and_its_pods_move() {
         "1.33",
         &["rollout", "status", "deployment/app", "--timeout=60s"],
     );
+
+    // What the node lifecycle and taint eviction controllers did, as Events.
+    let described = wait_for(20, "the node's events", || {
+        let out = server.ok("1.33", &["describe", "node", "sim-leaves"]);
+        out.contains("NodeNotReady").then_some(out)
+    });
+    for want in [
+        "Normal  RegisteredNode",
+        "node-controller  Node sim-leaves event: Registered Node sim-leaves in Controller",
+        "Normal  NodeNotReady",
+        "node-controller  Node sim-leaves status is now: NodeNotReady",
+    ] {
+        assert!(
+            described.contains(want),
+            "missing {want:?} in:\n{described}"
+        );
+    }
+    let evictions = get_json(
+        &server,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=TaintManagerEviction",
+            "-o",
+            "json",
+        ],
+    );
+    let evictions = evictions["items"].as_array().cloned().unwrap_or_default();
+    assert!(!evictions.is_empty(), "no TaintManagerEviction events");
+    for e in &evictions {
+        let pod = e["involvedObject"]["name"].as_str().unwrap_or_default();
+        assert!(pod.starts_with("app-"), "{e}");
+        assert_eq!(e["involvedObject"]["kind"], "Pod", "{e}");
+        assert_eq!(
+            e["message"],
+            format!("Marking for deletion Pod default/{pod}"),
+            "{e}"
+        );
+        assert_eq!(e["source"]["component"], "taint-eviction-controller", "{e}");
+        assert_eq!(e["type"], "Normal", "{e}");
+    }
 }
