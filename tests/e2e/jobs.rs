@@ -472,6 +472,23 @@ fn cronjob_manual_runs_history_limits_and_validation() {
             .collect();
         (names == ["manual-2"]).then_some(())
     });
+    // Jobs it did not create itself: kube's controller warns of them; the pruned one is
+    // recorded as deleted.
+    let described = wait_for(20, "the manual runs' events", || {
+        let out = server.ok("1.33", &["describe", "cronjob", "nightly"]);
+        out.contains("SuccessfulDelete").then_some(out)
+    });
+    for want in [
+        "Warning  UnexpectedJob",
+        "cronjob-controller  Saw a job that the controller did not create or forgot: manual-1",
+        "Normal   SuccessfulDelete",
+        "cronjob-controller  Deleted job manual-1",
+    ] {
+        assert!(
+            described.contains(want),
+            "missing {want:?} in:\n{described}"
+        );
+    }
 
     for (spec, msg) in [
         (
