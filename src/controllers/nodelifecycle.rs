@@ -231,30 +231,26 @@ fn last_heard(node: &Node, leases: &HashMap<String, Lease>) -> Option<Timestamp>
 /// Records `RegisteredNode` for nodes new to the controller and `RemovingNode` for
 /// those gone (kube's lifecycle controller does so for every node it finds at start).
 fn observe(events: &Events, cached: &[Arc<Node>], known: &mut HashMap<String, Option<String>>) {
+    let mut present = std::collections::HashSet::new();
     for node in cached {
         let name = node.name_any();
-        if !known.contains_key(&name) {
-            events.node_event(
-                node,
-                "RegisteredNode",
-                &format!("Registered Node {name} in Controller"),
-            );
-            known.insert(name, node.uid());
+        if let std::collections::hash_map::Entry::Vacant(e) = known.entry(name.clone()) {
+            let event = format!("Registered Node {name} in Controller");
+            events.node_event(node, "RegisteredNode", &event);
+            e.insert(node.uid());
         }
+        present.insert(name);
     }
     known.retain(|name, uid| {
-        let present = cached.iter().any(|n| n.name_any() == *name);
-        if !present {
-            let mut gone = Node::default();
-            gone.metadata.name = Some(name.clone());
-            gone.metadata.uid = uid.clone();
-            events.node_event(
-                &gone,
-                "RemovingNode",
-                &format!("Removing Node {name} from Controller"),
-            );
+        if present.contains(name) {
+            return true;
         }
-        present
+        let mut gone = Node::default();
+        gone.metadata.name = Some(name.clone());
+        gone.metadata.uid = uid.clone();
+        let event = format!("Removing Node {name} from Controller");
+        events.node_event(&gone, "RemovingNode", &event);
+        false
     });
 }
 
