@@ -487,6 +487,22 @@ pub fn wait_for_every<T>(
     }
 }
 
+/// `kubectl describe <what>` once its output shows `marker` (Events are written in the
+/// background: up to 20 s), asserting that it shows each of `wants`; the output.
+pub fn describe_showing(server: &Server, what: &[&str], marker: &str, wants: &[&str]) -> String {
+    let args: Vec<&str> = std::iter::once("describe")
+        .chain(what.iter().copied())
+        .collect();
+    let out = wait_for(20, &format!("{marker:?} in describe {what:?}"), || {
+        let out = server.ok("1.33", &args);
+        out.contains(marker).then_some(out)
+    });
+    for want in wants {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    out
+}
+
 /// Path as &str for kubectl arguments.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

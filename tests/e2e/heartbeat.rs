@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{get_json, wait_for, Server};
+use crate::harness::{describe_showing, get_json, wait_for, Server};
 
 fn node(server: &Server) -> Value {
     get_json(server, &["get", "node", "node20", "-o", "json"])
@@ -102,13 +102,11 @@ fn a_live_node_beats_by_its_lease_and_a_stopped_agent_goes_unknown() {
         (ready(&n)["status"] == "Unknown" && unreachable(&n)).then_some(n)
     });
     assert_eq!(ready(&gone)["reason"], "NodeStatusUnknown", "{gone}");
-    let described = wait_for(20, "the NodeNotReady event", || {
-        let out = server.ok("1.33", &["describe", "node", "node20"]);
-        out.contains("NodeNotReady").then_some(out)
-    });
-    assert!(
-        described.contains("node-controller  Node node20 status is now: NodeNotReady"),
-        "{described}"
+    describe_showing(
+        &server,
+        &["node", "node20"],
+        "NodeNotReady",
+        &["node-controller  Node node20 status is now: NodeNotReady"],
     );
 
     // It comes back: the changed status is posted at once, the taint goes.
@@ -119,15 +117,14 @@ fn a_live_node_beats_by_its_lease_and_a_stopped_agent_goes_unknown() {
     });
     let pod = get_json(&server, &["get", "pod", "keep", "-o", "json"]);
     assert!(pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
-    let described = wait_for(20, "the cancelled eviction", || {
-        let out = server.ok("1.33", &["describe", "pod", "keep"]);
-        out.contains("Cancelling deletion").then_some(out)
-    });
-    assert!(
-        described.contains("TaintManagerEviction  ")
-            && described
-                .contains("taint-eviction-controller  Cancelling deletion of Pod default/keep"),
-        "{described}"
+    describe_showing(
+        &server,
+        &["pod", "keep"],
+        "Cancelling deletion",
+        &[
+            "TaintManagerEviction  ",
+            "taint-eviction-controller  Cancelling deletion of Pod default/keep",
+        ],
     );
     // Registration after the restart kept the roles.
     let labels = node(&server)["metadata"]["labels"].clone();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{get_json, s, wait_for, wait_for_every, Server};
+use crate::harness::{describe_showing, get_json, s, wait_for, wait_for_every, Server};
 use crate::sim::{Sim, SimNode, EXIT_CODE, RUN_MS};
 
 fn apply(server: &Server, name: &str, yaml: &str) {
@@ -474,21 +474,17 @@ fn cronjob_manual_runs_history_limits_and_validation() {
     });
     // Jobs it did not create itself: kube's controller warns of them; the pruned one is
     // recorded as deleted.
-    let described = wait_for(20, "the manual runs' events", || {
-        let out = server.ok("1.33", &["describe", "cronjob", "nightly"]);
-        out.contains("SuccessfulDelete").then_some(out)
-    });
-    for want in [
-        "Warning  UnexpectedJob",
-        "cronjob-controller  Saw a job that the controller did not create or forgot: manual-1",
-        "Normal   SuccessfulDelete",
-        "cronjob-controller  Deleted job manual-1",
-    ] {
-        assert!(
-            described.contains(want),
-            "missing {want:?} in:\n{described}"
-        );
-    }
+    describe_showing(
+        &server,
+        &["cronjob", "nightly"],
+        "SuccessfulDelete",
+        &[
+            "Warning  UnexpectedJob",
+            "cronjob-controller  Saw a job that the controller did not create or forgot: manual-1",
+            "Normal   SuccessfulDelete",
+            "cronjob-controller  Deleted job manual-1",
+        ],
+    );
 
     for (spec, msg) in [
         (
@@ -701,10 +697,11 @@ fn cronjob_runs_every_minute_with_forbid_and_history() {
                 .then_some(())
         });
     }
-    let tick = server.ok("1.33", &["describe", "cronjob", "tick"]);
-    assert!(
-        tick.contains("SawCompletedJob") && tick.contains(", condition: Complete"),
-        "{tick}"
+    describe_showing(
+        &server,
+        &["cronjob", "tick"],
+        "SawCompletedJob",
+        &[", condition: Complete"],
     );
 }
 

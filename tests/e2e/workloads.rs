@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{get_json, ready_pods, s, wait_for, Server};
+use crate::harness::{describe_showing, get_json, ready_pods, s, wait_for, Server};
 use crate::sim::{Sim, SimNode};
 
 fn images(server: &Server) -> Vec<String> {
@@ -457,21 +457,17 @@ fn a_silent_node_goes_unreachable_and_its_pods_move() {
     );
 
     // What the node lifecycle and taint eviction controllers did, as Events.
-    let described = wait_for(20, "the node's events", || {
-        let out = server.ok("1.33", &["describe", "node", "sim-leaves"]);
-        out.contains("NodeNotReady").then_some(out)
-    });
-    for want in [
-        "Normal  RegisteredNode",
-        "node-controller  Node sim-leaves event: Registered Node sim-leaves in Controller",
-        "Normal  NodeNotReady",
-        "node-controller  Node sim-leaves status is now: NodeNotReady",
-    ] {
-        assert!(
-            described.contains(want),
-            "missing {want:?} in:\n{described}"
-        );
-    }
+    describe_showing(
+        &server,
+        &["node", "sim-leaves"],
+        "NodeNotReady",
+        &[
+            "Normal  RegisteredNode",
+            "node-controller  Node sim-leaves event: Registered Node sim-leaves in Controller",
+            "Normal  NodeNotReady",
+            "node-controller  Node sim-leaves status is now: NodeNotReady",
+        ],
+    );
     let evictions = get_json(
         &server,
         &[
