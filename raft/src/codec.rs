@@ -148,6 +148,7 @@ pub struct StoredValue {
     /// lease.
     pub lease: i64,
     /// value.
+    #[serde(with = "crate::bytes_serde")]
     pub value: Vec<u8>,
 }
 

@@ -7,6 +7,7 @@
 //! loses an acknowledged write nor applies one twice. A single node (the default) is its own
 //! quorum and pays no network cost; several nodes talk through a [`Transport`].
 
+mod bytes_serde;
 mod cluster;
 mod codec;
 pub mod consensus;

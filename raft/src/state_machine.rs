@@ -112,6 +112,14 @@ impl Shared {
             .apply_batch(batch)
             .map_err(|e| Error::Storage(e.to_string()))?;
         *revs = next;
+        // Watchers have a revision's events before anyone can read that revision as
+        // current: a reader that saw revision R and then drains a live watcher has every
+        // event up to R (the API server's list cache relies on it).
+        if !events.is_empty() {
+            if let Ok(mut hub) = self.hub.lock() {
+                hub.publish(&events);
+            }
+        }
         self.current.store(next.current, Ordering::SeqCst);
         self.compacted.store(next.compacted, Ordering::SeqCst);
         if let (EntryPayload::Normal(req), Ok(_)) = (&entry.payload, &response) {
@@ -126,11 +134,6 @@ impl Shared {
                     }
                     _ => {}
                 }
-            }
-        }
-        if !events.is_empty() {
-            if let Ok(mut hub) = self.hub.lock() {
-                hub.publish(&events);
             }
         }
         Ok(Applied(response))

@@ -553,6 +553,14 @@ impl Store {
         ))
     }
 
+    /// The store's revision as a linearizable read sees it: every write acknowledged
+    /// before the call is at or below it, and applied here. A live watcher registered
+    /// before the call has been handed every event up to it.
+    pub async fn linearizable_revision(&self) -> Result<Revision> {
+        self.read_barrier().await?;
+        Ok(self.current_revision())
+    }
+
     /// The highest revision applied on this node.
     pub fn current_revision(&self) -> Revision {
         self.shared.current.load(Ordering::SeqCst)

@@ -24,8 +24,10 @@ pub const MAX_TXN_OPS: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "crate::bytes_serde")]
     pub key: Vec<u8>,
     /// The value (empty in a delete event's `kv`).
+    #[serde(with = "crate::bytes_serde")]
     pub value: Vec<u8>,
     /// Revision of the write that created the key (since its last deletion).
     pub create_revision: Revision,
@@ -41,8 +43,10 @@ pub struct KeyValue {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// First key (inclusive).
+    #[serde(with = "crate::bytes_serde")]
     pub key: Vec<u8>,
     /// End of the range (exclusive); `None` reads the single key `key`.
+    #[serde(with = "crate::bytes_serde::option")]
     pub range_end: Option<Vec<u8>>,
     /// At most this many keys; 0 means no limit.
     pub limit: usize,
@@ -152,6 +156,7 @@ pub enum CompareOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key compared.
+    #[serde(with = "crate::bytes_serde")]
     pub key: Vec<u8>,
     /// The operator.
     pub op: CompareOp,
@@ -193,7 +198,9 @@ impl Compare {
 pub enum Op {
     /// Write `value` under `key`, attached to `lease` (0 = none).
     Put {
+        #[serde(with = "crate::bytes_serde")]
         key: Vec<u8>,
+        #[serde(with = "crate::bytes_serde")]
         value: Vec<u8>,
         lease: LeaseId,
     },
@@ -290,8 +297,10 @@ pub struct DeleteResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchRequest {
     /// First key (inclusive).
+    #[serde(with = "crate::bytes_serde")]
     pub key: Vec<u8>,
     /// End of the range (exclusive); `None` watches the single key `key`.
+    #[serde(with = "crate::bytes_serde::option")]
     pub range_end: Option<Vec<u8>>,
     /// First revision to deliver; must be above the compacted revision. 0 means "only
     /// changes after the current revision".

@@ -3,6 +3,7 @@
 
 pub mod authn;
 pub mod batch;
+pub mod cache;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;

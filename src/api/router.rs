@@ -55,11 +55,12 @@ impl ApiServer {
     pub fn new(store: Store, server_address: String, services: ServiceRanges) -> Self {
         ApiServer {
             registry: Registry {
-                store,
+                store: store.clone(),
                 services: Arc::new(services),
                 allocating: Arc::default(),
                 catalog: resources::Catalog::default(),
                 unreachable_toleration_seconds: super::defaults::TOLERATION_SECONDS,
+                cache: super::cache::ListCache::new(store.clone()),
             },
             server_address,
             node_tls: None,
@@ -552,7 +553,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                     opts,
                     table: as_table,
                 };
-                let stream = watch::watch(store, target, params).await?;
+                let stream = watch::watch(reg, target, params).await?;
                 return Ok(Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "application/json")
@@ -561,7 +562,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                         ApiError::internal("cannot build the watch response").into_response()
                     }));
             }
-            let list = rest::list(&store, &target, &opts).await?;
+            let list = rest::list(&reg, &target, &opts).await?;
             match as_table {
                 Some(include) => {
                     let items = list["items"].as_array().cloned().unwrap_or_default();

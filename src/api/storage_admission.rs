@@ -120,7 +120,7 @@ pub async fn admit(store: &Store, pvc: &mut Value) -> Result<(), ApiError> {
         name: None,
         subresource: None,
     };
-    let list = rest::list(store, &target, &ListOptions::default()).await?;
+    let list = rest::list_stored(store, &target, &ListOptions::default()).await?;
     let classes = list
         .get("items")
         .and_then(Value::as_array)

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use pikube_raft::{EventKind, Store, WatchRequest};
+use pikube_raft::{EventKind, WatchRequest};
 use serde_json::{json, Value};
 
 use super::objects::read_stored;
 use super::resources::Def;
-use super::rest::{self, ListOptions, Target};
+use super::rest::{self, ListOptions, Registry, Target};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 
@@ -73,10 +73,11 @@ pub struct WatchParams {
 
 /// Starts a watch and returns the stream of encoded events.
 pub async fn watch(
-    store: Store,
+    reg: Registry,
     target: Target,
     params: WatchParams,
 ) -> Result<impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send, ApiError> {
+    let store = reg.store.clone();
     let enc = Encoding {
         def: target.def.clone(),
         table: params.table,
@@ -85,7 +86,7 @@ pub async fn watch(
     let from = match params.resource_version.as_str() {
         "" | "0" => {
             let listed = rest::list(
-                &store,
+                &reg,
                 &target,
                 &ListOptions {
                     limit: 0,

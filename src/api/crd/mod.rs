@@ -205,7 +205,7 @@ pub async fn load(store: &Store, catalog: &Catalog) -> Result<i64, ApiError> {
         name: None,
         subresource: None,
     };
-    let listed = rest::list(store, &target, &ListOptions::default()).await?;
+    let listed = rest::list_stored(store, &target, &ListOptions::default()).await?;
     let rv: i64 = listed
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)

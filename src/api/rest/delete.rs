@@ -222,7 +222,7 @@ pub async fn delete_collection(
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     let store = &reg.store;
-    let listed = list(store, target, opts).await?;
+    let listed = list(reg, target, opts).await?;
     let mut deleted = Vec::new();
     for item in listed["items"].as_array().cloned().unwrap_or_default() {
         let Some(name) = meta_str(&item, "name") else {

@@ -75,6 +75,8 @@ pub struct Registry {
     pub catalog: resources::Catalog,
     /// Seconds new pods tolerate an unreachable node unless they say otherwise.
     pub unreachable_toleration_seconds: i64,
+    /// What lists are served from.
+    pub cache: super::cache::ListCache,
 }
 
 impl Registry {
@@ -426,7 +428,38 @@ pub async fn get(store: &Store, target: &Target, name: &str) -> Result<Value, Ap
 }
 
 /// Lists objects (one page when `opts.limit` is set); returns the list object.
-pub async fn list(store: &Store, target: &Target, opts: &ListOptions) -> Result<Value, ApiError> {
+pub async fn list(reg: &Registry, target: &Target, opts: &ListOptions) -> Result<Value, ApiError> {
+    // The first page comes from the cache; later pages name the revision and key they
+    // continue from, and the store reads them at that revision. Custom resources, whose
+    // definitions change while serving, are read from the store.
+    if opts.continue_token.is_none() && target.def.custom.is_none() {
+        let prefix = target.collection_prefix();
+        let listed = reg
+            .cache
+            .list(&target.def, &prefix, opts.limit, |o| opts.matches(o))
+            .await?;
+        if let Some(l) = listed {
+            let mut metadata = json!({"resourceVersion": l.revision.to_string()});
+            if let Some(k) = l.next_key {
+                metadata["continue"] = json!(encode_continue(l.revision, &k));
+            }
+            return Ok(json!({
+                "kind": target.def.list_kind(),
+                "apiVersion": target.def.api_version(),
+                "metadata": metadata,
+                "items": l.items.iter().map(|o| o.as_ref().clone()).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    list_stored(&reg.store, target, opts).await
+}
+
+/// [`list`] from the store.
+pub async fn list_stored(
+    store: &Store,
+    target: &Target,
+    opts: &ListOptions,
+) -> Result<Value, ApiError> {
     let prefix = target.collection_prefix();
     let (mut rv, mut start) = match &opts.continue_token {
         Some(t) => {
