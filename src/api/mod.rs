@@ -6,6 +6,7 @@ pub mod batch;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod event_versions;
 pub mod fields;
 #[cfg(test)]
 mod fuzz_tests;

@@ -120,20 +120,42 @@ const EVENT_COLUMNS: &[Column] = &[
     ("Name", "string", 1),
 ];
 
+/// The cells of an Event in the core/v1 form, as kube-apiserver's event printer fills
+/// them (the same for both versions: it prints the stored form). Events of the newer
+/// API have an eventTime and maybe a series instead of timestamps and a count.
 fn event_cells(o: &Value) -> Vec<Value> {
-    let last = if o.pointer("/lastTimestamp").is_some_and(|t| !t.is_null()) {
-        since(o, "/lastTimestamp")
-    } else if o.pointer("/eventTime").is_some_and(|t| !t.is_null()) {
-        since(o, "/eventTime")
+    let set = |p: &str| o.pointer(p).is_some_and(|t| !t.is_null());
+    let first = if set("/firstTimestamp") {
+        since(o, "/firstTimestamp")
     } else {
-        age(o)
+        since(o, "/eventTime")
     };
-    let object = format!(
-        "{}/{}",
-        s(o, "/involvedObject/kind").to_ascii_lowercase(),
-        s(o, "/involvedObject/name")
-    );
-    let source = match (s(o, "/source/component"), s(o, "/source/host")) {
+    let mut last = if set("/lastTimestamp") {
+        since(o, "/lastTimestamp")
+    } else {
+        first.clone()
+    };
+    let mut count = int(o, "/count");
+    if set("/series") {
+        last = since(o, "/series/lastObservedTime");
+        count = int(o, "/series/count");
+    } else if count == 0 {
+        // A singleton Event of the newer API has no count.
+        count = 1;
+    }
+    let kind = s(o, "/involvedObject/kind").to_ascii_lowercase();
+    let object = match s(o, "/involvedObject/name") {
+        "" => kind,
+        name => format!("{kind}/{name}"),
+    };
+    let or = |a: &'static str, b: &'static str| match s(o, a) {
+        "" => s(o, b),
+        x => x,
+    };
+    let source = match (
+        or("/source/component", "/reportingComponent"),
+        or("/source/host", "/reportingInstance"),
+    ) {
         (c, "") => c.to_string(),
         (c, h) => format!("{c}, {h}"),
     };
@@ -145,8 +167,8 @@ fn event_cells(o: &Value) -> Vec<Value> {
         json!(s(o, "/involvedObject/fieldPath")),
         json!(source),
         json!(s(o, "/message").trim()),
-        json!(since(o, "/firstTimestamp")),
-        json!(int(o, "/count")),
+        json!(first),
+        json!(count),
         json!(s(o, "/metadata/name")),
     ]
 }
@@ -245,7 +267,7 @@ fn pod_status(pod: &Value) -> String {
 pub(crate) type Column = (&'static str, &'static str, i64);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
-    if def.is("", "Event") {
+    if super::event_versions::is_event(def) {
         return EVENT_COLUMNS.to_vec();
     }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
@@ -322,8 +344,10 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
 }
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
-    if def.is("", "Event") {
-        return event_cells(o);
+    if super::event_versions::is_event(def) {
+        let mut core = o.clone();
+        super::event_versions::to_storage(def, &mut core);
+        return event_cells(&core);
     }
     let name = json!(s(o, "/metadata/name"));
     let age = json!(age(o));
