@@ -60,36 +60,54 @@ pub fn is_event(def: &ResourceDef) -> bool {
     def.is("", "Event") || is_events_v1(def)
 }
 
-/// Renames the top-level fields of `obj` by `pairs` (from → to), setting its apiVersion.
-fn rename(
-    obj: &mut Value,
-    api_version: &str,
-    pairs: impl Iterator<Item = (&'static str, &'static str)>,
-) {
-    let Some(map) = obj.as_object_mut() else {
-        return;
-    };
+/// Renames the keys of `map` by `pairs` (from → to, each key given `prefix`).
+fn rename_keys(map: &mut Map<String, Value>, prefix: &str, pairs: &[(&str, &str)]) {
     let mut moved = Map::new();
     for (from, to) in pairs {
-        if let Some(v) = map.remove(from) {
-            moved.insert(to.to_string(), v);
+        if let Some(v) = map.remove(&format!("{prefix}{from}")) {
+            moved.insert(format!("{prefix}{to}"), v);
         }
     }
     map.extend(moved);
+}
+
+/// Converts `obj` by `pairs` (from → to) to `api_version`: its top-level fields, and the
+/// same fields in the field sets of its `managedFields`, so that field ownership holds
+/// across versions (server-side apply through one API sees what managers of the other
+/// own, as kube-apiserver's field manager converts managed fields between versions).
+fn convert(obj: &mut Value, api_version: &str, pairs: &[(&str, &str)]) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    rename_keys(map, "", pairs);
     map.insert("apiVersion".into(), json!(api_version));
+    let entries = map
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("managedFields"))
+        .and_then(Value::as_array_mut);
+    for entry in entries.into_iter().flatten() {
+        let Some(entry) = entry.as_object_mut() else {
+            continue;
+        };
+        if let Some(fields) = entry.get_mut("fieldsV1").and_then(Value::as_object_mut) {
+            rename_keys(fields, "f:", pairs);
+        }
+        entry.insert("apiVersion".into(), json!(api_version));
+    }
 }
 
 /// A stored (core/v1) Event as `def` serves it.
 pub fn from_storage(def: &ResourceDef, obj: &mut Value) {
     if is_events_v1(def) {
-        rename(obj, &def.api_version(), RENAMES.iter().copied());
+        convert(obj, &def.api_version(), RENAMES);
     }
 }
 
 /// An Event of `def`'s version in the stored (core/v1) form.
 pub fn to_storage(def: &ResourceDef, obj: &mut Value) {
     if is_events_v1(def) {
-        rename(obj, "v1", RENAMES.iter().map(|(core, v1)| (*v1, *core)));
+        let back: Vec<(&str, &str)> = RENAMES.iter().map(|(core, v1)| (*v1, *core)).collect();
+        convert(obj, "v1", &back);
     }
 }
 
@@ -374,6 +392,22 @@ mod tests {
             "reportingController",
         ] {
             assert!(ev.get(gone).is_none(), "{gone}");
+        }
+        // Managed fields name the fields of the version they are read in.
+        ev["metadata"]["managedFields"] = json!([{"manager": "m", "apiVersion": "v1",
+            "fieldsV1": {"f:message": {}, "f:reason": {}, "f:metadata": {"f:labels": {}}}}]);
+        let mut as_v1 = ev.clone();
+        from_storage(&v1(), &mut as_v1);
+        let entry = &as_v1["metadata"]["managedFields"][0];
+        assert_eq!(entry["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(
+            entry["fieldsV1"],
+            json!({"f:note": {}, "f:reason": {}, "f:metadata": {"f:labels": {}}})
+        );
+        to_storage(&v1(), &mut as_v1);
+        assert_eq!(as_v1, ev);
+        if let Some(m) = ev["metadata"].as_object_mut() {
+            m.remove("managedFields");
         }
         // Core is the storage form: nothing changes for it.
         let mut stored = ev.clone();

@@ -124,43 +124,82 @@ fn events_k8s_io_v1_and_core_v1_are_one_stored_resource() {
     }
 
     // Field selectors by each API's names; the other API's names are refused.
-    let names = server.ok(
+    let select = |resource: &str, selector: &str| {
+        let out = server.kubectl(
+            v,
+            &["get", resource, "--field-selector", selector, "-o", "name"],
+        );
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    assert_eq!(
+        select(
+            "events.events.k8s.io",
+            "regarding.name=cm,regarding.kind=ConfigMap,reportingController=loader"
+        ),
+        (true, "event.events.k8s.io/cm-old".into(), String::new())
+    );
+    assert_eq!(
+        select("events", "involvedObject.name=cm,type=Normal"),
+        (true, "event/cm-synced".into(), String::new())
+    );
+    let (ok, _, refused) = select("events.events.k8s.io", "involvedObject.name=cm");
+    assert!(
+        !ok && refused.contains("field label not supported: involvedObject.name"),
+        "{refused}"
+    );
+
+    // Field ownership holds across the versions: what a manager applied through
+    // events.k8s.io/v1 conflicts with another manager's apply through core/v1.
+    let ssa = server.file(
+        "ssa.yaml",
+        &NEW_STYLE.replace("name: cm-synced", "name: cm-ssa"),
+    );
+    server.ok(
         v,
         &[
-            "get",
-            "events.events.k8s.io",
-            "--field-selector",
-            "regarding.name=cm,regarding.kind=ConfigMap,reportingController=loader",
-            "-o",
-            "name",
+            "apply",
+            "--server-side",
+            "--field-manager=v1-writer",
+            "-f",
+            s(&ssa),
         ],
     );
-    assert_eq!(names.trim(), "event.events.k8s.io/cm-old");
-    let names = server.ok(
-        v,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=cm,type=Normal",
-            "-o",
-            "name",
-        ],
+    let core_apply = server.file(
+        "ssa-core.yaml",
+        "apiVersion: v1\nkind: Event\nmetadata:\n  name: cm-ssa\n  namespace: default\nmessage: rewritten\n",
     );
-    assert_eq!(names.trim(), "event/cm-synced");
-    let refused = server.fails(
+    let conflict = server.fails(
         v,
         &[
-            "get",
-            "events.events.k8s.io",
-            "--field-selector",
-            "involvedObject.name=cm",
+            "apply",
+            "--server-side",
+            "--field-manager=core-writer",
+            "-f",
+            s(&core_apply),
         ],
     );
     assert!(
-        refused.contains("field label not supported: involvedObject.name"),
-        "{refused}"
+        conflict.contains("conflict with \"v1-writer\"") && conflict.contains(".message"),
+        "{conflict}"
     );
+    server.ok(
+        v,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=core-writer",
+            "-f",
+            s(&core_apply),
+        ],
+    );
+    let v1 = get_json(
+        &server,
+        &["get", "events.events.k8s.io", "cm-ssa", "-o", "json"],
+    );
+    assert_eq!(v1["note"], "rewritten");
+    server.ok(v, &["delete", "events", "cm-ssa"]);
 
     // Table output: kube-apiserver's event columns for both versions.
     let table = server.ok(v, &["get", "events.events.k8s.io", "-o", "wide"]);
