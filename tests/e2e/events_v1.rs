@@ -105,6 +105,31 @@ fn events_k8s_io_v1_and_core_v1_are_one_stored_resource() {
         v1["metadata"]["resourceVersion"]
     );
 
+    // kubectl 1.27 (OpenAPI v2 for its patches) applies them too.
+    let older = server.file(
+        "older.yaml",
+        &NEW_STYLE.replace("name: cm-synced", "name: cm-127"),
+    );
+    server.ok("1.27", &["apply", "-f", s(&older)]);
+    let relabelled = server.file(
+        "older2.yaml",
+        &NEW_STYLE
+            .replace("name: cm-synced", "name: cm-127")
+            .replace(
+                "  namespace: default\neventTime",
+                "  namespace: default\n  labels: {tier: old}\neventTime",
+            ),
+    );
+    server.ok("1.27", &["label", "events.events.k8s.io", "cm-127", "k=v"]);
+    let out = server.ok("1.27", &["apply", "-f", s(&relabelled)]);
+    assert!(
+        out.contains("event.events.k8s.io/cm-127 configured"),
+        "{out}"
+    );
+    let core = get_json(&server, &["get", "events", "cm-127", "-o", "json"]);
+    assert_eq!(core["metadata"]["labels"]["tier"], "old");
+    server.ok("1.27", &["delete", "events.events.k8s.io", "cm-127"]);
+
     // Created through core/v1, read through events.k8s.io/v1 with the deprecated fields.
     let old_file = server.file("old.yaml", OLD_STYLE);
     server.ok(v, &["create", "-f", s(&old_file)]);
