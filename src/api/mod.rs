@@ -28,6 +28,7 @@ pub mod status;
 pub mod storage_admission;
 pub mod strategic;
 pub mod table;
+pub mod table_events;
 pub mod table_storage;
 pub mod upgrade;
 pub mod watch;

@@ -94,7 +94,7 @@ pub(crate) fn age(obj: &Value) -> String {
 }
 
 /// How long ago the time at `pointer` was, as kubectl prints ages.
-fn since(obj: &Value, pointer: &str) -> String {
+pub(crate) fn since(obj: &Value, pointer: &str) -> String {
     since_time(obj.pointer(pointer).and_then(Value::as_str).unwrap_or(""))
 }
 
@@ -106,78 +106,13 @@ pub(crate) fn since_time(t: &str) -> String {
         .unwrap_or_else(|| "<unknown>".into())
 }
 
-/// Events: what `kubectl get events` prints (LAST SEEN, TYPE, REASON, OBJECT, MESSAGE).
-const EVENT_COLUMNS: &[Column] = &[
-    ("Last Seen", "string", 0),
-    ("Type", "string", 0),
-    ("Reason", "string", 0),
-    ("Object", "string", 0),
-    ("Subobject", "string", 1),
-    ("Source", "string", 1),
-    ("Message", "string", 0),
-    ("First Seen", "string", 1),
-    ("Count", "integer", 1),
-    ("Name", "string", 1),
-];
-
-/// The cells of an Event in the core/v1 form, as kube-apiserver's event printer fills
-/// them (the same for both versions: it prints the stored form). Events of the newer
-/// API have an eventTime and maybe a series instead of timestamps and a count.
-fn event_cells(o: &Value) -> Vec<Value> {
-    let set = |p: &str| o.pointer(p).is_some_and(|t| !t.is_null());
-    let first = if set("/firstTimestamp") {
-        since(o, "/firstTimestamp")
-    } else {
-        since(o, "/eventTime")
-    };
-    let mut last = if set("/lastTimestamp") {
-        since(o, "/lastTimestamp")
-    } else {
-        first.clone()
-    };
-    let mut count = int(o, "/count");
-    if set("/series") {
-        last = since(o, "/series/lastObservedTime");
-        count = int(o, "/series/count");
-    } else if count == 0 {
-        // A singleton Event of the newer API has no count.
-        count = 1;
-    }
-    let kind = s(o, "/involvedObject/kind").to_ascii_lowercase();
-    let object = match s(o, "/involvedObject/name") {
-        "" => kind,
-        name => format!("{kind}/{name}"),
-    };
-    let or = |a: &'static str, b: &'static str| match s(o, a) {
-        "" => s(o, b),
-        x => x,
-    };
-    let source = match (
-        or("/source/component", "/reportingComponent"),
-        or("/source/host", "/reportingInstance"),
-    ) {
-        (c, "") => c.to_string(),
-        (c, h) => format!("{c}, {h}"),
-    };
-    vec![
-        json!(last),
-        json!(s(o, "/type")),
-        json!(s(o, "/reason")),
-        json!(object),
-        json!(s(o, "/involvedObject/fieldPath")),
-        json!(source),
-        json!(s(o, "/message").trim()),
-        json!(first),
-        json!(count),
-        json!(s(o, "/metadata/name")),
-    ]
-}
-
-fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+/// A string field (empty when absent).
+pub(crate) fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-fn int(obj: &Value, pointer: &str) -> i64 {
+/// An integer field (0 when absent).
+pub(crate) fn int(obj: &Value, pointer: &str) -> i64 {
     obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
@@ -268,7 +203,7 @@ pub(crate) type Column = (&'static str, &'static str, i64);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
     if super::event_versions::is_event(def) {
-        return EVENT_COLUMNS.to_vec();
+        return super::table_events::COLUMNS.to_vec();
     }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
     cols.extend(match def.kind.as_str() {
@@ -345,9 +280,7 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
     if super::event_versions::is_event(def) {
-        let mut core = o.clone();
-        super::event_versions::to_storage(def, &mut core);
-        return event_cells(&core);
+        return super::table_events::cells(def, o);
     }
     let name = json!(s(o, "/metadata/name"));
     let age = json!(age(o));
