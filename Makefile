@@ -167,6 +167,13 @@ bench-crd:
 	$(CARGO) build --release --bin pikube
 	bash examples/bench_crd.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
 
+.PHONY: bench-events
+
+## bench-events: Events created and listed through events.k8s.io/v1 against core/v1 (conversion cost)
+bench-events:
+	$(CARGO) build --release --bin pikube
+	bash examples/bench_events.sh "$${CARGO_TARGET_DIR:-target}/release/pikube"
+
 .PHONY: bench-join
 
 ## bench-join: latency of a node's join request (first join, rejoin, refused claim of a taken name)

@@ -104,6 +104,8 @@ fn group_versions() -> Vec<GroupVersion> {
             .kind::<api::rbac::v1::ClusterRoleBinding>("ClusterRoleBinding"),
         common(GroupVersion::new("storage.k8s.io", "v1"))
             .kind::<api::storage::v1::StorageClass>("StorageClass"),
+        common(GroupVersion::new("events.k8s.io", "v1"))
+            .kind::<api::events::v1::Event>("Event"),
         common(GroupVersion::new("policy", "v1"))
             .kind::<api::policy::v1::PodDisruptionBudget>("PodDisruptionBudget"),
         common(GroupVersion::new("autoscaling", "v2"))

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod event_versions;
 pub mod fields;
 #[cfg(test)]
 mod fuzz_tests;
@@ -28,6 +29,7 @@ pub mod status;
 pub mod storage_admission;
 pub mod strategic;
 pub mod table;
+pub mod table_events;
 pub mod table_storage;
 pub mod upgrade;
 pub mod watch;

@@ -207,6 +207,17 @@ pub fn to_stored(obj: &Value) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("cannot encode object: {e}")))
 }
 
+/// Serialises an object of `def` for the store, in the version the store keeps
+/// (events.k8s.io Events as core ones; see [`super::event_versions`]).
+pub fn to_stored_as(def: &ResourceDef, obj: &Value) -> Result<Vec<u8>, ApiError> {
+    if super::event_versions::is_events_v1(def) {
+        let mut o = obj.clone();
+        super::event_versions::to_storage(def, &mut o);
+        return to_stored(&o);
+    }
+    to_stored(obj)
+}
+
 /// Reads a stored object and sets its resourceVersion to `revision`.
 pub fn from_stored(bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
     let mut o: Value = serde_json::from_slice(bytes)
@@ -217,9 +228,10 @@ pub fn from_stored(bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
 
 /// A stored object of `def`, read: custom resources are stored in the version that
 /// wrote them and served in every version of their definition (conversion `None`: only
-/// `apiVersion` changes).
+/// `apiVersion` changes); Events are converted to the version `def` serves.
 pub fn read_stored(def: &ResourceDef, bytes: &[u8], revision: i64) -> Result<Value, ApiError> {
     let mut o = from_stored(bytes, revision)?;
+    super::event_versions::from_storage(def, &mut o);
     // As kube-apiserver defaults what it decodes from storage: objects stored before a
     // default existed read as if written with it.
     super::defaults::apply(def, &mut o, false);

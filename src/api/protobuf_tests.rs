@@ -250,6 +250,26 @@ fn times_raw_extensions_and_renamed_fields() {
     assert_eq!(obj["eventTime"], "2023-11-14T22:13:20.123456Z");
     assert!(obj.get("count").is_none() && obj.get("lastTimestamp").is_none());
 
+    // events.k8s.io/v1, as client-go's event broadcaster sends it in protobuf.
+    let obj = decode(&body(
+        "events.k8s.io/v1",
+        "Event",
+        r#"
+        metadata { name: "e" namespace: "default" }
+        regarding { kind: "Pod" name: "p" }
+        eventTime { seconds: 1700000000 nanos: 5000 }
+        series { count: 2 lastObservedTime { seconds: 1700000001 } }
+        reportingController: "kubelet" reportingInstance: "n1" action: "Pulling"
+        reason: "Pulling" note: "pulling image" type: "Normal"
+        "#,
+    ))
+    .unwrap();
+    assert_eq!(obj["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(obj["regarding"]["name"], "p");
+    assert_eq!(obj["eventTime"], "2023-11-14T22:13:20.000005Z");
+    assert_eq!(obj["series"]["count"], 2);
+    assert_eq!(obj["note"], "pulling image");
+
     let obj = decode(&body(
         "networking.k8s.io/v1",
         "IngressClass",

@@ -50,9 +50,10 @@ impl ResourceDef {
     }
 
     /// The storage prefix of all objects of this resource (ends with `/`); the same for
-    /// every version of a resource.
+    /// every version of a resource, and for events.k8s.io Events the core one (one
+    /// resource served by two groups, as kube-apiserver stores them).
     pub fn storage_prefix(&self) -> String {
-        let group = if self.group.is_empty() {
+        let group = if self.group.is_empty() || super::event_versions::is_events_v1(self) {
             "core"
         } else {
             &self.group
@@ -404,6 +405,16 @@ static BUILTIN_TABLE: &[Builtin] = &[
         NONE
     ),
     def!(
+        "events.k8s.io",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        NONE,
+        NONE
+    ),
+    def!(
         "policy",
         "v1",
         "PodDisruptionBudget",
@@ -596,6 +607,14 @@ mod tests {
             "apps/v1"
         );
         assert!(lookup("apps", "v2", "deployments").is_none());
+        // Both versions of Events are one stored resource.
+        let events = lookup("events.k8s.io", "v1", "events").unwrap();
+        assert_eq!(
+            events.storage_key(Some("d"), "e"),
+            lookup("", "v1", "events")
+                .unwrap()
+                .storage_key(Some("d"), "e")
+        );
         assert!(Catalog::default()
             .groups()
             .contains(&("batch".into(), "v1".into())));

@@ -290,10 +290,16 @@ async fn dispatch(State(api): State<ApiServer>, req: Request) -> Response {
     }
 }
 
-fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+fn list_options(
+    def: &resources::ResourceDef,
+    q: &HashMap<String, String>,
+) -> Result<ListOptions, ApiError> {
     Ok(ListOptions {
         labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse_for(
+            def,
+            q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+        )?,
         limit: match q.get("limit") {
             Some(l) => l
                 .parse::<i64>()
@@ -538,7 +544,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             }
         }
         (&Method::GET, None) => {
-            let opts = list_options(&q)?;
+            let opts = list_options(&target.def, &q)?;
             if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 let timeout = match q.get("timeoutSeconds") {
                     Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
@@ -642,7 +648,7 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
                     .into_response())
                 }
                 None => {
-                    let lo = list_options(&q)?;
+                    let lo = list_options(&target.def, &q)?;
                     Ok(
                         Json(rest::delete_collection(&reg, &target, &lo, &opts, dry).await?)
                             .into_response(),

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::resources::ResourceDef;
 use super::status::ApiError;
 
 /// One requirement of a label selector.
@@ -117,7 +118,8 @@ impl LabelSelector {
     }
 }
 
-/// A parsed field selector over the fields pikube indexes.
+/// A parsed field selector over the fields pikube indexes: (JSON pointer of the field,
+/// `=` rather than `!=`, value).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
@@ -145,8 +147,23 @@ const FIELDS: &[(&str, &str)] = &[
 ];
 
 impl FieldSelector {
+    /// Parses `a=b,c!=d` over the fields `def` supports (events.k8s.io Events have their
+    /// own names); others are a 400, as kube-apiserver does.
+    pub fn parse_for(def: &ResourceDef, s: &str) -> Result<Self, ApiError> {
+        if super::event_versions::is_events_v1(def) {
+            Self::parse_over(super::event_versions::FIELD_SELECTORS, s)
+        } else {
+            Self::parse(s)
+        }
+    }
+
     /// Parses `a=b,c!=d` over the supported fields; others are a 400, as kube-apiserver does.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
+        Self::parse_over(FIELDS, s)
+    }
+
+    /// Parses over `fields` (field label, JSON pointer).
+    fn parse_over(fields: &[(&str, &str)], s: &str) -> Result<Self, ApiError> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, eq, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -161,24 +178,19 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !FIELDS.iter().any(|(f, _)| *f == field) {
+            let Some((_, pointer)) = fields.iter().find(|(f, _)| *f == field) else {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
-            }
-            out.push((field.to_string(), eq, value.trim().to_string()));
+            };
+            out.push((pointer.to_string(), eq, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
     }
 
     /// Whether an object satisfies the selector.
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(field, eq, want)| {
-            let pointer = FIELDS
-                .iter()
-                .find(|(f, _)| f == field)
-                .map(|(_, p)| *p)
-                .unwrap_or("");
+        self.0.iter().all(|(pointer, eq, want)| {
             let have = match obj.pointer(pointer) {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Bool(b)) => b.to_string(),
@@ -239,5 +251,26 @@ mod tests {
             .matches(&json!({"metadata": {}})));
         let err = FieldSelector::parse("spec.bogus=1").unwrap_err();
         assert_eq!(err.code, 400);
+        // events.k8s.io names the involved object `regarding`; the core names are refused.
+        let v1 = crate::api::resources::lookup("events.k8s.io", "v1", "events").unwrap();
+        let ev = json!({"regarding": {"name": "p", "kind": "Pod"}, "reportingController": "c", "reason": "R"});
+        let sel = FieldSelector::parse_for(
+            &v1,
+            "regarding.name=p,regarding.kind=Pod,reportingController=c,reason=R",
+        )
+        .unwrap();
+        assert!(sel.matches(&ev));
+        assert!(!FieldSelector::parse_for(&v1, "regarding.name=q")
+            .unwrap()
+            .matches(&ev));
+        for core_only in ["involvedObject.name=p", "source=c", "reportingComponent=c"] {
+            assert_eq!(
+                FieldSelector::parse_for(&v1, core_only).unwrap_err().code,
+                400
+            );
+        }
+        let core = crate::api::resources::lookup("", "v1", "events").unwrap();
+        assert!(FieldSelector::parse_for(&core, "involvedObject.name=p").is_ok());
+        assert!(FieldSelector::parse_for(&core, "regarding.name=p").is_err());
     }
 }

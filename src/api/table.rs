@@ -94,7 +94,7 @@ pub(crate) fn age(obj: &Value) -> String {
 }
 
 /// How long ago the time at `pointer` was, as kubectl prints ages.
-fn since(obj: &Value, pointer: &str) -> String {
+pub(crate) fn since(obj: &Value, pointer: &str) -> String {
     since_time(obj.pointer(pointer).and_then(Value::as_str).unwrap_or(""))
 }
 
@@ -106,56 +106,13 @@ pub(crate) fn since_time(t: &str) -> String {
         .unwrap_or_else(|| "<unknown>".into())
 }
 
-/// Events: what `kubectl get events` prints (LAST SEEN, TYPE, REASON, OBJECT, MESSAGE).
-const EVENT_COLUMNS: &[Column] = &[
-    ("Last Seen", "string", 0),
-    ("Type", "string", 0),
-    ("Reason", "string", 0),
-    ("Object", "string", 0),
-    ("Subobject", "string", 1),
-    ("Source", "string", 1),
-    ("Message", "string", 0),
-    ("First Seen", "string", 1),
-    ("Count", "integer", 1),
-    ("Name", "string", 1),
-];
-
-fn event_cells(o: &Value) -> Vec<Value> {
-    let last = if o.pointer("/lastTimestamp").is_some_and(|t| !t.is_null()) {
-        since(o, "/lastTimestamp")
-    } else if o.pointer("/eventTime").is_some_and(|t| !t.is_null()) {
-        since(o, "/eventTime")
-    } else {
-        age(o)
-    };
-    let object = format!(
-        "{}/{}",
-        s(o, "/involvedObject/kind").to_ascii_lowercase(),
-        s(o, "/involvedObject/name")
-    );
-    let source = match (s(o, "/source/component"), s(o, "/source/host")) {
-        (c, "") => c.to_string(),
-        (c, h) => format!("{c}, {h}"),
-    };
-    vec![
-        json!(last),
-        json!(s(o, "/type")),
-        json!(s(o, "/reason")),
-        json!(object),
-        json!(s(o, "/involvedObject/fieldPath")),
-        json!(source),
-        json!(s(o, "/message").trim()),
-        json!(since(o, "/firstTimestamp")),
-        json!(int(o, "/count")),
-        json!(s(o, "/metadata/name")),
-    ]
-}
-
-fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+/// A string field (empty when absent).
+pub(crate) fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-fn int(obj: &Value, pointer: &str) -> i64 {
+/// An integer field (0 when absent).
+pub(crate) fn int(obj: &Value, pointer: &str) -> i64 {
     obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
@@ -245,8 +202,8 @@ fn pod_status(pod: &Value) -> String {
 pub(crate) type Column = (&'static str, &'static str, i64);
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
-    if def.is("", "Event") {
-        return EVENT_COLUMNS.to_vec();
+    if super::event_versions::is_event(def) {
+        return super::table_events::COLUMNS.to_vec();
     }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
     cols.extend(match def.kind.as_str() {
@@ -322,8 +279,8 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
 }
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
-    if def.is("", "Event") {
-        return event_cells(o);
+    if super::event_versions::is_event(def) {
+        return super::table_events::cells(def, o);
     }
     let name = json!(s(o, "/metadata/name"));
     let age = json!(age(o));

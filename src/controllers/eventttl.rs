@@ -15,11 +15,13 @@ use super::{Context, Result};
 /// How often old Events are looked for.
 const EVERY: Duration = Duration::from_secs(300);
 
-/// When `e` last happened.
+/// When `e` last happened (an events.k8s.io/v1 Event that recurs has a series).
 fn last_seen(e: &Event) -> Option<Timestamp> {
-    e.last_timestamp
+    e.series
         .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
         .map(|t| t.0)
+        .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
         .or_else(|| e.event_time.as_ref().map(|t| t.0))
         .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }

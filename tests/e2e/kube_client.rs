@@ -11,7 +11,8 @@ use kube::{Client, Config, ResourceExt};
 
 use crate::harness::Server;
 
-async fn client(server: &Server) -> Client {
+/// A kube-rs client of `server`, from its kubeconfig.
+pub(crate) async fn client(server: &Server) -> Client {
     let kubeconfig = Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await

@@ -10,6 +10,7 @@ mod crd;
 mod crd_cert_manager;
 mod dns;
 mod events;
+mod events_v1;
 mod ha;
 mod harness;
 mod heartbeat;

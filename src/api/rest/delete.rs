@@ -25,7 +25,7 @@ pub async fn delete(
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| target.not_found(name))?;
-        let mut current = from_stored(&kv.value, kv.mod_revision)?;
+        let mut current = objects::read_stored(def, &kv.value, kv.mod_revision)?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
             if meta_str(&current, "uid") != Some(uid) {
                 return Err(ApiError::conflict(&def.plural, &def.group, name));
@@ -91,7 +91,8 @@ pub async fn delete(
                 json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             );
             meta(&mut current).insert("deletionGracePeriodSeconds".into(), json!(grace));
-            let Some(rev) = put_if_unchanged(store, &key, kv.mod_revision, &current).await? else {
+            let Some(rev) = put_if_unchanged(store, def, &key, kv.mod_revision, &current).await?
+            else {
                 continue;
             };
             meta(&mut current).insert("resourceVersion".into(), json!(rev.to_string()));
@@ -111,7 +112,8 @@ pub async fn delete(
                 meta(&mut current)
                     .insert("deletionTimestamp".into(), json!(objects::now_rfc3339()));
                 meta(&mut current).insert("deletionGracePeriodSeconds".into(), json!(0));
-                let Some(rev) = put_if_unchanged(store, &key, kv.mod_revision, &current).await?
+                let Some(rev) =
+                    put_if_unchanged(store, def, &key, kv.mod_revision, &current).await?
                 else {
                     continue;
                 };

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::fields::FieldValidation;
 use super::managed;
-use super::objects::{self, from_stored, has_status, meta, meta_str, to_stored};
+use super::objects::{self, from_stored, has_status, meta, meta_str};
 use super::openapi::schema::Schemas;
 use super::resources::{self, Def, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -111,6 +111,7 @@ impl Registry {
         if let Some(custom) = &def.custom {
             super::crd::check_values(def, custom, obj)?;
         }
+        super::event_versions::validate(def, old, obj)?;
         if old.is_none() && def.kind == "Pod" && def.group.is_empty() {
             super::pod_admission::admit(&self.store, obj).await?;
             super::defaults::add_tolerations(
@@ -214,6 +215,7 @@ async fn check_namespace(store: &Store, target: &Target) -> Result<(), ApiError>
 /// None when another write got in between.
 async fn put_if_unchanged(
     store: &Store,
+    def: &ResourceDef,
     key: &str,
     rev: i64,
     obj: &Value,
@@ -223,7 +225,7 @@ async fn put_if_unchanged(
             compare: vec![Compare::mod_revision_is(key.as_bytes().to_vec(), rev)],
             success: vec![Op::Put {
                 key: key.as_bytes().to_vec(),
-                value: to_stored(obj)?,
+                value: objects::to_stored_as(def, obj)?,
                 lease: 0,
             }],
             failure: vec![],
@@ -395,7 +397,7 @@ pub async fn create(
         }
         let put = Op::Put {
             key: key.clone().into_bytes(),
-            value: to_stored(&obj)?,
+            value: objects::to_stored_as(&target.def, &obj)?,
             lease: 0,
         };
         let r = store
@@ -654,7 +656,7 @@ async fn write_update(
     } else {
         Op::Put {
             key: key.clone().into_bytes(),
-            value: to_stored(&obj)?,
+            value: objects::to_stored_as(def, &obj)?,
             lease: 0,
         }
     };

@@ -86,7 +86,7 @@ pub async fn bind(
             }));
         }
         if dry_run
-            || put_if_unchanged(store, &key, kv.mod_revision, &pod)
+            || put_if_unchanged(store, &target.def, &key, kv.mod_revision, &pod)
                 .await?
                 .is_some()
         {
