@@ -10,6 +10,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod eventttl;
+pub mod expectations;
 pub mod gc;
 pub mod history;
 pub mod job;

@@ -118,6 +118,11 @@ where
         self.store.wait_until_ready().await
     }
 
+    /// Every cached object.
+    pub fn all(&self) -> Vec<Arc<C>> {
+        self.store.state()
+    }
+
     /// The cached objects whose controller has uid `owner`.
     pub fn children(&self, owner: &str) -> Vec<Arc<C>> {
         let refs: Vec<ObjectRef<C>> = {

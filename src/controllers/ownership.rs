@@ -22,10 +22,27 @@ where
     K: Resource<DynamicType = ()>,
     C: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let uid = owner.meta().uid.clone().unwrap_or_default();
     let lp = ListParams::default().labels(&pods::match_labels_query(selector));
+    let listed = api.list(&lp).await?.items;
+    claim_among(api, owner, selector, adoptable, listed).await
+}
+
+/// [`claim`] among `candidates` (e.g. from a cache: the owner's children and the
+/// orphans of its namespace) instead of a fresh list.
+pub async fn claim_among<K, C>(
+    api: &Api<C>,
+    owner: &K,
+    selector: &LabelSelector,
+    adoptable: impl Fn(&C) -> bool,
+    candidates: Vec<C>,
+) -> Result<Vec<C>>
+where
+    K: Resource<DynamicType = ()>,
+    C: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let uid = owner.meta().uid.clone().unwrap_or_default();
     let mut owned = Vec::new();
-    for child in api.list(&lp).await?.items {
+    for child in candidates {
         let matches = pods::selector_matches(selector, child.meta().labels.as_ref());
         match pods::controller_of(child.meta()).map(|r| r.uid.clone()) {
             Some(u) if u == uid => {

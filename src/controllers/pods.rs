@@ -155,7 +155,19 @@ pub async fn create_recorded<K: Resource<DynamicType = ()>>(
     owner: &K,
     events: &Recorder,
 ) -> super::Result<()> {
+    create_noted(api, new, owner, events, |_| {}).await
+}
+
+/// As [`create_recorded`], handing each created pod to `noted` (for expectations).
+pub async fn create_noted<K: Resource<DynamicType = ()>>(
+    api: &kube::Api<Pod>,
+    new: Vec<Pod>,
+    owner: &K,
+    events: &Recorder,
+    noted: impl Fn(&Pod),
+) -> super::Result<()> {
     create_batches(api, new, |p| {
+        noted(p);
         let message = format!("Created pod: {}", kube::ResourceExt::name_any(p));
         events.record(owner, None, Kind::Normal, "SuccessfulCreate", &message);
     })

@@ -12,18 +12,61 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, ResourceExt};
 
+use super::expectations::Expectations;
+use super::owner_index::OwnerIndex;
 use super::{pods, watch_config, Context, Error, Result};
 use crate::events::Recorder;
 
-/// Runs the controller until `shutdown`.
+/// What reconciles share: the pods by owner, from one watch, and the creates and
+/// deletes the cache has yet to show.
+struct State {
+    pods: OwnerIndex<Pod>,
+    expectations: Expectations,
+}
+
+/// Runs the controller until `shutdown`. Pods come from a reflector indexed by owner, so
+/// a reconcile lists nothing; expectations keep it from acting on a cache that has not
+/// yet seen its own last creates and deletes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let rs = Api::<ReplicaSet>::all(ctx.client.clone());
-    let pods = Api::<Pod>::all(ctx.client.clone());
-    let controller = Controller::new(rs, watch_config()).owns(pods, watch_config());
+    let (pods, pod_events) = OwnerIndex::new(Api::<Pod>::all(ctx.client.clone()), watch_config());
+    let controller = Controller::new(rs, watch_config()).owns_stream(pod_events);
+    let state = Arc::new(State {
+        pods,
+        expectations: Expectations::default(),
+    });
+    let reconcile = move |rs, ctx| reconcile(rs, ctx, state.clone());
     super::run("replicaset", controller, reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
+/// The pods `rs` may claim, from the cache: its own and its namespace's orphans that
+/// its selector matches.
+fn candidates(state: &State, rs: &ReplicaSet, uid: &str) -> Vec<Pod> {
+    let ns = rs.namespace();
+    let selector = rs.spec.as_ref().map(|s| &s.selector);
+    let mut pods: Vec<Pod> = state
+        .pods
+        .children(uid)
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    pods.extend(
+        state
+            .pods
+            .all()
+            .iter()
+            .filter(|p| {
+                p.namespace() == ns
+                    && pods::controller_of(&p.metadata).is_none()
+                    && selector
+                        .is_some_and(|s| pods::selector_matches(s, p.metadata.labels.as_ref()))
+            })
+            .map(|p| (**p).clone()),
+    );
+    pods
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) -> Result<Action> {
     let ns = rs.namespace().unwrap_or_default();
     let api_pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let api_rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
@@ -31,12 +74,29 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         .spec
         .as_ref()
         .ok_or_else(|| Error::Object("replicaset has no spec".into()))?;
-    let owned =
-        super::ownership::claim(&api_pods, rs.as_ref(), &spec.selector, pods::is_active).await?;
+    state
+        .pods
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Object(format!("pod cache: {e}")))?;
+    let uid = rs.uid().unwrap_or_default();
+    let synced = state
+        .expectations
+        .satisfied(&uid, &state.pods.children(&uid));
+    let owned = super::ownership::claim_among(
+        &api_pods,
+        rs.as_ref(),
+        &spec.selector,
+        pods::is_active,
+        candidates(&state, &rs, &uid),
+    )
+    .await?;
     let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let events = Recorder::new(ctx.client.clone(), "replicaset-controller", None);
-    if rs.metadata.deletion_timestamp.is_none() {
+    if rs.metadata.deletion_timestamp.is_some() {
+        state.expectations.forget(&uid);
+    } else if synced {
         if active.len() < want {
             let owner = pods::controller_ref(rs.as_ref())
                 .ok_or_else(|| Error::Object("replicaset has no uid".into()))?;
@@ -46,12 +106,20 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
                 .ok_or_else(|| Error::Object("replicaset has no pod template".into()))?;
             let pod = pods::from_template(template, owner, &rs.name_any());
             let new = vec![pod; want - active.len()];
-            pods::create_recorded(&api_pods, new, rs.as_ref(), &events).await?;
+            let noted = |p: &Pod| {
+                state
+                    .expectations
+                    .created(&uid, &p.uid().unwrap_or_default())
+            };
+            pods::create_noted(&api_pods, new, rs.as_ref(), &events, noted).await?;
         } else if active.len() > want {
             let mut victims = active.clone();
             victims.sort_by_key(|p| pods::deletion_rank(p));
             for p in victims.iter().take(active.len() - want) {
                 pods::delete_recorded(&api_pods, &p.name_any(), rs.as_ref(), &events).await?;
+                state
+                    .expectations
+                    .deleted(&uid, &p.uid().unwrap_or_default());
             }
         }
     }
@@ -94,6 +162,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         .count();
     Ok(if pending > 0 {
         Action::requeue(Duration::from_secs(1))
+    } else if !synced {
+        // The cache's events bring it back sooner; this covers expectations that time out.
+        Action::requeue(Duration::from_secs(5))
     } else {
         Action::await_change()
     })
