@@ -17,9 +17,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use super::owner_index::OwnerIndex;
 use super::{history, ownership, pods, watch_config, Context, Error, Result};
 use crate::events::{Kind, Recorder};
 
@@ -29,12 +31,27 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 
-/// Runs the controller until `shutdown`.
+/// Runs the controller until `shutdown`. Pods come from a reflector indexed by their
+/// ReplicaSet, so a reconcile counts them without listing; a pod's change brings its
+/// Deployment back (found by name: `<deployment>-<pod-template-hash>` owns the pod).
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let deploys = Api::<Deployment>::all(ctx.client.clone());
     let rs = Api::<ReplicaSet>::all(ctx.client.clone());
-    let controller = Controller::new(deploys, watch_config()).owns(rs, watch_config());
+    let (pod_cache, pod_events) =
+        OwnerIndex::new(Api::<Pod>::all(ctx.client.clone()), watch_config());
+    let controller = Controller::new(deploys, watch_config())
+        .owns(rs, watch_config())
+        .watches_stream(pod_events, |p: Pod| deployment_of(&p));
+    let reconcile = move |d, ctx| reconcile(d, ctx, pod_cache.clone());
     super::run("deployment", controller, reconcile, ctx, shutdown).await;
+}
+
+/// The Deployment whose ReplicaSet controls `pod`, by the names Deployments give.
+fn deployment_of(pod: &Pod) -> Option<ObjectRef<Deployment>> {
+    let owner = pods::controller_of(&pod.metadata).filter(|o| o.kind == "ReplicaSet")?;
+    let hash = pod.labels().get(HASH_LABEL)?;
+    let name = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
+    Some(ObjectRef::new(name).within(pod.metadata.namespace.as_deref()?))
 }
 
 /// The template hash kube-controller-manager uses: FNV-1a of the template (and the
@@ -148,14 +165,17 @@ impl Scaler<'_> {
     }
 }
 
-async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(
+    d: Arc<Deployment>,
+    ctx: Arc<Context>,
+    pod_cache: OwnerIndex<Pod>,
+) -> Result<Action> {
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let api_rs = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
-    let api_pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let scaler = Scaler {
         api: &api_rs,
         deployment: d.as_ref(),
@@ -169,22 +189,27 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let owned = ownership::claim(&api_rs, d.as_ref(), &spec.selector, |_| true).await?;
 
-    // Pod counts per ReplicaSet, fresh from the pods.
+    // Pod counts per ReplicaSet, from the pod cache.
+    pod_cache
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Object(format!("pod cache: {e}")))?;
     let now = Timestamp::now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let mut counts: HashMap<String, Counts> = HashMap::new();
-    let lp = kube::api::ListParams::default().labels(&pods::match_labels_query(&spec.selector));
-    for p in api_pods.list(&lp).await?.items {
-        let Some(owner) = pods::controller_of(&p.metadata) else {
-            continue;
-        };
-        if !pods::is_active(&p) {
-            continue;
+    for rs in &owned {
+        let uid = rs.uid().unwrap_or_default();
+        for p in pod_cache.children(&uid) {
+            if !pods::is_active(&p)
+                || !pods::selector_matches(&spec.selector, p.metadata.labels.as_ref())
+            {
+                continue;
+            }
+            let c = counts.entry(uid.clone()).or_default();
+            c.active += 1;
+            c.ready += pods::is_ready(&p) as i32;
+            c.available += pods::is_available(&p, min_ready, now) as i32;
         }
-        let c = counts.entry(owner.uid.clone()).or_default();
-        c.active += 1;
-        c.ready += pods::is_ready(&p) as i32;
-        c.available += pods::is_available(&p, min_ready, now) as i32;
     }
     let count = |rs: &ReplicaSet| {
         counts

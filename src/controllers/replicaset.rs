@@ -42,7 +42,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 /// The pods `rs` may claim, from the cache: its own and its namespace's orphans that
 /// its selector matches.
 fn candidates(state: &State, rs: &ReplicaSet, uid: &str) -> Vec<Pod> {
-    let ns = rs.namespace();
+    let ns = rs.metadata.namespace.as_deref();
     let selector = rs.spec.as_ref().map(|s| &s.selector);
     let mut pods: Vec<Pod> = state
         .pods
@@ -56,7 +56,7 @@ fn candidates(state: &State, rs: &ReplicaSet, uid: &str) -> Vec<Pod> {
             .all()
             .iter()
             .filter(|p| {
-                p.namespace() == ns
+                p.metadata.namespace.as_deref() == ns
                     && pods::controller_of(&p.metadata).is_none()
                     && selector
                         .is_some_and(|s| pods::selector_matches(s, p.metadata.labels.as_ref()))
