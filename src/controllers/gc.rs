@@ -8,6 +8,7 @@
 //! which is what kube-controller-manager's dependency graph gives it from informers.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pikube_raft::{RangeRequest, WatchRequest};
@@ -32,7 +33,9 @@ struct Obj {
     def: Def,
     namespace: Option<String>,
     name: String,
-    value: Value,
+    value: Arc<Value>,
+    /// Revision of its last write.
+    revision: i64,
 }
 
 impl Obj {
@@ -115,14 +118,41 @@ pub async fn run(reg: Registry, mut shutdown: tokio::sync::watch::Receiver<bool>
     }
 }
 
-async fn load(reg: &Registry) -> Result<Vec<Obj>, ApiError> {
-    let rev = reg.store.current_revision();
+/// Every object, and a revision R such that every object written at or before R is
+/// among them as of R or later. Built-in resources come from the API server's list cache
+/// (each consistent at its own revision, all at or after R); custom ones from the store
+/// at R.
+async fn load(reg: &Registry) -> Result<(Vec<Obj>, i64), ApiError> {
+    let rev = reg.store.linearizable_revision().await?;
     let mut seen = HashSet::new();
     let mut all = Vec::new();
     for def in reg.catalog.all().into_iter().filter(|d| !d.is_review()) {
         let prefix = def.storage_prefix();
         if !seen.insert(prefix.clone()) {
             continue;
+        }
+        let mut push = |value: Arc<Value>, revision: i64| {
+            let Some(name) = meta_str(&value, "name").map(String::from) else {
+                return;
+            };
+            all.push(Obj {
+                def: def.clone(),
+                namespace: meta_str(&value, "namespace").map(String::from),
+                name,
+                value,
+                revision,
+            });
+        };
+        if def.custom.is_none() {
+            if let Some(listed) = reg.cache.list(&def, &prefix, 0, |_| true).await? {
+                for value in listed.items {
+                    let revision = meta_str(&value, "resourceVersion")
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(i64::MAX);
+                    push(value, revision);
+                }
+                continue;
+            }
         }
         let r = reg
             .store
@@ -132,18 +162,10 @@ async fn load(reg: &Registry) -> Result<Vec<Obj>, ApiError> {
             let Ok(value) = crate::api::objects::from_stored(&kv.value, kv.mod_revision) else {
                 continue;
             };
-            let Some(name) = meta_str(&value, "name").map(String::from) else {
-                continue;
-            };
-            all.push(Obj {
-                def: def.clone(),
-                namespace: meta_str(&value, "namespace").map(String::from),
-                name,
-                value,
-            });
+            push(Arc::new(value), kv.mod_revision);
         }
     }
-    Ok(all)
+    Ok((all, rev))
 }
 
 /// Merge-patches `obj`, guarded by its resourceVersion; a conflict is left to the next
@@ -168,7 +190,7 @@ async fn patch(reg: &Registry, obj: &Obj, body: Value) -> Result<(), ApiError> {
 
 /// One pass: collect orphans, finish foreground and orphan deletions.
 pub async fn sweep(reg: &Registry) -> Result<(), ApiError> {
-    let all = load(reg).await?;
+    let (all, rev) = load(reg).await?;
     let by_uid: HashMap<&str, &Obj> = all.iter().map(|o| (o.uid(), o)).collect();
     // Dependents of each owner uid.
     let mut dependents: HashMap<&str, Vec<&Obj>> = HashMap::new();
@@ -194,6 +216,11 @@ pub async fn sweep(reg: &Registry) -> Result<(), ApiError> {
     };
 
     for o in &all {
+        // The lists are not all at one revision: an object written after `rev` may have
+        // owners another list was too early to show. The next pass acts on it.
+        if o.revision > rev {
+            continue;
+        }
         // Owners being deleted in the foreground or with orphaning.
         if o.deleting() && o.has_finalizer(ORPHAN) {
             for d in dependents.get(o.uid()).into_iter().flatten() {
