@@ -570,11 +570,13 @@ async fn handle(api: ApiServer, req: Request) -> Result<Response, ApiError> {
             }
             let list = rest::list(&reg, &target, &opts).await?;
             match as_table {
-                Some(include) => {
-                    let items = list["items"].as_array().cloned().unwrap_or_default();
-                    let meta = list.get("metadata").cloned().unwrap_or(json!({}));
-                    Ok(Json(table::to_table(&target.def, &items, include, meta)).into_response())
-                }
+                Some(include) => Ok(Json(table::to_table(
+                    &target.def,
+                    &list.items,
+                    include,
+                    list.metadata.clone(),
+                ))
+                .into_response()),
                 None => Ok(Json(list).into_response()),
             }
         }

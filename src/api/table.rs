@@ -608,9 +608,9 @@ fn row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of `objects` with the list's metadata (resourceVersion, continue).
-pub fn to_table(
+pub fn to_table<V: std::borrow::Borrow<Value>>(
     def: &ResourceDef,
-    objects: &[Value],
+    objects: &[V],
     include: IncludeObject,
     list_metadata: Value,
 ) -> Value {
@@ -626,7 +626,7 @@ pub fn to_table(
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_metadata,
         "columnDefinitions": column_definitions,
-        "rows": objects.iter().map(|o| row(def, o, include)).collect::<Vec<_>>(),
+        "rows": objects.iter().map(|o| row(def, o.borrow(), include)).collect::<Vec<_>>(),
     })
 }
 

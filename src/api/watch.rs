@@ -95,14 +95,10 @@ pub async fn watch(
                 },
             )
             .await?;
-            for item in listed["items"].as_array().cloned().unwrap_or_default() {
-                initial.push(enc.event("ADDED", &item));
+            for item in &listed.items {
+                initial.push(enc.event("ADDED", item));
             }
-            let rv = listed
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("0");
-            super::objects::parse_rv(rv)? + 1
+            listed.revision()? + 1
         }
         rv => super::objects::parse_rv(rv)? + 1,
     };

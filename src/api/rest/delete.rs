@@ -226,7 +226,7 @@ pub async fn delete_collection(
     let store = &reg.store;
     let listed = list(reg, target, opts).await?;
     let mut deleted = Vec::new();
-    for item in listed["items"].as_array().cloned().unwrap_or_default() {
+    for item in listed.items.iter().map(|i| i.as_ref()) {
         let Some(name) = meta_str(&item, "name") else {
             continue;
         };

@@ -430,7 +430,11 @@ pub async fn get(store: &Store, target: &Target, name: &str) -> Result<Value, Ap
 }
 
 /// Lists objects (one page when `opts.limit` is set); returns the list object.
-pub async fn list(reg: &Registry, target: &Target, opts: &ListOptions) -> Result<Value, ApiError> {
+pub async fn list(
+    reg: &Registry,
+    target: &Target,
+    opts: &ListOptions,
+) -> Result<Listing, ApiError> {
     // The first page comes from the cache; later pages name the revision and key they
     // continue from, and the store reads them at that revision. Custom resources, whose
     // definitions change while serving, are read from the store.
@@ -445,15 +449,69 @@ pub async fn list(reg: &Registry, target: &Target, opts: &ListOptions) -> Result
             if let Some(k) = l.next_key {
                 metadata["continue"] = json!(encode_continue(l.revision, &k));
             }
-            return Ok(json!({
-                "kind": target.def.list_kind(),
-                "apiVersion": target.def.api_version(),
-                "metadata": metadata,
-                "items": l.items.iter().map(|o| o.as_ref().clone()).collect::<Vec<_>>(),
-            }));
+            return Ok(Listing {
+                def: target.def.clone(),
+                metadata,
+                items: l.items,
+            });
         }
     }
-    list_stored(&reg.store, target, opts).await
+    let mut stored = list_stored(&reg.store, target, opts).await?;
+    let items = match stored.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => items.into_iter().map(Arc::new).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Listing {
+        def: target.def.clone(),
+        metadata: stored
+            .get_mut("metadata")
+            .map(Value::take)
+            .unwrap_or(json!({})),
+        items,
+    })
+}
+
+/// A list's objects, shared with the list cache rather than copied; serialises as the
+/// resource's `…List`.
+pub struct Listing {
+    /// The listed resource.
+    pub def: Def,
+    /// The list's metadata (resourceVersion, continue).
+    pub metadata: Value,
+    /// The objects.
+    pub items: Vec<Arc<Value>>,
+}
+
+impl Listing {
+    /// The revision the list was read at.
+    pub fn revision(&self) -> Result<i64, ApiError> {
+        objects::parse_rv(
+            self.metadata
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("0"),
+        )
+    }
+}
+
+impl Serialize for Listing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("kind", &self.def.list_kind())?;
+        m.serialize_entry("apiVersion", &self.def.api_version())?;
+        m.serialize_entry("metadata", &self.metadata)?;
+        m.serialize_entry("items", &Items(&self.items))?;
+        m.end()
+    }
+}
+
+struct Items<'a>(&'a [Arc<Value>]);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| v.as_ref()))
+    }
 }
 
 /// [`list`] from the store.
