@@ -8,6 +8,8 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use std::sync::Arc;
+
 use super::{pods, Result};
 
 /// The children `owner` controls after adoption and release, listed fresh from the API.
@@ -23,8 +25,15 @@ where
     C: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let lp = ListParams::default().labels(&pods::match_labels_query(selector));
-    let listed = api.list(&lp).await?.items;
-    claim_among(api, owner, selector, adoptable, listed).await
+    let listed = api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let owned = claim_among(api, owner, selector, adoptable, listed).await?;
+    Ok(owned.into_iter().map(Arc::unwrap_or_clone).collect())
 }
 
 /// [`claim`] among `candidates` (e.g. from a cache: the owner's children and the
@@ -34,8 +43,8 @@ pub async fn claim_among<K, C>(
     owner: &K,
     selector: &LabelSelector,
     adoptable: impl Fn(&C) -> bool,
-    candidates: Vec<C>,
-) -> Result<Vec<C>>
+    candidates: Vec<Arc<C>>,
+) -> Result<Vec<Arc<C>>>
 where
     K: Resource<DynamicType = ()>,
     C: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -84,7 +93,7 @@ where
                         }})),
                     )
                     .await?;
-                owned.push(adopted);
+                owned.push(Arc::new(adopted));
             }
             _ => {}
         }

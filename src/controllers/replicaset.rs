@@ -41,28 +41,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 /// The pods `rs` may claim, from the cache: its own and its namespace's orphans that
 /// its selector matches.
-fn candidates(state: &State, rs: &ReplicaSet, uid: &str) -> Vec<Pod> {
+fn candidates(state: &State, rs: &ReplicaSet, uid: &str) -> Vec<Arc<Pod>> {
     let ns = rs.metadata.namespace.as_deref();
     let selector = rs.spec.as_ref().map(|s| &s.selector);
-    let mut pods: Vec<Pod> = state
-        .pods
-        .children(uid)
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
-    pods.extend(
-        state
-            .pods
-            .all()
-            .iter()
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == ns
-                    && pods::controller_of(&p.metadata).is_none()
-                    && selector
-                        .is_some_and(|s| pods::selector_matches(s, p.metadata.labels.as_ref()))
-            })
-            .map(|p| (**p).clone()),
-    );
+    let mut pods = state.pods.children(uid);
+    pods.extend(state.pods.all().into_iter().filter(|p| {
+        p.metadata.namespace.as_deref() == ns
+            && pods::controller_of(&p.metadata).is_none()
+            && selector.is_some_and(|s| pods::selector_matches(s, p.metadata.labels.as_ref()))
+    }));
     pods
 }
 
@@ -91,7 +78,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
         candidates(&state, &rs, &uid),
     )
     .await?;
-    let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
+    let active: Vec<&Pod> = owned
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| pods::is_active(p))
+        .collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let events = Recorder::new(ctx.client.clone(), "replicaset-controller", None);
     if rs.metadata.deletion_timestamp.is_some() {
