@@ -271,9 +271,11 @@ pub(crate) fn install(shared: &Shared, path: &std::path::Path, want: Option<LogI
             path.display()
         )));
     }
-    shared.reload(&mut revs)?;
+    // Cancelled before the new revision is published: whoever reads that revision finds
+    // the watchers it relied on already ended, never still open but missing history.
     if let Ok(mut hub) = shared.hub.lock() {
         hub.cancel_all();
     }
+    shared.reload(&mut revs)?;
     Ok(())
 }
