@@ -70,6 +70,12 @@ bench-scheduler:
 	$(CARGO) build --release --bin pikube --example bench_scheduler
 	$(CARGO) run --release --example bench_scheduler
 
+## bench-scheduler-burst: the same with every pod pending before the nodes take pods
+.PHONY: bench-scheduler-burst
+bench-scheduler-burst:
+	$(CARGO) build --release --bin pikube --example bench_scheduler
+	BENCH_BURST=1 $(CARGO) run --release --example bench_scheduler
+
 ## bench-scheduler-affinity: the same with pod anti-affinity and zone spread on every pod
 .PHONY: bench-scheduler-affinity
 bench-scheduler-affinity:

@@ -137,8 +137,54 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// `node` with nothing placed on it yet.
+    pub fn new(node: Arc<Node>) -> NodeInfo {
+        let mut info = NodeInfo {
+            node: node.clone(),
+            allocatable: Usage::default(),
+            used: Usage::default(),
+            scored: Usage::default(),
+            host_ports: HashSet::new(),
+            pods: Vec::new(),
+            affinity_pods: Vec::new(),
+        };
+        info.set_node(node);
+        info
+    }
+
+    /// Takes a newer version of the node (labels, taints, allocatable may have changed);
+    /// what is placed on it stays.
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let st = node.status.as_ref();
+        let mut alloc = read(st.and_then(|s| s.allocatable.as_ref()));
+        if alloc == Usage::default() {
+            alloc = read(st.and_then(|s| s.capacity.as_ref()));
+        }
+        self.allocatable = alloc;
+        self.node = node;
+    }
+
+    /// Stops counting the pod of `uid` here; whether it was counted. What is left is
+    /// summed again from the remaining pods, so no rounding error builds up.
+    pub fn remove(&mut self, uid: &str) -> bool {
+        let before = self.pods.len();
+        self.pods.retain(|p| p.metadata.uid.as_deref() != Some(uid));
+        if self.pods.len() == before {
+            return false;
+        }
+        let pods = std::mem::take(&mut self.pods);
+        self.used = Usage::default();
+        self.scored = Usage::default();
+        self.host_ports.clear();
+        self.affinity_pods.clear();
+        for p in &pods {
+            self.place(p);
+        }
+        true
+    }
+
     /// Counts `pod` as placed on this node.
-    fn place(&mut self, pod: &Arc<Pod>) {
+    pub fn place(&mut self, pod: &Arc<Pod>) {
         self.used.add(&requests(pod));
         self.scored.add(&scored_requests(pod));
         self.host_ports.extend(host_ports(pod));
@@ -165,47 +211,37 @@ fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
         .collect()
 }
 
+/// The node whose room `pod` takes: the one it is bound to, unless it has finished
+/// (Succeeded or Failed pods hold no resources).
+pub fn placed_on(pod: &Pod) -> Option<&str> {
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())?;
+    let done = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    );
+    (!done).then_some(node)
+}
+
 /// Node infos from the caches, counting active bound pods and assumed bindings.
 pub fn node_infos(
     nodes: &[Arc<Node>],
     pods: &[Arc<Pod>],
     assumed: &HashMap<String, (String, Arc<Pod>)>,
 ) -> Vec<NodeInfo> {
-    let mut infos: Vec<NodeInfo> = nodes
-        .iter()
-        .map(|n| {
-            let st = n.status.as_ref();
-            let mut alloc = read(st.and_then(|s| s.allocatable.as_ref()));
-            if alloc == Usage::default() {
-                alloc = read(st.and_then(|s| s.capacity.as_ref()));
-            }
-            NodeInfo {
-                node: n.clone(),
-                allocatable: alloc,
-                used: Usage::default(),
-                scored: Usage::default(),
-                host_ports: HashSet::new(),
-                pods: Vec::new(),
-                affinity_pods: Vec::new(),
-            }
-        })
-        .collect();
+    let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::new(n.clone())).collect();
     let index: HashMap<String, usize> = infos
         .iter()
         .enumerate()
         .filter_map(|(i, n)| Some((n.node.metadata.name.clone()?, i)))
         .collect();
     for p in pods {
-        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        let Some(node) = placed_on(p) else {
             continue;
         };
-        let done = matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        );
-        if done {
-            continue;
-        }
         if let Some(&i) = index.get(node) {
             infos[i].place(p);
         }

@@ -3,6 +3,8 @@
 //! kubectl shows ("0/3 nodes are available: …") and retries when the cluster changes.
 
 pub mod affinity;
+pub mod binding;
+pub mod cache;
 pub mod filters;
 pub mod quantity;
 pub mod score;
@@ -10,7 +12,6 @@ pub mod selector;
 pub mod spread;
 pub mod volumes;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,15 +21,16 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::ObjectMeta;
-use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use tokio::sync::Semaphore;
+
+use binding::{lock, Binder, Binding};
+use cache::NodeCache;
 
 use crate::controllers::{self, Context, Result};
-use crate::events::{Kind, Recorder};
 
 /// Scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -41,10 +43,36 @@ struct State {
     services: Store<Service>,
     replicasets: Store<ReplicaSet>,
     statefulsets: Store<StatefulSet>,
-    /// Pods bound by this scheduler that the pod cache may not show yet: uid → node.
-    assumed: Mutex<HashMap<String, (String, Arc<Pod>)>>,
+    /// Node infos with bound and assumed pods, kept current by the node and pod watches.
+    cache: Arc<Mutex<NodeCache>>,
+    /// Slots for bindings in flight.
+    slots: Arc<Semaphore>,
+    /// Carries out bindings.
+    binder: Binder,
     /// Claims, volumes and storage classes.
     volumes: volumes::VolumeCaches,
+}
+
+/// Keeps `writer`'s cache of every `K` current, calling `on` with each event after the
+/// cache took it; the future joins `streams`.
+fn feed<K: controllers::Watched>(
+    client: &Client,
+    streams: &mut Vec<BoxFuture<'static, ()>>,
+    writer: reflector::store::Writer<K>,
+    mut on: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) {
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(move |event| {
+        if let Ok(event) = &event {
+            on(event);
+        }
+        futures::future::ready(())
+    });
+    streams.push(stream.boxed());
 }
 
 /// A reflector cache of every `K`; the future that keeps it current joins `streams`.
@@ -53,36 +81,78 @@ fn cache<K: controllers::Watched>(
     streams: &mut Vec<BoxFuture<'static, ()>>,
 ) -> Store<K> {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    streams.push(stream.boxed());
+    feed(client, streams, writer, |_| {});
     store
+}
+
+/// The cached copy of `obj` (shared, not cloned), or a copy when the cache lacks it.
+fn shared<K: controllers::Watched>(store: &Store<K>, obj: &K) -> Arc<K> {
+    store
+        .get(&ObjectRef::from_obj(obj))
+        .unwrap_or_else(|| Arc::new(obj.clone()))
+}
+
+/// The node and pod caches, feeding their events into the node infos of `infos`.
+fn node_and_pod_caches(
+    client: &Client,
+    streams: &mut Vec<BoxFuture<'static, ()>>,
+    infos: &Arc<Mutex<NodeCache>>,
+) -> (Store<Node>, Store<Pod>) {
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (infos_n, nodes_n, pods_n) = (infos.clone(), nodes.clone(), pods.clone());
+    feed(client, streams, node_writer, move |event| {
+        let mut c = lock(&infos_n);
+        match event {
+            watcher::Event::Apply(n) => c.apply_node(shared(&nodes_n, n)),
+            watcher::Event::Delete(n) => c.delete_node(&n.name_any()),
+            watcher::Event::InitDone => c.rebuild(&nodes_n.state(), &pods_n.state(), (true, false)),
+            _ => {}
+        }
+    });
+    let (infos_p, nodes_p, pods_p) = (infos.clone(), nodes.clone(), pods.clone());
+    feed(client, streams, pod_writer, move |event| {
+        let mut c = lock(&infos_p);
+        match event {
+            watcher::Event::Apply(p) => c.apply_pod(shared(&pods_p, p)),
+            watcher::Event::Delete(p) => c.delete_pod(p),
+            watcher::Event::InitDone => c.rebuild(&nodes_p.state(), &pods_p.state(), (false, true)),
+            _ => {}
+        }
+    });
+    (nodes, pods)
 }
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let mut streams = Vec::new();
-    let nodes = cache::<Node>(&client, &mut streams);
+    let infos = Arc::new(Mutex::new(NodeCache::default()));
+    let (nodes, pods) = node_and_pod_caches(&client, &mut streams, &infos);
     let volume_caches = volumes::VolumeCaches::start(&client, &mut streams);
+    let (retry, retries) = futures::channel::mpsc::unbounded();
     let state = Arc::new(State {
-        nodes: nodes.clone(),
-        pods: cache(&client, &mut streams),
+        nodes,
+        pods,
         namespaces: cache(&client, &mut streams),
         services: cache(&client, &mut streams),
         replicasets: cache(&client, &mut streams),
         statefulsets: cache(&client, &mut streams),
-        assumed: Mutex::new(HashMap::new()),
+        cache: infos.clone(),
+        slots: Arc::new(Semaphore::new(binding::MAX_IN_FLIGHT)),
+        binder: Binder {
+            client: client.clone(),
+            cache: infos,
+            retry,
+        },
         volumes: volume_caches,
     });
     let pending = Controller::new(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields("spec.nodeName="),
     )
-    .with_config(Config::default().concurrency(1));
+    .with_config(Config::default().concurrency(1))
+    // Pods whose binding failed.
+    .reconcile_on(retries);
     let queue = pending.store();
     // A node change may make pods found unschedulable fit: try those again. Pods not yet
     // tried are queued already; requeueing them on every node event (a cluster of many
@@ -146,6 +216,8 @@ fn owner_selector(state: &State, meta: &ObjectMeta) -> Option<selector::Selector
     }
 }
 
+/// One scheduling attempt for `pod`: pick a node, assume the pod there and leave the
+/// binding to a task of its own, or mark the pod unschedulable.
 async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result<Action> {
     let spec = match pod.spec.as_ref() {
         Some(s) if s.node_name.as_deref().unwrap_or("").is_empty() => s,
@@ -155,7 +227,10 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
         .scheduler_name
         .as_deref()
         .is_none_or(|n| n.is_empty() || n == DEFAULT_SCHEDULER);
-    if !mine || pod.metadata.deletion_timestamp.is_some() {
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return Ok(Action::await_change());
+    };
+    if !mine || pod.metadata.deletion_timestamp.is_some() || lock(&state.cache).is_assumed(uid) {
         return Ok(Action::await_change());
     }
     let ready = state.nodes.wait_until_ready().await.is_ok()
@@ -168,134 +243,52 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
     if !ready {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let nodes = state.nodes.state();
-    let all_pods = state.pods.state();
-    let infos = {
-        let mut assumed = state.assumed.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget assumptions the cache has caught up with (bound there, or gone).
-        let cached: HashMap<&str, Option<&str>> = all_pods
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.metadata.uid.as_deref()?,
-                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-                ))
-            })
-            .collect();
-        assumed.retain(|uid, (node, _)| {
-            matches!(cached.get(uid.as_str()), Some(n) if *n != Some(node.as_str()))
-        });
-        filters::node_infos(&nodes, &all_pods, &assumed)
+    if !lock(&state.cache).synced() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    // Wait for a binding slot before looking at the nodes, so the pick sees the latest
+    // assumptions.
+    let Ok(permit) = state.slots.clone().acquire_owned().await else {
+        return Ok(Action::await_change());
     };
     let namespaces = state.namespaces.state();
-    let inputs = filters::Inputs {
-        infos: &infos,
-        namespaces: &namespaces,
-        default_spread: spread::default_selector(
-            &pod,
-            &state.services.state(),
-            owner_selector(&state, &pod.metadata),
-        ),
+    let default_spread = spread::default_selector(
+        &pod,
+        &state.services.state(),
+        owner_selector(&state, &pod.metadata),
+    );
+    let volumes = state.volumes.check(&pod);
+    let picked = {
+        let mut cache = lock(&state.cache);
+        let infos = cache.infos();
+        let inputs = filters::Inputs {
+            infos,
+            namespaces: &namespaces,
+            default_spread,
+        };
+        let picked = volumes
+            .map_err(|reason| volumes::unschedulable(infos.len(), &reason))
+            .and_then(|v| Ok((filters::pick_with(&pod, &inputs, &|n| v.unfit(n))?, v)));
+        picked.map(|(node, claims)| {
+            let target = cache.info(&node).map(|i| i.node.clone());
+            cache.assume(pod.clone(), &node);
+            Binding {
+                pod: pod.clone(),
+                node,
+                target,
+                claims,
+            }
+        })
     };
-    let picked = state
-        .volumes
-        .check(&pod)
-        .map_err(|reason| volumes::unschedulable(infos.len(), &reason))
-        .and_then(|v| Ok((filters::pick_with(&pod, &inputs, &|n| v.unfit(n))?, v)));
     match picked {
-        Ok((node, claims)) => {
-            if let Some(info) = infos
-                .iter()
-                .find(|i| i.node.metadata.name.as_ref() == Some(&node))
-            {
-                claims.assign(&ctx.client, &info.node).await?;
-            }
-            let name = pod.name_any();
-            let ns = pod.namespace().unwrap_or_default();
-            let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-            let binding = json!({
-                "apiVersion": "v1",
-                "kind": "Binding",
-                "metadata": {"name": name, "uid": pod.metadata.uid},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-            });
-            match api
-                .create_subresource::<_, serde_json::Value>(
-                    "binding",
-                    &name,
-                    &PostParams::default(),
-                    &binding,
-                )
-                .await
-            {
-                Ok(_) => {
-                    recorder(&ctx).record(
-                        pod.as_ref(),
-                        None,
-                        Kind::Normal,
-                        "Scheduled",
-                        &format!("Successfully assigned {ns}/{name} to {node}"),
-                    );
-                    if let Some(uid) = pod.metadata.uid.clone() {
-                        state
-                            .assumed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(uid, (node.clone(), pod.clone()));
-                    }
-                    tracing::debug!(pod = %format!("{ns}/{name}"), %node, "bound");
-                    Ok(Action::await_change())
-                }
-                // Deleted or bound meanwhile: nothing left to do.
-                Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => {
-                    Ok(Action::await_change())
-                }
-                Err(e) => Err(e.into()),
-            }
+        Ok(binding) => {
+            tokio::spawn(state.binder.clone().bind(binding, permit));
+            Ok(Action::await_change())
         }
         Err(message) => {
-            let ns = pod.namespace().unwrap_or_default();
-            let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-            let current = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
-                .and_then(|c| c.message.clone());
-            if current.as_deref() != Some(message.as_str()) {
-                recorder(&ctx).record(
-                    pod.as_ref(),
-                    None,
-                    Kind::Warning,
-                    "FailedScheduling",
-                    &message,
-                );
-                let patch = json!({"status": {"conditions": [{
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": message,
-                    "lastProbeTime": null,
-                    "lastTransitionTime": crate::api::objects::now_rfc3339(),
-                }]}});
-                match api
-                    .patch_status(
-                        &pod.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Strategic(patch),
-                    )
-                    .await
-                {
-                    Ok(_) | Err(kube::Error::Api(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            drop(permit);
+            binding::mark(&ctx.client, &pod, "Unschedulable", &message).await?;
             Ok(Action::requeue(Duration::from_secs(5)))
         }
     }
-}
-
-/// The scheduler's Events are those of `default-scheduler`, as kube-scheduler's.
-fn recorder(ctx: &Context) -> Recorder {
-    Recorder::new(ctx.client.clone(), "default-scheduler", None)
 }
