@@ -39,8 +39,11 @@ pub struct Listed {
 #[derive(Clone)]
 pub struct ListCache {
     store: Store,
-    resources: Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<Resource>>>>>>,
+    resources: Arc<Mutex<HashMap<String, Slot>>>,
 }
+
+/// A resource's cache, built once by the first list that needs it.
+type Slot = Arc<OnceCell<Arc<Resource>>>;
 
 /// One resource's objects, and the way to ask its watch task to catch up.
 struct Resource {
@@ -133,7 +136,6 @@ impl Resource {
                 key: prefix.clone().into_bytes(),
                 range_end: Some(end.clone()),
                 start_revision: 0,
-                ..Default::default()
             })
             .await?;
         let mut objects = BTreeMap::new();

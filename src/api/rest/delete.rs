@@ -227,11 +227,11 @@ pub async fn delete_collection(
     let listed = list(reg, target, opts).await?;
     let mut deleted = Vec::new();
     for item in listed.items.iter().map(|i| i.as_ref()) {
-        let Some(name) = meta_str(&item, "name") else {
+        let Some(name) = meta_str(item, "name") else {
             continue;
         };
         let t = Target {
-            namespace: meta_str(&item, "namespace").map(String::from),
+            namespace: meta_str(item, "namespace").map(String::from),
             ..target.clone()
         };
         match delete(reg, &t, name, body, dry_run).await {
