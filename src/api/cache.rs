@@ -47,8 +47,15 @@ type Slot = Arc<OnceCell<Arc<Resource>>>;
 
 /// One resource's objects, and the way to ask its watch task to catch up.
 struct Resource {
-    objects: RwLock<BTreeMap<String, Cached>>,
+    objects: RwLock<Objects>,
     sync: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+/// The objects, and the highest revision whose events have all been applied to them (at
+/// least the fill's): the state is exactly the store's at that revision.
+struct Objects {
+    map: BTreeMap<String, Cached>,
+    applied: i64,
 }
 
 /// One object and the revision of its last write.
@@ -85,10 +92,17 @@ impl ListCache {
             .entry(id.clone())
             .or_default()
             .clone();
-        let resource = cell
+        let resource = match cell
             .get_or_try_init(|| Resource::start(self.store.clone(), def.clone()))
-            .await?
-            .clone();
+            .await
+        {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                // E.g. compacted between the fill's pages: the store answers this list.
+                tracing::debug!(resource = %def.plural, error = %e.message, "list cache not filled");
+                return Ok(None);
+            }
+        };
         let revision = self.store.linearizable_revision().await?;
         let (tx, rx) = oneshot::channel();
         let caught_up = resource.sync.send(tx).is_ok() && rx.await.is_ok();
@@ -101,10 +115,13 @@ impl ListCache {
             return Ok(None);
         }
         let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
+        // The task may have applied later events since it answered: the list is then
+        // exactly at that later revision.
+        let revision = revision.max(objects.applied);
         let end = String::from_utf8_lossy(&pikube_raft::prefix_end(prefix.as_bytes())).into_owned();
         let mut items = Vec::new();
         let mut next_key = None;
-        for (key, cached) in objects.range(prefix.to_string()..end) {
+        for (key, cached) in objects.map.range(prefix.to_string()..end) {
             if !keep(&cached.object) {
                 continue;
             }
@@ -166,7 +183,10 @@ impl Resource {
         }
         let (sync, requests) = mpsc::unbounded_channel();
         let resource = Arc::new(Resource {
-            objects: RwLock::new(objects),
+            objects: RwLock::new(Objects {
+                map: objects,
+                applied: revision,
+            }),
             sync,
         });
         tokio::spawn(follow(def, Arc::downgrade(&resource), watcher, requests));
@@ -209,9 +229,10 @@ async fn follow(
         };
         let mut more = first.map(&mut take).unwrap_or(true);
         // Everything the watch already holds: for a list, every event up to the revision
-        // it read.
+        // it read. Outside tokio's cooperative budget, which would otherwise make a full
+        // channel look empty after a burst.
         while more {
-            match watcher.next().now_or_never() {
+            match tokio::task::unconstrained(watcher.next()).now_or_never() {
                 Some(ev) => more = take(ev),
                 None => break,
             }
@@ -220,12 +241,15 @@ async fn follow(
             return;
         };
         if !events.is_empty() {
-            let mut objects = res.objects.write().unwrap_or_else(|e| e.into_inner());
+            let mut guard = res.objects.write().unwrap_or_else(|e| e.into_inner());
+            let state = &mut *guard;
+            let objects = &mut state.map;
             for e in events {
+                state.applied = state.applied.max(e.kv.mod_revision);
                 let key = e.kv.key;
                 match e.kind {
                     pikube_raft::EventKind::Put => {
-                        insert(&def, &mut objects, &key, &e.kv.value, e.kv.mod_revision);
+                        insert(&def, objects, &key, &e.kv.value, e.kv.mod_revision);
                     }
                     pikube_raft::EventKind::Delete => {
                         let key = String::from_utf8_lossy(&key).into_owned();
@@ -275,9 +299,10 @@ fn insert(
                 },
             );
         }
-        // A list from the store reports the same damage; the cache leaves the key out.
+        // The cache leaves the key out (not an older version of it).
         Err(e) => {
-            tracing::warn!(%key, error = %e.message, "undecodable object left out of the list cache")
+            tracing::warn!(%key, error = %e.message, "undecodable object left out of the list cache");
+            objects.remove(&key);
         }
     }
 }

@@ -68,7 +68,10 @@ where
                     api.patch(
                         &child.name_any(),
                         &PatchParams::default(),
-                        &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+                        &Patch::Merge(json!({"metadata": {
+                            "ownerReferences": refs,
+                            "resourceVersion": child.resource_version(),
+                        }})),
                     )
                     .await?;
                 }

@@ -198,8 +198,17 @@ async fn create_batches(
     while !rest.is_empty() {
         let (now, later) = rest.split_at(batch.min(rest.len()));
         let results = futures::future::join_all(now.iter().map(|p| api.create(&pp, p))).await;
+        // Every pod that was created is noted before the first failure is returned, so
+        // expectations count all of them.
+        let mut failed = None;
         for r in results {
-            created(&r?);
+            match r {
+                Ok(p) => created(&p),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         rest = later;
         batch *= 2;

@@ -61,6 +61,12 @@ impl NodeCache {
         self.placed.get(uid).is_some_and(|p| p.assumed)
     }
 
+    /// Whether the pod of `uid` is counted on a node at all: assumed, or seen bound by the
+    /// pod cache (then a copy of it still unbound, from another watch, is stale).
+    pub fn is_placed(&self, uid: &str) -> bool {
+        self.placed.contains_key(uid)
+    }
+
     /// A node was added or changed.
     pub fn apply_node(&mut self, node: Arc<Node>) {
         let Some(name) = node.metadata.name.clone() else {
@@ -122,6 +128,10 @@ impl NodeCache {
         let Some(id) = uid(&pod).map(str::to_string) else {
             return;
         };
+        if self.placed.get(&id).is_some_and(|p| !p.assumed) {
+            // Bound already: the binding will be refused; the bound placement stays.
+            return;
+        }
         self.unplace(&id);
         self.place(id, node.to_string(), pod, true);
     }

@@ -230,7 +230,7 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>, state: Arc<State>) -> Result
     let Some(uid) = pod.metadata.uid.as_deref() else {
         return Ok(Action::await_change());
     };
-    if !mine || pod.metadata.deletion_timestamp.is_some() || lock(&state.cache).is_assumed(uid) {
+    if !mine || pod.metadata.deletion_timestamp.is_some() || lock(&state.cache).is_placed(uid) {
         return Ok(Action::await_change());
     }
     let ready = state.nodes.wait_until_ready().await.is_ok()
