@@ -216,11 +216,14 @@ pub fn beyond_history(jobs: &[Job], successful: Option<i32>, failed: Option<i32>
             .iter()
             .filter(|j| finished_condition(j).is_some_and(|c| c.type_ == kind))
             .collect();
+        // Times have whole seconds: Jobs started in the same second go by name, as in
+        // kube's byJobStartTime (not by the order a cache happens to list them in).
         done.sort_by_key(|j| {
             let start = j.status.as_ref().and_then(|s| s.start_time.as_ref());
             (
                 start.map(|t| t.0),
                 j.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                j.metadata.name.clone(),
             )
         });
         let extra = done.len().saturating_sub(limit.max(0) as usize);
@@ -594,5 +597,11 @@ mod tests {
         ];
         assert_eq!(beyond_history(&jobs, Some(1), Some(1)), ["s1", "s2", "f1"]);
         assert!(beyond_history(&jobs, None, None).is_empty());
+        // Started in the same second: by name, whatever order they are listed in.
+        let same = [
+            job("manual-2", "2024-01-01T00:05:00Z", "Complete"),
+            job("manual-1", "2024-01-01T00:05:00Z", "Complete"),
+        ];
+        assert_eq!(beyond_history(&same, Some(1), None), ["manual-1"]);
     }
 }
