@@ -18,6 +18,7 @@ pub mod pleg;
 pub mod pods;
 pub mod portforward;
 pub mod probes;
+pub mod runtime_state;
 pub mod sandbox;
 pub mod status;
 pub mod storage;
@@ -240,9 +241,11 @@ pub async fn run(
             }
         })
     };
+    let runtime = runtime_state::RuntimeState::default();
     let heartbeat = tokio::spawn(node::heartbeat(
         client.clone(),
         cri.clone(),
+        runtime.clone(),
         spec.clone(),
         cfg.data_dir.clone(),
         shutdown.clone(),
@@ -265,7 +268,7 @@ pub async fn run(
     tracing::info!(%pod_cidr, conf = %conf.display(), "pod network configured");
     // Post Ready as soon as the network is there, not at the next heartbeat.
     let report = node::Report::IfChanged;
-    if let Err(e) = node::post_status(&client, &cri, &spec, &cfg.data_dir, report).await {
+    if let Err(e) = node::post_status(&client, &cri, &runtime, &spec, &cfg.data_dir, report).await {
         tracing::debug!(error = %e, "cannot post node status");
     }
 

@@ -12,9 +12,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use pikube_runtime::cri::{v1 as cri, Cri};
+use pikube_runtime::cri::Cri;
 use serde_json::{json, Value};
 
+use super::runtime_state::{Report as RuntimeReport, RuntimeState};
 use super::Error;
 
 /// How often the Lease is renewed and the status looked at (posted if it changed).
@@ -209,36 +210,6 @@ pub async fn register(client: &Client, spec: &NodeSpec) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// The runtime's readiness as kubelet reports it: None when ready, else the message.
-pub async fn runtime_problem(cri: &Cri) -> Option<String> {
-    let status = match cri
-        .runtime()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-    {
-        Ok(s) => s.into_inner().status.unwrap_or_default(),
-        Err(e) => return Some(format!("container runtime is down: {}", e.message())),
-    };
-    let mut problems = Vec::new();
-    for kind in ["RuntimeReady", "NetworkReady"] {
-        match status.conditions.iter().find(|c| c.r#type == kind) {
-            Some(c) if c.status => {}
-            Some(c) => problems.push(format!(
-                "container runtime {} not ready: {kind}=false reason:{} message:{}",
-                if kind == "NetworkReady" {
-                    "network"
-                } else {
-                    "status"
-                },
-                c.reason,
-                c.message
-            )),
-            None => problems.push(format!("container runtime did not report {kind}")),
-        }
-    }
-    (!problems.is_empty()).then(|| problems.join(", "))
 }
 
 fn condition(kind: &str, is_true: bool, reason: &str, message: &str) -> Value {
@@ -453,6 +424,7 @@ pub enum Report {
 pub async fn post_status(
     client: &Client,
     cri: &Cri,
+    runtime: &RuntimeState,
     spec: &NodeSpec,
     data_dir: &std::path::Path,
     report: Report,
@@ -462,18 +434,7 @@ pub async fn post_status(
     if old.is_none() {
         register(client, spec).await?;
     }
-    let version = cri
-        .runtime()
-        .version(cri::VersionRequest {
-            version: "v1".into(),
-        })
-        .await
-        .map(|v| {
-            let v = v.into_inner();
-            format!("{}://{}", v.runtime_name, v.runtime_version)
-        })
-        .unwrap_or_default();
-    let problem = runtime_problem(cri).await;
+    let RuntimeReport { version, problem } = runtime.check(cri).await;
     let (spec_now, data_dir, before) = (spec.clone(), data_dir.to_path_buf(), old.clone());
     // /proc and statvfs reads: off the runtime threads.
     let body = tokio::task::spawn_blocking(move || {
@@ -501,6 +462,7 @@ pub async fn post_status(
 pub async fn heartbeat(
     client: Client,
     cri: Cri,
+    runtime: RuntimeState,
     spec: NodeSpec,
     data_dir: std::path::PathBuf,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -511,7 +473,7 @@ pub async fn heartbeat(
             Some(t) if t.elapsed() < STATUS_REPORT_EVERY => Report::IfChanged,
             _ => Report::Always,
         };
-        match post_status(&client, &cri, &spec, &data_dir, report).await {
+        match post_status(&client, &cri, &runtime, &spec, &data_dir, report).await {
             Ok(true) => last_report = Some(tokio::time::Instant::now()),
             Ok(false) => {}
             Err(e) => tracing::warn!(node = %spec.name, error = %e, "cannot post node status"),

@@ -383,8 +383,13 @@ impl Server {
         p
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL).
+    /// Stops the server (SIGTERM, then SIGKILL). A server already stopped (and reaped)
+    /// is left alone: its pid may belong to another test's process by now.
     pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // Not reaped yet, so the pid is still this child's (a zombie at worst).
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
