@@ -9,14 +9,20 @@
 //! reports that revision as current), and answers at R. A cache whose watch ended (lagged
 //! or shut down) is dropped; that list is served from the store and the next one builds a
 //! new cache.
+//!
+//! Watches are served from the same objects (kube-apiserver's cacher): each applied write
+//! becomes one shared [`Change`] (decoded once, its JSON written once) broadcast to the
+//! resource's watches, and the last [`RECENT`] changes are kept for watches that start at
+//! a recent revision. A watch further back is served by the store.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use pikube_raft::{RangeRequest, Store, WatchRequest};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{broadcast, mpsc, oneshot, OnceCell};
 
 use super::objects::read_stored;
 use super::resources::Def;
@@ -24,6 +30,53 @@ use super::status::ApiError;
 
 /// Objects read per store request while a cache is filled.
 const FILL_PAGE: usize = 500;
+
+/// Changes kept per resource for watches that start at a past revision (kube-apiserver
+/// keeps such a window in its watch cache too).
+pub const RECENT: usize = 1024;
+
+/// Changes a watch may fall behind by before it is closed; its client then watches again
+/// from the last revision it saw.
+const WATCH_BUFFER: usize = 4096;
+
+/// One applied write of a resource, shared by all its watches.
+pub struct Change {
+    /// The write's revision.
+    pub revision: i64,
+    /// The object's store key.
+    pub key: String,
+    /// A delete (else a create or update).
+    pub deleted: bool,
+    /// The object after the write; for a delete, its last state with the delete's
+    /// resourceVersion, as watches report it.
+    pub object: Arc<Value>,
+    /// The object before the write.
+    pub prev: Option<Arc<Value>>,
+    /// `object` as JSON, written by the first watch that sends it.
+    json: OnceLock<Bytes>,
+}
+
+impl Change {
+    /// `object` as JSON, written once for all watches.
+    pub fn object_json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            Bytes::from(serde_json::to_vec(self.object.as_ref()).unwrap_or_default())
+        })
+    }
+}
+
+/// A watch served from the cache: what it sends first, then the changes after
+/// `revision`.
+pub struct Subscription {
+    /// The current objects, for a watch that starts with them (else empty).
+    pub initial: Vec<Arc<Value>>,
+    /// Only changes after this revision are the watch's.
+    pub revision: i64,
+    /// Kept changes after `revision`, in order.
+    pub recent: Vec<Arc<Change>>,
+    /// The changes still to come.
+    pub live: broadcast::Receiver<Arc<Change>>,
+}
 
 /// What a list from the cache found.
 pub struct Listed {
@@ -56,6 +109,13 @@ struct Resource {
 struct Objects {
     map: BTreeMap<String, Cached>,
     applied: i64,
+    /// The revision the fill read at: changes are published only after it.
+    filled_at: i64,
+    /// The last changes; every change after `recent_from` is among them.
+    recent: VecDeque<Arc<Change>>,
+    recent_from: i64,
+    /// The watches' feed; None once the store watch ended.
+    feed: Option<broadcast::Sender<Arc<Change>>>,
 }
 
 /// One object and the revision of its last write.
@@ -84,6 +144,81 @@ impl ListCache {
         limit: usize,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Option<Listed>, ApiError> {
+        let Some((resource, revision)) = self.current(def).await? else {
+            return Ok(None);
+        };
+        let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
+        // The task may have applied later events since it answered: the list is then
+        // exactly at that later revision.
+        let revision = revision.max(objects.applied);
+        let (items, next_key) = objects.select(prefix, limit, keep);
+        Ok(Some(Listed {
+            items,
+            revision,
+            next_key,
+        }))
+    }
+
+    /// A watch of `def` that starts with the objects under `prefix` that `keep`
+    /// accepts, consistent as [`ListCache::list`], then follows their changes. None when
+    /// the cache cannot serve it.
+    pub async fn watch_current(
+        &self,
+        def: &Def,
+        prefix: &str,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<Option<Subscription>, ApiError> {
+        let Some((resource, revision)) = self.current(def).await? else {
+            return Ok(None);
+        };
+        let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
+        let Some(feed) = &objects.feed else {
+            return Ok(None);
+        };
+        let (initial, _) = objects.select(prefix, 0, keep);
+        Ok(Some(Subscription {
+            initial,
+            revision: revision.max(objects.applied),
+            recent: Vec::new(),
+            live: feed.subscribe(),
+        }))
+    }
+
+    /// A watch of `def`'s changes after `revision`. None when the cache cannot serve it
+    /// (that revision is older than its kept changes, or its watch ended): the store
+    /// then does.
+    pub async fn watch_from(
+        &self,
+        def: &Def,
+        revision: i64,
+    ) -> Result<Option<Subscription>, ApiError> {
+        let Some((id, cell, resource)) = self.resource(def).await else {
+            return Ok(None);
+        };
+        let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
+        let Some(feed) = &objects.feed else {
+            drop(objects);
+            self.forget(&id, &cell);
+            return Ok(None);
+        };
+        if revision < objects.recent_from {
+            return Ok(None);
+        }
+        Ok(Some(Subscription {
+            initial: Vec::new(),
+            revision,
+            recent: objects
+                .recent
+                .iter()
+                .filter(|c| c.revision > revision)
+                .cloned()
+                .collect(),
+            live: feed.subscribe(),
+        }))
+    }
+
+    /// The cache of `def`, built (filled) on first use; None when it cannot be filled.
+    async fn resource(&self, def: &Def) -> Option<(String, Slot, Arc<Resource>)> {
         let id = format!("{}|{}", def.storage_prefix(), def.api_version());
         let cell = self
             .resources
@@ -92,50 +227,115 @@ impl ListCache {
             .entry(id.clone())
             .or_default()
             .clone();
-        let resource = match cell
+        match cell
             .get_or_try_init(|| Resource::start(self.store.clone(), def.clone()))
             .await
         {
-            Ok(r) => r.clone(),
-            Err(e) => {
-                // E.g. compacted between the fill's pages: the store answers this list.
-                tracing::debug!(resource = %def.plural, error = %e.message, "list cache not filled");
-                return Ok(None);
+            Ok(r) => {
+                let r = r.clone();
+                Some((id, cell, r))
             }
+            Err(e) => {
+                // E.g. compacted between the fill's pages: the store answers instead.
+                tracing::debug!(resource = %def.plural, error = %e.message, "list cache not filled");
+                None
+            }
+        }
+    }
+
+    /// The cache of `def` caught up with every write acknowledged before the call, and
+    /// the store's revision then; None when the cache cannot answer.
+    async fn current(&self, def: &Def) -> Result<Option<(Arc<Resource>, i64)>, ApiError> {
+        let Some((id, cell, resource)) = self.resource(def).await else {
+            return Ok(None);
         };
         let revision = self.store.linearizable_revision().await?;
         let (tx, rx) = oneshot::channel();
         let caught_up = resource.sync.send(tx).is_ok() && rx.await.is_ok();
         if !caught_up {
-            // The watch ended: forget this cache so the next list builds a new one.
-            let mut all = self.resources.lock().unwrap_or_else(|e| e.into_inner());
-            if all.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                all.remove(&id);
-            }
+            self.forget(&id, &cell);
             return Ok(None);
         }
-        let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
-        // The task may have applied later events since it answered: the list is then
-        // exactly at that later revision.
-        let revision = revision.max(objects.applied);
+        Ok(Some((resource, revision)))
+    }
+
+    /// Forgets a cache whose watch ended, so that the next use builds a new one.
+    fn forget(&self, id: &str, cell: &Slot) {
+        let mut all = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+        if all.get(id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            all.remove(id);
+        }
+    }
+}
+
+impl Objects {
+    /// The objects under `prefix` that `keep` accepts, at most `limit` (0 = all), and the
+    /// key of the next one when `limit` cut them short.
+    fn select(
+        &self,
+        prefix: &str,
+        limit: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> (Vec<Arc<Value>>, Option<String>) {
         let end = String::from_utf8_lossy(&pikube_raft::prefix_end(prefix.as_bytes())).into_owned();
         let mut items = Vec::new();
-        let mut next_key = None;
-        for (key, cached) in objects.map.range(prefix.to_string()..end) {
+        for (key, cached) in self.map.range(prefix.to_string()..end) {
             if !keep(&cached.object) {
                 continue;
             }
             if limit > 0 && items.len() == limit {
-                next_key = Some(key.clone());
-                break;
+                return (items, Some(key.clone()));
             }
             items.push(cached.object.clone());
         }
-        Ok(Some(Listed {
-            items,
+        (items, None)
+    }
+
+    /// Applies one store event; publishes it to the watches when it is after the fill.
+    fn apply(&mut self, def: &Def, e: pikube_raft::types::Event) {
+        let revision = e.kv.mod_revision;
+        self.applied = self.applied.max(revision);
+        let key = String::from_utf8_lossy(&e.kv.key).into_owned();
+        let prev = self.map.get(&key).map(|c| (c.mod_revision, c.object.clone()));
+        if prev.as_ref().is_some_and(|(r, _)| *r >= revision) {
+            return;
+        }
+        let prev = prev.map(|(_, o)| o);
+        let change = match e.kind {
+            pikube_raft::EventKind::Put => {
+                let object = insert(def, &mut self.map, key.clone(), &e.kv.value, revision);
+                object.map(|object| (false, object))
+            }
+            pikube_raft::EventKind::Delete => {
+                self.map.remove(&key);
+                prev.as_ref().map(|last| {
+                    let mut gone = Value::clone(last);
+                    super::objects::meta(&mut gone)
+                        .insert("resourceVersion".into(), revision.to_string().into());
+                    (true, Arc::new(gone))
+                })
+            }
+        };
+        let Some((deleted, object)) = change.filter(|_| revision > self.filled_at) else {
+            return;
+        };
+        let change = Arc::new(Change {
             revision,
-            next_key,
-        }))
+            key,
+            deleted,
+            object,
+            prev,
+            json: OnceLock::new(),
+        });
+        if let Some(feed) = &self.feed {
+            let _ = feed.send(change.clone());
+        }
+        self.recent.push_back(change);
+        if self.recent.len() > RECENT {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_from = old.revision;
+            }
+        }
     }
 }
 
@@ -171,7 +371,8 @@ impl Resource {
             revision = resp.revision;
             let last = resp.kvs.last().map(|kv| kv.key.clone());
             for kv in resp.kvs {
-                insert(&def, &mut objects, &kv.key, &kv.value, kv.mod_revision);
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                insert(&def, &mut objects, key, &kv.value, kv.mod_revision);
             }
             match last.filter(|_| resp.more) {
                 Some(mut k) => {
@@ -186,6 +387,10 @@ impl Resource {
             objects: RwLock::new(Objects {
                 map: objects,
                 applied: revision,
+                filled_at: revision,
+                recent: VecDeque::new(),
+                recent_from: revision,
+                feed: Some(broadcast::channel(WATCH_BUFFER).0),
             }),
             sync,
         });
@@ -240,27 +445,14 @@ async fn follow(
         let Some(res) = resource.upgrade() else {
             return;
         };
-        if !events.is_empty() {
-            let mut guard = res.objects.write().unwrap_or_else(|e| e.into_inner());
-            let state = &mut *guard;
-            let objects = &mut state.map;
+        {
+            let mut state = res.objects.write().unwrap_or_else(|e| e.into_inner());
             for e in events {
-                state.applied = state.applied.max(e.kv.mod_revision);
-                let key = e.kv.key;
-                match e.kind {
-                    pikube_raft::EventKind::Put => {
-                        insert(&def, objects, &key, &e.kv.value, e.kv.mod_revision);
-                    }
-                    pikube_raft::EventKind::Delete => {
-                        let key = String::from_utf8_lossy(&key).into_owned();
-                        if objects
-                            .get(&key)
-                            .is_some_and(|c| c.mod_revision < e.kv.mod_revision)
-                        {
-                            objects.remove(&key);
-                        }
-                    }
-                }
+                state.apply(&def, e);
+            }
+            if ended {
+                // Watches end with it; their clients watch again.
+                state.feed = None;
             }
         }
         if ended {
@@ -274,35 +466,38 @@ async fn follow(
     }
 }
 
-/// Stores one object version unless the cache already has this or a later one.
+/// Stores one object version unless the cache already has this or a later one; returns
+/// the stored object.
 fn insert(
     def: &Def,
     objects: &mut BTreeMap<String, Cached>,
-    key: &[u8],
+    key: String,
     value: &[u8],
     mod_revision: i64,
-) {
-    let key = String::from_utf8_lossy(key).into_owned();
+) -> Option<Arc<Value>> {
     if objects
         .get(&key)
         .is_some_and(|c| c.mod_revision >= mod_revision)
     {
-        return;
+        return None;
     }
     match read_stored(def, value, mod_revision) {
         Ok(object) => {
+            let object = Arc::new(object);
             objects.insert(
                 key,
                 Cached {
                     mod_revision,
-                    object: Arc::new(object),
+                    object: object.clone(),
                 },
             );
+            Some(object)
         }
         // The cache leaves the key out (not an older version of it).
         Err(e) => {
             tracing::warn!(%key, error = %e.message, "undecodable object left out of the list cache");
             objects.remove(&key);
+            None
         }
     }
 }
@@ -407,6 +602,118 @@ mod tests {
                 .iter()
                 .any(|n| n.starts_with('c'))
         );
+        test.shutdown().await;
+    }
+
+    /// The events of `stream` until `n` arrived, as (type, name, resourceVersion).
+    async fn take_events(
+        stream: impl futures::Stream<Item = kube::Result<kube::api::WatchEvent<ConfigMap>>>,
+        n: usize,
+    ) -> Vec<(&'static str, String, String)> {
+        use futures::StreamExt;
+        use kube::api::WatchEvent;
+        let mut stream = Box::pin(stream);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+                .await
+                .expect("an event in time")
+                .expect("the watch goes on")
+                .expect("an event");
+            let (kind, cm) = match ev {
+                WatchEvent::Added(c) => ("ADDED", c),
+                WatchEvent::Modified(c) => ("MODIFIED", c),
+                WatchEvent::Deleted(c) => ("DELETED", c),
+                WatchEvent::Bookmark(_) => continue,
+                WatchEvent::Error(e) => panic!("watch error {e:?}"),
+            };
+            out.push((kind, cm.name_any(), cm.resource_version().unwrap_or_default()));
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watches_follow_the_cache_from_a_recent_revision_with_selectors() {
+        use kube::api::{Patch, PatchParams, WatchParams};
+        let test = crate::controllers::client::TestApi::start().await;
+        let client = test.client("admin");
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let start = cms
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("rv");
+        let all = cms
+            .watch(&WatchParams::default(), &start)
+            .await
+            .expect("watch");
+        let kept = cms
+            .watch(&WatchParams::default().labels("n=keep"), &start)
+            .await
+            .expect("watch by label");
+        let pp = PostParams::default();
+        let c1 = cms.create(&pp, &cm("c1", "keep")).await.expect("create");
+        let relabelled = cms
+            .patch(
+                "c1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"n": "drop"}}})),
+            )
+            .await
+            .expect("patch");
+        cms.delete("c1", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let gone = cms
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("rv");
+        let rv = |c: &ConfigMap| c.resource_version().unwrap_or_default();
+        let expected = vec![
+            ("ADDED", "c1".to_string(), rv(&c1)),
+            ("MODIFIED", "c1".to_string(), rv(&relabelled)),
+            ("DELETED", "c1".to_string(), gone.clone()),
+        ];
+        assert_eq!(take_events(all, 3).await, expected);
+        // With a selector: leaving it is a DELETED, the real delete is not seen.
+        assert_eq!(
+            take_events(kept, 2).await,
+            vec![
+                ("ADDED", "c1".to_string(), rv(&c1)),
+                ("DELETED", "c1".to_string(), rv(&relabelled)),
+            ]
+        );
+        // A watch that starts after the fact gets the kept changes.
+        let late = cms
+            .watch(&WatchParams::default(), &start)
+            .await
+            .expect("late watch");
+        assert_eq!(take_events(late, 3).await, expected);
+
+        // Past the kept window the cache declines and the store serves the watch.
+        let def = crate::api::resources::lookup("", "v1", "configmaps").expect("def");
+        let cache = &test.api.registry().cache;
+        let from: i64 = start.parse().expect("rv");
+        assert!(cache.watch_from(&def, from).await.expect("watch").is_some());
+        for i in 0..=super::RECENT {
+            cms.create(&pp, &cm(&format!("w{i:04}"), "x"))
+                .await
+                .expect("create");
+        }
+        cms.list(&ListParams::default().limit(1))
+            .await
+            .expect("list");
+        assert!(cache.watch_from(&def, from).await.expect("watch").is_none());
+        let old = cms
+            .watch(&WatchParams::default(), &start)
+            .await
+            .expect("watch from the store");
+        assert_eq!(take_events(old, 3).await, expected);
         test.shutdown().await;
     }
 }

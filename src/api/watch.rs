@@ -1,16 +1,21 @@
 //! Watch: a newline-delimited stream of `{"type", "object"}` events, as client-go's
 //! reflector and `kubectl get -w` read it.
 //!
-//! Each watch follows the store from the requested revision; a revision that was
-//! compacted gives one ERROR event with a 410 Expired Status, after which clients relist.
+//! A watch of a built-in resource is served by the list cache (one decode and one JSON
+//! encoding per write, shared by all watches); one that starts further back than the
+//! cache's kept changes, or of a custom resource, follows the store from the requested
+//! revision. A revision that was compacted gives one ERROR event with a 410 Expired
+//! Status, after which clients relist.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use pikube_raft::{EventKind, WatchRequest};
 use serde_json::{json, Value};
 
+use super::cache::{Change, Subscription};
 use super::objects::read_stored;
 use super::resources::Def;
 use super::rest::{self, ListOptions, Registry, Target};
@@ -49,6 +54,21 @@ impl Encoding {
             None => line(kind, object),
         }
     }
+
+    /// The event for a cached change: its shared JSON when no Table is wanted.
+    fn change_event(&self, kind: &str, change: &Change) -> Bytes {
+        if self.table.is_some() {
+            return self.event(kind, &change.object);
+        }
+        let object = change.object_json();
+        let mut out = Vec::with_capacity(object.len() + kind.len() + 24);
+        out.extend_from_slice(b"{\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"object\":");
+        out.extend_from_slice(object);
+        out.extend_from_slice(b"}\n");
+        Bytes::from(out)
+    }
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -82,70 +102,50 @@ pub async fn watch(
         def: target.def.clone(),
         table: params.table,
     };
+    let opts = params.opts;
+    let prefix = target.collection_prefix();
+    let cached = match (target.def.custom.is_none(), params.resource_version.as_str()) {
+        (false, _) => None,
+        (true, "" | "0") => {
+            reg.cache
+                .watch_current(&target.def, &prefix, |o| opts.matches(o))
+                .await?
+        }
+        (true, rv) => {
+            reg.cache
+                .watch_from(&target.def, super::objects::parse_rv(rv)?)
+                .await?
+        }
+    };
     let mut initial: Vec<Bytes> = Vec::new();
-    let from = match params.resource_version.as_str() {
-        "" | "0" => {
-            let listed = rest::list(
-                &reg,
-                &target,
-                &ListOptions {
-                    limit: 0,
-                    continue_token: None,
-                    ..params.opts.clone()
-                },
-            )
-            .await?;
-            for item in &listed.items {
+    let events = match cached {
+        Some(sub) => {
+            for item in &sub.initial {
                 initial.push(enc.event("ADDED", item));
             }
-            listed.revision()? + 1
+            cached_events(sub, prefix, opts, enc)
         }
-        rv => super::objects::parse_rv(rv)? + 1,
-    };
-    let prefix = match (&target.namespace, target.def.namespaced) {
-        (Some(ns), true) => format!("{}{ns}/", target.def.storage_prefix()),
-        _ => target.def.storage_prefix(),
-    };
-    let single = target.name.clone();
-    let opts = params.opts;
-    let watcher = store
-        .watch(WatchRequest::prefix(prefix.clone().into_bytes(), from))
-        .await;
-    let events: futures::stream::BoxStream<'static, Bytes> = match watcher {
-        Err(pikube_raft::Error::Compacted { .. }) => {
-            let status = ApiError::gone(format!(
-                "too old resource version: {} ({})",
-                from - 1,
-                store.compacted_revision() + 1
-            ));
-            futures::stream::iter(vec![line("ERROR", &status.to_status())]).boxed()
-        }
-        Err(e) => return Err(e.into()),
-        Ok(w) => {
-            let name_key = single.map(|n| format!("{prefix}{n}"));
-            w.filter_map(move |ev| {
-                let out = match ev {
-                    Err(e) => {
-                        let status = match e {
-                            pikube_raft::Error::Compacted { .. } => ApiError::gone(e.to_string()),
-                            other => ApiError::from(other),
-                        };
-                        Some(line("ERROR", &status.to_status()))
+        None => {
+            let from = match params.resource_version.as_str() {
+                "" | "0" => {
+                    let listed = rest::list(
+                        &reg,
+                        &target,
+                        &ListOptions {
+                            limit: 0,
+                            continue_token: None,
+                            ..opts.clone()
+                        },
+                    )
+                    .await?;
+                    for item in &listed.items {
+                        initial.push(enc.event("ADDED", item));
                     }
-                    Ok(ev) => {
-                        if name_key
-                            .as_deref()
-                            .is_some_and(|k| k.as_bytes() != ev.kv.key.as_slice())
-                        {
-                            None
-                        } else {
-                            translate(&ev, &opts, &enc)
-                        }
-                    }
-                };
-                futures::future::ready(out)
-            })
-            .boxed()
+                    listed.revision()? + 1
+                }
+                rv => super::objects::parse_rv(rv)? + 1,
+            };
+            stored_events(&store, prefix, from, opts, enc).await?
         }
     };
     let timeout = params.timeout.unwrap_or(DEFAULT_TIMEOUT);
@@ -168,6 +168,93 @@ pub async fn watch(
         .take_until(tokio::time::sleep(timeout))
         .map(Ok);
     Ok(stream)
+}
+
+/// The events of a watch served by the list cache: its kept changes, then the live
+/// ones. It ends when the cache's watch does or it falls too far behind; its client then
+/// watches again from the last revision it saw.
+fn cached_events(
+    sub: Subscription,
+    prefix: String,
+    opts: ListOptions,
+    enc: Encoding,
+) -> BoxStream<'static, Bytes> {
+    let after = sub.revision;
+    let live = futures::stream::unfold(sub.live, |mut rx| async move {
+        match rx.recv().await {
+            Ok(change) => Some((change, rx)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cached watch closed");
+                None
+            }
+        }
+    });
+    futures::stream::iter(sub.recent)
+        .chain(live)
+        .filter_map(move |change| {
+            let out = (change.revision > after && change.key.starts_with(&prefix))
+                .then(|| translate_change(&change, &opts, &enc))
+                .flatten();
+            futures::future::ready(out)
+        })
+        .boxed()
+}
+
+/// A cached change as a watch event for a client with selectors, as [`translate`].
+fn translate_change(change: &Change, opts: &ListOptions, enc: &Encoding) -> Option<Bytes> {
+    if change.deleted {
+        return opts
+            .matches(&change.object)
+            .then(|| enc.change_event("DELETED", change));
+    }
+    let now = opts.matches(&change.object);
+    let before = change.prev.as_deref().is_some_and(|p| opts.matches(p));
+    let kind = match (before, now) {
+        (false, true) => "ADDED",
+        (true, true) => "MODIFIED",
+        (true, false) => "DELETED",
+        (false, false) => return None,
+    };
+    Some(enc.change_event(kind, change))
+}
+
+/// The events of a watch that follows the store from revision `from`.
+async fn stored_events(
+    store: &pikube_raft::Store,
+    prefix: String,
+    from: i64,
+    opts: ListOptions,
+    enc: Encoding,
+) -> Result<BoxStream<'static, Bytes>, ApiError> {
+    let watcher = store
+        .watch(WatchRequest::prefix(prefix.into_bytes(), from))
+        .await;
+    Ok(match watcher {
+        Err(pikube_raft::Error::Compacted { .. }) => {
+            let status = ApiError::gone(format!(
+                "too old resource version: {} ({})",
+                from - 1,
+                store.compacted_revision() + 1
+            ));
+            futures::stream::iter(vec![line("ERROR", &status.to_status())]).boxed()
+        }
+        Err(e) => return Err(e.into()),
+        Ok(w) => w
+            .filter_map(move |ev| {
+                let out = match ev {
+                    Err(e) => {
+                        let status = match e {
+                            pikube_raft::Error::Compacted { .. } => ApiError::gone(e.to_string()),
+                            other => ApiError::from(other),
+                        };
+                        Some(line("ERROR", &status.to_status()))
+                    }
+                    Ok(ev) => translate(&ev, &opts, &enc),
+                };
+                futures::future::ready(out)
+            })
+            .boxed(),
+    })
 }
 
 /// Turns a store event into a watch event for a client with selectors: an object that

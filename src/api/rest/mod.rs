@@ -48,7 +48,8 @@ impl Target {
         self.def.storage_key(self.namespace.as_deref(), name)
     }
 
-    fn collection_prefix(&self) -> String {
+    /// The store prefix of the objects a list or watch of this target covers.
+    pub fn collection_prefix(&self) -> String {
         match (&self.namespace, self.def.namespaced) {
             (Some(ns), true) => format!("{}{ns}/", self.def.storage_prefix()),
             _ => self.def.storage_prefix(),
