@@ -185,8 +185,8 @@ impl ListCache {
     }
 
     /// A watch of `def`'s changes after `revision`. None when the cache cannot serve it
-    /// (that revision is older than its kept changes, or its watch ended): the store
-    /// then does.
+    /// (that revision is older than its kept changes or compacted, or its watch ended):
+    /// the store then does.
     pub async fn watch_from(
         &self,
         def: &Def,
@@ -201,7 +201,9 @@ impl ListCache {
             self.forget(&id, &cell);
             return Ok(None);
         };
-        if revision < objects.recent_from {
+        // A compacted revision is as gone for the cache as for the store (410 for the
+        // client), whatever the cache still holds.
+        if revision < objects.recent_from || revision < self.store.compacted_revision() {
             return Ok(None);
         }
         Ok(Some(Subscription {
