@@ -298,7 +298,10 @@ impl Objects {
         let revision = e.kv.mod_revision;
         self.applied = self.applied.max(revision);
         let key = String::from_utf8_lossy(&e.kv.key).into_owned();
-        let prev = self.map.get(&key).map(|c| (c.mod_revision, c.object.clone()));
+        let prev = self
+            .map
+            .get(&key)
+            .map(|c| (c.mod_revision, c.object.clone()));
         if prev.as_ref().is_some_and(|(r, _)| *r >= revision) {
             return;
         }
@@ -629,7 +632,11 @@ mod tests {
                 WatchEvent::Bookmark(_) => continue,
                 WatchEvent::Error(e) => panic!("watch error {e:?}"),
             };
-            out.push((kind, cm.name_any(), cm.resource_version().unwrap_or_default()));
+            out.push((
+                kind,
+                cm.name_any(),
+                cm.resource_version().unwrap_or_default(),
+            ));
         }
         out
     }

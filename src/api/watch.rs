@@ -104,7 +104,10 @@ pub async fn watch(
     };
     let opts = params.opts;
     let prefix = target.collection_prefix();
-    let cached = match (target.def.custom.is_none(), params.resource_version.as_str()) {
+    let cached = match (
+        target.def.custom.is_none(),
+        params.resource_version.as_str(),
+    ) {
         (false, _) => None,
         (true, "" | "0") => {
             reg.cache

@@ -6,6 +6,7 @@
 //! eligible go; RollingUpdate (maxUnavailable, maxSurge) or OnDelete replace pods of
 //! older templates; the template history is kept as ControllerRevisions.
 
+use crate::controllers::owner_index::Feed;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -30,10 +31,15 @@ use crate::watch_filter;
 
 /// Runs the controller until `shutdown`; a Node change that can change where daemons
 /// run (see [`placement`]) reconciles every DaemonSet, heartbeats do not.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Pods come from the controllers' shared pod watch (`pod_events`).
+pub async fn run(
+    ctx: Arc<Context>,
+    pod_events: Feed<Pod>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watch_config())
-        .owns(Api::<Pod>::all(client.clone()), watch_config())
+        .owns_stream(pod_events)
         .owns(
             Api::<ControllerRevision>::all(client.clone()),
             watch_config(),

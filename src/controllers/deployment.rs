@@ -3,6 +3,7 @@
 //! Recreate, with the revision history and status conditions that `kubectl rollout`
 //! reads.
 
+use crate::controllers::owner_index::Feed;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -31,14 +32,18 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 
-/// Runs the controller until `shutdown`. Pods come from a reflector indexed by their
-/// ReplicaSet, so a reconcile counts them without listing; a pod's change brings its
-/// Deployment back (found by name: `<deployment>-<pod-template-hash>` owns the pod).
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until `shutdown`. Pods come from the shared reflector indexed by
+/// their ReplicaSet (`pod_cache`, fed by `pod_events`), so a reconcile counts them
+/// without listing; a pod's change brings its Deployment back (found by name:
+/// `<deployment>-<pod-template-hash>` owns the pod).
+pub async fn run(
+    ctx: Arc<Context>,
+    pod_cache: OwnerIndex<Pod>,
+    pod_events: Feed<Pod>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let deploys = Api::<Deployment>::all(ctx.client.clone());
     let rs = Api::<ReplicaSet>::all(ctx.client.clone());
-    let (pod_cache, pod_events) =
-        OwnerIndex::new(Api::<Pod>::all(ctx.client.clone()), watch_config());
     let controller = Controller::new(deploys, watch_config())
         .owns(rs, watch_config())
         .watches_stream(pod_events, |p: Pod| deployment_of(&p));

@@ -2,6 +2,7 @@
 //! IPs and resolved target ports of its pods, ready ones as addresses and the others as
 //! not-ready addresses (or not-ready endpoints in slices).
 
+use crate::controllers::owner_index::Feed;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -31,16 +32,20 @@ const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 const MAX_PER_SLICE: usize = 100;
 
-/// Runs the controller until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until `shutdown`; pods come from the controllers' shared pod
+/// watch (`pod_events`).
+pub async fn run(
+    ctx: Arc<Context>,
+    pod_events: Feed<Pod>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let services = Api::<Service>::all(ctx.client.clone());
-    let pods = Api::<Pod>::all(ctx.client.clone());
     let endpoints = Api::<Endpoints>::all(ctx.client.clone());
     let controller = Controller::new(services, watch_config());
     let store = controller.store();
     let by_pod = store.clone();
     let controller = controller
-        .watches(pods, watch_config(), move |pod: Pod| {
+        .watches_stream(pod_events, move |pod: Pod| {
             let ns = pod.namespace();
             let labels = pod.labels().clone();
             by_pod

@@ -6,6 +6,7 @@
 //! and `kubectl wait --for=condition=complete` read. What one sync does is computed in
 //! [`super::job_status`]; this module does the I/O.
 
+use crate::controllers::owner_index::Feed;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -27,11 +28,15 @@ pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 /// Label naming a pod's Job.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
-/// Runs the controller until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until `shutdown`; pods come from the controllers' shared pod
+/// watch (`pod_events`).
+pub async fn run(
+    ctx: Arc<Context>,
+    pod_events: Feed<Pod>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let jobs = Api::<Job>::all(ctx.client.clone());
-    let pods = Api::<Pod>::all(ctx.client.clone());
-    let controller = Controller::new(jobs, watch_config()).owns(pods, watch_config());
+    let controller = Controller::new(jobs, watch_config()).owns_stream(pod_events);
     super::run("job", controller, reconcile, ctx, shutdown).await;
 }
 

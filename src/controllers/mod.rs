@@ -209,14 +209,21 @@ pub fn start(
         }
     };
     let mut set = tokio::task::JoinSet::new();
+    // One pod watch and owner index for every controller that follows pods.
+    let (pods, pod_events) = owner_index::OwnerIndex::new(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(ctx.client.clone()),
+        watch_config(),
+    );
+    let [rs_pods, deploy_pods, ds_pods, sts_pods, ep_pods, job_pods] =
+        owner_index::fan_out(pod_events);
     set.spawn(serviceaccount::run(ctx.clone(), stop()));
-    set.spawn(replicaset::run(ctx.clone(), stop()));
-    set.spawn(deployment::run(ctx.clone(), stop()));
-    set.spawn(daemonset::run(ctx.clone(), stop()));
-    set.spawn(statefulset::run(ctx.clone(), stop()));
-    set.spawn(endpoints::run(ctx.clone(), stop()));
+    set.spawn(replicaset::run(ctx.clone(), pods.clone(), rs_pods, stop()));
+    set.spawn(deployment::run(ctx.clone(), pods, deploy_pods, stop()));
+    set.spawn(daemonset::run(ctx.clone(), ds_pods, stop()));
+    set.spawn(statefulset::run(ctx.clone(), sts_pods, stop()));
+    set.spawn(endpoints::run(ctx.clone(), ep_pods, stop()));
     set.spawn(servicelb::run(ctx.clone(), stop()));
-    set.spawn(job::run(ctx.clone(), stop()));
+    set.spawn(job::run(ctx.clone(), job_pods, stop()));
     set.spawn(job::run_orphans(ctx.clone(), stop()));
     set.spawn(cronjob::run(ctx.clone(), stop()));
     set.spawn(eventttl::run(ctx.clone(), stop()));

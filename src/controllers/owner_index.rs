@@ -138,6 +138,50 @@ where
     }
 }
 
+/// One subscriber's copy of a shared stream of touched objects, as a controller's
+/// `owns_stream`/`watches_stream` takes it.
+pub type Feed<C> = futures::stream::Map<
+    tokio_stream::wrappers::UnboundedReceiverStream<C>,
+    fn(C) -> Result<C, watcher::Error>,
+>;
+
+/// Hands every object of `stream` to `N` subscribers, so that controllers interested in
+/// the same kind share one watch (and one decode of each event) instead of each running
+/// its own, as client-go's shared informers do. Watch errors are logged here (the
+/// watcher retries by itself); it ends when every subscriber is gone.
+pub fn fan_out<C, const N: usize>(
+    stream: impl Stream<Item = Result<C, watcher::Error>> + Send + 'static,
+) -> [Feed<C>; N]
+where
+    C: Clone + Send + 'static,
+{
+    let mut senders = Vec::with_capacity(N);
+    let feeds = std::array::from_fn(|_| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.push(tx);
+        let ok: fn(C) -> Result<C, watcher::Error> = Ok;
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(ok)
+    });
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(obj) => {
+                    let mut delivered = false;
+                    for tx in &senders {
+                        delivered |= tx.send(obj.clone()).is_ok();
+                    }
+                    if !delivered {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "shared watch failed; retrying"),
+            }
+        }
+    });
+    feeds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +241,25 @@ mod tests {
         index.apply(&Event::InitDone);
         assert_eq!(names(&index, "u1"), ["c"]);
         assert!(names(&index, "u2").is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_every_object_and_errors_stay_behind() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let [a, b] = fan_out::<Job, 2>(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        for name in ["one", "two"] {
+            tx.send(Ok(job(name, None))).unwrap();
+        }
+        tx.send(Err(watcher::Error::NoResourceVersion)).unwrap();
+        tx.send(Ok(job("three", None))).unwrap();
+        drop(tx);
+        let names = |feed: Feed<Job>| async move {
+            feed.map(|j| j.map(|j| j.metadata.name.unwrap_or_default()).ok())
+                .collect::<Vec<_>>()
+                .await
+        };
+        let want = vec![Some("one".into()), Some("two".into()), Some("three".into())];
+        assert_eq!(names(a).await, want);
+        assert_eq!(names(b).await, want);
     }
 }

@@ -2,6 +2,7 @@
 //! adopting matching orphans, releasing pods whose labels no longer match, and
 //! reporting counts in the status that Deployments and `kubectl get rs` read.
 
+use crate::controllers::owner_index::Feed;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +25,16 @@ struct State {
     expectations: Expectations,
 }
 
-/// Runs the controller until `shutdown`. Pods come from a reflector indexed by owner, so
-/// a reconcile lists nothing; expectations keep it from acting on a cache that has not
-/// yet seen its own last creates and deletes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until `shutdown`. Pods come from the shared reflector indexed by
+/// owner (`pods`, fed by `pod_events`), so a reconcile lists nothing; expectations keep
+/// it from acting on a cache that has not yet seen its own last creates and deletes.
+pub async fn run(
+    ctx: Arc<Context>,
+    pods: OwnerIndex<Pod>,
+    pod_events: Feed<Pod>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let rs = Api::<ReplicaSet>::all(ctx.client.clone());
-    let (pods, pod_events) = OwnerIndex::new(Api::<Pod>::all(ctx.client.clone()), watch_config());
     let controller = Controller::new(rs, watch_config()).owns_stream(pod_events);
     let state = Arc::new(State {
         pods,

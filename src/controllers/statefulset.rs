@@ -8,6 +8,7 @@
 //! time; OnDelete leaves that to the user. Template history is kept as
 //! ControllerRevisions; status reports current and update revisions.
 
+use crate::controllers::owner_index::Feed;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -35,11 +36,16 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// Label carrying a pod's ordinal.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
-/// Runs the controller until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until `shutdown`; pods come from the controllers' shared pod
+/// watch (`pod_events`).
+pub async fn run(
+    ctx: Arc<Context>,
+    pod_events: Feed<Pod>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<StatefulSet>::all(client.clone()), watch_config())
-        .owns(Api::<Pod>::all(client.clone()), watch_config())
+        .owns_stream(pod_events)
         .owns(Api::<ControllerRevision>::all(client), watch_config());
     super::run("statefulset", controller, reconcile, ctx, shutdown).await;
 }
