@@ -76,6 +76,36 @@ pub struct Subscription {
     pub recent: Vec<Arc<Change>>,
     /// The changes still to come.
     pub live: broadcast::Receiver<Arc<Change>>,
+    /// Where the watch stands, for its bookmarks.
+    pub progress: Progress,
+}
+
+/// Tells a watch served by the cache how far it has seen, so that a bookmark never names
+/// a revision whose changes it has not sent yet.
+pub struct Progress {
+    store: Store,
+    resource: Arc<Resource>,
+}
+
+impl Progress {
+    /// A revision up to which `live` has received every change of the resource, or None
+    /// while changes are still queued for it (or the cache's watch ended).
+    pub async fn settled(&self, live: &broadcast::Receiver<Arc<Change>>) -> Option<i64> {
+        // The store hands a revision's events to its watchers before it publishes the
+        // revision, so after the catch-up below the cache has applied (and sent) every
+        // change up to `current`.
+        let current = self.store.current_revision();
+        let (tx, rx) = oneshot::channel();
+        if self.resource.sync.send(tx).is_err() || rx.await.is_err() {
+            return None;
+        }
+        let objects = self
+            .resource
+            .objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        live.is_empty().then(|| current.max(objects.applied))
+    }
 }
 
 /// What a list from the cache found.
@@ -181,6 +211,10 @@ impl ListCache {
             revision: revision.max(objects.applied),
             recent: Vec::new(),
             live: feed.subscribe(),
+            progress: Progress {
+                store: self.store.clone(),
+                resource: resource.clone(),
+            },
         }))
     }
 
@@ -216,6 +250,10 @@ impl ListCache {
                 .cloned()
                 .collect(),
             live: feed.subscribe(),
+            progress: Progress {
+                store: self.store.clone(),
+                resource: resource.clone(),
+            },
         }))
     }
 
@@ -647,13 +685,15 @@ mod tests {
         let test = crate::controllers::client::TestApi::start().await;
         let client = test.client("admin");
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-        let start = cms
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .metadata
-            .resource_version
-            .expect("rv");
+        let list_rv = || async {
+            cms.list(&ListParams::default())
+                .await
+                .expect("list")
+                .metadata
+                .resource_version
+                .expect("rv")
+        };
+        let start = list_rv().await;
         let all = cms
             .watch(&WatchParams::default(), &start)
             .await
@@ -675,13 +715,7 @@ mod tests {
         cms.delete("c1", &DeleteParams::default())
             .await
             .expect("delete");
-        let gone = cms
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .metadata
-            .resource_version
-            .expect("rv");
+        let gone = list_rv().await;
         let rv = |c: &ConfigMap| c.resource_version().unwrap_or_default();
         let expected = vec![
             ("ADDED", "c1".to_string(), rv(&c1)),
@@ -723,6 +757,36 @@ mod tests {
             .await
             .expect("watch from the store");
         assert_eq!(take_events(old, 3).await, expected);
+        test.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bookmarks_never_pass_a_change_the_watch_has_not_received() {
+        let test = crate::controllers::client::TestApi::start().await;
+        let cms: Api<ConfigMap> = Api::namespaced(test.client("admin"), "default");
+        let def = crate::api::resources::lookup("", "v1", "configmaps").expect("def");
+        let cache = &test.api.registry().cache;
+        let mut sub = cache
+            .watch_current(&def, "", |_| true)
+            .await
+            .expect("watch")
+            .expect("served by the cache");
+        let settled = sub.progress.settled(&sub.live).await.expect("settled");
+        assert!(settled >= sub.revision);
+        let made = cms
+            .create(&PostParams::default(), &cm("b1", "x"))
+            .await
+            .expect("create");
+        let made: i64 = made
+            .resource_version()
+            .and_then(|r| r.parse().ok())
+            .expect("rv");
+        // The change is queued for the watch: no bookmark may claim its revision yet.
+        assert_eq!(sub.progress.settled(&sub.live).await, None);
+        let change = sub.live.recv().await.expect("the change");
+        assert_eq!(change.revision, made);
+        let settled = sub.progress.settled(&sub.live).await.expect("settled");
+        assert!(settled >= made, "{settled} < {made}");
         test.shutdown().await;
     }
 }

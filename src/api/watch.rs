@@ -7,6 +7,7 @@
 //! revision. A revision that was compacted gives one ERROR event with a 410 Expired
 //! Status, after which clients relist.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use futures::StreamExt;
 use pikube_raft::{EventKind, WatchRequest};
 use serde_json::{json, Value};
 
-use super::cache::{Change, Subscription};
+use super::cache::{Change, Progress, Subscription};
 use super::objects::read_stored;
 use super::resources::Def;
 use super::rest::{self, ListOptions, Registry, Target};
@@ -126,7 +127,8 @@ pub async fn watch(
             for item in &sub.initial {
                 initial.push(enc.event("ADDED", item));
             }
-            cached_events(sub, prefix, opts, enc)
+            let events = cached_events(sub, prefix, opts, enc, params.bookmarks);
+            return Ok(finish(initial, events, params.timeout));
         }
         None => {
             let from = match params.resource_version.as_str() {
@@ -151,56 +153,113 @@ pub async fn watch(
             stored_events(&store, prefix, from, opts, enc).await?
         }
     };
-    let timeout = params.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = params.bookmarks;
-    let kind = target.def.kind.clone();
-    let api_version = target.def.api_version();
-    let store_for_bookmarks = store.clone();
+    let bookmark = bookmark_object(&target.def);
     let ticks = futures::stream::unfold((), move |()| async move {
         tokio::time::sleep(BOOKMARK_EVERY).await;
         Some(((), ()))
     })
     .filter_map(move |()| {
-        let rv = store_for_bookmarks.current_revision();
-        let obj = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}});
+        let mut obj = bookmark.clone();
+        obj["metadata"]["resourceVersion"] = json!(store.current_revision().to_string());
         futures::future::ready(bookmarks.then(|| line("BOOKMARK", &obj)))
     });
-    let merged = futures::stream::select(events, ticks);
-    let stream = futures::stream::iter(initial)
-        .chain(merged)
-        .take_until(tokio::time::sleep(timeout))
-        .map(Ok);
-    Ok(stream)
+    Ok(finish(
+        initial,
+        futures::stream::select(events, ticks).boxed(),
+        params.timeout,
+    ))
+}
+
+/// The whole watch: its initial events, then `events` until the timeout.
+fn finish(
+    initial: Vec<Bytes>,
+    events: BoxStream<'static, Bytes>,
+    timeout: Option<Duration>,
+) -> BoxStream<'static, Result<Bytes, std::convert::Infallible>> {
+    futures::stream::iter(initial)
+        .chain(events)
+        .take_until(tokio::time::sleep(timeout.unwrap_or(DEFAULT_TIMEOUT)))
+        .map(Ok)
+        .boxed()
 }
 
 /// The events of a watch served by the list cache: its kept changes, then the live
-/// ones. It ends when the cache's watch does or it falls too far behind; its client then
-/// watches again from the last revision it saw.
+/// ones, with a BOOKMARK every [`BOOKMARK_EVERY`] when `bookmarks` (at a revision whose
+/// changes it has all sent). It ends when the cache's watch does or it falls too far
+/// behind; its client then watches again from the last revision it saw.
 fn cached_events(
     sub: Subscription,
     prefix: String,
     opts: ListOptions,
     enc: Encoding,
+    bookmarks: bool,
 ) -> BoxStream<'static, Bytes> {
+    struct State {
+        recent: std::vec::IntoIter<Arc<Change>>,
+        live: tokio::sync::broadcast::Receiver<Arc<Change>>,
+        progress: Progress,
+        ticks: tokio::time::Interval,
+    }
     let after = sub.revision;
-    let live = futures::stream::unfold(sub.live, |mut rx| async move {
-        match rx.recv().await {
-            Ok(change) => Some((change, rx)),
-            Err(e) => {
-                tracing::debug!(error = %e, "cached watch closed");
-                None
+    let mut ticks = tokio::time::interval(BOOKMARK_EVERY);
+    ticks.reset();
+    let state = State {
+        recent: sub.recent.into_iter(),
+        live: sub.live,
+        progress: sub.progress,
+        ticks,
+    };
+    let bookmark = bookmark_object(&enc.def);
+    let changes = futures::stream::unfold(state, move |mut st| {
+        let bookmark = bookmark.clone();
+        async move {
+            if let Some(change) = st.recent.next() {
+                return Some((Item::Change(change), st));
+            }
+            loop {
+                tokio::select! {
+                    received = st.live.recv() => match received {
+                        Ok(change) => return Some((Item::Change(change), st)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cached watch closed");
+                            return None;
+                        }
+                    },
+                    _ = st.ticks.tick(), if bookmarks => {
+                        if let Some(rv) = st.progress.settled(&st.live).await {
+                            let mut obj = bookmark;
+                            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                            return Some((Item::Bookmark(obj), st));
+                        }
+                    }
+                }
             }
         }
     });
-    futures::stream::iter(sub.recent)
-        .chain(live)
-        .filter_map(move |change| {
-            let out = (change.revision > after && change.key.starts_with(&prefix))
+    changes
+        .filter_map(move |item| {
+            let out = match item {
+                Item::Bookmark(obj) => Some(line("BOOKMARK", &obj)),
+                Item::Change(change) => (change.revision > after
+                    && change.key.starts_with(&prefix))
                 .then(|| translate_change(&change, &opts, &enc))
-                .flatten();
+                .flatten(),
+            };
             futures::future::ready(out)
         })
         .boxed()
+}
+
+/// What a cached watch yields before encoding.
+enum Item {
+    Change(Arc<Change>),
+    Bookmark(Value),
+}
+
+/// A BOOKMARK's object, without its resourceVersion.
+fn bookmark_object(def: &Def) -> Value {
+    json!({"kind": def.kind, "apiVersion": def.api_version(), "metadata": {}})
 }
 
 /// A cached change as a watch event for a client with selectors, as [`translate`].
