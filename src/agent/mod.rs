@@ -108,6 +108,12 @@ impl AgentConfig {
         self.agent_dir().join("images")
     }
 
+    /// What was imported from the air-gap directory, so a restart skips unchanged
+    /// tarballs (`<data-dir>/agent/image-import.json`).
+    pub fn image_import_state(&self) -> PathBuf {
+        self.agent_dir().join(pikube_runtime::images::STATE_FILE)
+    }
+
     /// The pods' container logs.
     pub fn log_root(&self) -> PathBuf {
         self.agent_dir().join("logs")
@@ -127,6 +133,26 @@ impl AgentConfig {
     /// The managed containerd's layout.
     pub fn containerd(&self) -> ContainerdConfig {
         ContainerdConfig::new(&self.data_dir, &self.run_dir)
+    }
+}
+
+/// Imports the air-gap image tarballs, skipping those unchanged since their last import.
+/// Problems are logged, never fatal: the node may still run images it already has.
+async fn import_air_gap_images(cri: &Cri, cfg: &AgentConfig) {
+    let dir = cfg.images_dir();
+    let state = cfg.image_import_state();
+    match pikube_runtime::images::import_dir(cri.socket(), &dir, Some(&state)).await {
+        Ok(report) => {
+            if !report.imported.is_empty() || !report.unchanged.is_empty() {
+                tracing::info!(
+                    imported = ?report.imported,
+                    unchanged = report.unchanged.len(),
+                    failed = report.failed.len(),
+                    "air-gap images ready"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot import images"),
     }
 }
 
@@ -172,13 +198,7 @@ pub async fn run(
             (Some(c), cri)
         }
     };
-    match pikube_runtime::images::import_dir(cri.socket(), &cfg.images_dir()).await {
-        Ok(refs) if !refs.is_empty() => tracing::info!(images = ?refs, "imported air-gap images"),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, dir = %cfg.images_dir().display(), "cannot import images")
-        }
-    }
+    import_air_gap_images(&cri, &cfg).await;
 
     let agent_api = match &cfg.tls {
         Some(tls) => {
