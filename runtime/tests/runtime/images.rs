@@ -95,6 +95,25 @@ async fn air_gap_dir_and_docker_archive_import() {
     assert!(again.imported.is_empty(), "{:?}", again.imported);
     assert_eq!(again.unchanged.len(), 3, "{:?}", again.unchanged);
 
+    // An image removed from containerd is imported again from its unchanged tarball.
+    node.cri()
+        .images()
+        .remove_image(v1::RemoveImageRequest {
+            image: Some(v1::ImageSpec {
+                image: PAUSE_IMAGE.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage");
+    assert!(node.image_status(PAUSE_IMAGE).await.is_none(), "removed");
+    let back = import_dir(&node.socket(), &airgap, Some(&state))
+        .await
+        .expect("import_dir after a removal");
+    assert_eq!(back.imported, [PAUSE_IMAGE]);
+    assert_eq!(back.unchanged.len(), 2, "{:?}", back.unchanged);
+    assert!(node.image_status(PAUSE_IMAGE).await.is_some(), "back");
+
     // Importing again is a no-op that returns the same names.
     let again = import_tarball(&node.socket(), &airgap.join("busybox.tar"))
         .await
