@@ -155,6 +155,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let kubernetes_ip = kubernetes_service_ip(&config.service_cidr)?;
+    // The node's containerd starts while the store opens and the API server comes up.
+    let runtime =
+        (!config.disable_agent).then(|| crate::agent::RuntimeStart::spawn(&config.agent()));
     let pod_cidrs = crate::controllers::nodeipam::CidrPlan::new(&config.cluster_cidr, 24)
         .map_err(anyhow::Error::msg)?;
     let tokens = match &config.token_auth_file {
@@ -311,7 +314,7 @@ pub async fn run(
         stop_rx.clone(),
         loops,
     ));
-    if !config.disable_agent {
+    if let Some(runtime) = runtime {
         let mut agent = config.agent();
         // The server, not its node, decides the node's roles (see `server_roles`).
         agent.role_labels = crate::agent::node::server_roles(prepared.clustered());
@@ -334,7 +337,7 @@ pub async fn run(
         );
         let rx = stop_rx.clone();
         components.spawn(async move {
-            if let Err(e) = crate::agent::run(client, agent, rx).await {
+            if let Err(e) = crate::agent::run(client, agent, runtime, rx).await {
                 tracing::error!(error = %e, "node agent stopped");
             }
         });

@@ -53,8 +53,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = 
     let mut components = tokio::task::JoinSet::new();
     let agent_client = client.clone();
     let rx = stop_rx.clone();
+    let runtime = crate::agent::RuntimeStart::spawn(&agent);
     components.spawn(async move {
-        if let Err(e) = crate::agent::run(agent_client, agent, rx).await {
+        if let Err(e) = crate::agent::run(agent_client, agent, runtime, rx).await {
             tracing::error!(error = %e, "node agent stopped");
         }
     });

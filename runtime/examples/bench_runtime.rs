@@ -1,6 +1,6 @@
 //! Runtime benchmark (`make bench-runtime`, root): a pikube-managed containerd's start
-//! time and memory, image import through pikube against `ctr images import` on the same
-//! containerd in the same run, and pod start latency (RunPodSandbox + CreateContainer +
+//! time and memory, image import (plain, gzip and zstd tarballs) through pikube against
+//! `ctr images import` on the same containerd in the same run, and pod start latency (RunPodSandbox + CreateContainer +
 //! StartContainer) with the image cached. Uses the integration tests' throwaway node.
 
 #[allow(dead_code)]
@@ -70,6 +70,27 @@ fn ctr(socket: &Path, args: &[&str]) {
     assert!(status.success(), "ctr {args:?} failed");
 }
 
+/// `ctr images import` of `path`; a compressed tarball is piped through its decompressor
+/// (this ctr reads plain tars only), as a user of ctr would.
+fn ctr_import(socket: &Path, path: &str, decompress: Option<&str>, unpack: bool) {
+    let Some(tool) = decompress else {
+        let mut args = vec!["images", "import"];
+        args.extend((!unpack).then_some("--no-unpack"));
+        args.push(path);
+        return ctr(socket, &args);
+    };
+    let script = format!(
+        "{tool} -dc '{path}' | ctr --address '{}' -n k8s.io images import {} - >/dev/null",
+        socket.display(),
+        if unpack { "" } else { "--no-unpack" }
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "{script} failed");
+}
+
 async fn remove_image(node: &Node) {
     ctr(&node.socket(), &["images", "rm", "--sync", BUSYBOX_IMAGE]);
     // Let CRI forget it before the next import.
@@ -110,37 +131,56 @@ async fn main() {
     node.import(false).await;
     println!("containerd RSS idle: {} MB", rss_kb(pid) / 1024);
 
-    // 2. Import busybox.tar: pikube vs ctr --no-unpack (the same work) vs ctr (+unpack).
-    let size = std::fs::metadata(&busybox).map(|m| m.len()).unwrap_or(0);
-    let mut ours = Vec::new();
-    let mut peer = Vec::new();
-    let mut peer_unpack = Vec::new();
-    let path = busybox.to_string_lossy().into_owned();
-    for _ in 0..IMPORTS {
-        let t = Instant::now();
-        import_tarball(&node.socket(), &busybox)
-            .await
-            .expect("import");
-        ours.push(t.elapsed());
-        remove_image(&node).await;
-        let t = Instant::now();
-        ctr(&node.socket(), &["images", "import", "--no-unpack", &path]);
-        peer.push(t.elapsed());
-        remove_image(&node).await;
-        let t = Instant::now();
-        ctr(&node.socket(), &["images", "import", &path]);
-        peer_unpack.push(t.elapsed());
-        remove_image(&node).await;
+    // 2. Import busybox.tar, plain and compressed by the gzip and zstd tools: pikube vs
+    // ctr --no-unpack (the same work) vs ctr (+unpack); ctr gets the compressed ones
+    // through `gzip -dc |` / `zstd -dc |`.
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut tarballs = vec![(busybox.clone(), None)];
+    for (tool, name) in [("gzip", "busybox.tar.gz"), ("zstd", "busybox.tar.zst")] {
+        let out = work.path().join(name);
+        let file = std::fs::File::create(&out).expect("create");
+        let status = std::process::Command::new(tool)
+            .arg("-c")
+            .arg(&busybox)
+            .stdout(file)
+            .status()
+            .expect("run the compressor");
+        assert!(status.success(), "{tool} failed");
+        tarballs.push((out, Some(tool)));
     }
-    let (o50, _, _) = summary(ours);
-    let (c50, _, _) = summary(peer);
-    let (u50, _, _) = summary(peer_unpack);
-    println!(
-        "import busybox.tar ({} KB): pikube p50 {o50:.1} ms (incl. waiting for CRI to see it), \
-         ctr --no-unpack p50 {c50:.1} ms, ctr (with unpack) p50 {u50:.1} ms; ratio pikube/ctr --no-unpack {:.2}",
-        size / 1024,
-        o50 / c50
-    );
+    for (tarball, tool) in &tarballs {
+        let size = std::fs::metadata(tarball).map(|m| m.len()).unwrap_or(0);
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        let mut peer_unpack = Vec::new();
+        let path = tarball.to_string_lossy().into_owned();
+        for _ in 0..IMPORTS {
+            let t = Instant::now();
+            import_tarball(&node.socket(), tarball)
+                .await
+                .expect("import");
+            ours.push(t.elapsed());
+            remove_image(&node).await;
+            let t = Instant::now();
+            ctr_import(&node.socket(), &path, *tool, false);
+            peer.push(t.elapsed());
+            remove_image(&node).await;
+            let t = Instant::now();
+            ctr_import(&node.socket(), &path, *tool, true);
+            peer_unpack.push(t.elapsed());
+            remove_image(&node).await;
+        }
+        let (o50, _, _) = summary(ours);
+        let (c50, _, _) = summary(peer);
+        let (u50, _, _) = summary(peer_unpack);
+        let name = tarball.file_name().unwrap_or_default().to_string_lossy();
+        println!(
+            "import {name} ({} KB): pikube p50 {o50:.1} ms (incl. waiting for CRI to see it), \
+             ctr --no-unpack p50 {c50:.1} ms, ctr (with unpack) p50 {u50:.1} ms; ratio pikube/ctr --no-unpack {:.2}",
+            size / 1024,
+            o50 / c50
+        );
+    }
 
     // 3. Pod start latency with the image cached (first one also unpacks the image).
     import_tarball(&node.socket(), &busybox)

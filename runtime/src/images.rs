@@ -8,23 +8,27 @@
 //! snapshots of images that never run. Imports wait until CRI's ImageStatus sees every
 //! imported name, so the agent can rely on them right away.
 
+mod airgap;
+mod archive;
 mod layout;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use containerd_client::services::v1 as ctrd;
 use containerd_client::types::Descriptor;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::cri::{unix_channel, v1 as cri};
 use crate::Error;
+use archive::Cursor;
 use layout::{Blob, Desc, Named, Plan, Source};
 
+pub use airgap::{import_dir, DirImport, STATE_FILE};
+pub use archive::Compression;
 pub use layout::normalize_ref;
 
 /// The containerd namespace CRI (and so Kubernetes) uses.
@@ -36,66 +40,44 @@ const CHUNK: usize = 1 << 20;
 /// How long an import waits for CRI to see the imported images.
 const CRI_VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Imports one tarball (OCI image layout, or a `docker save` archive) into namespace
-/// `k8s.io` of the containerd at `socket`. Returns the image references created or
-/// updated, normalized (`localhost/pause:3.9`, `docker.io/library/x:latest`).
+/// Imports one tarball (OCI image layout, or a `docker save` archive; plain `.tar`,
+/// `.tar.gz`/`.tgz` or `.tar.zst`/`.tzst` by its name) into namespace `k8s.io` of the
+/// containerd at `socket`. Returns the image references created or updated, normalized
+/// (`localhost/pause:3.9`, `docker.io/library/x:latest`).
 pub async fn import_tarball(socket: &Path, tar: &Path) -> Result<Vec<String>, Error> {
+    let channel = unix_channel(socket).await?;
+    let images = import(&channel, tar).await?;
+    Ok(images.into_iter().map(|i| i.name).collect())
+}
+
+/// An image name an import created, with the image id (config digest) CRI reports for it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Imported {
+    /// The normalized reference.
+    pub name: String,
+    /// CRI's image id; empty when the socket has no CRI service.
+    pub id: String,
+}
+
+/// Imports one tarball over `channel`; see [`import_tarball`].
+async fn import(channel: &Channel, tar: &Path) -> Result<Vec<Imported>, Error> {
+    let name = tar.file_name().unwrap_or_default().to_string_lossy();
+    let compression = Compression::of(&name).map_err(|reason| Error::Tarball {
+        path: tar.to_path_buf(),
+        reason: reason.to_string(),
+    })?;
     let path = tar.to_path_buf();
-    let plan = tokio::task::spawn_blocking(move || layout::plan(&path))
+    let plan = tokio::task::spawn_blocking(move || layout::plan(&path, compression))
         .await
         .map_err(|e| Error::Config(format!("read tarball: {e}")))??;
-    let channel = unix_channel(socket).await?;
-    let lease = Lease::create(&channel).await?;
-    let result = store(&channel, tar, &plan, &lease.id).await;
-    lease.delete(&channel).await;
+    let lease = Lease::create(channel).await?;
+    let result = store(channel, tar, &plan, &lease.id).await;
+    lease.delete(channel).await;
     result?;
-    wait_cri_visible(&channel, &plan.images).await?;
-    let refs: Vec<String> = plan.images.iter().map(|i| i.name.clone()).collect();
+    let images = wait_cri_visible(channel, &plan.images).await?;
+    let refs: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
     tracing::info!(tar = %tar.display(), images = ?refs, "imported image tarball");
-    Ok(refs)
-}
-
-/// Imports every `*.tar` file of `dir` (the air-gap directory
-/// `<data-dir>/agent/images/`, as in k3s), in name order. A missing directory imports
-/// nothing; one bad tarball fails the call (after the others are imported) with its error.
-pub async fn import_dir(socket: &Path, dir: &Path) -> Result<Vec<String>, Error> {
-    let list_dir = dir.to_path_buf();
-    let tars = tokio::task::spawn_blocking(move || tarballs_in(&list_dir))
-        .await
-        .map_err(|e| Error::Config(format!("list {}: {e}", dir.display())))??;
-    let mut refs = Vec::new();
-    let mut first_error = None;
-    for tar in tars {
-        match import_tarball(socket, &tar).await {
-            Ok(r) => refs.extend(r),
-            Err(e) => {
-                tracing::error!(tar = %tar.display(), error = %e, "image import failed");
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(refs),
-    }
-}
-
-/// The `*.tar` files of a directory, sorted; none when it does not exist.
-fn tarballs_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let read = match std::fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", dir, e)),
-    };
-    let mut tars = Vec::new();
-    for entry in read {
-        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
-        if path.extension().is_some_and(|x| x == "tar") && path.is_file() {
-            tars.push(path);
-        }
-    }
-    tars.sort();
-    Ok(tars)
+    Ok(images)
 }
 
 /// A request in namespace `k8s.io`, optionally inside a lease.
@@ -189,6 +171,7 @@ fn rfc3339_in(d: Duration) -> String {
 /// Writes the plan's blobs (skipping those already stored) and creates the images.
 async fn store(channel: &Channel, tar: &Path, plan: &Plan, lease: &str) -> Result<(), Error> {
     let mut content = ctrd::content_client::ContentClient::new(channel.clone());
+    let mut missing = Vec::new();
     for blob in &plan.blobs {
         let info = content
             .info(request(
@@ -205,11 +188,19 @@ async fn store(channel: &Channel, tar: &Path, plan: &Plan, lease: &str) -> Resul
                     update_labels(&mut content, blob, lease).await?;
                 }
             }
-            Err(s) if s.code() == Code::NotFound => {
-                write_blob(&mut content, tar, blob, lease).await?
-            }
+            Err(s) if s.code() == Code::NotFound => missing.push(blob),
             Err(s) => return Err(Error::rpc("containerd content info", s)),
         }
+    }
+    // In tar order, so a compressed tarball is decompressed once more, not once per blob
+    // (the lease keeps early children safe until their parents are written).
+    missing.sort_by_key(|b| match b.source {
+        Source::Tar { offset } => offset,
+        Source::Memory(_) => 0,
+    });
+    let mut cursor = Some(Cursor::new(tar, plan.compression));
+    for blob in missing {
+        write_blob(&mut content, &mut cursor, blob, lease).await?;
     }
     let mut images = ctrd::images_client::ImagesClient::new(channel.clone());
     for named in &plan.images {
@@ -304,10 +295,12 @@ async fn update_labels(
 }
 
 /// Streams one blob into the content store and commits it with its labels; containerd
-/// checks the digest on commit.
+/// checks the digest on commit. Bytes from the tar are read by `cursor` on blocking
+/// threads, one chunk ahead of the gRPC stream; the cursor is handed back for the next
+/// blob (`None` after a failed read).
 async fn write_blob(
     content: &mut ctrd::content_client::ContentClient<Channel>,
-    tar: &Path,
+    cursor: &mut Option<Cursor>,
     blob: &Blob,
     lease: &str,
 ) -> Result<(), Error> {
@@ -320,39 +313,36 @@ async fn write_blob(
         expected: blob.digest.clone(),
         ..Default::default()
     };
-    let tar = tar.to_path_buf();
     let source = blob.source.clone();
-    enum Chunks {
-        File(tokio::fs::File),
-        Memory(Vec<u8>),
-    }
     let labels = blob.labels.clone();
     let size = blob.size;
+    let mut reader = cursor.take();
     let producer = tokio::spawn(async move {
         let mut offset = 0i64;
-        let mut reader = match source {
-            Source::Tar { offset: start } => {
-                let mut f = tokio::fs::File::open(&tar)
-                    .await
-                    .map_err(|e| Error::io("open", &tar, e))?;
-                f.seek(std::io::SeekFrom::Start(start))
-                    .await
-                    .map_err(|e| Error::io("read", &tar, e))?;
-                Chunks::File(f)
-            }
-            Source::Memory(bytes) => Chunks::Memory(bytes),
-        };
         while offset < size {
             let want = CHUNK.min((size - offset) as usize);
-            let data = match &mut reader {
-                Chunks::File(f) => {
-                    let mut buf = vec![0; want];
-                    f.read_exact(&mut buf)
-                        .await
-                        .map_err(|e| Error::io("read", &tar, e))?;
-                    buf
+            let data = match &source {
+                Source::Tar { offset: start } => {
+                    let Some(mut r) = reader.take() else {
+                        return (None, Err(Error::Config("tarball reader lost".to_string())));
+                    };
+                    let at = start + offset as u64;
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; want];
+                        let result = r.read_exact_at(&mut buf, at).map(|()| buf);
+                        (r, result)
+                    })
+                    .await;
+                    match read {
+                        Ok((r, Ok(buf))) => {
+                            reader = Some(r);
+                            buf
+                        }
+                        Ok((_, Err(e))) => return (None, Err(e)),
+                        Err(e) => return (None, Err(Error::Config(format!("read tarball: {e}")))),
+                    }
                 }
-                Chunks::Memory(bytes) => bytes
+                Source::Memory(bytes) => bytes
                     .get(offset as usize..offset as usize + want)
                     .unwrap_or_default()
                     .to_vec(),
@@ -363,7 +353,7 @@ async fn write_blob(
                 ..base.clone()
             };
             if tx.send(msg).await.is_err() {
-                return Ok(()); // The call ended early; its status says why.
+                return (reader, Ok(())); // The call ended early; its status says why.
             }
             offset += want as i64;
         }
@@ -374,12 +364,13 @@ async fn write_blob(
             ..base
         };
         let _ = tx.send(commit).await;
-        Ok::<(), Error>(())
+        (reader, Ok::<(), Error>(()))
     });
     let outcome = write_responses(content, request(rx, Some(lease))).await;
-    let produced = producer
+    let (reader, produced) = producer
         .await
         .map_err(|e| Error::Config(format!("content writer: {e}")))?;
+    *cursor = reader;
     produced?;
     match outcome {
         Ok(true) => Ok(()),
@@ -411,29 +402,31 @@ async fn write_responses(
 /// (config digest) where it is known, so a re-import that changed a tag is seen too.
 /// CRI learns of images from containerd's events, asynchronously. Skipped when the
 /// socket has no CRI service.
-async fn wait_cri_visible(channel: &Channel, images: &[Named]) -> Result<(), Error> {
+async fn wait_cri_visible(channel: &Channel, images: &[Named]) -> Result<Vec<Imported>, Error> {
     let mut client = cri::image_service_client::ImageServiceClient::new(channel.clone());
     let start = Instant::now();
+    let mut seen = Vec::new();
     for named in images {
         loop {
-            let req = cri::ImageStatusRequest {
-                image: Some(cri::ImageSpec {
-                    image: named.name.clone(),
-                    ..Default::default()
-                }),
-                verbose: false,
+            let id = match cri_image_id(&mut client, &named.name).await? {
+                CriImage::Id(id) => id,
+                CriImage::Absent => String::new(),
+                CriImage::NoCri => {
+                    return Ok(images
+                        .iter()
+                        .map(|n| Imported {
+                            name: n.name.clone(),
+                            id: String::new(),
+                        })
+                        .collect())
+                }
             };
-            let seen = match client.image_status(req).await {
-                Ok(resp) => resp.into_inner().image,
-                Err(s) if s.code() == Code::Unimplemented => return Ok(()),
-                Err(s) => return Err(Error::rpc("CRI ImageStatus", s)),
-            };
-            let current = match (&seen, &named.config) {
-                (Some(image), Some(config)) => &image.id == config,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
+            let current = !id.is_empty() && named.config.as_ref().is_none_or(|c| *c == id);
             if current {
+                seen.push(Imported {
+                    name: named.name.clone(),
+                    id,
+                });
                 break;
             }
             if start.elapsed() > CRI_VISIBLE_TIMEOUT {
@@ -445,7 +438,39 @@ async fn wait_cri_visible(channel: &Channel, images: &[Named]) -> Result<(), Err
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    Ok(())
+    Ok(seen)
+}
+
+/// What CRI's ImageStatus says of an image name.
+enum CriImage {
+    /// Present, with this image id.
+    Id(String),
+    /// Not present.
+    Absent,
+    /// The socket has no CRI image service.
+    NoCri,
+}
+
+/// Asks CRI's ImageStatus for `name`.
+async fn cri_image_id(
+    client: &mut cri::image_service_client::ImageServiceClient<Channel>,
+    name: &str,
+) -> Result<CriImage, Error> {
+    let req = cri::ImageStatusRequest {
+        image: Some(cri::ImageSpec {
+            image: name.to_string(),
+            ..Default::default()
+        }),
+        verbose: false,
+    };
+    match client.image_status(req).await {
+        Ok(resp) => Ok(match resp.into_inner().image {
+            Some(image) => CriImage::Id(image.id),
+            None => CriImage::Absent,
+        }),
+        Err(s) if s.code() == Code::Unimplemented => Ok(CriImage::NoCri),
+        Err(s) => Err(Error::rpc("CRI ImageStatus", s)),
+    }
 }
 
 #[cfg(test)]
@@ -458,20 +483,5 @@ mod tests {
         assert_eq!(s.len(), 20, "{s}");
         assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
         assert!(s.starts_with("20"), "{s}");
-    }
-
-    #[test]
-    fn only_tar_files_are_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["b.tar", "a.tar", "notes.txt", "c.tar.gz"] {
-            std::fs::write(dir.path().join(f), b"").unwrap();
-        }
-        let names: Vec<_> = tarballs_in(dir.path())
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["a.tar", "b.tar"]);
-        assert!(tarballs_in(&dir.path().join("absent")).unwrap().is_empty());
     }
 }

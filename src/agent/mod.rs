@@ -108,6 +108,12 @@ impl AgentConfig {
         self.agent_dir().join("images")
     }
 
+    /// What was imported from the air-gap directory, so a restart skips unchanged
+    /// tarballs (`<data-dir>/agent/image-import.json`).
+    pub fn image_import_state(&self) -> PathBuf {
+        self.agent_dir().join(pikube_runtime::images::STATE_FILE)
+    }
+
     /// The pods' container logs.
     pub fn log_root(&self) -> PathBuf {
         self.agent_dir().join("logs")
@@ -130,16 +136,99 @@ impl AgentConfig {
     }
 }
 
+/// Imports the air-gap image tarballs, skipping those unchanged since their last import.
+/// Problems are logged, never fatal: the node may still run images it already has.
+async fn import_air_gap_images(cri: &Cri, cfg: &AgentConfig) {
+    let dir = cfg.images_dir();
+    let state = cfg.image_import_state();
+    match pikube_runtime::images::import_dir(cri.socket(), &dir, Some(&state)).await {
+        Ok(report) => {
+            if !report.imported.is_empty() || !report.unchanged.is_empty() {
+                tracing::info!(
+                    imported = ?report.imported,
+                    unchanged = report.unchanged.len(),
+                    failed = report.failed.len(),
+                    "air-gap images ready"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot import images"),
+    }
+}
+
 /// Waits until the node has a pod CIDR (from the node IPAM controller).
 async fn wait_pod_cidr(client: &Client, node: &str) -> String {
     let api = Api::<Node>::all(client.clone());
+    let cidr = |n: Option<&Node>| {
+        n.and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
+            .filter(|c| !c.is_empty())
+    };
     loop {
-        if let Ok(n) = api.get(node).await {
-            if let Some(c) = n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
-                return c;
+        // A watch: the CIDR is seen as soon as the node IPAM controller sets it.
+        let has_cidr = move |n: Option<&Node>| cidr(n).is_some();
+        match kube::runtime::wait::await_condition(api.clone(), node, has_cidr).await {
+            Ok(n) => {
+                if let Some(c) = cidr(n.as_ref()) {
+                    return c;
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "watch for the pod CIDR"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The node's container runtime: a pikube-managed containerd, or the CRI endpoint the
+/// agent was given.
+struct Runtime {
+    managed: Option<Containerd>,
+    cri: Cri,
+}
+
+/// The container runtime starting in the background while the caller does other start
+/// work (a server opens its store and API server meanwhile); handed to [`run`].
+/// Dropped unused, it stops the runtime.
+pub struct RuntimeStart(tokio::task::JoinHandle<Result<Runtime, Error>>);
+
+impl RuntimeStart {
+    /// Starts [`start_runtime`] in a task.
+    pub fn spawn(cfg: &AgentConfig) -> RuntimeStart {
+        let cfg = cfg.clone();
+        RuntimeStart(tokio::spawn(async move { start_runtime(&cfg).await }))
+    }
+
+    /// The started runtime.
+    async fn wait(mut self) -> Result<Runtime, Error> {
+        (&mut self.0)
+            .await
+            .map_err(|e| Error::Config(format!("container runtime start: {e}")))?
+    }
+}
+
+impl Drop for RuntimeStart {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the pikube-managed containerd (or connects to `--container-runtime-endpoint`)
+/// and waits until CRI reports the runtime ready. Runs in a task of its own (see
+/// [`RuntimeStart`]): containerd lives as long as the thread that spawned it.
+async fn start_runtime(cfg: &AgentConfig) -> Result<Runtime, Error> {
+    match &cfg.container_runtime_endpoint {
+        Some(endpoint) => {
+            let cri = Cri::connect(endpoint).await?;
+            cri.wait_ready(Duration::from_secs(30)).await?;
+            Ok(Runtime { managed: None, cri })
+        }
+        None => {
+            let c = Containerd::start(cfg.containerd()).await?;
+            let cri = c.cri().clone();
+            Ok(Runtime {
+                managed: Some(c),
+                cri,
+            })
+        }
     }
 }
 
@@ -149,6 +238,7 @@ async fn wait_pod_cidr(client: &Client, node: &str) -> String {
 pub async fn run(
     client: Client,
     cfg: AgentConfig,
+    runtime: RuntimeStart,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
     for dir in [
@@ -160,25 +250,8 @@ pub async fn run(
         std::fs::create_dir_all(&dir)?;
     }
     let ctr_cfg = cfg.containerd();
-    let (managed, cri) = match &cfg.container_runtime_endpoint {
-        Some(endpoint) => {
-            let cri = Cri::connect(endpoint).await?;
-            cri.wait_ready(Duration::from_secs(30)).await?;
-            (None, cri)
-        }
-        None => {
-            let c = Containerd::start(ctr_cfg.clone()).await?;
-            let cri = c.cri().clone();
-            (Some(c), cri)
-        }
-    };
-    match pikube_runtime::images::import_dir(cri.socket(), &cfg.images_dir()).await {
-        Ok(refs) if !refs.is_empty() => tracing::info!(images = ?refs, "imported air-gap images"),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, dir = %cfg.images_dir().display(), "cannot import images")
-        }
-    }
+    let Runtime { managed, cri } = runtime.wait().await?;
+    import_air_gap_images(&cri, &cfg).await;
 
     let agent_api = match &cfg.tls {
         Some(tls) => {

@@ -3,6 +3,7 @@
 //! One test binary with modules, so the dependency tree is linked once.
 
 mod agent;
+mod airgap;
 mod api;
 mod apply;
 mod cli;

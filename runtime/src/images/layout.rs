@@ -3,13 +3,12 @@
 //! to create. Blocking file I/O: run it in spawn_blocking.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::archive::{Compression, Entries};
 use crate::Error;
 
 /// OCI / Docker media types the importer understands.
@@ -91,124 +90,46 @@ pub(crate) struct Named {
 
 /// What importing one tarball does: store `blobs` (children before parents), then point
 /// each image name at its target descriptor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Plan {
     pub blobs: Vec<Blob>,
     pub images: Vec<Named>,
+    /// How the tarball's bytes (blob offsets) are to be read.
+    pub compression: Compression,
 }
 
-/// The regular files of a tar: normalized path → (data offset, size).
-struct Entries {
-    file: File,
-    path: PathBuf,
-    files: HashMap<String, (u64, u64)>,
+/// A JSON document of the tar.
+fn json<T: serde::de::DeserializeOwned>(entries: &Entries, name: &str) -> Result<T, Error> {
+    serde_json::from_slice(&entries.read(name, MAX_JSON)?)
+        .map_err(|e| entries.bad(format!("{name}: {e}")))
 }
 
-impl Entries {
-    fn open(path: &Path) -> Result<Entries, Error> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let mut files = HashMap::new();
-        let mut archive = tar::Archive::new(&file);
-        let iter = archive
-            .entries()
-            .map_err(|e| Error::io("read tar", path, e))?;
-        for entry in iter {
-            let entry = entry.map_err(|e| Error::io("read tar", path, e))?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
-            let name = entry
-                .path()
-                .map_err(|e| Error::io("read tar", path, e))?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_string();
-            files.insert(name, (entry.raw_file_position(), entry.size()));
+/// Path of a blob in an OCI layout, after checking the digest's form.
+fn blob_path(entries: &Entries, digest: &str) -> Result<String, Error> {
+    match digest.split_once(':') {
+        Some((alg, hex))
+            if !alg.is_empty()
+                && alg.chars().all(|c| c.is_ascii_alphanumeric())
+                && !hex.is_empty()
+                && hex.chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            Ok(format!("blobs/{alg}/{hex}"))
         }
-        Ok(Entries {
-            file,
-            path: path.to_path_buf(),
-            files,
-        })
-    }
-
-    fn bad(&self, reason: impl Into<String>) -> Error {
-        Error::Tarball {
-            path: self.path.clone(),
-            reason: reason.into(),
-        }
-    }
-
-    fn read(&self, name: &str) -> Result<Vec<u8>, Error> {
-        let (offset, size) = *self
-            .files
-            .get(name)
-            .ok_or_else(|| self.bad(format!("{name} missing")))?;
-        if size > MAX_JSON {
-            return Err(self.bad(format!("{name} is {size} bytes, too large")));
-        }
-        let mut buf = vec![0; size as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::io("read tar", &self.path, e))?;
-        Ok(buf)
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, Error> {
-        serde_json::from_slice(&self.read(name)?).map_err(|e| self.bad(format!("{name}: {e}")))
-    }
-
-    /// Path of a blob in an OCI layout, after checking the digest's form.
-    fn blob_path(&self, digest: &str) -> Result<String, Error> {
-        match digest.split_once(':') {
-            Some((alg, hex))
-                if !alg.is_empty()
-                    && alg.chars().all(|c| c.is_ascii_alphanumeric())
-                    && !hex.is_empty()
-                    && hex.chars().all(|c| c.is_ascii_hexdigit()) =>
-            {
-                Ok(format!("blobs/{alg}/{hex}"))
-            }
-            _ => Err(self.bad(format!("bad digest {digest:?}"))),
-        }
-    }
-
-    /// sha256 digest and size of a file of the tar, streamed.
-    fn sha256(&self, name: &str) -> Result<(String, u64, [u8; 2]), Error> {
-        let (offset, size) = *self
-            .files
-            .get(name)
-            .ok_or_else(|| self.bad(format!("{name} missing")))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0; 1 << 16];
-        let mut magic = [0u8; 2];
-        let mut pos = 0u64;
-        while pos < size {
-            let want = (buf.len() as u64).min(size - pos) as usize;
-            self.file
-                .read_exact_at(&mut buf[..want], offset + pos)
-                .map_err(|e| Error::io("read tar", &self.path, e))?;
-            if pos == 0 && want >= 2 {
-                magic = [buf[0], buf[1]];
-            }
-            hasher.update(&buf[..want]);
-            pos += want as u64;
-        }
-        Ok((format!("sha256:{:x}", hasher.finalize()), size, magic))
+        _ => Err(entries.bad(format!("bad digest {digest:?}"))),
     }
 }
 
 /// Reads a tarball into an import plan.
-pub(crate) fn plan(path: &Path) -> Result<Plan, Error> {
-    let entries = Entries::open(path)?;
+pub(crate) fn plan(path: &Path, compression: Compression) -> Result<Plan, Error> {
+    let entries = Entries::open(path, compression)?;
     let mut planner = Planner {
         entries: &entries,
         blobs: BTreeMap::new(),
         order: Vec::new(),
     };
-    let images = if entries.files.contains_key("index.json") {
+    let images = if entries.contains("index.json") {
         planner.oci()?
-    } else if entries.files.contains_key("manifest.json") {
+    } else if entries.contains("manifest.json") {
         planner.docker()?
     } else {
         return Err(entries
@@ -223,6 +144,7 @@ pub(crate) fn plan(path: &Path) -> Result<Plan, Error> {
     Ok(Plan {
         blobs: order.iter().filter_map(|d| blobs.remove(d)).collect(),
         images,
+        compression,
     })
 }
 
@@ -245,12 +167,11 @@ impl Planner<'_> {
 
     /// A blob of the OCI layout, checked to exist with the descriptor's size.
     fn layout_blob(&self, d: &Desc, labels: HashMap<String, String>) -> Result<Blob, Error> {
-        let path = self.entries.blob_path(&d.digest)?;
-        let (offset, size) = *self
-            .entries
-            .files
-            .get(&path)
-            .ok_or_else(|| self.entries.bad(format!("blob {} missing", d.digest)))?;
+        let path = blob_path(self.entries, &d.digest)?;
+        if !self.entries.contains(&path) {
+            return Err(self.entries.bad(format!("blob {} missing", d.digest)));
+        }
+        let (offset, size) = self.entries.locate(&path)?;
         if i64::try_from(size).ok() != Some(d.size) {
             return Err(self.entries.bad(format!(
                 "blob {} is {size} bytes, descriptor says {}",
@@ -266,7 +187,7 @@ impl Planner<'_> {
     }
 
     fn oci(&mut self) -> Result<Vec<Named>, Error> {
-        let index: Index = self.entries.json("index.json")?;
+        let index: Index = json(self.entries, "index.json")?;
         let mut images = Vec::new();
         for d in index.manifests {
             let Some(name) = image_name(&d.annotations) else {
@@ -286,10 +207,10 @@ impl Planner<'_> {
     /// Plans a manifest or an index (and what it references); returns the config digest
     /// of a manifest.
     fn descriptor(&mut self, d: &Desc, depth: usize) -> Result<Option<String>, Error> {
-        let path = self.entries.blob_path(&d.digest)?;
+        let path = blob_path(self.entries, &d.digest)?;
         match d.media_type.as_str() {
             media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
-                let m: Manifest = self.entries.json(&path)?;
+                let m: Manifest = json(self.entries, &path)?;
                 let mut labels = HashMap::new();
                 let config = self.layout_blob(&m.config, HashMap::new())?;
                 self.add(config);
@@ -310,13 +231,12 @@ impl Planner<'_> {
                 Ok(Some(m.config.digest))
             }
             media::OCI_INDEX | media::DOCKER_LIST if depth < MAX_DEPTH => {
-                let index: Index = self.entries.json(&path)?;
+                let index: Index = json(self.entries, &path)?;
                 let mut labels = HashMap::new();
                 // Only the platforms present in the tarball are imported.
                 let present = index.manifests.iter().filter(|c| {
-                    self.entries
-                        .blob_path(&c.digest)
-                        .map(|p| self.entries.files.contains_key(&p))
+                    blob_path(self.entries, &c.digest)
+                        .map(|p| self.entries.contains(&p))
                         .unwrap_or(false)
                 });
                 for (i, child) in present.enumerate() {
@@ -338,7 +258,7 @@ impl Planner<'_> {
 
     /// A `docker save` archive: the manifest is generated from manifest.json.
     fn docker(&mut self) -> Result<Vec<Named>, Error> {
-        let list: Vec<DockerEntry> = self.entries.json("manifest.json")?;
+        let list: Vec<DockerEntry> = json(self.entries, "manifest.json")?;
         let mut images = Vec::new();
         for entry in list {
             let tags = entry.repo_tags.unwrap_or_default();
@@ -402,11 +322,7 @@ impl Planner<'_> {
     }
 
     fn tar_file(&self, name: &str, digest: &str, size: u64) -> Result<Blob, Error> {
-        let (offset, _) = *self
-            .entries
-            .files
-            .get(name)
-            .ok_or_else(|| self.entries.bad(format!("{name} missing")))?;
+        let (offset, _) = self.entries.locate(name)?;
         Ok(Blob {
             digest: digest.to_string(),
             size: size as i64,
@@ -449,6 +365,9 @@ pub fn normalize_ref(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::path::PathBuf;
 
     #[test]
     fn refs_are_normalized() {
@@ -546,7 +465,7 @@ mod tests {
         .unwrap();
         files.push(("./index.json".to_string(), index));
         let (_dir, path) = tarball(&as_refs(&files));
-        let plan = plan(&path).unwrap();
+        let plan = plan(&path, Compression::None).unwrap();
         assert_eq!(plan.images.len(), 1, "unnamed entry skipped");
         assert_eq!(plan.images[0].name, "localhost/x:1");
         assert_eq!(plan.images[0].target.digest, digest(&manifest));
@@ -593,7 +512,7 @@ mod tests {
         .unwrap();
         files.push(("index.json".to_string(), index));
         let (_dir, path) = tarball(&as_refs(&files));
-        let plan = plan(&path).unwrap();
+        let plan = plan(&path, Compression::None).unwrap();
         assert_eq!(plan.images[0].name, "example.com/multi:2");
         assert_eq!(plan.images[0].config, None);
         let idx = plan.blobs.last().unwrap();
@@ -647,7 +566,7 @@ mod tests {
         ];
         for (files, want) in cases {
             let (_dir, path) = tarball(&as_refs(&files));
-            let err = plan(&path).unwrap_err();
+            let err = plan(&path, Compression::None).unwrap_err();
             assert!(matches!(err, Error::Tarball { .. }), "{err}");
             assert!(err.to_string().contains(want), "{err} lacks {want:?}");
         }
@@ -670,7 +589,7 @@ mod tests {
             ("a/layer.tar", layer.clone()),
             ("b/layer.tar", gz.clone()),
         ]);
-        let plan = plan(&path).unwrap();
+        let plan = plan(&path, Compression::None).unwrap();
         let names: Vec<_> = plan.images.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(
             names,

@@ -71,10 +71,14 @@ async fn air_gap_dir_and_docker_archive_import() {
     );
     std::fs::write(airgap.join("README.txt"), "not an image").unwrap();
 
-    let refs = import_dir(&node.socket(), &airgap)
+    let state = node.dir.path().join("data/agent/image-import.json");
+    let report = import_dir(&node.socket(), &airgap, Some(&state))
         .await
         .expect("import_dir");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let refs = report.imported;
     assert_eq!(refs, [BUSYBOX_IMAGE, PAUSE_IMAGE, "example.com/box:v1"]);
+    assert_eq!(report.skipped.len(), 1, "README.txt: {:?}", report.skipped);
     for r in &refs {
         let img = node
             .image_status(r)
@@ -83,6 +87,32 @@ async fn air_gap_dir_and_docker_archive_import() {
         assert!(img.repo_tags.contains(r), "{img:?}");
         assert!(img.size > 0);
     }
+
+    // The next start leaves the unchanged tarballs alone.
+    let again = import_dir(&node.socket(), &airgap, Some(&state))
+        .await
+        .expect("import_dir again");
+    assert!(again.imported.is_empty(), "{:?}", again.imported);
+    assert_eq!(again.unchanged.len(), 3, "{:?}", again.unchanged);
+
+    // An image removed from containerd is imported again from its unchanged tarball.
+    node.cri()
+        .images()
+        .remove_image(v1::RemoveImageRequest {
+            image: Some(v1::ImageSpec {
+                image: PAUSE_IMAGE.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage");
+    assert!(node.image_status(PAUSE_IMAGE).await.is_none(), "removed");
+    let back = import_dir(&node.socket(), &airgap, Some(&state))
+        .await
+        .expect("import_dir after a removal");
+    assert_eq!(back.imported, [PAUSE_IMAGE]);
+    assert_eq!(back.unchanged.len(), 2, "{:?}", back.unchanged);
+    assert!(node.image_status(PAUSE_IMAGE).await.is_some(), "back");
 
     // Importing again is a no-op that returns the same names.
     let again = import_tarball(&node.socket(), &airgap.join("busybox.tar"))
@@ -121,10 +151,15 @@ async fn air_gap_dir_and_docker_archive_import() {
         .expect("image");
     assert_eq!(img.id, pause_id);
 
-    // A broken tarball is refused with a clear error, the rest still imported.
+    // A broken tarball is refused with a clear error, the rest still there; the
+    // re-pointed name makes the docker archive's image "gone", so it is imported again.
     std::fs::write(airgap.join("broken.tar"), b"not a tar").unwrap();
-    let err = import_dir(&node.socket(), &airgap)
+    let report = import_dir(&node.socket(), &airgap, Some(&state))
         .await
-        .expect_err("broken tarball");
-    assert!(err.to_string().contains("broken.tar"), "{err}");
+        .expect("import_dir with a broken tarball");
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    let err = report.failed[0].1.to_string();
+    assert!(err.contains("broken.tar"), "{err}");
+    assert_eq!(report.imported, ["example.com/box:v1"]);
+    assert_eq!(report.unchanged.len(), 2, "{:?}", report.unchanged);
 }
