@@ -12,6 +12,7 @@ use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy, TryAsRef};
 
 use crate::consensus::{NodeId, Raft};
+use crate::defrag::Database;
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::mvcc::{self, Revisions, WriteRequest, WriteResponse};
@@ -71,6 +72,12 @@ pub struct Config {
     pub snapshot_every: u64,
     /// How long a request waits for a leader, a quorum or a forwarded answer.
     pub request_timeout: Duration,
+    /// After a compaction, defragment when the database takes at least this many times
+    /// the bytes of its records on disk (and [`Config::defrag_min_bytes`] more); 0 = only
+    /// when [`Store::defragment`] is called.
+    pub defrag_ratio: u64,
+    /// The least disk space an automatic defragmentation must stand to give back.
+    pub defrag_min_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -100,6 +107,8 @@ impl Config {
             timing: Timing::default(),
             snapshot_every: 100_000,
             request_timeout: Duration::from_secs(10),
+            defrag_ratio: 4,
+            defrag_min_bytes: 32 << 20,
         }
     }
 }
@@ -150,9 +159,15 @@ impl Store {
         let opened = tokio::task::spawn_blocking(move || open_blocking(&cfg))
             .await
             .map_err(|e| Error::Storage(format!("open task: {e}")))??;
+        let database = Database::new(
+            opened.db,
+            opened.db_name,
+            config.data_dir.clone(),
+            config.cache_capacity_bytes,
+        )?;
         let shared = Arc::new(Shared {
-            db: opened.db,
-            tree: opened.tree,
+            database: Arc::new(database),
+            compacted_notify: tokio::sync::Notify::new(),
             revs: RwLock::new(Revisions::default()),
             current: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
@@ -168,7 +183,7 @@ impl Store {
             .await
             .map_err(|e| Error::Storage(format!("open task: {e}")))??;
 
-        let log_store = LogStore::open(&shared.db, &config.data_dir.join("log"))?;
+        let log_store = LogStore::open(shared.database.clone(), &config.data_dir.join("log"))?;
         let network = Network {
             transport: config.transport.clone(),
             cluster_id: shared.cluster_id.clone(),
@@ -223,8 +238,14 @@ impl Store {
                 .await;
         }
         let expiry = tokio::spawn(lease_expiry_loop(store.clone_weak()));
+        let defrag = tokio::spawn(crate::defrag::auto_defrag_loop(
+            store.clone_weak(),
+            config.defrag_ratio,
+            config.defrag_min_bytes,
+        ));
         if let Ok(mut t) = store.tasks.lock() {
             t.push(expiry);
+            t.push(defrag);
         }
         Ok(store)
     }
@@ -436,8 +457,9 @@ impl Store {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let revs = shared.revs.read().map_err(|_| poisoned())?;
+            let tree = shared.database.tree();
             if req.revision == 0 || req.revision == revs.current {
-                return mvcc::range_latest(&shared.tree, &req, revs.current);
+                return mvcc::range_latest(&tree, &req, revs.current);
             }
             if req.revision > revs.current {
                 return Err(Error::FutureRevision {
@@ -451,7 +473,7 @@ impl Store {
                     compacted: revs.compacted,
                 });
             }
-            mvcc::range_at(&shared.tree, &req, req.revision, revs.current)
+            mvcc::range_at(&tree, &req, req.revision, revs.current)
         })
         .await
         .map_err(|e| Error::Storage(format!("read task: {e}")))?
@@ -643,7 +665,7 @@ impl Store {
             if let Ok(mut hub) = shared.hub.lock() {
                 hub.close_all();
             }
-            shared.db.flush().map_err(|e| Error::Storage(e.to_string()))
+            shared.database.flush()
         })
         .await
         .map_err(|e| Error::Storage(format!("shutdown task: {e}")))??;
@@ -657,7 +679,7 @@ impl Store {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let revs = shared.revs.read().map_err(|_| poisoned())?;
-            snapshot::save(&shared.tree, &path)?;
+            snapshot::save(&shared.database.tree(), &path)?;
             Ok(revs.current)
         })
         .await
@@ -677,8 +699,8 @@ impl Store {
     /// Size of the database files on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.shared
-            .db
-            .size_on_disk()
+            .database
+            .with(|h| h.db.size_on_disk())
             .map_err(|e| Error::Storage(e.to_string()))
     }
 }
@@ -703,7 +725,7 @@ where
 /// Before Raft starts: finish an interrupted snapshot install, then load the in-memory
 /// bookkeeping from the tree.
 fn prepare(shared: &Shared) -> Result<()> {
-    if snapshot::install_interrupted(&shared.tree)? {
+    if snapshot::install_interrupted(&shared.database.tree())? {
         let path = shared.snapshot_dir.join(snapshot::CURRENT);
         tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
         state_machine::install(shared, &path, None)?;
@@ -722,8 +744,8 @@ fn prepare(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// What the lease loop holds: it must not keep the store alive.
-struct WeakStore {
+/// What the background loops hold: it must not keep the store alive.
+pub(crate) struct WeakStore {
     shared: std::sync::Weak<Shared>,
     raft: Raft,
     transport: Arc<dyn Transport>,
@@ -732,7 +754,8 @@ struct WeakStore {
 }
 
 impl WeakStore {
-    fn upgrade(&self) -> Option<Store> {
+    /// The store, while someone else still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Store> {
         Some(Store {
             shared: self.shared.upgrade()?,
             raft: self.raft.clone(),
