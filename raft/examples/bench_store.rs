@@ -351,6 +351,12 @@ async fn main() {
         let before = rss_kib(std::process::id());
         let mut rss_config = Config::single_node(dir.path().join("rss"));
         rss_config.snapshot_every = snapshot_every as u64;
+        if let Some(mb) = std::env::var("BENCH_CACHE_MB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            rss_config.cache_capacity_bytes = mb << 20;
+        }
         let store = Store::open(rss_config).await.expect("open");
         pikube_load(&store, writers, 100_000, kib.clone(), "/rss").await;
         let pikube_rss = rss_kib(std::process::id());

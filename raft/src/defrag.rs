@@ -320,17 +320,19 @@ pub(crate) async fn auto_defrag_loop(weak: WeakStore, ratio: u64, min_bytes: u64
     if ratio == 0 {
         return;
     }
+    let Some(notify) = weak.upgrade().map(|s| s.shared.compacted_notify.clone()) else {
+        return;
+    };
     loop {
-        let Some(store) = weak.upgrade() else {
-            return;
-        };
-        // Wakes now and then without a compaction, so that a dropped store is let go.
-        let shared = store.shared.clone();
-        drop(store);
-        let woken =
-            tokio::time::timeout(Duration::from_secs(1), shared.compacted_notify.notified()).await;
-        drop(shared);
-        if woken.is_err() {
+        // Holds no handle on the store while it waits (its database must close when the
+        // store is dropped); wakes now and then to notice that.
+        if tokio::time::timeout(Duration::from_secs(1), notify.notified())
+            .await
+            .is_err()
+        {
+            if weak.upgrade().is_none() {
+                return;
+            }
             continue;
         }
         let Some(store) = weak.upgrade() else {

@@ -29,7 +29,7 @@ pub(crate) struct Shared {
     pub database: Arc<Database>,
     /// Woken when a compaction was applied: the defragmentation task then checks the
     /// database's disk use.
-    pub compacted_notify: tokio::sync::Notify,
+    pub compacted_notify: Arc<tokio::sync::Notify>,
     pub revs: RwLock<Revisions>,
     pub current: AtomicI64,
     pub compacted: AtomicI64,

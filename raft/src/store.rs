@@ -167,7 +167,7 @@ impl Store {
         )?;
         let shared = Arc::new(Shared {
             database: Arc::new(database),
-            compacted_notify: tokio::sync::Notify::new(),
+            compacted_notify: Arc::new(tokio::sync::Notify::new()),
             revs: RwLock::new(Revisions::default()),
             current: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
