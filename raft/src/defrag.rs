@@ -326,20 +326,15 @@ pub(crate) async fn auto_defrag_loop(weak: WeakStore, ratio: u64, min_bytes: u64
     loop {
         // Holds no handle on the store while it waits (its database must close when the
         // store is dropped); wakes now and then to notice that.
-        if tokio::time::timeout(Duration::from_secs(1), notify.notified())
-            .await
-            .is_err()
-        {
-            if weak.upgrade().is_none() {
-                return;
-            }
-            continue;
-        }
+        let woken = tokio::time::timeout(Duration::from_secs(1), notify.notified()).await;
         let Some(store) = weak.upgrade() else {
             return;
         };
         if store.is_shut_down() {
             return;
+        }
+        if woken.is_err() {
+            continue;
         }
         let usage = match store.disk_use().await {
             Ok(u) => u,

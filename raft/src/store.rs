@@ -133,6 +133,8 @@ pub struct Store {
     pub(crate) timeout: Duration,
     advertise_addr: Arc<str>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// The defragmentation loop: awaited at shutdown, not aborted (its copy must finish).
+    defrag: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>> {
@@ -206,6 +208,7 @@ impl Store {
             timeout: config.request_timeout,
             advertise_addr: config.advertise_addr.as_str().into(),
             tasks: Arc::new(Mutex::new(Vec::new())),
+            defrag: Arc::new(Mutex::new(None)),
         };
         let initialized = store
             .raft
@@ -245,7 +248,9 @@ impl Store {
         ));
         if let Ok(mut t) = store.tasks.lock() {
             t.push(expiry);
-            t.push(defrag);
+        }
+        if let Ok(mut d) = store.defrag.lock() {
+            *d = Some(defrag);
         }
         Ok(store)
     }
@@ -659,6 +664,12 @@ impl Store {
                 t.abort();
             }
         }
+        // The defragmentation loop sees `closed` when woken and ends after what it does.
+        self.shared.compacted_notify.notify_one();
+        let defrag = self.defrag.lock().ok().and_then(|mut d| d.take());
+        if let Some(defrag) = defrag {
+            let _ = defrag.await;
+        }
         let _ = self.raft.shutdown().await;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
@@ -763,6 +774,7 @@ impl WeakStore {
             timeout: self.timeout,
             advertise_addr: self.advertise_addr.clone(),
             tasks: Arc::new(Mutex::new(Vec::new())),
+            defrag: Arc::new(Mutex::new(None)),
         })
     }
 }
