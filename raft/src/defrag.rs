@@ -184,12 +184,23 @@ impl Database {
         if stop == Some(StopAt::Copied) {
             return Err(Error::Storage("stopped before the switch (test)".into()));
         }
-        open::switch_db(&self.data_dir, &name)?;
-        let old = std::mem::replace(&mut *h, Handles::open(db, name)?);
+        let new = Handles::open(db, name.clone())?;
+        let mut keep_old = stop == Some(StopAt::Switched);
+        if let Err(e) = open::switch_db(&self.data_dir, &name) {
+            // Whether the rename happened decides which directory the store is now; if
+            // it is not known durable, the old directory stays, for an identity file that
+            // a crash takes back to naming it.
+            if open::named_db(&self.data_dir).ok().as_deref() != Some(name.as_str()) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "the switch to the new database is not known durable");
+            keep_old = true;
+        }
+        let old = std::mem::replace(&mut *h, new);
         drop(h);
         let old_path = self.data_dir.join(&old.name);
         drop(old);
-        if stop == Some(StopAt::Switched) {
+        if keep_old {
             return Ok(());
         }
         // The store is the new directory now; a failure here leaves the old one for the
@@ -548,6 +559,17 @@ mod tests {
         std::fs::write(&id_path, outside).unwrap();
         let err = Store::open(config(&path, 0)).await.err().unwrap();
         assert!(matches!(err, Error::Corrupt(_)), "{err}");
+
+        // An identity file from before the switch (its rename lost) while only the new
+        // directory is left: refused, the new directory kept.
+        let before = identity
+            .replace("\"format\":3", "\"format\":2")
+            .replace(",\"db\":\"db.1\"", "");
+        assert!(!before.contains("db.1"), "{before}");
+        std::fs::write(&id_path, before).unwrap();
+        let err = Store::open(config(&path, 0)).await.err().unwrap();
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        assert_eq!(db_dirs(&path), ["db.1"]);
 
         std::fs::write(&id_path, &identity).unwrap();
         let store = Store::open(config(&path, 0)).await.unwrap();

@@ -184,13 +184,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| io("cannot sync", dir, e))
 }
 
+fn load_identity(dir: &Path) -> Result<Identity> {
+    let id_path = dir.join(IDENTITY_FILE);
+    let bytes = std::fs::read(&id_path).map_err(|e| io("cannot read", &id_path, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", id_path.display())))
+}
+
+/// The sled directory the identity file of `dir` names now.
+pub(crate) fn named_db(dir: &Path) -> Result<String> {
+    load_identity(dir)?.db_dir(&dir.join(IDENTITY_FILE))
+}
+
 /// Records in the identity file of `dir` that the sled database is now in the directory
 /// `name`: the moment a defragmentation takes effect.
 pub(crate) fn switch_db(dir: &Path, name: &str) -> Result<()> {
-    let id_path = dir.join(IDENTITY_FILE);
-    let bytes = std::fs::read(&id_path).map_err(|e| io("cannot read", &id_path, e))?;
-    let mut id: Identity = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", id_path.display())))?;
+    let mut id = load_identity(dir)?;
     if !is_rebuilt_db(name) {
         return Err(Error::InvalidArgument(format!(
             "{name} is not a database directory name"
@@ -208,6 +217,14 @@ pub(crate) fn open_sled(path: &Path, cache_capacity: u64) -> sled::Result<sled::
         .cache_capacity(cache_capacity)
         .flush_every_ms(Some(SM_FLUSH_MS))
         .open()
+}
+
+/// Whether `dir` holds a directory a defragmentation made.
+fn has_rebuilt_db(dir: &Path) -> Result<bool> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))?;
+    Ok(entries
+        .flatten()
+        .any(|e| is_rebuilt_db(&e.file_name().to_string_lossy())))
 }
 
 /// Removes sled directories other than `active`: what an interrupted defragmentation
@@ -241,7 +258,7 @@ pub(crate) fn open_blocking(config: &Config) -> Result<Opened> {
     let db_name = id.db_dir(&config.data_dir.join(IDENTITY_FILE))?;
     let db_path = config.data_dir.join(&db_name);
     let fresh = !db_path.exists();
-    if fresh && id.db.is_some() {
+    if fresh && (id.db.is_some() || has_rebuilt_db(&config.data_dir)?) {
         return Err(Error::Corrupt(format!(
             "{} is missing: refusing to start from an empty store",
             db_path.display()
