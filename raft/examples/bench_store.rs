@@ -319,7 +319,7 @@ fn breakdown(path: &std::path::Path) -> Vec<(String, u64)> {
                 .collect()
         })
         .unwrap_or_default();
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
     parts
 }
 
