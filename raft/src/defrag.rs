@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, TryLockError};
 use std::time::Duration;
 
-use crate::consensus::blocking;
+use crate::consensus::{blocking, LogId, NodeId};
 use crate::error::{Error, Result};
 use crate::log_store::META_TREE;
 use crate::open;
@@ -286,35 +286,39 @@ impl Store {
         let Some(applied) = applied else {
             return Ok(());
         };
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        self.raft
-            .wait(Some(self.timeout))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
-                "snapshot after defragmentation",
-            )
-            .await
-            .map_err(|e| Error::Unavailable(format!("snapshot not taken: {e}")))?;
+        let unavailable = |e: openraft::error::Fatal<_>| Error::Unavailable(e.to_string());
+        self.raft.trigger().snapshot().await.map_err(unavailable)?;
+        self.wait_index("snapshot", applied.index, |m| m.snapshot)
+            .await?;
         // All of the log the snapshot covers goes (not only what the snapshot policy
         // would let go): a follower that is behind gets the snapshot, small now.
         self.raft
             .trigger()
             .purge_log(applied.index)
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
+        self.wait_index("log purge", applied.index, |m| m.purged)
+            .await
+    }
+
+    /// Waits until the log id `of` the metrics reaches `index`.
+    async fn wait_index(
+        &self,
+        what: &str,
+        index: u64,
+        of: impl Fn(&openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> Option<LogId>
+            + Send
+            + 'static,
+    ) -> Result<()> {
         self.raft
             .wait(Some(self.timeout))
             .metrics(
-                |m| m.purged.is_some_and(|p| p.index >= applied.index),
-                "log purge after defragmentation",
+                move |m| of(m).is_some_and(|l| l.index >= index),
+                format!("{what} after defragmentation"),
             )
             .await
             .map(|_| ())
-            .map_err(|e| Error::Unavailable(format!("log not purged: {e}")))
+            .map_err(|e| Error::Unavailable(format!("no {what}: {e}")))
     }
 }
 
