@@ -405,6 +405,23 @@ mod tests {
         }
     }
 
+    /// Opens the store at `path` again in this process. openraft lets go of the state
+    /// machine (and so of sled's lock) a moment after `shutdown` returns; a new process
+    /// would not wait.
+    async fn reopen(path: &Path) -> Store {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match Store::open(config(path, 0)).await {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
     async fn everything(store: &Store) -> Vec<KeyValue> {
         store.range(RangeRequest::prefix("/")).await.unwrap().kvs
     }
@@ -479,7 +496,7 @@ mod tests {
         store.shutdown().await.unwrap();
         drop((store, watch));
 
-        let store = Store::open(config(&path, 0)).await.unwrap();
+        let store = reopen(&path).await;
         assert_eq!(store.current_revision(), revision + 1);
         let mut expected = kvs.clone();
         expected.push(store.get(b"/k/new").await.unwrap().unwrap());
@@ -490,7 +507,7 @@ mod tests {
         assert_eq!(db_dirs(&path), ["db.2"]);
         store.shutdown().await.unwrap();
         drop(store);
-        let store = Store::open(config(&path, 0)).await.unwrap();
+        let store = reopen(&path).await;
         assert_eq!(everything(&store).await, expected);
         store.shutdown().await.unwrap();
     }
@@ -523,7 +540,7 @@ mod tests {
             store.shutdown().await.unwrap();
             drop(store);
 
-            let store = Store::open(config(&path, 0)).await.unwrap();
+            let store = reopen(&path).await;
             assert_eq!(
                 db_dirs(&path),
                 [survivor],
@@ -535,7 +552,7 @@ mod tests {
             store.defragment().await.unwrap();
             store.shutdown().await.unwrap();
             drop(store);
-            let store = Store::open(config(&path, 0)).await.unwrap();
+            let store = reopen(&path).await;
             assert_eq!(everything(&store).await.len(), kvs.len() + 1, "{stop:?}");
             store.shutdown().await.unwrap();
         }
@@ -576,7 +593,7 @@ mod tests {
         assert_eq!(db_dirs(&path), ["db.1"]);
 
         std::fs::write(&id_path, &identity).unwrap();
-        let store = Store::open(config(&path, 0)).await.unwrap();
+        let store = reopen(&path).await;
         assert_eq!(everything(&store).await.len(), 50);
         store.shutdown().await.unwrap();
     }

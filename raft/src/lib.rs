@@ -13,6 +13,7 @@ mod codec;
 pub mod consensus;
 mod defrag;
 pub mod error;
+mod lease;
 mod log_store;
 pub mod memnet;
 mod mvcc;

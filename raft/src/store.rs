@@ -240,7 +240,7 @@ impl Store {
                 .applied_index_at_least(last, "log replay")
                 .await;
         }
-        let expiry = tokio::spawn(lease_expiry_loop(store.clone_weak()));
+        let expiry = tokio::spawn(crate::lease::expiry_loop(store.clone_weak()));
         let defrag = tokio::spawn(crate::defrag::auto_defrag_loop(
             store.clone_weak(),
             config.defrag_ratio,
@@ -553,7 +553,14 @@ impl Store {
             return Err(Error::Shutdown);
         }
         let range = KeyRange::new(req.key, req.range_end);
-        let revs = self.shared.revs.read().map_err(|_| poisoned())?;
+        // A defragmentation holds this lock for a while: wait off the async worker then.
+        let revs = match self.shared.revs.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                crate::consensus::blocking(|| self.shared.revs.read()).map_err(|_| poisoned())?
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+        };
         let start = if req.start_revision == 0 {
             revs.current + 1
         } else {
@@ -776,54 +783,5 @@ impl WeakStore {
             tasks: Arc::new(Mutex::new(Vec::new())),
             defrag: Arc::new(Mutex::new(None)),
         })
-    }
-}
-
-/// Expires leases whose deadline passed. Only the leader does; a node that becomes
-/// leader first gives every lease a full TTL (its deadlines were not kept alive here).
-async fn lease_expiry_loop(weak: WeakStore) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut leading = false;
-    loop {
-        tick.tick().await;
-        let Some(store) = weak.upgrade() else {
-            return;
-        };
-        let shared = store.shared.clone();
-        if shared.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let now_leading = store.is_leader();
-        if now_leading && !leading {
-            if let Ok(mut leases) = shared.leases.lock() {
-                let now = Instant::now();
-                for (deadline, ttl) in leases.values_mut() {
-                    *deadline = now + Duration::from_secs((*ttl).max(1) as u64);
-                }
-            }
-        }
-        leading = now_leading;
-        if !leading {
-            continue;
-        }
-        let now = Instant::now();
-        let expired: Vec<LeaseId> = match shared.leases.lock() {
-            Ok(leases) => leases
-                .iter()
-                .filter(|(_, (d, _))| *d <= now)
-                .map(|(id, _)| *id)
-                .collect(),
-            Err(_) => return,
-        };
-        for id in expired {
-            match store.propose_local(WriteRequest::LeaseRevoke { id }).await {
-                Ok(_) | Err(Error::LeaseNotFound(_)) => {
-                    if let Ok(mut leases) = shared.leases.lock() {
-                        leases.remove(&id);
-                    }
-                }
-                Err(e) => tracing::debug!(lease = id, error = %e, "lease expiry deferred"),
-            }
-        }
     }
 }
