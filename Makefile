@@ -122,6 +122,11 @@ bench-satokens:
 bench-store:
 	$(CARGO) run --release -p pikube-raft --example bench_store
 
+## bench-store-disk: the store's disk use after overwrites, compaction and defragmentation
+.PHONY: bench-store-disk
+bench-store-disk:
+	$(CARGO) run --release -p pikube-raft --example bench_store -- --only disk
+
 ## bench-proxy: 10,000 services x 5 endpoints rendered and applied in a network
 ## namespace of its own (needs root): full sync, one-service update, added latency
 bench-proxy:

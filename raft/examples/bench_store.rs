@@ -7,7 +7,8 @@
 //! Then the same with three nodes on loopback: pikube's over its HTTPS peer transport,
 //! etcd with three members; the load goes to the leader (pikube) or first member (etcd).
 //! Also measured: RSS while holding 100k 1 KiB keys, and disk use after 100k overwrites
-//! of 1,000 keys followed by compaction.
+//! of 1,000 keys, then after compaction, then after defragmentation (with a breakdown by
+//! directory). `--only rss,single,cluster,disk` runs some parts; `--keep` keeps the data.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -290,6 +291,38 @@ fn print_table(title: &str, rows: &[(&str, &Figures); 2]) {
     );
 }
 
+/// Whether the part `name` of the benchmark runs: all by default, or those listed in
+/// `--only` (comma-separated: `rss`, `single`, `cluster`, `disk`).
+fn part(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args
+            .get(i + 1)
+            .is_some_and(|v| v.split(',').any(|p| p == name)),
+        None => true,
+    }
+}
+
+/// Bytes under each entry of `path` (files and directories), largest first.
+fn breakdown(path: &std::path::Path) -> Vec<(String, u64)> {
+    let mut parts: Vec<(String, u64)> = std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let size = match e.metadata() {
+                        Ok(m) if m.is_dir() => dir_size(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    };
+                    (e.file_name().to_string_lossy().into_owned(), size)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+    parts
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -306,93 +339,125 @@ async fn main() {
     let value_size = arg("--value-size", 256);
     // Log entries between snapshots in the memory test (the store's default otherwise).
     let snapshot_every = arg("--snapshot-every", 100_000);
+    // sled cache of the memory test in MiB (0: the store's default).
+    let cache_mb = arg("--cache-mb", 0) as u64;
     let value = Arc::new(vec![b'x'; value_size]);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(writers)
         .build_http();
     println!("load: {writers} writers, {value_size}-byte values, {puts} puts, fsync on both");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kib = Arc::new(vec![b'k'; 1024]);
 
     // Memory first, while this process holds nothing else: 100k 1 KiB keys.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let before = rss_kib(std::process::id());
-    let mut rss_config = Config::single_node(dir.path().join("rss"));
-    rss_config.snapshot_every = snapshot_every as u64;
-    let store = Store::open(rss_config).await.expect("open");
-    let kib = Arc::new(vec![b'k'; 1024]);
-    pikube_load(&store, writers, 100_000, kib.clone(), "/rss").await;
-    let pikube_rss = rss_kib(std::process::id());
-    store.shutdown().await.expect("shutdown");
-    drop(store);
+    if part("rss") {
+        let before = rss_kib(std::process::id());
+        let mut rss_config = Config::single_node(dir.path().join("rss"));
+        rss_config.snapshot_every = snapshot_every as u64;
+        if cache_mb > 0 {
+            rss_config.cache_capacity_bytes = cache_mb << 20;
+        }
+        let store = Store::open(rss_config).await.expect("open");
+        pikube_load(&store, writers, 100_000, kib.clone(), "/rss").await;
+        let pikube_rss = rss_kib(std::process::id());
+        store.shutdown().await.expect("shutdown");
+        drop(store);
+        // etcd's RSS with the same 100k 1 KiB keys.
+        let etcd = start_etcd(&client, 1).await;
+        let _ = etcd_load(&client, &etcd.url, writers, 100_000, kib.clone()).await;
+        let etcd_rss = rss_kib(etcd.children[0].id());
+        drop(etcd);
+        println!();
+        println!(
+            "RSS holding 100k 1 KiB keys: pikube {:.1} MB (process growth {:.1} MB), etcd {:.1} MB",
+            pikube_rss as f64 / 1024.0,
+            pikube_rss.saturating_sub(before) as f64 / 1024.0,
+            etcd_rss as f64 / 1024.0
+        );
+    }
 
     // Throughput and latency, single node.
-    let store = Store::open(Config::single_node(dir.path().join("tput")))
-        .await
-        .expect("open");
-    let p = pikube_load(&store, writers, puts, value.clone(), "/bench").await;
-    store.shutdown().await.expect("shutdown");
-    drop(store);
-    let etcd = start_etcd(&client, 1).await;
-    let e = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
-    drop(etcd);
-
-    print_table(
-        "single node",
-        &[
-            ("pikube store (in-process)", &p),
-            ("etcd 3.4 (HTTP gateway)", &e),
-        ],
-    );
+    if part("single") {
+        let store = Store::open(Config::single_node(dir.path().join("tput")))
+            .await
+            .expect("open");
+        let p = pikube_load(&store, writers, puts, value.clone(), "/bench").await;
+        store.shutdown().await.expect("shutdown");
+        drop(store);
+        let etcd = start_etcd(&client, 1).await;
+        let e = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
+        drop(etcd);
+        print_table(
+            "single node",
+            &[
+                ("pikube store (in-process)", &p),
+                ("etcd 3.4 (HTTP gateway)", &e),
+            ],
+        );
+    }
 
     // Three nodes on loopback: pikube over its HTTPS peer transport, etcd with 3 members.
-    let nodes = start_pikube_cluster(dir.path()).await;
-    let p3 = pikube_load(&nodes[0].0, writers, puts, value.clone(), "/bench3").await;
-    for (store, server) in nodes {
-        server.abort();
-        store.shutdown().await.expect("shutdown");
+    if part("cluster") {
+        let nodes = start_pikube_cluster(dir.path()).await;
+        let p3 = pikube_load(&nodes[0].0, writers, puts, value.clone(), "/bench3").await;
+        for (store, server) in nodes {
+            server.abort();
+            store.shutdown().await.expect("shutdown");
+        }
+        let etcd = start_etcd(&client, 3).await;
+        let e3 = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
+        drop(etcd);
+        print_table(
+            "3 nodes",
+            &[
+                ("pikube store (HTTPS peers)", &p3),
+                ("etcd 3.4 (3 members)", &e3),
+            ],
+        );
     }
-    let etcd = start_etcd(&client, 3).await;
-    let e3 = etcd_load(&client, &etcd.url, writers, puts, value.clone()).await;
-    drop(etcd);
-    print_table(
-        "3 nodes",
-        &[
-            ("pikube store (HTTPS peers)", &p3),
-            ("etcd 3.4 (3 members)", &e3),
-        ],
-    );
-
-    // etcd's RSS with the same 100k 1 KiB keys.
-    let etcd = start_etcd(&client, 1).await;
-    let _ = etcd_load(&client, &etcd.url, writers, 100_000, kib.clone()).await;
-    let etcd_rss = rss_kib(etcd.children[0].id());
-    drop(etcd);
-    println!();
-    println!(
-        "RSS holding 100k 1 KiB keys: pikube {:.1} MB (process growth {:.1} MB), etcd {:.1} MB",
-        pikube_rss as f64 / 1024.0,
-        pikube_rss.saturating_sub(before) as f64 / 1024.0,
-        etcd_rss as f64 / 1024.0
-    );
 
     // Disk after 100k overwrites of 1,000 1 KiB keys, then compaction.
-    let path = dir.path().join("disk");
-    let store = Store::open(Config::single_node(&path)).await.expect("open");
-    for round in 0..100 {
-        let _ = round;
-        pikube_load(&store, writers, 1000, kib.clone(), "/disk").await;
+    if part("disk") {
+        let path = dir.path().join("disk");
+        // Defragmented on request here, so the figure is that of the call (by default the
+        // store also defragments by itself after a compaction like this one).
+        let mut disk_config = Config::single_node(&path);
+        disk_config.defrag_ratio = 0;
+        let store = Store::open(disk_config).await.expect("open");
+        for _round in 0..100 {
+            pikube_load(&store, writers, 1000, kib.clone(), "/disk").await;
+        }
+        let live = 1000 * (1024 + 14);
+        let show = |what: &str| {
+            let on_disk = dir_size(&path);
+            println!(
+                "disk after 100k overwrites{what}: {:.1} MB for {:.1} MB live ({:.1}x)",
+                on_disk as f64 / 1e6,
+                live as f64 / 1e6,
+                on_disk as f64 / live as f64
+            );
+            for (name, size) in breakdown(&path) {
+                println!("  {name}: {:.1} MB", size as f64 / 1e6);
+            }
+        };
+        println!();
+        show("");
+        store
+            .compact(store.current_revision())
+            .await
+            .expect("compact");
+        show(" + compaction");
+        let t = Instant::now();
+        store.defragment().await.expect("defragment");
+        let took = t.elapsed();
+        store.shutdown().await.expect("shutdown");
+        drop(store);
+        show(&format!(
+            " + compaction + defragmentation ({:.0} ms)",
+            took.as_secs_f64() * 1e3
+        ));
     }
-    store
-        .compact(store.current_revision())
-        .await
-        .expect("compact");
-    store.shutdown().await.expect("shutdown");
-    drop(store);
-    let live = 1000 * (1024 + 14);
-    let on_disk = dir_size(&path);
-    println!(
-        "disk after 100k overwrites + compaction: {:.1} MB for {:.1} MB live ({:.1}x)",
-        on_disk as f64 / 1e6,
-        live as f64 / 1e6,
-        on_disk as f64 / live as f64
-    );
+    if std::env::args().any(|a| a == "--keep") {
+        println!("data kept in {}", dir.keep().display());
+    }
 }

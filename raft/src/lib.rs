@@ -11,7 +11,9 @@ mod bytes_serde;
 mod cluster;
 mod codec;
 pub mod consensus;
+mod defrag;
 pub mod error;
+mod lease;
 mod log_store;
 pub mod memnet;
 mod mvcc;
@@ -27,6 +29,7 @@ mod wal;
 pub mod watch;
 
 pub use consensus::NodeId;
+pub use defrag::DiskUse;
 pub use error::{Error, Result};
 pub use network::{NoPeers, Transport, TransportError, TransportFuture};
 pub use open::{read_identity, IDENTITY_FILE};

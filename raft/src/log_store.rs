@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::consensus::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::defrag::Database;
 use crate::wal::Wal;
 
 /// sled tree of the vote, the committed and the last purged log id.
@@ -114,19 +115,19 @@ struct Flush {
 
 /// The log store handed to openraft.
 pub struct LogStore {
-    db: sled::Db,
+    /// Holds the vote tree ([`META_TREE`]); a defragmentation may swap it.
+    database: Arc<Database>,
     log: Log,
-    meta: sled::Tree,
     flusher: std_mpsc::Sender<Flush>,
 }
 
 impl LogStore {
-    /// Opens the vote tree of `db` and the log files in `dir`, and starts the flusher.
-    pub fn open(db: &sled::Db, dir: &Path) -> crate::Result<LogStore> {
-        let storage = |e: sled::Error| crate::Error::Storage(e.to_string());
-        let meta = db.open_tree(META_TREE).map_err(storage)?;
-        let purged: Option<LogId> = get_meta(&meta, "purged")
-            .map_err(|e| crate::Error::Corrupt(format!("raft metadata: {e}")))?;
+    /// Opens the vote tree of `database` and the log files in `dir`, and starts the flusher.
+    pub(crate) fn open(database: Arc<Database>, dir: &Path) -> crate::Result<LogStore> {
+        let purged = database
+            .with(|h| get_meta::<Option<LogId>>(&h.meta, "purged"))
+            .map_err(|e| crate::Error::Corrupt(format!("raft metadata: {e}")))?
+            .flatten();
         let wal = Wal::open(dir, purged.map(|p| p.index))?;
         let (tx, rx) = std_mpsc::channel::<Flush>();
         std::thread::Builder::new()
@@ -134,17 +135,33 @@ impl LogStore {
             .spawn(move || flusher(rx))
             .map_err(|e| crate::Error::Storage(format!("cannot start log flusher: {e}")))?;
         Ok(LogStore {
-            db: db.clone(),
+            database,
             log: Log(Arc::new(Mutex::new(wal))),
-            meta,
             flusher: tx,
         })
     }
 
-    fn blocking_flush(&self) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        // Votes are rare; a short block of the Raft task is the simple, safe choice.
-        crate::consensus::blocking(move || db.flush().map(|_| ()).map_err(vote_err))
+    /// Writes `value` under `name` in the vote tree; with `durable`, flushes it too.
+    fn put_meta<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let bytes = encode(value)?;
+        self.database.with(|h| {
+            h.meta.insert(name, bytes).map_err(write_err)?;
+            if durable {
+                // Votes and purges are rare; a short block of the Raft task is the
+                // simple, safe choice.
+                crate::consensus::blocking(|| h.db.flush().map(|_| ()).map_err(vote_err))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageError> {
+        self.database.with(|h| get_meta(&h.meta, name))
     }
 }
 
@@ -193,7 +210,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = get_meta(&self.meta, "purged")?;
+        // Recorded as an `Option<LogId>` (see `purge`).
+        let last_purged = self.get_meta::<Option<LogId>>("purged")?.flatten();
         let last = match self.log.last()? {
             Some(e) => Some(*e.get_log_id()).max(last_purged),
             None => last_purged,
@@ -211,24 +229,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.meta.insert("vote", encode(vote)?).map_err(vote_err)?;
-        self.blocking_flush()
+        self.put_meta("vote", vote, true)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        get_meta(&self.meta, "vote")
+        self.get_meta("vote")
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Made durable by the next log flush; committed never runs ahead of flushed entries.
-        self.meta
-            .insert("committed", encode(&committed)?)
-            .map_err(write_err)?;
-        Ok(())
+        self.put_meta("committed", &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(get_meta::<Option<LogId>>(&self.meta, "committed")?.flatten())
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
     }
 
     async fn append<I>(
@@ -268,12 +282,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.meta
-            .insert("purged", encode(&Some(log_id))?)
-            .map_err(write_err)?;
         // The record must be on disk before the files go, or a crash would leave the
         // log starting after a hole that nothing explains.
-        self.blocking_flush()?;
+        self.put_meta("purged", &Some(log_id), true)?;
         self.log.lock().purge(log_id.index).map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, Store};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_reopens_after_a_snapshot_purged_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut config = Config::single_node(&path);
+        config.snapshot_every = 100;
+        let s = Store::open(config.clone()).await.unwrap();
+        for i in 0..400 {
+            s.put(format!("/p/{i}").as_bytes(), b"v", 0).await.unwrap();
+        }
+        // openraft purges what a snapshot covers, less a tenth of the interval.
+        s.raft
+            .wait(Some(std::time::Duration::from_secs(10)))
+            .metrics(|m| m.purged.is_some(), "log purged")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let purged = s.raft.metrics().borrow().purged;
+        drop(s);
+        let s = Store::open(config).await.unwrap();
+        assert_eq!(
+            s.raft.metrics().borrow().purged,
+            purged,
+            "the purged log id reads back"
+        );
+        assert_eq!(s.current_revision(), 400);
+        assert_eq!(s.put(b"/p/next", b"v", 0).await.unwrap().revision, 401);
+        s.shutdown().await.unwrap();
     }
 }

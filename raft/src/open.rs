@@ -3,6 +3,7 @@
 //! foreign is refused with a message, never reset. Directories of the first, unreplicated
 //! format are carried over (their logged writes applied) before Raft takes over.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,13 @@ pub const IDENTITY_FILE: &str = "pikube-store.json";
 /// Format version of the on-disk layout: 2 = Raft log and state machine.
 const FORMAT: u32 = 2;
 
+/// Format 2 with the sled directory named in the identity file (a defragmentation
+/// rebuilt it under a new name). Older binaries refuse it rather than open `db/`.
+const FORMAT_NAMED_DB: u32 = 3;
+
+/// The sled directory of a store that was never defragmented.
+const FIRST_DB: &str = "db";
+
 /// How often sled writes the state machine out: applied entries stay in the Raft log
 /// until a snapshot (which flushes first), so a crash only means applying a few again.
 const SM_FLUSH_MS: u64 = 500;
@@ -31,6 +39,36 @@ struct Identity {
     format: u32,
     cluster_id: String,
     node_id: u64,
+    /// The sled directory in use, when not [`FIRST_DB`] (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    db: Option<String>,
+}
+
+/// Whether `name` is a sled directory name a defragmentation gives: `db.<generation>`.
+fn is_rebuilt_db(name: &str) -> bool {
+    name.strip_prefix("db.")
+        .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The generation of a sled directory name: 0 for [`FIRST_DB`], `n` for `db.<n>`.
+pub(crate) fn db_generation(name: &str) -> u64 {
+    name.strip_prefix("db.")
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Identity {
+    /// The name of the sled directory in use.
+    fn db_dir(&self, id_path: &Path) -> Result<String> {
+        match (&self.db, self.format) {
+            (Some(name), FORMAT_NAMED_DB) if is_rebuilt_db(name) => Ok(name.clone()),
+            (None, FORMAT | FORMAT_UNREPLICATED) => Ok(FIRST_DB.to_string()),
+            _ => Err(Error::Corrupt(format!(
+                "{} names no valid database directory",
+                id_path.display()
+            ))),
+        }
+    }
 }
 
 fn storage(e: sled::Error) -> Error {
@@ -53,7 +91,7 @@ fn check_identity(config: &Config) -> Result<Identity> {
         Ok(bytes) => {
             let id: Identity = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", id_path.display())))?;
-            if id.format != FORMAT && id.format != FORMAT_UNREPLICATED {
+            if ![FORMAT, FORMAT_NAMED_DB, FORMAT_UNREPLICATED].contains(&id.format) {
                 return Err(Error::Corrupt(format!(
                     "{} has format {}, expected {FORMAT}",
                     id_path.display(),
@@ -95,6 +133,7 @@ fn check_identity(config: &Config) -> Result<Identity> {
                 format: FORMAT,
                 cluster_id,
                 node_id: config.node_id,
+                db: None,
             };
             write_identity(dir, &id)?;
             Ok(id)
@@ -124,31 +163,109 @@ pub fn read_identity(dir: &Path) -> Result<Option<(String, u64)>> {
     }
 }
 
+/// Writes the identity file atomically and durably (a temporary file, synced, renamed
+/// over it, the directory synced): a crash leaves the old file or the new one.
 fn write_identity(dir: &Path, id: &Identity) -> Result<()> {
     let id_path = dir.join(IDENTITY_FILE);
     let bytes = serde_json::to_vec(id).map_err(|e| Error::Storage(e.to_string()))?;
     let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| io("cannot write", &tmp, e))?;
-    std::fs::rename(&tmp, &id_path).map_err(|e| io("cannot write", &id_path, e))
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot write", &tmp, e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, &id_path).map_err(|e| io("cannot write", &id_path, e))?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of directory `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync", dir, e))
+}
+
+fn load_identity(dir: &Path) -> Result<Identity> {
+    let id_path = dir.join(IDENTITY_FILE);
+    let bytes = std::fs::read(&id_path).map_err(|e| io("cannot read", &id_path, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", id_path.display())))
+}
+
+/// The sled directory the identity file of `dir` names now.
+pub(crate) fn named_db(dir: &Path) -> Result<String> {
+    load_identity(dir)?.db_dir(&dir.join(IDENTITY_FILE))
+}
+
+/// Records in the identity file of `dir` that the sled database is now in the directory
+/// `name`: the moment a defragmentation takes effect.
+pub(crate) fn switch_db(dir: &Path, name: &str) -> Result<()> {
+    let mut id = load_identity(dir)?;
+    if !is_rebuilt_db(name) {
+        return Err(Error::InvalidArgument(format!(
+            "{name} is not a database directory name"
+        )));
+    }
+    id.format = FORMAT_NAMED_DB;
+    id.db = Some(name.to_string());
+    write_identity(dir, &id)
+}
+
+/// Opens (or creates) the sled database at `path` with the store's settings.
+pub(crate) fn open_sled(path: &Path, cache_capacity: u64) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity)
+        .flush_every_ms(Some(SM_FLUSH_MS))
+        .open()
+}
+
+/// Whether `dir` holds a directory a defragmentation made.
+fn has_rebuilt_db(dir: &Path) -> Result<bool> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))?;
+    Ok(entries
+        .flatten()
+        .any(|e| is_rebuilt_db(&e.file_name().to_string_lossy())))
+}
+
+/// Removes sled directories other than `active`: what an interrupted defragmentation
+/// left (a half-built new one, or the old one not yet removed). Only the directory the
+/// identity file names is the store.
+fn remove_stale_dbs(dir: &Path, active: &str) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))? {
+        let entry = entry.map_err(|e| io("cannot read", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name != active && (name == FIRST_DB || is_rebuilt_db(&name)) {
+            tracing::warn!(dir = %entry.path().display(), "removing a database an interrupted defragmentation left");
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| io("cannot remove", &entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// What an opened data directory gives the store.
 pub(crate) struct Opened {
     pub db: sled::Db,
-    pub tree: sled::Tree,
     pub cluster_id: String,
+    /// Name of the sled directory in the data directory.
+    pub db_name: String,
 }
 
 /// Checks and opens the data directory (blocking).
 pub(crate) fn open_blocking(config: &Config) -> Result<Opened> {
     let mut id = check_identity(config)?;
-    let db_path = config.data_dir.join("db");
+    let db_name = id.db_dir(&config.data_dir.join(IDENTITY_FILE))?;
+    let db_path = config.data_dir.join(&db_name);
     let fresh = !db_path.exists();
-    let db = sled::Config::new()
-        .path(&db_path)
-        .cache_capacity(config.cache_capacity_bytes)
-        .flush_every_ms(Some(SM_FLUSH_MS))
-        .open()
+    if fresh && (id.db.is_some() || has_rebuilt_db(&config.data_dir)?) {
+        return Err(Error::Corrupt(format!(
+            "{} is missing: refusing to start from an empty store",
+            db_path.display()
+        )));
+    }
+    remove_stale_dbs(&config.data_dir, &db_name)?;
+    let db = open_sled(&db_path, config.cache_capacity_bytes)
         .map_err(|e| Error::Corrupt(format!("cannot open {}: {e}", db_path.display())))?;
     let tree = db.open_tree("store").map_err(storage)?;
     match tree.get(codec::meta_key("cluster")).map_err(storage)? {
@@ -178,10 +295,11 @@ pub(crate) fn open_blocking(config: &Config) -> Result<Opened> {
         id.format = FORMAT;
         write_identity(&config.data_dir, &id)?;
     }
+    drop(tree);
     Ok(Opened {
         db,
-        tree,
         cluster_id: id.cluster_id,
+        db_name,
     })
 }
 
@@ -234,12 +352,8 @@ pub(crate) fn restore_blocking(config: &Config, snapshot_path: &Path) -> Result<
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
-    let db_path = dir.join("db");
-    let db = sled::Config::new()
-        .path(&db_path)
-        .cache_capacity(config.cache_capacity_bytes)
-        .flush_every_ms(Some(SM_FLUSH_MS))
-        .open()
+    let db_path = dir.join(FIRST_DB);
+    let db = open_sled(&db_path, config.cache_capacity_bytes)
         .map_err(|e| Error::Storage(format!("cannot create {}: {e}", db_path.display())))?;
     let tree = db.open_tree("store").map_err(storage)?;
     let cluster_id = crate::snapshot::restore(&db, &tree, snapshot_path)?;
@@ -251,6 +365,7 @@ pub(crate) fn restore_blocking(config: &Config, snapshot_path: &Path) -> Result<
             format: FORMAT,
             cluster_id,
             node_id: config.node_id,
+            db: None,
         },
     )
 }

@@ -16,6 +16,7 @@ use crate::consensus::{
     blocking, storage_error, Applied, Entry, LogId, NodeId, SnapshotFile, SnapshotMeta,
     StorageError, StoredMembership, TypeConfig,
 };
+use crate::defrag::Database;
 use crate::error::{Error, Result};
 use crate::mvcc::{self, Revisions, WriteRequest, WriteResponse};
 use crate::snapshot;
@@ -24,8 +25,11 @@ use crate::watch::{EventSource, Hub};
 
 /// State shared by the state machine, the store handle and the watchers of one node.
 pub(crate) struct Shared {
-    pub db: sled::Db,
-    pub tree: sled::Tree,
+    /// The sled database (swapped whole by a defragmentation).
+    pub database: Arc<Database>,
+    /// Woken when a compaction was applied: the defragmentation task then checks the
+    /// database's disk use.
+    pub compacted_notify: Arc<tokio::sync::Notify>,
     pub revs: RwLock<Revisions>,
     pub current: AtomicI64,
     pub compacted: AtomicI64,
@@ -39,8 +43,8 @@ pub(crate) struct Shared {
 }
 
 impl EventSource for Shared {
-    fn tree(&self) -> &sled::Tree {
-        &self.tree
+    fn tree(&self) -> sled::Tree {
+        self.database.tree()
     }
     fn compacted(&self) -> Revision {
         self.compacted.load(Ordering::SeqCst)
@@ -55,9 +59,9 @@ pub(crate) fn poisoned() -> Error {
 impl Shared {
     /// Reloads the in-memory bookkeeping (revisions, leases) from the tree.
     pub fn reload(&self, revs: &mut Revisions) -> Result<()> {
+        let tree = self.database.tree();
         let read = |name: &str| -> Result<i64> {
-            match self
-                .tree
+            match tree
                 .get(codec::meta_key(name))
                 .map_err(|e| Error::Storage(e.to_string()))?
             {
@@ -71,7 +75,7 @@ impl Shared {
         self.compacted.store(revs.compacted, Ordering::SeqCst);
         let now = Instant::now();
         let mut leases = HashMap::new();
-        for item in self.tree.scan_prefix([codec::LEASES]) {
+        for item in tree.scan_prefix([codec::LEASES]) {
             let (k, v) = item.map_err(|e| Error::Storage(e.to_string()))?;
             let id = codec::decode_i64(&k[1..])?;
             let ttl = codec::decode_i64(&v)?;
@@ -84,13 +88,14 @@ impl Shared {
     fn apply_entry(&self, entry: &Entry) -> Result<Applied> {
         let log_id = *entry.get_log_id();
         let mut revs = self.revs.write().map_err(|_| poisoned())?;
+        let tree = self.database.tree();
         let mut next = *revs;
         let mut batch = sled::Batch::default();
         let mut events = Vec::new();
         let response = match &entry.payload {
             EntryPayload::Blank => Ok(WriteResponse::Done),
             EntryPayload::Normal(req) => {
-                let (applied, b) = mvcc::apply(&self.tree, &mut next, req, batch)?;
+                let (applied, b) = mvcc::apply(&tree, &mut next, req, batch)?;
                 batch = b;
                 events = applied.events;
                 applied.response
@@ -108,8 +113,7 @@ impl Shared {
             codec::meta_key(snapshot::APPLIED),
             codec::encode(&Some(log_id))?,
         );
-        self.tree
-            .apply_batch(batch)
+        tree.apply_batch(batch)
             .map_err(|e| Error::Storage(e.to_string()))?;
         *revs = next;
         // Watchers have a revision's events before anyone can read that revision as
@@ -122,6 +126,11 @@ impl Shared {
         }
         self.current.store(next.current, Ordering::SeqCst);
         self.compacted.store(next.compacted, Ordering::SeqCst);
+        if let (EntryPayload::Normal(WriteRequest::Compact { .. }), Ok(_)) =
+            (&entry.payload, &response)
+        {
+            self.compacted_notify.notify_one();
+        }
         if let (EntryPayload::Normal(req), Ok(_)) = (&entry.payload, &response) {
             if let Ok(mut leases) = self.leases.lock() {
                 match req {
@@ -166,11 +175,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let _revs = shared.revs.read().map_err(|_| poisoned())?;
             // The log before this snapshot may go once it returns: make the state
             // machine it replaces durable first.
-            shared
-                .db
-                .flush()
-                .map_err(|e| Error::Storage(e.to_string()))?;
-            snapshot::build(&shared.tree, &shared.snapshot_dir)
+            shared.database.with(|h| {
+                h.db.flush().map_err(|e| Error::Storage(e.to_string()))?;
+                snapshot::build(&h.tree, &shared.snapshot_dir)
+            })
         })
         .map_err(storage_error)?;
         tracing::info!(snapshot = %meta.snapshot_id, "store snapshot built");
@@ -185,7 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        snapshot::applied_state(&self.shared.tree).map_err(storage_error)
+        snapshot::applied_state(&self.shared.database.tree()).map_err(storage_error)
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
@@ -264,7 +272,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// would miss the skipped history) and watch again from their revision.
 pub(crate) fn install(shared: &Shared, path: &std::path::Path, want: Option<LogId>) -> Result<()> {
     let mut revs = shared.revs.write().map_err(|_| poisoned())?;
-    let meta = snapshot::install(&shared.db, &shared.tree, path)?;
+    let meta = shared
+        .database
+        .with(|h| snapshot::install(&h.db, &h.tree, path))?;
     if want.is_some() && meta.last_log_id != want {
         return Err(Error::Corrupt(format!(
             "snapshot {} is not the one announced",

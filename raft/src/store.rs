@@ -12,6 +12,7 @@ use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy, TryAsRef};
 
 use crate::consensus::{NodeId, Raft};
+use crate::defrag::Database;
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::mvcc::{self, Revisions, WriteRequest, WriteResponse};
@@ -71,6 +72,12 @@ pub struct Config {
     pub snapshot_every: u64,
     /// How long a request waits for a leader, a quorum or a forwarded answer.
     pub request_timeout: Duration,
+    /// After a compaction, defragment when the database takes at least this many times
+    /// the bytes of its records on disk (and [`Config::defrag_min_bytes`] more); 0 = only
+    /// when [`Store::defragment`] is called.
+    pub defrag_ratio: u64,
+    /// The least disk space an automatic defragmentation must stand to give back.
+    pub defrag_min_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -100,6 +107,8 @@ impl Config {
             timing: Timing::default(),
             snapshot_every: 100_000,
             request_timeout: Duration::from_secs(10),
+            defrag_ratio: 4,
+            defrag_min_bytes: 32 << 20,
         }
     }
 }
@@ -124,6 +133,8 @@ pub struct Store {
     pub(crate) timeout: Duration,
     advertise_addr: Arc<str>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// The defragmentation loop: awaited at shutdown, not aborted (its copy must finish).
+    defrag: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>> {
@@ -150,9 +161,15 @@ impl Store {
         let opened = tokio::task::spawn_blocking(move || open_blocking(&cfg))
             .await
             .map_err(|e| Error::Storage(format!("open task: {e}")))??;
+        let database = Database::new(
+            opened.db,
+            opened.db_name,
+            config.data_dir.clone(),
+            config.cache_capacity_bytes,
+        )?;
         let shared = Arc::new(Shared {
-            db: opened.db,
-            tree: opened.tree,
+            database: Arc::new(database),
+            compacted_notify: Arc::new(tokio::sync::Notify::new()),
             revs: RwLock::new(Revisions::default()),
             current: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
@@ -168,7 +185,7 @@ impl Store {
             .await
             .map_err(|e| Error::Storage(format!("open task: {e}")))??;
 
-        let log_store = LogStore::open(&shared.db, &config.data_dir.join("log"))?;
+        let log_store = LogStore::open(shared.database.clone(), &config.data_dir.join("log"))?;
         let network = Network {
             transport: config.transport.clone(),
             cluster_id: shared.cluster_id.clone(),
@@ -191,6 +208,7 @@ impl Store {
             timeout: config.request_timeout,
             advertise_addr: config.advertise_addr.as_str().into(),
             tasks: Arc::new(Mutex::new(Vec::new())),
+            defrag: Arc::new(Mutex::new(None)),
         };
         let initialized = store
             .raft
@@ -222,9 +240,17 @@ impl Store {
                 .applied_index_at_least(last, "log replay")
                 .await;
         }
-        let expiry = tokio::spawn(lease_expiry_loop(store.clone_weak()));
+        let expiry = tokio::spawn(crate::lease::expiry_loop(store.clone_weak()));
+        let defrag = tokio::spawn(crate::defrag::auto_defrag_loop(
+            store.clone_weak(),
+            config.defrag_ratio,
+            config.defrag_min_bytes,
+        ));
         if let Ok(mut t) = store.tasks.lock() {
             t.push(expiry);
+        }
+        if let Ok(mut d) = store.defrag.lock() {
+            *d = Some(defrag);
         }
         Ok(store)
     }
@@ -436,8 +462,9 @@ impl Store {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let revs = shared.revs.read().map_err(|_| poisoned())?;
+            let tree = shared.database.tree();
             if req.revision == 0 || req.revision == revs.current {
-                return mvcc::range_latest(&shared.tree, &req, revs.current);
+                return mvcc::range_latest(&tree, &req, revs.current);
             }
             if req.revision > revs.current {
                 return Err(Error::FutureRevision {
@@ -451,7 +478,7 @@ impl Store {
                     compacted: revs.compacted,
                 });
             }
-            mvcc::range_at(&shared.tree, &req, req.revision, revs.current)
+            mvcc::range_at(&tree, &req, req.revision, revs.current)
         })
         .await
         .map_err(|e| Error::Storage(format!("read task: {e}")))?
@@ -526,7 +553,14 @@ impl Store {
             return Err(Error::Shutdown);
         }
         let range = KeyRange::new(req.key, req.range_end);
-        let revs = self.shared.revs.read().map_err(|_| poisoned())?;
+        // A defragmentation holds this lock for a while: wait off the async worker then.
+        let revs = match self.shared.revs.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                crate::consensus::blocking(|| self.shared.revs.read()).map_err(|_| poisoned())?
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+        };
         let start = if req.start_revision == 0 {
             revs.current + 1
         } else {
@@ -637,13 +671,19 @@ impl Store {
                 t.abort();
             }
         }
+        // The defragmentation loop sees `closed` when woken and ends after what it does.
+        self.shared.compacted_notify.notify_one();
+        let defrag = self.defrag.lock().ok().and_then(|mut d| d.take());
+        if let Some(defrag) = defrag {
+            let _ = defrag.await;
+        }
         let _ = self.raft.shutdown().await;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             if let Ok(mut hub) = shared.hub.lock() {
                 hub.close_all();
             }
-            shared.db.flush().map_err(|e| Error::Storage(e.to_string()))
+            shared.database.flush()
         })
         .await
         .map_err(|e| Error::Storage(format!("shutdown task: {e}")))??;
@@ -657,7 +697,7 @@ impl Store {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let revs = shared.revs.read().map_err(|_| poisoned())?;
-            snapshot::save(&shared.tree, &path)?;
+            snapshot::save(&shared.database.tree(), &path)?;
             Ok(revs.current)
         })
         .await
@@ -677,8 +717,8 @@ impl Store {
     /// Size of the database files on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.shared
-            .db
-            .size_on_disk()
+            .database
+            .with(|h| h.db.size_on_disk())
             .map_err(|e| Error::Storage(e.to_string()))
     }
 }
@@ -703,7 +743,7 @@ where
 /// Before Raft starts: finish an interrupted snapshot install, then load the in-memory
 /// bookkeeping from the tree.
 fn prepare(shared: &Shared) -> Result<()> {
-    if snapshot::install_interrupted(&shared.tree)? {
+    if snapshot::install_interrupted(&shared.database.tree())? {
         let path = shared.snapshot_dir.join(snapshot::CURRENT);
         tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
         state_machine::install(shared, &path, None)?;
@@ -722,8 +762,8 @@ fn prepare(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// What the lease loop holds: it must not keep the store alive.
-struct WeakStore {
+/// What the background loops hold: it must not keep the store alive.
+pub(crate) struct WeakStore {
     shared: std::sync::Weak<Shared>,
     raft: Raft,
     transport: Arc<dyn Transport>,
@@ -732,7 +772,8 @@ struct WeakStore {
 }
 
 impl WeakStore {
-    fn upgrade(&self) -> Option<Store> {
+    /// The store, while someone else still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Store> {
         Some(Store {
             shared: self.shared.upgrade()?,
             raft: self.raft.clone(),
@@ -740,55 +781,7 @@ impl WeakStore {
             timeout: self.timeout,
             advertise_addr: self.advertise_addr.clone(),
             tasks: Arc::new(Mutex::new(Vec::new())),
+            defrag: Arc::new(Mutex::new(None)),
         })
-    }
-}
-
-/// Expires leases whose deadline passed. Only the leader does; a node that becomes
-/// leader first gives every lease a full TTL (its deadlines were not kept alive here).
-async fn lease_expiry_loop(weak: WeakStore) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut leading = false;
-    loop {
-        tick.tick().await;
-        let Some(store) = weak.upgrade() else {
-            return;
-        };
-        let shared = store.shared.clone();
-        if shared.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let now_leading = store.is_leader();
-        if now_leading && !leading {
-            if let Ok(mut leases) = shared.leases.lock() {
-                let now = Instant::now();
-                for (deadline, ttl) in leases.values_mut() {
-                    *deadline = now + Duration::from_secs((*ttl).max(1) as u64);
-                }
-            }
-        }
-        leading = now_leading;
-        if !leading {
-            continue;
-        }
-        let now = Instant::now();
-        let expired: Vec<LeaseId> = match shared.leases.lock() {
-            Ok(leases) => leases
-                .iter()
-                .filter(|(_, (d, _))| *d <= now)
-                .map(|(id, _)| *id)
-                .collect(),
-            Err(_) => return,
-        };
-        for id in expired {
-            match store.propose_local(WriteRequest::LeaseRevoke { id }).await {
-                Ok(_) | Err(Error::LeaseNotFound(_)) => {
-                    if let Ok(mut leases) = shared.leases.lock() {
-                        leases.remove(&id);
-                    }
-                }
-                Err(e) => tracing::debug!(lease = id, error = %e, "lease expiry deferred"),
-            }
-        }
     }
 }

@@ -1,5 +1,5 @@
 //! The Raft log on disk: append-only segment files of length-prefixed, checksummed
-//! records, one file per [`SEGMENT`] entries. Appends are buffered writes; [`Wal::sync`]
+//! records, one file per [`SEGMENT`] entries or about 2 MiB. Appends are buffered writes; [`Wal::sync`]
 //! makes them durable with one `fdatasync` per touched file; dropping the log before a
 //! snapshot deletes whole files. At open every record is checked: a torn record at the end
 //! of the last file (a crash during a write) is cut off, anything else damaged is refused.
@@ -13,8 +13,11 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-/// Entries per segment file.
+/// Entries per segment file, at most.
 pub const SEGMENT: u64 = 8192;
+/// Bytes after which the next append starts a new segment: a purge deletes whole files,
+/// so what it leaves of the log is at most about this much.
+const SEGMENT_BYTES: u64 = 2 << 20;
 /// Bytes before each record: its length and its CRC-32.
 const HEADER: usize = 8;
 /// Largest record accepted when reading (a log entry is a few MiB at most).
@@ -191,7 +194,11 @@ impl Wal {
         while !pending.is_empty() {
             let needs_new = match self.segments.values().next_back() {
                 None => true,
-                Some(s) => s.records.len() as u64 >= SEGMENT || s.last().is_none(),
+                Some(s) => {
+                    s.records.len() as u64 >= SEGMENT
+                        || s.end >= SEGMENT_BYTES
+                        || s.last().is_none()
+                }
             };
             if needs_new {
                 // An empty last segment may have been made for another first index.

@@ -120,7 +120,7 @@ impl Hub {
 /// Source of stored events for the catch-up phase.
 pub trait EventSource: Send + Sync + 'static {
     /// The sled tree holding the events.
-    fn tree(&self) -> &sled::Tree;
+    fn tree(&self) -> sled::Tree;
     /// The current compaction point.
     fn compacted(&self) -> Revision;
 }
@@ -198,7 +198,7 @@ impl Stream for Watcher {
                         let source = this.source.clone();
                         this.replaying = Some(Box::pin(async move {
                             tokio::task::spawn_blocking(move || {
-                                mvcc::events_between(source.tree(), next, live_from, REPLAY_CHUNK)
+                                mvcc::events_between(&source.tree(), next, live_from, REPLAY_CHUNK)
                             })
                             .await
                             .map_err(|e| Error::Storage(format!("watch replay task: {e}")))?
