@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DEBIAN_PACKAGES = build-essential pkg-config protobuf-compiler containerd runc nftables \
 	containernetworking-plugins iproute2 etcd-server etcd-client dnsutils busybox-static \
-	jq curl ca-certificates python3 python3-pip shellcheck
+	jq curl ca-certificates python3 python3-pip shellcheck zstd gzip
 
 .PHONY: all build test lint unit newcomer e2e bench bench-store bench-api bench-scheduler bench-pods bench-proxy bench-streams bench-dns bench-coldstart bench-probes images release install deps run clean
 
