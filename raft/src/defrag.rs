@@ -158,29 +158,22 @@ impl Database {
         }
         let db = open::open_sled(&path, self.cache_capacity)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", path.display())))?;
-        let half = (stop == Some(StopAt::HalfCopied)).then(|| h.tree.len() / 2);
-        for tree_name in h.db.tree_names() {
-            let from = h.db.open_tree(&tree_name).map_err(storage)?;
-            let to = db.open_tree(&tree_name).map_err(storage)?;
-            let mut batch = sled::Batch::default();
-            for (n, item) in from.iter().enumerate() {
-                let (k, v) = item.map_err(storage)?;
-                batch.insert(k, v);
-                if (n + 1) % COPY_BATCH == 0 {
-                    to.apply_batch(std::mem::take(&mut batch))
-                        .map_err(storage)?;
-                }
-                if half.is_some_and(|half| tree_name == STATE_TREE && n >= half) {
-                    to.apply_batch(batch).map_err(storage)?;
-                    db.flush().map_err(storage)?;
-                    return Err(Error::Storage("stopped half-way (test)".into()));
+        // Until the switch the new directory is nobody's: a failed copy (a full disk,
+        // most likely) takes it away again rather than leave the disk fuller.
+        let copied = copy_all(&h.db, &h.tree, &db, stop).and_then(|()| {
+            db.flush().map_err(storage)?;
+            sync_tree(&path)?;
+            open::sync_dir(&self.data_dir)
+        });
+        if let Err(e) = copied {
+            if stop.is_none() {
+                drop(db);
+                if let Err(rm) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %rm, "cannot remove a failed copy");
                 }
             }
-            to.apply_batch(batch).map_err(storage)?;
+            return Err(e);
         }
-        db.flush().map_err(storage)?;
-        sync_tree(&path)?;
-        open::sync_dir(&self.data_dir)?;
         if stop == Some(StopAt::Copied) {
             return Err(Error::Storage("stopped before the switch (test)".into()));
         }
@@ -212,6 +205,37 @@ impl Database {
     }
 }
 
+/// Copies every tree of `from` into `to` (`stop`: a test's crash half-way).
+fn copy_all(
+    from: &sled::Db,
+    state: &sled::Tree,
+    to: &sled::Db,
+    stop: Option<StopAt>,
+) -> Result<()> {
+    let half = (stop == Some(StopAt::HalfCopied)).then(|| state.len() / 2);
+    for tree_name in from.tree_names() {
+        let source = from.open_tree(&tree_name).map_err(storage)?;
+        let target = to.open_tree(&tree_name).map_err(storage)?;
+        let mut batch = sled::Batch::default();
+        for (n, item) in source.iter().enumerate() {
+            let (k, v) = item.map_err(storage)?;
+            batch.insert(k, v);
+            if (n + 1) % COPY_BATCH == 0 {
+                target
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(storage)?;
+            }
+            if half.is_some_and(|half| tree_name == STATE_TREE && n >= half) {
+                target.apply_batch(batch).map_err(storage)?;
+                to.flush().map_err(storage)?;
+                return Err(Error::Storage("stopped half-way (test)".into()));
+            }
+        }
+        target.apply_batch(batch).map_err(storage)?;
+    }
+    Ok(())
+}
+
 /// Total size of the files under `path`.
 fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
@@ -233,13 +257,21 @@ fn sync_tree(path: &Path) -> Result<()> {
     for entry in std::fs::read_dir(path).map_err(|e| io("cannot read", path, e))? {
         let entry = entry.map_err(|e| io("cannot read", path, e))?;
         let p = entry.path();
-        let meta = entry.metadata().map_err(|e| io("cannot read", &p, e))?;
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        // sled may remove a file it rotated between the listing and the sync.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(io("cannot read", &p, e)),
+        };
         if meta.is_dir() {
             sync_tree(&p)?;
         } else {
-            std::fs::File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io("cannot sync", &p, e))?;
+            match std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(io("cannot sync", &p, e)),
+            }
         }
     }
     open::sync_dir(path)
@@ -330,6 +362,9 @@ fn worth_it(usage: DiskUse, ratio: u64, min_bytes: u64) -> bool {
         && usage.on_disk.saturating_sub(usage.live) >= min_bytes
 }
 
+/// How long each member waits for the one before it in the defragmentation order.
+const TURN: Duration = Duration::from_secs(30);
+
 /// After each applied compaction, defragments the database when it is worth it.
 pub(crate) async fn auto_defrag_loop(weak: WeakStore, ratio: u64, min_bytes: u64) {
     if ratio == 0 {
@@ -361,6 +396,25 @@ pub(crate) async fn auto_defrag_loop(weak: WeakStore, ratio: u64, min_bytes: u64
         if !worth_it(usage, ratio, min_bytes) {
             continue;
         }
+        // Every member compacts at the same entry; they take turns, by node id, so that
+        // never more than one of them pauses for its copy (as etcd members are
+        // defragmented one at a time).
+        let mut ids: Vec<_> = store.members().iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        let turn = ids
+            .iter()
+            .position(|id| *id == store.node_id())
+            .unwrap_or(0);
+        let store = if turn > 0 {
+            drop(store);
+            tokio::time::sleep(TURN * turn as u32).await;
+            match weak.upgrade() {
+                Some(s) if !s.is_shut_down() => s,
+                _ => return,
+            }
+        } else {
+            store
+        };
         tracing::info!(
             on_disk = usage.on_disk,
             live = usage.live,

@@ -195,8 +195,8 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config, starts containerd and waits until CRI reports RuntimeReady.
     /// Refuses with a one-line error when a binary is missing or the socket is in use.
-    /// Call it from an async task, not from `spawn_blocking`: containerd is bound to the
-    /// spawning thread's life (`PR_SET_PDEATHSIG`), and blocking-pool threads retire.
+    /// containerd is forked from a thread that lives as long as the process
+    /// (`PR_SET_PDEATHSIG` binds it to the forking thread's life).
     pub async fn start(cfg: ContainerdConfig) -> Result<Containerd, Error> {
         check_binaries()?;
         if tokio::net::UnixStream::connect(&cfg.socket).await.is_ok() {
@@ -338,7 +338,52 @@ async fn spawn(cfg: &ContainerdConfig) -> Result<Child, Error> {
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| Error::io("spawn", "containerd", e))
+    spawn_from_keeper(cmd)
+        .await
+        .map_err(|e| Error::io("spawn", "containerd", e))
+}
+
+/// A request to the keeper thread: the command, the runtime its child belongs to, and
+/// where the result goes.
+type SpawnJob = (
+    Command,
+    tokio::runtime::Handle,
+    tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+);
+
+/// Forks `cmd` from one thread that lives as long as the process. `PR_SET_PDEATHSIG`
+/// ties the child to the thread that forked it, not the process, and tokio's threads
+/// come and go: a worker that ran `block_in_place` joins the blocking pool, whose idle
+/// threads exit, and containerd would be killed with it.
+async fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: std::sync::OnceLock<
+        Result<std::sync::Mutex<std::sync::mpsc::Sender<SpawnJob>>, String>,
+    > = std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("pikube-spawner".into())
+            .spawn(move || {
+                for (mut cmd, runtime, reply) in rx {
+                    let _entered = runtime.enter();
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| std::sync::Mutex::new(tx))
+            .map_err(|e| format!("cannot start the spawner thread: {e}"))
+    });
+    let keeper = keeper
+        .as_ref()
+        .map_err(|e| std::io::Error::other(e.clone()))?;
+    let (reply, result) = tokio::sync::oneshot::channel();
+    keeper
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tokio::runtime::Handle::current(), reply))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    result
+        .await
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 /// Connects CRI and waits for RuntimeReady, failing early when the process exits.

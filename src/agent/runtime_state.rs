@@ -12,6 +12,9 @@ use tokio::time::Instant;
 /// maxWaitForContainerRuntime).
 pub const DOWN_AFTER: Duration = Duration::from_secs(30);
 
+/// How long one question to the runtime may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the runtime last said.
 #[derive(Default)]
 struct Last {
@@ -37,25 +40,32 @@ pub struct Report {
 }
 
 impl RuntimeState {
-    /// Asks the runtime for its version and status and folds in the answers.
+    /// Asks the runtime for its version and status and folds in the answers; a runtime
+    /// that does not answer within [`CALL_TIMEOUT`] has not answered.
     pub async fn check(&self, cri: &Cri) -> Report {
-        let version = cri
-            .runtime()
-            .version(cri::VersionRequest {
+        let version = tokio::time::timeout(
+            CALL_TIMEOUT,
+            cri.runtime().version(cri::VersionRequest {
                 version: "v1".into(),
-            })
-            .await
-            .map(|v| {
-                let v = v.into_inner();
-                format!("{}://{}", v.runtime_name, v.runtime_version)
-            })
-            .ok();
-        let status = cri
-            .runtime()
-            .status(cri::StatusRequest { verbose: false })
-            .await
-            .map(|s| problems(&s.into_inner().status.unwrap_or_default()))
-            .map_err(|e| e.message().to_string());
+            }),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|v| {
+            let v = v.into_inner();
+            format!("{}://{}", v.runtime_name, v.runtime_version)
+        });
+        let status = match tokio::time::timeout(
+            CALL_TIMEOUT,
+            cri.runtime().status(cri::StatusRequest { verbose: false }),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Ok(problems(&s.into_inner().status.unwrap_or_default())),
+            Ok(Err(e)) => Err(e.message().to_string()),
+            Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        };
         self.record(Instant::now(), version, status)
     }
 

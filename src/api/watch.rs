@@ -29,6 +29,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Interval of BOOKMARK events for clients that allow them.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
+/// How soon a cached watch tries again to place a bookmark that had to wait for queued
+/// changes.
+const BOOKMARK_RETRY: Duration = Duration::from_millis(250);
+
 /// How objects are written into events.
 #[derive(Clone)]
 struct Encoding {
@@ -232,6 +236,9 @@ fn cached_events(
                             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
                             return Some((Item::Bookmark(obj), st));
                         }
+                        // Changes are queued for this watch: try again once it has
+                        // caught up, not a whole period later.
+                        st.ticks.reset_after(BOOKMARK_RETRY);
                     }
                 }
             }

@@ -104,7 +104,10 @@ pub async fn run(reg: Registry, mut shutdown: tokio::sync::watch::Receiver<bool>
                 ev = tokio::time::timeout(RESYNC, watch.next()) => match ev {
                     Ok(Some(Ok(_))) => {
                         // Let a burst of changes settle, then scan once.
-                        tokio::time::sleep(DEBOUNCE.max(took * PACE)).await;
+                        tokio::select! {
+                            _ = &mut stop => return,
+                            _ = tokio::time::sleep(DEBOUNCE.max(took * PACE)) => {}
+                        }
                         while let Ok(Some(Ok(_))) =
                             tokio::time::timeout(Duration::ZERO, watch.next()).await
                         {}

@@ -103,7 +103,7 @@ where
         let (store, writer) = reflector::store();
         let index = Arc::new(Mutex::new(Index::new()));
         let feed = index.clone();
-        let stream = reflector::reflector(writer, watcher(api, config))
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff())
             .inspect(move |event| {
                 if let Ok(event) = event {
                     feed.lock().unwrap_or_else(|e| e.into_inner()).apply(event);
@@ -148,7 +148,8 @@ pub type Feed<C> = futures::stream::Map<
 /// Hands every object of `stream` to `N` subscribers, so that controllers interested in
 /// the same kind share one watch (and one decode of each event) instead of each running
 /// its own, as client-go's shared informers do. Watch errors are logged here (the
-/// watcher retries by itself); it ends when every subscriber is gone.
+/// watcher retries by itself, with back-off); it ends as soon as every subscriber is
+/// gone (the controllers stopped).
 pub fn fan_out<C, const N: usize>(
     stream: impl Stream<Item = Result<C, watcher::Error>> + Send + 'static,
 ) -> [Feed<C>; N]
@@ -164,7 +165,15 @@ where
     });
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
+        loop {
+            let all_gone = futures::future::join_all(senders.iter().map(|tx| tx.closed()));
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = all_gone => return,
+            };
+            let Some(item) = item else {
+                return;
+            };
             match item {
                 Ok(obj) => {
                     let mut delivered = false;
