@@ -31,11 +31,17 @@ pub struct DirImport {
     pub failed: Vec<(PathBuf, Error)>,
 }
 
-/// Size and modification time of a tarball: what "unchanged" compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Size, modification and change times and inode of a tarball: what "unchanged"
+/// compares. The change time catches a file replaced with its size and mtime kept
+/// (`cp -p`, `rsync -a`), which no one can set back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
     size: u64,
     mtime_ns: u64,
+    #[serde(default)]
+    ctime_ns: u64,
+    #[serde(default)]
+    inode: u64,
 }
 
 impl Stamp {
@@ -46,9 +52,16 @@ impl Stamp {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or_default();
+        use std::os::unix::fs::MetadataExt;
+        let ctime_ns = u64::try_from(meta.ctime())
+            .unwrap_or_default()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(meta.ctime_nsec()).unwrap_or_default());
         Stamp {
             size: meta.len(),
             mtime_ns,
+            ctime_ns,
+            inode: meta.ino(),
         }
     }
 }
@@ -220,7 +233,11 @@ mod tests {
 
     fn record(size: u64, mtime_ns: u64, ids: &[(&str, &str)]) -> Record {
         Record {
-            stamp: Stamp { size, mtime_ns },
+            stamp: Stamp {
+                size,
+                mtime_ns,
+                ..Default::default()
+            },
             images: ids
                 .iter()
                 .map(|(n, i)| Imported {
@@ -232,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn unchanged_needs_same_size_and_mtime() {
+    fn unchanged_needs_the_same_size_times_and_inode() {
         let mut state = State::default();
         state
             .tarballs
@@ -240,6 +257,7 @@ mod tests {
         let same = Stamp {
             size: 10,
             mtime_ns: 5,
+            ..Default::default()
         };
         assert!(state.unchanged("a.tar.gz", same).is_some());
         assert!(state
@@ -253,6 +271,18 @@ mod tests {
                     ..same
                 }
             )
+            .is_none());
+        assert!(state
+            .unchanged(
+                "a.tar.gz",
+                Stamp {
+                    ctime_ns: 7,
+                    ..same
+                }
+            )
+            .is_none());
+        assert!(state
+            .unchanged("a.tar.gz", Stamp { inode: 9, ..same })
             .is_none());
         assert!(state.unchanged("b.tar", same).is_none());
     }
