@@ -264,7 +264,6 @@ pub(crate) fn open_blocking(config: &Config) -> Result<Opened> {
             db_path.display()
         )));
     }
-    remove_stale_dbs(&config.data_dir, &db_name)?;
     let db = open_sled(&db_path, config.cache_capacity_bytes)
         .map_err(|e| Error::Corrupt(format!("cannot open {}: {e}", db_path.display())))?;
     let tree = db.open_tree("store").map_err(storage)?;
@@ -290,6 +289,9 @@ pub(crate) fn open_blocking(config: &Config) -> Result<Opened> {
             )))
         }
     }
+    // Only once the named database opened and proved to be this cluster's: a damaged
+    // one leaves everything in place for whoever repairs it.
+    remove_stale_dbs(&config.data_dir, &db_name)?;
     if id.format == FORMAT_UNREPLICATED {
         carry_over_unreplicated(&db, &tree)?;
         id.format = FORMAT;
