@@ -93,7 +93,11 @@ fn dns_answers_on_the_cluster_dns_address_on_lo_and_removes_it() {
     run(&["kill", "-TERM", &pid]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.0.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "pikube did not stop");
+        assert!(
+            Instant::now() < deadline,
+            "pikube did not stop; log:\n{}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
