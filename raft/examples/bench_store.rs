@@ -18,7 +18,7 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pikube_raft::{serve_peers, Config, HttpTransport, PeerTls, Store};
+use pikube_raft::{dir_size, serve_peers, Config, HttpTransport, PeerTls, Store};
 
 /// The allocator of the pikube binary, so the figures are the binary's.
 #[global_allocator]
@@ -52,20 +52,6 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
-}
-
-fn dir_size(path: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 /// Runs `puts` writes from `writers` concurrent tasks, each write being `put(i)`, and

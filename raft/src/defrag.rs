@@ -236,8 +236,9 @@ fn copy_all(
     Ok(())
 }
 
-/// Total size of the files under `path`.
-fn dir_size(path: &Path) -> u64 {
+/// Total size of the files under `path` (what a directory takes on disk, for disk-use
+/// figures; unreadable entries count nothing).
+pub fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {

@@ -29,7 +29,7 @@ mod wal;
 pub mod watch;
 
 pub use consensus::NodeId;
-pub use defrag::DiskUse;
+pub use defrag::{dir_size, DiskUse};
 pub use error::{Error, Result};
 pub use network::{NoPeers, Transport, TransportError, TransportFuture};
 pub use open::{read_identity, IDENTITY_FILE};
