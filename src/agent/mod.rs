@@ -213,7 +213,7 @@ impl Drop for RuntimeStart {
 
 /// Starts the pikube-managed containerd (or connects to `--container-runtime-endpoint`)
 /// and waits until CRI reports the runtime ready. Runs in a task of its own (see
-/// [`RuntimeStart`]): containerd lives as long as the thread that spawned it.
+/// [`RuntimeStart`]).
 async fn start_runtime(cfg: &AgentConfig) -> Result<Runtime, Error> {
     match &cfg.container_runtime_endpoint {
         Some(endpoint) => {
