@@ -165,16 +165,18 @@ impl ListCache {
 
     /// The objects of `def` whose keys start with `prefix` (a namespace's or all) and
     /// that `keep` accepts, at most `limit` (0 = all), consistent with every write
-    /// acknowledged before the call. None when the cache cannot answer (its watch
-    /// ended); the caller reads the store instead.
+    /// acknowledged before the call — or, when the caller already read the store's
+    /// linearizable revision (`known`), with every write up to that. None when the cache
+    /// cannot answer (its watch ended); the caller reads the store instead.
     pub async fn list(
         &self,
         def: &Def,
         prefix: &str,
         limit: usize,
+        known: Option<i64>,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Option<Listed>, ApiError> {
-        let Some((resource, revision)) = self.current(def).await? else {
+        let Some((resource, revision)) = self.current(def, known).await? else {
             return Ok(None);
         };
         let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
@@ -198,7 +200,7 @@ impl ListCache {
         prefix: &str,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Option<Subscription>, ApiError> {
-        let Some((resource, revision)) = self.current(def).await? else {
+        let Some((resource, revision)) = self.current(def, None).await? else {
             return Ok(None);
         };
         let objects = resource.objects.read().unwrap_or_else(|e| e.into_inner());
@@ -283,13 +285,21 @@ impl ListCache {
         }
     }
 
-    /// The cache of `def` caught up with every write acknowledged before the call, and
-    /// the store's revision then; None when the cache cannot answer.
-    async fn current(&self, def: &Def) -> Result<Option<(Arc<Resource>, i64)>, ApiError> {
+    /// The cache of `def` caught up with every write acknowledged before the call (or up
+    /// to the `known` linearizable revision the caller read), and that revision; None
+    /// when the cache cannot answer.
+    async fn current(
+        &self,
+        def: &Def,
+        known: Option<i64>,
+    ) -> Result<Option<(Arc<Resource>, i64)>, ApiError> {
         let Some((id, cell, resource)) = self.resource(def).await else {
             return Ok(None);
         };
-        let revision = self.store.linearizable_revision().await?;
+        let revision = match known {
+            Some(r) => r,
+            None => self.store.linearizable_revision().await?,
+        };
         let (tx, rx) = oneshot::channel();
         let caught_up = resource.sync.send(tx).is_ok() && rx.await.is_ok();
         if !caught_up {

@@ -156,7 +156,11 @@ async fn load(reg: &Registry) -> Result<(Vec<Obj>, i64), ApiError> {
             });
         };
         if def.custom.is_none() {
-            if let Some(listed) = reg.cache.list(&def, &prefix, 0, |_| true).await? {
+            if let Some(listed) = reg
+                .cache
+                .list(&def, &prefix, 0, Some(rev), |_| true)
+                .await?
+            {
                 for value in listed.items {
                     let revision = meta_str(&value, "resourceVersion")
                         .and_then(|r| r.parse().ok())

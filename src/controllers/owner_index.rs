@@ -165,26 +165,22 @@ where
     });
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut all_gone = std::pin::pin!(futures::future::join_all(
+            senders.iter().map(|tx| tx.closed())
+        ));
         loop {
-            let all_gone = futures::future::join_all(senders.iter().map(|tx| tx.closed()));
             let item = tokio::select! {
                 item = stream.next() => item,
-                _ = all_gone => return,
-            };
-            let Some(item) = item else {
-                return;
+                _ = &mut all_gone => return,
             };
             match item {
-                Ok(obj) => {
-                    let mut delivered = false;
+                None => return,
+                Some(Ok(obj)) => {
                     for tx in &senders {
-                        delivered |= tx.send(obj.clone()).is_ok();
-                    }
-                    if !delivered {
-                        return;
+                        let _ = tx.send(obj.clone());
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "shared watch failed; retrying"),
+                Some(Err(e)) => tracing::debug!(error = %e, "shared watch failed; retrying"),
             }
         }
     });

@@ -443,7 +443,7 @@ pub async fn list(
         let prefix = target.collection_prefix();
         let listed = reg
             .cache
-            .list(&target.def, &prefix, opts.limit, |o| opts.matches(o))
+            .list(&target.def, &prefix, opts.limit, None, |o| opts.matches(o))
             .await?;
         if let Some(l) = listed {
             let mut metadata = json!({"resourceVersion": l.revision.to_string()});
